@@ -1,0 +1,3 @@
+"""lenshouse: a time-series store for high-frequency sensors on ClickHouse."""
+
+__version__ = "0.1.0"

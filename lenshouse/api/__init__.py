@@ -1,0 +1,1 @@
+"""The HTTP API: writes, lenses, the sensor catalog, health and metrics."""

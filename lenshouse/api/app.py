@@ -1,0 +1,140 @@
+"""The HTTP application (FastAPI)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import orjson
+from fastapi import FastAPI, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from lenshouse.api.metrics import Metrics
+from lenshouse.ingest.formats import decode
+from lenshouse.lens.engine import parse_aggs, parse_sensors
+from lenshouse.node import Node
+from lenshouse.points import BadInput, check_tenant
+from lenshouse.storage.catalog import check_labels
+
+MAX_BODY_BYTES = 256 << 20
+STATIC = Path(__file__).parent / "static"
+
+
+class ORJSON(JSONResponse):
+    def render(self, content) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def error(status: int, message: str) -> ORJSON:
+    return ORJSON({"error": message}, status_code=status)
+
+
+def create_app(node: Node) -> FastAPI:
+    app = FastAPI(title="lenshouse", version="0.1.0", default_response_class=ORJSON)
+    metrics = Metrics(node)
+    app.state.node = node
+    app.state.metrics = metrics
+
+    @app.exception_handler(BadInput)
+    async def bad_input(_: Request, exc: BadInput) -> ORJSON:
+        return error(exc.status, str(exc))
+
+    @app.post("/v1/write", status_code=204, summary="Write a batch of points")
+    async def write(
+        request: Request,
+        content_type: str | None = Header(None),
+        x_tenant: str | None = Header(None),
+    ) -> Response:
+        tenant = check_tenant(x_tenant)
+        body = await _read_body(request)
+        batch = decode(content_type, body, tenant).validate()
+        lsn = await node.ingestor.write(batch)
+        return Response(status_code=204, headers={"X-Lenshouse-Lsn": str(lsn)})
+
+    @app.get("/v1/lens", summary="Bucketed avg/min/max/count of 1-10 sensors")
+    def lens(
+        sensors: str = Query(..., description="comma-separated sensor ids, 1 to 10"),
+        start: int = Query(..., description="window start, epoch ms (inclusive)"),
+        end: int = Query(..., description="window end, epoch ms (exclusive)"),
+        points: int | None = Query(None, description="about how many buckets (default 2500)"),
+        step: int | None = Query(None, description="bucket width in ms, instead of points"),
+        agg: str | None = Query(None, description="subset of avg,min,max,count"),
+        x_tenant: str | None = Header(None),
+    ) -> ORJSON:
+        t0 = time.perf_counter()
+        ids = parse_sensors(sensors)
+        aggs = parse_aggs(agg)
+        result = node.lenses.lens(ids, start, end, points=points, step=step, tenant=x_tenant)
+        body = result.to_json(aggs)
+        elapsed = time.perf_counter() - t0
+        metrics.lens_seconds.observe(elapsed)
+        return ORJSON(body, headers={"X-Lens-Ms": f"{elapsed * 1000:.2f}"})
+
+    @app.put("/v1/sensors/{sensor}", status_code=204, summary="Register a sensor with labels")
+    async def put_sensor(sensor: int, request: Request, x_tenant: str | None = Header(None)):
+        if not 0 <= sensor < 2**32:
+            raise BadInput("sensor ids are 0 .. 2^32-1", 422)
+        raw = await request.body()
+        try:
+            doc = orjson.loads(raw) if raw else {}
+        except orjson.JSONDecodeError as e:
+            raise BadInput(f"body is not valid JSON: {e}") from None
+        labels = doc.get("labels", {}) if isinstance(doc, dict) else doc
+        await run_in_threadpool(
+            node.catalog.put, check_tenant(x_tenant), sensor, check_labels(labels)
+        )
+        return Response(status_code=204)
+
+    @app.get("/v1/sensors", summary="List sensors and their labels")
+    def sensors(request: Request, x_tenant: str | None = Header(None)) -> ORJSON:
+        match = {
+            k[len("label.") :]: v for k, v in request.query_params.items() if k.startswith("label.")
+        }
+        return ORJSON({"sensors": node.catalog.list(check_tenant(x_tenant), match)})
+
+    @app.get("/healthz", summary="Liveness and ingest progress")
+    def healthz() -> ORJSON:
+        ing = node.ingestor
+        return ORJSON(
+            {
+                "status": "ok",
+                "storage": node.backend.name,
+                "accepted_lsn": ing.wal.next_lsn - 1,
+                "loaded_lsn": ing.loader.loaded_lsn - 1,
+                "points_accepted": ing.points_accepted,
+                "points_loaded": ing.loader.stats.rows_loaded,
+                "ingest_lag_seconds": round(ing.loader.lag_seconds(), 3),
+            }
+        )
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    if (STATIC / "assets").is_dir():
+        app.mount("/assets", StaticFiles(directory=STATIC / "assets"), name="assets")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> Response:
+        page = STATIC / "index.html"
+        if page.exists():
+            return FileResponse(page)
+        return ORJSON({"lenshouse": "0.1.0", "api": ["/v1/write", "/v1/lens", "/v1/sensors"]})
+
+    return app
+
+
+async def _read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise BadInput(f"batch of {declared} bytes exceeds the {MAX_BODY_BYTES}-byte limit", 413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise BadInput(f"batch exceeds the {MAX_BODY_BYTES}-byte limit", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,60 @@
+"""Prometheus metrics. Counters that the ingest path already keeps are read at
+scrape time, so the hot path pays nothing for them."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from lenshouse.node import Node
+
+LENS_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class NodeCollector:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def collect(self):
+        ing = self.node.ingestor
+        ls = ing.loader.stats
+        yield CounterMetricFamily(
+            "lenshouse_points_accepted", "Points acknowledged by /v1/write.", ing.points_accepted
+        )
+        yield CounterMetricFamily(
+            "lenshouse_batches_accepted", "Batches acknowledged by /v1/write.", ing.batches_accepted
+        )
+        yield CounterMetricFamily(
+            "lenshouse_points_loaded", "Points loaded into ClickHouse.", ls.rows_loaded
+        )
+        yield CounterMetricFamily("lenshouse_loads", "ClickHouse inserts completed.", ls.loads)
+        yield CounterMetricFamily(
+            "lenshouse_insert_errors", "Failed ClickHouse inserts (retried).", ls.insert_errors
+        )
+        yield CounterMetricFamily("lenshouse_wal_fsyncs", "Log fsyncs.", ing.wal.fsyncs)
+        yield CounterMetricFamily(
+            "lenshouse_wal_bytes", "Bytes appended to the log.", ing.wal.bytes_written
+        )
+        yield GaugeMetricFamily(
+            "lenshouse_ingest_lag_seconds",
+            "Age of the oldest acknowledged point not yet visible to lenses.",
+            ing.loader.lag_seconds(),
+        )
+        yield GaugeMetricFamily(
+            "lenshouse_ingest_queued_points", "Points acknowledged, not yet loaded.", ls.queued_rows
+        )
+        yield GaugeMetricFamily(
+            "lenshouse_last_insert_seconds", "Duration of the last load.", ls.last_insert_seconds
+        )
+
+
+class Metrics:
+    def __init__(self, node: Node) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(NodeCollector(node))
+        self.lens_seconds = Histogram(
+            "lenshouse_lens_seconds",
+            "Lens request latency.",
+            buckets=LENS_BUCKETS,
+            registry=self.registry,
+        )

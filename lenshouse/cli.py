@@ -1,0 +1,254 @@
+"""The ``lenshouse`` command line."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import re
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import typer
+import uvicorn
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from lenshouse.node import DEFAULT_DATA_DIR, Node
+
+app = typer.Typer(
+    help="lenshouse: a time-series store for high-frequency sensors on ClickHouse.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+
+_UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+
+
+def parse_duration_ms(text: str) -> int:
+    """'10s', '1m', '1h', '1d', '250ms' → milliseconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*", text)
+    if not m:
+        raise typer.BadParameter(f"{text!r} is not a duration like 10s, 1m, 1h, 1d")
+    return int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
+def _serve_in_thread(node: Node, host: str, port: int) -> uvicorn.Server:
+    from lenshouse.api.app import create_app
+
+    config = uvicorn.Config(create_app(node), host=host, port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="http", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise typer.Exit(_fail(f"the HTTP server could not start on {host}:{port}"))
+        time.sleep(0.05)
+    server.thread = thread  # type: ignore[attr-defined]
+    return server
+
+
+def _fail(message: str) -> int:
+    console.print(f"[red]error:[/red] {message}")
+    return 1
+
+
+def _open_node(data: Path, **kw) -> Node:
+    from lenshouse.storage.backend import StorageError
+
+    try:
+        return Node(data, **kw).start()
+    except StorageError as e:
+        raise typer.Exit(_fail(str(e))) from None
+
+
+def _generator_process(url: str, sensors: int, rate_hz: int, seconds: int, start_ms: int) -> None:
+    from lenshouse.generators.sender import run
+    from lenshouse.generators.signals import Fleet
+
+    run(url, Fleet(sensors=sensors, rate_hz=rate_hz, start_ms=start_ms), seconds)
+
+
+@app.command()
+def demo(
+    data: Path = typer.Option(DEFAULT_DATA_DIR, help="data directory"),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8080),
+    sensors: int = typer.Option(1000, help="number of generated sensors"),
+    rate_hz: int = typer.Option(1000, help="samples per second per sensor (1..1000)"),
+    duration: str = typer.Option("0s", help="stop after this long (0s: run until Ctrl-C)"),
+) -> None:
+    """Run storage, the HTTP server and a sensor generator feeding it."""
+    seconds = parse_duration_ms(duration) // 1000
+    if not 1 <= rate_hz <= 1000:
+        raise typer.Exit(_fail("--rate-hz must be between 1 and 1000"))
+    node = _open_node(data)
+    try:
+        server = _serve_in_thread(node, host, port)
+    except BaseException:
+        node.stop()
+        raise
+    url = f"http://{host}:{port}"
+    start_ms = int(time.time()) * 1000
+    run_for = seconds if seconds > 0 else 10**9
+    gen = mp.get_context("spawn").Process(
+        target=_generator_process,
+        args=(url, sensors, rate_hz, run_for, start_ms),
+        daemon=True,
+    )
+    gen.start()
+    console.print(f"[bold]lenshouse demo[/bold]: {sensors} sensors × {rate_hz} Hz → {url}")
+    console.print(f"data in {data.resolve()}; storage: chDB (embedded ClickHouse)")
+    console.print(
+        f"query:  lenshouse lens --url {url} --sensors 1,2,3 --last 1m\n"
+        f"        curl '{url}/v1/lens?sensors=1,2&start={start_ms}&end={start_ms + 60_000}'\n"
+        f"chart:  {url}/    metrics: {url}/metrics    Ctrl-C stops"
+    )
+    ing = node.ingestor
+    t_end = time.monotonic() + seconds if seconds > 0 else float("inf")
+    prev = (time.monotonic(), ing.points_accepted, ing.loader.stats.rows_loaded)
+    try:
+        while time.monotonic() < t_end:
+            time.sleep(max(0.0, min(1.0, t_end - time.monotonic())))
+            now, acc, loaded = time.monotonic(), ing.points_accepted, ing.loader.stats.rows_loaded
+            dt = max(now - prev[0], 1e-6)
+            console.print(
+                f"accepted {(acc - prev[1]) / dt:>10,.0f}/s  loaded {(loaded - prev[2]) / dt:>10,.0f}/s"
+                f"  total {loaded:>12,}  lag {ing.loader.lag_seconds():4.2f}s",
+                soft_wrap=True,
+            )
+            prev = (now, acc, loaded)
+            if not gen.is_alive() and seconds == 0:
+                console.print("[yellow]generator stopped[/yellow]")
+                break
+    except KeyboardInterrupt:
+        console.print("stopping…")
+    finally:
+        gen.terminate()
+        gen.join(5)
+        server.should_exit = True
+        server.thread.join(10)  # type: ignore[attr-defined]
+        node.stop()
+    console.print(f"stopped; {node.ingestor.loader.stats.rows_loaded:,} points loaded this run")
+
+
+@app.command()
+def serve(
+    data: Path = typer.Option(DEFAULT_DATA_DIR, help="data directory"),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8080),
+    flush_interval: float = typer.Option(1.0, help="seconds the loader gathers before inserting"),
+) -> None:
+    """Run storage and the HTTP server."""
+    node = _open_node(data, flush_interval=flush_interval)
+    from lenshouse.api.app import create_app
+
+    console.print(f"lenshouse serving {data.resolve()} on http://{host}:{port}")
+    try:
+        uvicorn.run(create_app(node), host=host, port=port, log_level="warning")
+    finally:
+        node.stop()
+
+
+@app.command()
+def generate(
+    url: str = typer.Option("http://127.0.0.1:8080", help="lenshouse server"),
+    sensors: int = typer.Option(1000),
+    rate_hz: int = typer.Option(1000),
+    duration: str = typer.Option("60s", help="how much data to send"),
+    tenant: str = typer.Option("default"),
+    realtime: bool = typer.Option(
+        True, help="pace at one second per second; --no-realtime sends as fast as possible"
+    ),
+    start_ms: int = typer.Option(0, help="timestamp of the first sample (default: now)"),
+    delay: float = typer.Option(0.0, help="hold each batch this many seconds"),
+    reorder: bool = typer.Option(False, help="shuffle the points inside each batch"),
+    duplicate: float = typer.Option(0.0, help="fraction of batches sent twice"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Feed a running server with generated sensor data."""
+    from lenshouse.generators.sender import MiddleLayer, run
+    from lenshouse.generators.signals import Fleet
+
+    seconds = parse_duration_ms(duration) // 1000
+    try:
+        fleet = Fleet(
+            sensors=sensors,
+            rate_hz=rate_hz,
+            seed=seed,
+            start_ms=start_ms or int(time.time() - (0 if realtime else seconds)) * 1000,
+        )
+    except ValueError as e:
+        raise typer.Exit(_fail(str(e))) from None
+    middle = MiddleLayer(delay_s=delay, reorder=reorder, duplicate=duplicate, seed=seed)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} s"),
+        TimeRemainingColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("sending", total=seconds)
+        try:
+            stats = run(
+                url,
+                fleet,
+                seconds,
+                tenant=tenant,
+                realtime=realtime,
+                middle=middle,
+                on_second=lambda k, s: progress.update(task, completed=k + 1),
+            )
+        except (RuntimeError, TimeoutError) as e:
+            raise typer.Exit(_fail(str(e))) from None
+    console.print(
+        f"sent {stats.points:,} points in {stats.batches} batches over {stats.seconds:.1f} s "
+        f"({stats.points / max(stats.seconds, 1e-9):,.0f} pts/s, {stats.retries} retries)"
+    )
+
+
+@app.command()
+def lens(
+    sensors: str = typer.Option(..., help="comma-separated ids, e.g. 1,2,3"),
+    url: str = typer.Option("http://127.0.0.1:8080"),
+    last: str = typer.Option("1m", help="window ending now, e.g. 10s, 1h, 1d"),
+    start: int = typer.Option(None, help="window start (epoch ms), instead of --last"),
+    end: int = typer.Option(None, help="window end (epoch ms)"),
+    points: int = typer.Option(2500),
+    tenant: str = typer.Option("default"),
+    rows: int = typer.Option(5, help="buckets to print per sensor"),
+) -> None:
+    """Print a lens from a running server."""
+    end = end if end is not None else int(time.time() * 1000)
+    start = start if start is not None else end - parse_duration_ms(last)
+    params = {"sensors": sensors, "start": start, "end": end, "points": points}
+    try:
+        t0 = time.perf_counter()
+        r = httpx.get(url + "/v1/lens", params=params, headers={"X-Tenant": tenant}, timeout=60)
+        ms = (time.perf_counter() - t0) * 1000
+    except httpx.TransportError as e:
+        raise typer.Exit(_fail(f"cannot reach {url}: {e}")) from None
+    if r.status_code != 200:
+        raise typer.Exit(_fail(f"{r.status_code}: {r.json().get('error', r.text)}"))
+    doc = r.json()
+    console.print(f"window [{doc['start']}, {doc['end']}) step {doc['step']} ms, {ms:.1f} ms")
+    for s in doc["series"]:
+        t = Table(title=f"sensor {s['sensor']}: {len(s['t'])} buckets")
+        for col in ("t", "avg", "min", "max", "count"):
+            t.add_column(col, justify="right")
+        for i in list(range(len(s["t"])))[-rows:]:
+            t.add_row(
+                str(s["t"][i]),
+                f"{s['avg'][i]:.6g}",
+                f"{s['min'][i]:.6g}",
+                f"{s['max'][i]:.6g}",
+                str(s["count"][i]),
+            )
+        console.print(t)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""Generators: synthetic sensor data and query load."""

@@ -1,0 +1,1 @@
+"""Ingestion: decode write requests, make them durable, load them into ClickHouse."""

@@ -1,0 +1,77 @@
+"""The ingest path in one object: validate, append to the log, acknowledge,
+and hand the record to the loader."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from lenshouse.ingest.loader import Loader
+from lenshouse.ingest.visibility import Visibility
+from lenshouse.ingest.wal import WriteAheadLog
+from lenshouse.points import BadInput, PointBatch
+from lenshouse.storage.backend import Backend
+
+
+class Overloaded(BadInput):
+    """The loader is too far behind; the client should retry later (HTTP 503)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 503)
+
+
+class Ingestor:
+    def __init__(
+        self,
+        data_dir: Path,
+        backend: Backend,
+        flush_interval: float = 1.0,
+        max_load_rows: int = 1_000_000,
+        max_queued_rows: int = 30_000_000,
+        fsync: bool = True,
+    ) -> None:
+        self.visibility = Visibility()
+        self.wal = WriteAheadLog(Path(data_dir) / "wal", fsync=fsync)
+        self.loader = Loader(
+            self.wal,
+            backend,
+            Path(data_dir) / "loader.json",
+            self.visibility,
+            flush_interval=flush_interval,
+            max_rows=max_load_rows,
+        )
+        self.wal.on_durable = self.loader.submit
+        self.max_queued_rows = max_queued_rows
+        self.points_accepted = 0
+        self.batches_accepted = 0
+
+    def start(self) -> None:
+        """Finish any load left in doubt, then accept writes and load in the background."""
+        self.loader.recover()
+        self.visibility.end(self.loader.state.next_seq - 1)
+        self.wal.start()
+        self.loader.start()
+
+    def stop(self) -> None:
+        self.wal.close()
+        self.loader.stop(drain=True)
+
+    async def write(self, batch: PointBatch) -> int:
+        """Make ``batch`` durable; returns its log position once it is on disk."""
+        if self.loader.stats.queued_rows > self.max_queued_rows:
+            raise Overloaded(
+                f"ingest is {self.loader.stats.queued_rows} points behind; retry shortly"
+            )
+        lsn = await asyncio.wrap_future(self.wal.append(batch))
+        self.points_accepted += len(batch)
+        self.batches_accepted += 1
+        return lsn
+
+    def write_sync(self, batch: PointBatch) -> int:
+        lsn = self.wal.append(batch).result()
+        self.points_accepted += len(batch)
+        self.batches_accepted += 1
+        return lsn
+
+    def wait_visible(self, lsn: int, timeout: float = 10.0) -> bool:
+        return self.loader.wait_loaded(lsn, timeout)

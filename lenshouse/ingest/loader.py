@@ -1,0 +1,311 @@
+"""The loader: turns log records into few, large, idempotent ClickHouse inserts.
+
+Each load takes consecutive log records (about one second, at most ~1M rows),
+writes its intent to ``loader.json`` (fsynced), inserts the rows with a
+deduplication token derived from the log positions, then records completion.
+After a crash, the load in doubt is replayed with the same records, sequence
+number and token, so ClickHouse drops whatever part of it already landed, in
+raw data and in every rollup.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from lenshouse.ingest.visibility import LoadSpan, Visibility
+from lenshouse.ingest.wal import Record, WriteAheadLog
+from lenshouse.storage.backend import Backend, StorageError
+
+log = logging.getLogger(__name__)
+
+
+class LoaderStopped(Exception):
+    """Raised inside the loader thread when it is stopped mid-retry."""
+
+
+@dataclass
+class Pending:
+    seq: int
+    first_lsn: int
+    last_lsn: int
+
+
+@dataclass
+class LoaderState:
+    """Durable progress: every record below ``next_lsn`` is in ClickHouse."""
+
+    epoch: str = field(default_factory=lambda: uuid.uuid4().hex)
+    next_lsn: int = 0
+    next_seq: int = 0
+    pending: Pending | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> LoaderState:
+        if not path.exists():
+            state = cls()
+            state.save(path)
+            return state
+        doc = json.loads(path.read_text())
+        pending = doc.get("pending")
+        return cls(
+            epoch=doc["epoch"],
+            next_lsn=doc["next_lsn"],
+            next_seq=doc["next_seq"],
+            pending=Pending(**pending) if pending else None,
+        )
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump(asdict(self), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@dataclass
+class LoaderStats:
+    loads: int = 0
+    rows_loaded: int = 0
+    insert_errors: int = 0
+    last_insert_seconds: float = 0.0
+    queued_rows: int = 0
+
+
+class Loader:
+    def __init__(
+        self,
+        wal: WriteAheadLog,
+        backend: Backend,
+        state_path: Path,
+        visibility: Visibility,
+        flush_interval: float = 1.0,
+        max_rows: int = 1_000_000,
+    ) -> None:
+        self.wal = wal
+        self.backend = backend
+        self.state_path = state_path
+        self.state = LoaderState.load(state_path)
+        self.visibility = visibility
+        self.flush_interval = flush_interval
+        self.max_rows = max_rows
+        self.stats = LoaderStats()
+        self._queue: queue.Queue[tuple[Record, float]] = queue.Queue()
+        self._queued_lock = threading.Lock()
+        self._acked: deque[tuple[int, float]] = deque()  # (lsn, ack time) not yet loaded
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._known_sensors: set[tuple[str, int]] = set()
+        self._loaded = threading.Condition()
+        self.backlog_end = wal.next_lsn  # records below this are read from disk
+
+    # -- feeding --------------------------------------------------------------
+    def submit(self, rec: Record) -> None:
+        """Called by the log once ``rec`` is durable."""
+        now = time.monotonic()
+        with self._queued_lock:
+            self.stats.queued_rows += len(rec.batch)
+            self._acked.append((rec.lsn, now))
+        self._queue.put((rec, now))
+
+    def lag_seconds(self) -> float:
+        """How long the oldest acknowledged, not yet loaded record has waited."""
+        with self._queued_lock:
+            return time.monotonic() - self._acked[0][1] if self._acked else 0.0
+
+    @property
+    def loaded_lsn(self) -> int:
+        """Records below this LSN are visible to lenses."""
+        return self.state.next_lsn
+
+    def wait_loaded(self, lsn: int, timeout: float) -> bool:
+        with self._loaded:
+            return self._loaded.wait_for(lambda: self.state.next_lsn > lsn, timeout)
+
+    # -- running --------------------------------------------------------------
+    def recover(self) -> None:
+        """Finish the load in doubt, exactly as it was first attempted."""
+        self._known_sensors = self._read_known_sensors()
+        p = self.state.pending
+        if p is not None:
+            records = [r for r in self.wal.read(p.first_lsn) if r.lsn <= p.last_lsn]
+            if len(records) != p.last_lsn - p.first_lsn + 1:
+                raise RuntimeError(f"log lacks records {p.first_lsn}..{p.last_lsn} of load {p.seq}")
+            self._load(records, p.seq)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="loader", daemon=True)
+        self._thread.start()
+
+    def stop(self, drain: bool = True) -> None:
+        """Stop; with ``drain``, load everything queued first."""
+        if drain:
+            deadline = time.monotonic() + 60
+            while self._thread and self.state.next_lsn < self.wal.next_lsn:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        try:
+            for group in self._groups():
+                self._load(group, self.state.next_seq)
+        except LoaderStopped:
+            log.info("loader stopped with a load in doubt; it is replayed on restart")
+        except Exception:  # pragma: no cover - surfaced through /healthz
+            log.exception("loader stopped")
+            raise
+
+    def _groups(self) -> Iterator[list[Record]]:
+        """Consecutive records, ~flush_interval or max_rows at a time."""
+        group: list[Record] = []
+        rows = 0
+        for rec in self.wal.read(self.state.next_lsn):
+            if rec.lsn >= self.backlog_end:
+                break
+            group.append(rec)
+            rows += len(rec.batch)
+            if rows >= self.max_rows:
+                yield group
+                group, rows = [], 0
+        if group:
+            yield group
+        while not self._stop.is_set():
+            group = self._gather()
+            if group:
+                yield group
+
+    def _gather(self) -> list[Record]:
+        group: list[Record] = []
+        rows = 0
+        deadline = None
+        while not self._stop.is_set():
+            timeout = 0.1 if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                rec, acked = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                continue
+            if rec.lsn < self.state.next_lsn:
+                continue  # loaded from disk during recovery
+            if deadline is None:
+                deadline = acked + self.flush_interval
+            group.append(rec)
+            rows += len(rec.batch)
+            if rows >= self.max_rows:
+                break
+        return group
+
+    # -- one load -------------------------------------------------------------
+    def _load(self, records: list[Record], seq: int) -> None:
+        first, last = records[0].lsn, records[-1].lsn
+        table, span = self._to_arrow(records, seq)
+        self.state.pending = Pending(seq, first, last)
+        self.state.save(self.state_path)
+        self.visibility.begin(span)
+        token = f"lh-{self.state.epoch}-{seq}-{first}-{last}"
+        t0 = time.perf_counter()
+        self._insert_with_retry("raw", table, token)
+        self._register_sensors(records, token)
+        self.stats.last_insert_seconds = time.perf_counter() - t0
+        with self._loaded:
+            self.state.next_lsn = last + 1
+            self.state.next_seq = seq + 1
+            self.state.pending = None
+            self.state.save(self.state_path)
+            self._loaded.notify_all()
+        self.visibility.end(seq)
+        rows = table.num_rows
+        self.stats.loads += 1
+        self.stats.rows_loaded += rows
+        self._dequeue(last, rows)
+        if self.stats.loads % 16 == 0:
+            self.wal.truncate_before(self.state.next_lsn)
+
+    def _dequeue(self, last_lsn: int, rows: int) -> None:
+        with self._queued_lock:
+            self.stats.queued_rows = max(0, self.stats.queued_rows - rows)
+            while self._acked and self._acked[0][0] <= last_lsn:
+                self._acked.popleft()
+
+    def _insert_with_retry(self, table: str, data: pa.Table, token: str) -> None:
+        delay = 0.05
+        while True:
+            try:
+                self.backend.insert(table, data, token)
+                return
+            except StorageError as e:
+                self.stats.insert_errors += 1
+                log.warning("insert into %s failed, retrying in %.2fs: %s", table, delay, e)
+                if self._stop.wait(delay):
+                    raise LoaderStopped from e
+                delay = min(delay * 2, 5.0)
+
+    @staticmethod
+    def _to_arrow(records: list[Record], seq: int) -> tuple[pa.Table, LoadSpan]:
+        tenants = sorted({r.batch.tenant for r in records})
+        code = {t: i for i, t in enumerate(tenants)}
+        sizes = [len(r.batch) for r in records]
+        idx = np.repeat(np.array([code[r.batch.tenant] for r in records], dtype=np.int32), sizes)
+        ts = np.concatenate([r.batch.ts for r in records])
+        table = pa.table(
+            {
+                "tenant": pa.DictionaryArray.from_arrays(idx, pa.array(tenants)),
+                "sensor": np.concatenate([r.batch.sensor for r in records]),
+                "ts": ts,
+                "value": np.concatenate([r.batch.value for r in records]),
+                "seq": np.full(len(ts), seq, dtype=np.uint64),
+            }
+        )
+        lo, hi = (int(ts.min()), int(ts.max())) if len(ts) else (0, -1)
+        return table, LoadSpan(seq, frozenset(tenants), lo, hi)
+
+    # -- the sensor catalog -----------------------------------------------------
+    def _read_known_sensors(self) -> set[tuple[str, int]]:
+        rows = self.backend.query("SELECT DISTINCT tenant, sensor FROM sensors")
+        return set(zip(rows.column("tenant").to_pylist(), rows.column("sensor").to_pylist()))
+
+    def _register_sensors(self, records: list[Record], token: str) -> None:
+        """Sensors seen for the first time enter the catalog with no labels."""
+        new: set[tuple[str, int]] = set()
+        for rec in records:
+            for s in np.unique(rec.batch.sensor).tolist():
+                key = (rec.batch.tenant, s)
+                if key not in self._known_sensors:
+                    new.add(key)
+        if not new:
+            return
+        keys = sorted(new)
+        table = pa.table(
+            {
+                "tenant": [k[0] for k in keys],
+                "sensor": pa.array([k[1] for k in keys], pa.uint32()),
+                "labels": ["{}"] * len(keys),
+                "version": pa.array([0] * len(keys), pa.int64()),
+            }
+        )
+        self._insert_with_retry("sensors", table, token + "-sensors")
+        self._known_sensors |= new

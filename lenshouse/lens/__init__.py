@@ -1,0 +1,1 @@
+"""Lenses: exact bucketed aggregates of 1-10 sensors over any window."""

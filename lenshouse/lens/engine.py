@@ -1,0 +1,204 @@
+"""The lens engine: plans a lens, runs it as one ClickHouse query, and checks
+that no load changed what it read while it ran."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from lenshouse.ingest.visibility import Snapshot, Visibility
+from lenshouse.lens.planner import Segment, plan, raw_span
+from lenshouse.lens.steps import bucket_count, choose_step
+from lenshouse.points import BadInput, check_tenant
+from lenshouse.storage.backend import Backend
+
+AGGS = ("avg", "min", "max", "count")
+MAX_SENSORS = 10
+MAX_BUCKETS = 20_000
+# A load in flight holds back rollups from its oldest point on; past this much
+# raw reading it is cheaper to wait for the load to finish.
+MAX_HEAD_RAW_MS = 30_000
+
+
+@dataclass
+class Series:
+    sensor: int
+    t: np.ndarray
+    sum: np.ndarray
+    count: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
+
+    @property
+    def avg(self) -> np.ndarray:
+        return self.sum / self.count
+
+
+@dataclass
+class Lens:
+    start: int
+    end: int
+    step: int
+    series: list[Series]
+    segments: list[Segment] = field(default_factory=list)
+    retries: int = 0
+
+    def to_json(self, aggs: tuple[str, ...] = AGGS) -> dict:
+        out = []
+        for s in self.series:
+            item: dict = {"sensor": s.sensor, "t": s.t.tolist()}
+            for a in aggs:
+                item[a] = (s.avg if a == "avg" else getattr(s, a)).tolist()
+            out.append(item)
+        return {"start": self.start, "end": self.end, "step": self.step, "series": out}
+
+
+def parse_sensors(text: str) -> list[int]:
+    try:
+        ids = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise BadInput("sensors must be a comma-separated list of integer ids", 422) from None
+    if not 1 <= len(ids) <= MAX_SENSORS:
+        raise BadInput(f"a lens takes 1 to {MAX_SENSORS} sensors, got {len(ids)}", 422)
+    if any(not 0 <= i < 2**32 for i in ids):
+        raise BadInput("sensor ids are 0 .. 2^32-1", 422)
+    return list(dict.fromkeys(ids))
+
+
+def parse_aggs(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return AGGS
+    aggs = tuple(a.strip() for a in text.split(",") if a.strip())
+    bad = [a for a in aggs if a not in AGGS]
+    if bad or not aggs:
+        raise BadInput(f"agg must be a subset of {','.join(AGGS)}; got {text!r}", 422)
+    return aggs
+
+
+class LensEngine:
+    def __init__(self, backend: Backend, visibility: Visibility) -> None:
+        self.backend = backend
+        self.visibility = visibility
+
+    def resolve_step(self, start: int, end: int, points: int | None, step: int | None) -> int:
+        if end <= start:
+            raise BadInput(f"end ({end}) must be after start ({start})", 422)
+        if step is not None:
+            if step < 1:
+                raise BadInput("step must be at least 1 ms", 422)
+            if bucket_count(start, end, step) > MAX_BUCKETS:
+                raise BadInput(f"step {step} gives more than {MAX_BUCKETS} buckets", 422)
+            return step
+        points = 2500 if points is None else points
+        if not 1 <= points <= MAX_BUCKETS:
+            raise BadInput(f"points must be 1..{MAX_BUCKETS}", 422)
+        return choose_step(start, end, points)
+
+    def lens(
+        self,
+        sensors: list[int],
+        start: int,
+        end: int,
+        points: int | None = None,
+        step: int | None = None,
+        tenant: str | None = None,
+    ) -> Lens:
+        tenant = check_tenant(tenant)
+        step = self.resolve_step(start, end, points, step)
+        for attempt in range(8):
+            snap = self.visibility.snapshot()
+            cut = self._head_cut(snap, tenant, start, end)
+            segments = plan(start, end, step, cut)
+            if cut is not None and raw_span(segments) > MAX_HEAD_RAW_MS and attempt < 7:
+                self.visibility.wait_idle(timeout=5.0)
+                continue
+            table = self.backend.query(self._sql(tenant, sensors, step, segments, snap))
+            if self._still_valid(snap, tenant, segments):
+                return self._result(table, sensors, start, end, step, segments, attempt)
+        raise RuntimeError("lens could not get a consistent read after 8 attempts")
+
+    @staticmethod
+    def _head_cut(snap: Snapshot, tenant: str, start: int, end: int) -> int | None:
+        cuts = [s.min_ts for s in snap.inflight if s.touches(tenant, start, end)]
+        return min(cuts) if cuts else None
+
+    def _still_valid(self, snap: Snapshot, tenant: str, segments: list[Segment]) -> bool:
+        """False if a load begun during the read wrote rollup cells it used."""
+        newer = self.visibility.started_since(snap)
+        if newer is None:
+            return False
+        return not any(
+            span.touches(tenant, seg.lo, seg.hi)
+            for span in newer
+            for seg in segments
+            if seg.tier is not None
+        )
+
+    @staticmethod
+    def _sql(
+        tenant: str, sensors: list[int], step: int, segments: list[Segment], snap: Snapshot
+    ) -> str:
+        ids = ",".join(map(str, sensors))
+        where = f"tenant = '{tenant}' AND sensor IN ({ids})"
+        parts = []
+        raw = [s for s in segments if s.tier is None]
+        if raw and snap.committed_seq >= 0:
+            ranges = " OR ".join(f"(ts >= {s.lo} AND ts < {s.hi})" for s in raw)
+            parts.append(
+                "SELECT sensor, ts AS t, value AS s, toUInt64(1) AS c, value AS mn, value AS mx"
+                f" FROM raw WHERE {where} AND seq <= {snap.committed_seq} AND ({ranges})"
+            )
+        by_tier: dict[str, list[Segment]] = {}
+        for s in segments:
+            if s.tier is not None:
+                by_tier.setdefault(s.tier.table, []).append(s)
+        for table, segs in by_tier.items():
+            ranges = " OR ".join(f"(t >= {s.lo} AND t < {s.hi})" for s in segs)
+            parts.append(
+                "SELECT sensor, t, sum AS s, cnt AS c, min AS mn, max AS mx"
+                f" FROM {table} WHERE {where} AND ({ranges})"
+            )
+        if not parts:
+            parts.append(
+                "SELECT toUInt32(0) AS sensor, toInt64(0) AS t, 0.0 AS s, toUInt64(0) AS c,"
+                " 0.0 AS mn, 0.0 AS mx WHERE 0"
+            )
+        union = " UNION ALL ".join(parts)
+        return (
+            f"SELECT sensor, intDiv(t, {step}) AS b, sum(s) AS sum, sum(c) AS cnt,"
+            f" min(mn) AS min, max(mx) AS max FROM ({union})"
+            " GROUP BY sensor, b ORDER BY sensor, b"
+        )
+
+    @staticmethod
+    def _result(
+        table: pa.Table,
+        sensors: list[int],
+        start: int,
+        end: int,
+        step: int,
+        segments: list[Segment],
+        retries: int,
+    ) -> Lens:
+        cols = {name: table.column(name).to_numpy() for name in table.column_names}
+        series = []
+        for sensor in sensors:
+            m = cols["sensor"] == sensor
+            series.append(
+                Series(
+                    sensor,
+                    cols["b"][m].astype(np.int64) * step,
+                    cols["sum"][m],
+                    cols["cnt"][m].astype(np.int64),
+                    cols["min"][m],
+                    cols["max"][m],
+                )
+            )
+        return Lens(start, end, step, series, segments, retries)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,56 @@
+"""The lens planner: which source answers which part of a window.
+
+Buckets are multiples of the step; the step is a multiple of the tiers it may
+use. The window [start, end) is covered by disjoint segments: the coarsest
+usable tier takes the whole cells in the middle, finer tiers the partial cells
+at the edges, and raw points only what is left at the very edges (less than
+one 100 ms cell per side), plus the head that a load in flight is writing.
+Each tier cell falls inside exactly one bucket, so summing segments per bucket
+gives exactly the raw-data answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lenshouse.rollup.tiers import TIERS, Tier
+
+
+@dataclass(frozen=True)
+class Segment:
+    tier: Tier | None  # None: raw points
+    lo: int
+    hi: int
+
+
+def usable_tiers(step: int) -> list[Tier]:
+    """Tiers whose cells nest inside buckets of ``step``, coarsest first."""
+    return [t for t in reversed(TIERS) if step % t.res_ms == 0]
+
+
+def cover(lo: int, hi: int, tiers: list[Tier]) -> list[Segment]:
+    """Disjoint segments covering [lo, hi): whole tier cells where possible."""
+    if lo >= hi:
+        return []
+    for i, tier in enumerate(tiers):
+        r = tier.res_ms
+        a = -(-lo // r) * r
+        b = hi // r * r
+        if a < b:
+            finer = tiers[i + 1 :]
+            return [*cover(lo, a, finer), Segment(tier, a, b), *cover(b, hi, finer)]
+    return [Segment(None, lo, hi)]
+
+
+def plan(start: int, end: int, step: int, head_cut: int | None = None) -> list[Segment]:
+    """Segments for a lens; rollups are not used at or after ``head_cut``."""
+    tiers = usable_tiers(step)
+    if head_cut is None or head_cut >= end:
+        return cover(start, end, tiers)
+    cut = max(start, head_cut)
+    return [*cover(start, cut, tiers), *([Segment(None, cut, end)] if cut < end else [])]
+
+
+def raw_span(segments: list[Segment]) -> int:
+    """Milliseconds of the window read from raw points."""
+    return sum(s.hi - s.lo for s in segments if s.tier is None)

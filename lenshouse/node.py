@@ -1,0 +1,54 @@
+"""A lenshouse node: storage, ingest and lenses over one data directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lenshouse.ingest.ingestor import Ingestor
+from lenshouse.lens.engine import LensEngine
+from lenshouse.storage.backend import Backend
+from lenshouse.storage.catalog import Catalog
+from lenshouse.storage.embedded import EmbeddedBackend
+from lenshouse.storage.schema import create_schema
+
+DEFAULT_DATA_DIR = Path("lenshouse-data")
+
+
+class Node:
+    def __init__(
+        self,
+        data_dir: Path = DEFAULT_DATA_DIR,
+        backend: Backend | None = None,
+        flush_interval: float = 1.0,
+        fsync: bool = True,
+        query_connections: int = 4,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.backend = backend or EmbeddedBackend(
+            self.data_dir / "clickhouse", query_connections=query_connections
+        )
+        create_schema(self.backend)
+        self.ingestor = Ingestor(
+            self.data_dir, self.backend, flush_interval=flush_interval, fsync=fsync
+        )
+        self.lenses = LensEngine(self.backend, self.ingestor.visibility)
+        self.catalog = Catalog(self.backend)
+        self._started = False
+
+    def start(self) -> Node:
+        self.ingestor.start()
+        self._started = True
+        return self
+
+    def stop(self) -> None:
+        if self._started:
+            self.ingestor.stop()
+            self._started = False
+        self.backend.close()
+
+    def __enter__(self) -> Node:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,1 @@
+"""Rollups: multi-resolution tiers of mergeable aggregate states."""

@@ -1,0 +1,79 @@
+"""The rollup tiers and their DDL.
+
+Each tier holds, per (tenant, sensor, cell), the sum, count, min and max of the
+raw points in the cell. These states merge exactly: a late point simply adds
+another partial row for its cell, and queries fold rows with sum/min/max, so a
+tier answers exactly what raw data would, merged or not.
+
+The first tier is fed by a materialized view on the raw table; each coarser
+tier by a view on the tier below it, so only the first view touches every raw
+point. Inserts carry a deduplication token, and the views inherit it, so a
+retried load neither doubles raw rows nor any tier.
+
+Tiers were picked by cost: a 10 ms tier costs about as much disk as raw data,
+100 ms about a tenth of that, 1 s and coarser almost nothing. With the step
+ladder in :mod:`lenshouse.lens.steps`, no lens bucket needs more than 50 rows
+of any source at 1 kHz.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Tier:
+    name: str
+    res_ms: int
+
+    @property
+    def table(self) -> str:
+        return f"rollup_{self.name}"
+
+
+TIERS: tuple[Tier, ...] = (
+    Tier("100ms", 100),
+    Tier("1s", 1_000),
+    Tier("1m", 60_000),
+    Tier("1h", 3_600_000),
+)
+
+
+def tier_ddl(tier: Tier, source: Tier | None, dedup_window: int) -> list[str]:
+    """CREATE statements for a tier's table and the view that feeds it."""
+    # A day per partition keeps late data to small merges; coarse tiers use a
+    # month so that a month-long lens touches few parts.
+    part = "intDiv(t, 86400000)" if tier.res_ms < 60_000 else "intDiv(t, 2592000000)"
+    table = f"""
+CREATE TABLE IF NOT EXISTS {tier.table} (
+    tenant LowCardinality(String),
+    sensor UInt32,
+    t Int64 CODEC(DoubleDelta, ZSTD(1)),
+    sum SimpleAggregateFunction(sum, Float64) CODEC(Gorilla, ZSTD(1)),
+    cnt SimpleAggregateFunction(sum, UInt64) CODEC(T64, ZSTD(1)),
+    min SimpleAggregateFunction(min, Float64) CODEC(Gorilla, ZSTD(1)),
+    max SimpleAggregateFunction(max, Float64) CODEC(Gorilla, ZSTD(1))
+) ENGINE = AggregatingMergeTree
+PARTITION BY {part}
+ORDER BY (tenant, sensor, t)
+SETTINGS non_replicated_deduplication_window = {dedup_window}"""
+    r = tier.res_ms
+    if source is None:
+        select = f"""SELECT tenant, sensor, intDiv(ts, {r}) * {r} AS t,
+    sum(value) AS sum, count() AS cnt, min(value) AS min, max(value) AS max
+FROM raw GROUP BY tenant, sensor, t"""
+    else:
+        select = f"""SELECT tenant, sensor, intDiv(t, {r}) * {r} AS t,
+    sum(sum) AS sum, sum(cnt) AS cnt, min(min) AS min, max(max) AS max
+FROM {source.table} GROUP BY tenant, sensor, t"""
+    view = f"CREATE MATERIALIZED VIEW IF NOT EXISTS {tier.table}_mv TO {tier.table} AS\n{select}"
+    return [table, view]
+
+
+def all_tier_ddl(dedup_window: int) -> list[str]:
+    stmts: list[str] = []
+    source = None
+    for tier in TIERS:
+        stmts += tier_ddl(tier, source, dedup_window)
+        source = tier
+    return stmts

@@ -1,0 +1,57 @@
+"""The sensor catalog: which sensors exist per tenant, with their labels."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pyarrow as pa
+
+from lenshouse.points import BadInput, check_tenant
+from lenshouse.storage.backend import Backend
+
+MAX_LABELS = 32
+
+
+def check_labels(labels: object) -> dict[str, str]:
+    if not isinstance(labels, dict):
+        raise BadInput("labels must be a JSON object of string keys and values", 422)
+    if len(labels) > MAX_LABELS:
+        raise BadInput(f"at most {MAX_LABELS} labels per sensor", 422)
+    for k, v in labels.items():
+        if not isinstance(v, str) or not k or len(k) > 64 or len(v) > 256:
+            raise BadInput(
+                "labels must map names (1-64 chars) to string values (<= 256 chars)", 422
+            )
+    return dict(labels)
+
+
+class Catalog:
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    def put(self, tenant: str, sensor: int, labels: dict[str, str]) -> None:
+        table = pa.table(
+            {
+                "tenant": [check_tenant(tenant)],
+                "sensor": pa.array([sensor], pa.uint32()),
+                "labels": [json.dumps(check_labels(labels), sort_keys=True)],
+                "version": pa.array([time.time_ns()], pa.int64()),
+            }
+        )
+        self.backend.insert("sensors", table)
+
+    def list(self, tenant: str, match: dict[str, str] | None = None) -> list[dict]:
+        rows = self.backend.query(
+            "SELECT sensor, argMax(labels, version) AS labels FROM sensors"
+            f" WHERE tenant = '{check_tenant(tenant)}' GROUP BY sensor ORDER BY sensor"
+        )
+        out = []
+        for sensor, labels in zip(
+            rows.column("sensor").to_pylist(), rows.column("labels").to_pylist()
+        ):
+            lab = json.loads(labels)
+            if match and any(lab.get(k) != v for k, v in match.items()):
+                continue
+            out.append({"sensor": sensor, "labels": lab})
+        return out

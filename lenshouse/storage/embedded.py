@@ -1,0 +1,83 @@
+"""The embedded backend: chDB, the ClickHouse engine inside this process.
+
+One process owns a data directory. chDB runs one query at a time per
+connection and a streaming insert blocks its connection, so inserts get a
+connection of their own and queries draw from a small pool.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import chdb
+import pyarrow as pa
+
+from lenshouse.storage.backend import StorageError
+
+_INSERT_SETTINGS = (
+    "deduplicate_blocks_in_dependent_materialized_views = 1, "
+    "insert_deduplicate = 1, max_insert_threads = 1"
+)
+
+
+class EmbeddedBackend:
+    name = "chdb"
+
+    def __init__(self, path: Path, query_connections: int = 4) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self._insert_conn = chdb.connect(str(self.path))
+        except Exception as e:  # chDB reports a locked directory only generically
+            raise StorageError(
+                f"cannot open {self.path}: is another lenshouse process using it? ({e})"
+            ) from e
+        self._insert_lock = threading.Lock()
+        self._pool: queue.Queue = queue.Queue()
+        for _ in range(query_connections):
+            self._pool.put(chdb.connect(str(self.path)))
+        self._all = [self._insert_conn, *self._pool.queue]
+
+    @contextmanager
+    def _conn(self) -> Iterator:
+        conn = self._pool.get()
+        try:
+            yield conn
+        finally:
+            self._pool.put(conn)
+
+    def execute(self, sql: str) -> None:
+        with self._insert_lock:
+            _run(self._insert_conn, sql, "CSV")
+
+    def query(self, sql: str) -> pa.Table:
+        with self._conn() as conn:
+            return _run(conn, sql, "Arrowtable")
+
+    def insert(self, table: str, data: pa.Table, token: str | None = None) -> None:
+        settings = _INSERT_SETTINGS
+        if token is not None:
+            settings += f", insert_deduplication_token = '{token}'"
+        # chDB's Python() table function reads the local variable named here.
+        rows = data  # noqa: F841
+        sql = f"INSERT INTO {table} SELECT * FROM Python(rows) SETTINGS {settings}"
+        with self._insert_lock:
+            _run(self._insert_conn, sql, "CSV")
+
+    def close(self) -> None:
+        for conn in self._all:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+
+def _run(conn, sql: str, fmt: str):
+    try:
+        return conn.query(sql, fmt)
+    except Exception as e:
+        raise StorageError(str(e)) from None

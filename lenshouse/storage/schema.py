@@ -1,0 +1,40 @@
+"""The ClickHouse schema: raw points, the sensor catalog, and the rollup tiers."""
+
+from __future__ import annotations
+
+from lenshouse.rollup.tiers import all_tier_ddl
+from lenshouse.storage.backend import Backend
+
+# Insert tokens are remembered for this many blocks per table: far more than
+# the loads that can be in doubt after a crash.
+DEDUP_WINDOW = 1000
+
+RAW_DDL = f"""
+CREATE TABLE IF NOT EXISTS raw (
+    tenant LowCardinality(String),
+    sensor UInt32,
+    ts Int64 CODEC(DoubleDelta, ZSTD(1)),
+    value Float64 CODEC(Gorilla, ZSTD(1)),
+    seq UInt64 CODEC(Delta, ZSTD(1))
+) ENGINE = MergeTree
+PARTITION BY intDiv(ts, 86400000)
+ORDER BY (tenant, sensor, ts)
+SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}"""
+# ``seq`` is the load that brought the row: lenses read raw rows up to the last
+# completed load, so they never see half of a load.
+
+SENSORS_DDL = """
+CREATE TABLE IF NOT EXISTS sensors (
+    tenant LowCardinality(String),
+    sensor UInt32,
+    labels String,
+    version Int64
+) ENGINE = ReplacingMergeTree(version)
+ORDER BY (tenant, sensor)"""
+# labels is a JSON object; the highest version wins (explicit PUTs use the
+# time, implicit registration on first write uses 0).
+
+
+def create_schema(backend: Backend) -> None:
+    for stmt in [RAW_DDL, SENSORS_DDL, *all_tier_ddl(DEDUP_WINDOW)]:
+        backend.execute(stmt)
