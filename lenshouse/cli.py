@@ -116,7 +116,8 @@ def demo(
             now, acc, loaded = time.monotonic(), ing.points_accepted, ing.loader.stats.rows_loaded
             dt = max(now - prev[0], 1e-6)
             console.print(
-                f"accepted {(acc - prev[1]) / dt:>10,.0f}/s  loaded {(loaded - prev[2]) / dt:>10,.0f}/s"
+                f"accepted {(acc - prev[1]) / dt:>10,.0f}/s"
+                f"  loaded {(loaded - prev[2]) / dt:>10,.0f}/s"
                 f"  total {loaded:>12,}  lag {ing.loader.lag_seconds():4.2f}s",
                 soft_wrap=True,
             )

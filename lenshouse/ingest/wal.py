@@ -17,6 +17,7 @@ segment (a crash mid-append) is cut off on recovery: it was never acknowledged.
 
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import struct
@@ -167,7 +168,7 @@ class WriteAheadLog:
         """Delete whole segments whose records are all below ``lsn``."""
         segs = self.segments()
         removed = 0
-        for (_, path), (nxt, _) in zip(segs, segs[1:]):
+        for (_, path), (nxt, _) in itertools.pairwise(segs):
             if nxt <= lsn:
                 path.unlink()
                 removed += 1

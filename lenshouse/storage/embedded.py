@@ -10,7 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import chdb
@@ -70,10 +70,8 @@ class EmbeddedBackend:
 
     def close(self) -> None:
         for conn in self._all:
-            try:
+            with suppress(Exception):
                 conn.close()
-            except Exception:
-                pass
 
 
 def _run(conn, sql: str, fmt: str):
