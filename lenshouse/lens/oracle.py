@@ -1,0 +1,61 @@
+"""The brute-force oracle: a lens computed directly from raw points with numpy.
+
+Tests and fault scenarios compare every lens answer with it. It shares no code
+with the planner or the SQL, only the definition of a bucket.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Expected:
+    t: np.ndarray
+    sum: np.ndarray
+    count: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
+
+    @property
+    def avg(self) -> np.ndarray:
+        return self.sum / self.count
+
+
+def brute_force(ts: np.ndarray, value: np.ndarray, start: int, end: int, step: int) -> Expected:
+    """Buckets [k*step, (k+1)*step) ∩ [start, end) of one sensor's raw points."""
+    m = (ts >= start) & (ts < end)
+    bucket = ts[m] // step
+    v = value[m]
+    keys, inv = np.unique(bucket, return_inverse=True)
+    n = len(keys)
+    mn = np.full(n, np.inf)
+    mx = np.full(n, -np.inf)
+    np.minimum.at(mn, inv, v)
+    np.maximum.at(mx, inv, v)
+    return Expected(
+        keys * step,
+        np.bincount(inv, weights=v, minlength=n),
+        np.bincount(inv, minlength=n),
+        mn,
+        mx,
+    )
+
+
+def mismatch(series, expected: Expected, rtol: float = 1e-9) -> str | None:
+    """None if a lens series equals the oracle; else what differs."""
+    if not np.array_equal(series.t, expected.t):
+        return f"bucket starts differ ({len(series.t)} vs {len(expected.t)} buckets)"
+    if not np.array_equal(series.count, expected.count):
+        i = int(np.argmax(series.count != expected.count))
+        return f"count differs at t={expected.t[i]}: {series.count[i]} vs {expected.count[i]}"
+    if not np.array_equal(series.min, expected.min) or not np.array_equal(series.max, expected.max):
+        return "min or max differs"
+    scale = np.maximum(np.abs(expected.avg), 1e-300)
+    bad = np.abs(series.avg - expected.avg) > rtol * scale + 1e-12
+    if bad.any():
+        i = int(np.argmax(bad))
+        return f"avg differs at t={expected.t[i]}: {series.avg[i]!r} vs {expected.avg[i]!r}"
+    return None

@@ -1,0 +1,132 @@
+"""Every lens path against the numpy oracle, on hypothesis-generated data:
+late and out-of-order batches, sparse sensors, windows that cross tier cells,
+hours and day partitions, any step or point count."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lenshouse.lens.oracle import brute_force, mismatch
+from lenshouse.lens.steps import LADDER_MS
+from lenshouse.node import Node
+from lenshouse.points import PointBatch
+
+DAY = 86_400_000
+# Two hours either side of a day boundary: windows cross partitions and 1 h cells.
+T0 = 1_700_006_400_000 - 2 * 3_600_000 + 1_234
+SPAN = 4 * 3_600_000
+_tenants = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def shared_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    n = Node(tmp_path_factory.mktemp("oracle") / "data", flush_interval=0.02).start()
+    yield n
+    n.stop()
+
+
+@st.composite
+def datasets(draw) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per sensor: distinct timestamps (dense bursts plus sparse points) and values."""
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    out = {}
+    for sensor in range(1, draw(st.integers(1, 4)) + 1):
+        parts = []
+        for _ in range(draw(st.integers(0, 3))):  # 1 kHz bursts of up to 20 s
+            a = int(rng.integers(T0, T0 + SPAN))
+            parts.append(np.arange(a, min(a + int(rng.integers(1, 20_000)), T0 + SPAN)))
+        parts.append(rng.integers(T0, T0 + SPAN, int(rng.integers(0, 2000))))  # sparse
+        ts = np.unique(np.concatenate(parts).astype(np.int64))
+        if draw(st.booleans()):  # 16-bit ADC grid or arbitrary floats
+            value = rng.integers(-32768, 32768, len(ts)) * (20 / 65536)
+        else:
+            value = rng.normal(0, 1e3, len(ts)) * 10.0 ** rng.integers(-3, 4, len(ts))
+        out[sensor] = (ts, value)
+    return out
+
+
+def write_shuffled(node: Node, tenant: str, data, seed: int) -> None:
+    """Write all points in random order and random batch sizes (late, out of order)."""
+    sensor = np.concatenate([np.full(len(ts), s, np.uint32) for s, (ts, _) in data.items()])
+    ts = np.concatenate([ts for ts, _ in data.values()])
+    value = np.concatenate([v for _, v in data.values()])
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(ts))
+    cuts = np.sort(rng.integers(0, len(ts) + 1, int(rng.integers(1, 6))))
+    lsn = None
+    for part in np.split(perm, cuts):
+        if len(part):
+            lsn = node.ingestor.write_sync(
+                PointBatch.from_columns(tenant, sensor[part], ts[part], value[part])
+            )
+    if lsn is not None:
+        assert node.ingestor.wait_visible(lsn, 30)
+
+
+windows = st.tuples(st.integers(T0 - 60_000, T0 + SPAN), st.integers(1, SPAN + 120_000)).map(
+    lambda a: (a[0], a[0] + a[1])
+)
+resolution = st.one_of(
+    st.tuples(st.just("points"), st.integers(1, 3000)),
+    st.tuples(st.just("step"), st.sampled_from(LADDER_MS[:30])),
+    st.tuples(st.just("step"), st.integers(1, 7_200_000)),
+)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    data=datasets(),
+    seed=st.integers(0, 2**16),
+    queries=st.lists(st.tuples(windows, resolution, st.integers(1, 4)), min_size=1, max_size=12),
+)
+def test_lens_equals_brute_force(shared_node: Node, data, seed, queries) -> None:
+    tenant = f"oracle{next(_tenants)}"
+    write_shuffled(shared_node, tenant, data, seed)
+    for (start, end), (kind, amount), nsensors in queries:
+        sensors = list(range(1, nsensors + 1))
+        if kind == "step" and (end - start) // amount > 20_000:
+            continue  # more buckets than a lens serves
+        lens = shared_node.lenses.lens(sensors, start, end, tenant=tenant, **({kind: amount}))
+        assert len(lens.series) == nsensors
+        for series in lens.series:
+            ts, value = data.get(series.sensor, (np.empty(0, np.int64), np.empty(0)))
+            expected = brute_force(ts, value, start, end, lens.step)
+            problem = mismatch(series, expected)
+            assert problem is None, (
+                f"sensor {series.sensor} window [{start},{end}) step {lens.step}: {problem}; "
+                f"plan {[(s.tier.name if s.tier else 'raw', s.lo, s.hi) for s in lens.segments]}"
+            )
+
+
+def test_long_window_reads_rollups_not_raw(shared_node: Node) -> None:
+    """A day-long lens reads raw points only at its edges."""
+    tenant = "dayscan"
+    ts = np.arange(T0, T0 + 2 * DAY, 100, dtype=np.int64)
+    data = {1: (ts, np.sin(ts / 1e6))}
+    write_shuffled(shared_node, tenant, data, 0)
+    start, end = T0 + 12_345, T0 + DAY + 6_789
+    lens = shared_node.lenses.lens([1], start, end, points=2500, tenant=tenant)
+    raw = sum(s.hi - s.lo for s in lens.segments if s.tier is None)
+    assert raw < 200, lens.segments
+    assert mismatch(lens.series[0], brute_force(ts, data[1][1], start, end, lens.step)) is None
+
+
+def test_tenants_are_isolated(shared_node: Node) -> None:
+    ts = np.arange(T0, T0 + 1000, dtype=np.int64)
+    write_shuffled(shared_node, "iso_a", {1: (ts, np.ones(1000))}, 1)
+    write_shuffled(shared_node, "iso_b", {1: (ts, np.full(1000, 2.0))}, 2)
+    a = shared_node.lenses.lens([1], T0, T0 + 1000, step=1000, tenant="iso_a")
+    b = shared_node.lenses.lens([1], T0, T0 + 1000, step=1000, tenant="iso_b")
+    assert a.series[0].count.sum() == 1000 and b.series[0].count.sum() == 1000
+    assert set(a.series[0].avg.tolist()) == {1.0} and set(b.series[0].avg.tolist()) == {2.0}
