@@ -101,6 +101,8 @@ def _as_column(data, name: str, dtype: type, integral: bool) -> np.ndarray:
         return np.empty(0, dtype=dtype)
     kind = arr.dtype.kind
     if integral:
+        if kind == "O" and all(isinstance(x, int) and not isinstance(x, bool) for x in arr):
+            raise BadInput(f"column {name!r} is out of range")  # beyond 64 bits
         if kind not in "iu":
             raise BadInput(f"column {name!r} must hold integers, got {_kind_name(arr)}")
         if dtype is np.uint32 and (arr.min() < 0 or arr.max() > MAX_SENSOR_ID):

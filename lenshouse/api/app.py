@@ -8,6 +8,7 @@ from pathlib import Path
 import orjson
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -41,6 +42,12 @@ def create_app(node: Node) -> FastAPI:
     @app.exception_handler(BadInput)
     async def bad_input(_: Request, exc: BadInput) -> ORJSON:
         return error(exc.status, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_: Request, exc: RequestValidationError) -> ORJSON:
+        # Same {"error": ...} shape as every other refusal, naming the parameter.
+        problems = [f"{e['loc'][-1]}: {e['msg']}" for e in exc.errors()]
+        return error(422, "; ".join(problems) or "invalid request")
 
     @app.post("/v1/write", status_code=204, summary="Write a batch of points")
     async def write(
@@ -82,6 +89,9 @@ def create_app(node: Node) -> FastAPI:
             doc = orjson.loads(raw) if raw else {}
         except orjson.JSONDecodeError as e:
             raise BadInput(f"body is not valid JSON: {e}") from None
+        if isinstance(doc, dict) and set(doc) - {"labels"}:
+            # e.g. {"kind": "x"}: without this, the labels would silently be wiped.
+            raise BadInput('body must be {"labels": {"name": "value", ...}}', 422)
         labels = doc.get("labels", {}) if isinstance(doc, dict) else doc
         await run_in_threadpool(
             node.catalog.put, check_tenant(x_tenant), sensor, check_labels(labels)

@@ -116,6 +116,16 @@ def _line_protocol_fast(body: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray
     lines = body.count(b"\n") + (0 if body.endswith(b"\n") or not body else 1)
     if len(tokens) != 4 * lines or lines == 0:
         return None
+    # The token count alone does not tie tokens to lines ("a b c\nd e f g h" has
+    # 8 tokens too): every line must hold exactly three single spaces.
+    if b"\t" in flat or b"\x0b" in flat or b"\x0c" in flat:
+        return None
+    raw = np.frombuffer(flat, dtype=np.uint8)
+    seps = raw[(raw == 32) | (raw == 10)]
+    if not flat.endswith(b"\n"):
+        seps = np.append(seps, np.uint8(10))
+    if seps.size != 4 * lines or not (seps.reshape(-1, 4) == (32, 32, 32, 10)).all():
+        return None
     tok = np.array(tokens, dtype=bytes).reshape(-1, 4)
     if not (tok[:, 0] == b"sensor").all():
         return None
@@ -123,7 +133,7 @@ def _line_protocol_fast(body: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray
         sensor = tok[:, 1].astype(np.int64)
         value = tok[:, 2].astype(np.float64)
         ts = tok[:, 3].astype(np.int64)
-    except ValueError:
+    except (ValueError, OverflowError):
         return None
     return sensor, ts, value
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from lenshouse.ingest.dedup import Duplicates, SeenIndex, count_conflicts
 from lenshouse.ingest.visibility import LoadSpan, Visibility
 from lenshouse.ingest.wal import Record, WriteAheadLog
 from lenshouse.storage.backend import Backend, StorageError
@@ -86,6 +87,8 @@ class LoaderStats:
     loads: int = 0
     rows_loaded: int = 0
     insert_errors: int = 0
+    duplicates: int = 0  # points refused because their key was already stored
+    conflicts: int = 0  # of those, points whose value differed from the stored one
     last_insert_seconds: float = 0.0
     queued_rows: int = 0
 
@@ -114,6 +117,7 @@ class Loader:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._known_sensors: set[tuple[str, int]] = set()
+        self.index = SeenIndex(backend)
         self._loaded = threading.Condition()
         self.backlog_end = wal.next_lsn  # records below this are read from disk
 
@@ -222,13 +226,14 @@ class Loader:
     # -- one load -------------------------------------------------------------
     def _load(self, records: list[Record], seq: int) -> None:
         first, last = records[0].lsn, records[-1].lsn
-        table, span = self._to_arrow(records, seq)
         self.state.pending = Pending(seq, first, last)
         self.state.save(self.state_path)
+        t0 = time.perf_counter()
+        table, span, dups = self._retry(lambda: self._prepare(records, seq), self.index.forget)
         self.visibility.begin(span)
         token = f"lh-{self.state.epoch}-{seq}-{first}-{last}"
-        t0 = time.perf_counter()
-        self._insert_with_retry("raw", table, token)
+        if table.num_rows:
+            self._insert_with_retry("raw", table, token)
         self._register_sensors(records, token)
         self.stats.last_insert_seconds = time.perf_counter() - t0
         with self._loaded:
@@ -238,10 +243,12 @@ class Loader:
             self.state.save(self.state_path)
             self._loaded.notify_all()
         self.visibility.end(seq)
-        rows = table.num_rows
         self.stats.loads += 1
-        self.stats.rows_loaded += rows
-        self._dequeue(last, rows)
+        self.stats.rows_loaded += table.num_rows
+        self._dequeue(last, sum(len(r.batch) for r in records))
+        if len(dups):
+            self.stats.duplicates += len(dups)
+            self.stats.conflicts += count_conflicts(self.backend, dups, seq)
         if self.stats.loads % 16 == 0:
             self.wal.truncate_before(self.state.next_lsn)
 
@@ -252,36 +259,33 @@ class Loader:
                 self._acked.popleft()
 
     def _insert_with_retry(self, table: str, data: pa.Table, token: str) -> None:
+        self._retry(lambda: self.backend.insert(table, data, token))
+
+    def _retry(self, action, on_error=None):
+        """Run ``action`` until it succeeds; storage errors back off and retry."""
         delay = 0.05
         while True:
             try:
-                self.backend.insert(table, data, token)
-                return
+                return action()
             except StorageError as e:
                 self.stats.insert_errors += 1
-                log.warning("insert into %s failed, retrying in %.2fs: %s", table, delay, e)
+                log.warning("storage call failed, retrying in %.2fs: %s", delay, e)
+                if on_error is not None:
+                    on_error()
                 if self._stop.wait(delay):
                     raise LoaderStopped from e
                 delay = min(delay * 2, 5.0)
 
-    @staticmethod
-    def _to_arrow(records: list[Record], seq: int) -> tuple[pa.Table, LoadSpan]:
-        tenants = sorted({r.batch.tenant for r in records})
-        code = {t: i for i, t in enumerate(tenants)}
-        sizes = [len(r.batch) for r in records]
-        idx = np.repeat(np.array([code[r.batch.tenant] for r in records], dtype=np.int32), sizes)
-        ts = np.concatenate([r.batch.ts for r in records])
-        table = pa.table(
-            {
-                "tenant": pa.DictionaryArray.from_arrays(idx, pa.array(tenants)),
-                "sensor": np.concatenate([r.batch.sensor for r in records]),
-                "ts": ts,
-                "value": np.concatenate([r.batch.value for r in records]),
-                "seq": np.full(len(ts), seq, dtype=np.uint64),
-            }
-        )
-        lo, hi = (int(ts.min()), int(ts.max())) if len(ts) else (0, -1)
-        return table, LoadSpan(seq, frozenset(tenants), lo, hi)
+    def _prepare(self, records: list[Record], seq: int) -> tuple[pa.Table, LoadSpan, Duplicates]:
+        """The rows this load stores: each record's points not seen before."""
+        self.index.begin_load(seq)
+        dups = Duplicates()
+        kept = []
+        for r in records:
+            keep = self.index.new_points(r.batch)
+            dups.add(r.batch, ~keep)
+            kept.append(keep if not keep.all() else None)
+        return (*_to_arrow(records, kept, seq), dups)
 
     # -- the sensor catalog -----------------------------------------------------
     def _read_known_sensors(self) -> set[tuple[str, int]]:
@@ -309,3 +313,31 @@ class Loader:
         )
         self._insert_with_retry("sensors", table, token + "-sensors")
         self._known_sensors |= new
+
+
+def _to_arrow(
+    records: list[Record], kept: list[np.ndarray | None], seq: int
+) -> tuple[pa.Table, LoadSpan]:
+    def col(name: str) -> np.ndarray:
+        parts = [
+            getattr(r.batch, name) if k is None else getattr(r.batch, name)[k]
+            for r, k in zip(records, kept)
+        ]
+        return np.concatenate(parts)
+
+    tenants = sorted({r.batch.tenant for r in records})
+    code = {t: i for i, t in enumerate(tenants)}
+    sizes = [len(r.batch) if k is None else int(k.sum()) for r, k in zip(records, kept)]
+    idx = np.repeat(np.array([code[r.batch.tenant] for r in records], dtype=np.int32), sizes)
+    ts = col("ts")
+    table = pa.table(
+        {
+            "tenant": pa.DictionaryArray.from_arrays(idx, pa.array(tenants)),
+            "sensor": col("sensor"),
+            "ts": ts,
+            "value": col("value"),
+            "seq": np.full(len(ts), seq, dtype=np.uint64),
+        }
+    )
+    lo, hi = (int(ts.min()), int(ts.max())) if len(ts) else (0, -1)
+    return table, LoadSpan(seq, frozenset(tenants), lo, hi)
