@@ -235,6 +235,9 @@ class Loader:
         if table.num_rows:
             self._insert_with_retry("raw", table, token)
         self._register_sensors(records, token)
+        if len(dups):  # counted before completion so that readers see final counts
+            self.stats.conflicts += self._retry(lambda: count_conflicts(self.backend, dups, seq))
+            self.stats.duplicates += len(dups)
         self.stats.last_insert_seconds = time.perf_counter() - t0
         with self._loaded:
             self.state.next_lsn = last + 1
@@ -246,9 +249,7 @@ class Loader:
         self.stats.loads += 1
         self.stats.rows_loaded += table.num_rows
         self._dequeue(last, sum(len(r.batch) for r in records))
-        if len(dups):
-            self.stats.duplicates += len(dups)
-            self.stats.conflicts += count_conflicts(self.backend, dups, seq)
+
         if self.stats.loads % 16 == 0:
             self.wal.truncate_before(self.state.next_lsn)
 
