@@ -142,9 +142,12 @@ def serve(
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8080),
     flush_interval: float = typer.Option(1.0, help="seconds the loader gathers before inserting"),
+    dedup_pages: int = typer.Option(
+        65_536, help="pages (4096 ms × 1 sensor, 512 bytes each) of the in-memory dedup index"
+    ),
 ) -> None:
     """Run storage and the HTTP server."""
-    node = _open_node(data, flush_interval=flush_interval)
+    node = _open_node(data, flush_interval=flush_interval, dedup_pages=dedup_pages)
     from lenshouse.api.app import create_app
 
     console.print(f"lenshouse serving {data.resolve()} on http://{host}:{port}")
@@ -249,6 +252,28 @@ def lens(
                 str(s["count"][i]),
             )
         console.print(t)
+
+
+@app.command()
+def scenario(
+    name: str = typer.Argument(..., help="replay, crash or late"),
+    data: Path = typer.Option(None, help="data directory (default: a new temporary one)"),
+    small: bool = typer.Option(False, help="a quick, smaller run (as in the test suite)"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Run a fault-injection scenario against a real server process and print a verdict."""
+    import tempfile
+
+    from lenshouse.scenarios.runner import SCENARIOS, run
+
+    if name not in SCENARIOS:
+        raise typer.Exit(_fail(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}"))
+    with tempfile.TemporaryDirectory(prefix=f"lenshouse-{name}-") as tmp:
+        v = run(name, data or Path(tmp) / "data", small=small, seed=seed, say=console.print)
+    for note in v.notes:
+        console.print(f"  {note}", soft_wrap=True)
+    print(v.line())
+    raise typer.Exit(0 if v.ok else 1)
 
 
 if __name__ == "__main__":

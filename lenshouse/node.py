@@ -22,6 +22,7 @@ class Node:
         flush_interval: float = 1.0,
         fsync: bool = True,
         query_connections: int = 4,
+        dedup_pages: int = 65_536,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -30,7 +31,11 @@ class Node:
         )
         create_schema(self.backend)
         self.ingestor = Ingestor(
-            self.data_dir, self.backend, flush_interval=flush_interval, fsync=fsync
+            self.data_dir,
+            self.backend,
+            flush_interval=flush_interval,
+            fsync=fsync,
+            dedup_pages=dedup_pages,
         )
         self.lenses = LensEngine(self.backend, self.ingestor.visibility)
         self.catalog = Catalog(self.backend)

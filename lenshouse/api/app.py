@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import orjson
+import pyarrow as pa
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -14,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from lenshouse.api.metrics import Metrics
-from lenshouse.ingest.formats import decode
+from lenshouse.ingest.formats import ARROW, decode
 from lenshouse.lens.engine import parse_aggs, parse_sensors
 from lenshouse.node import Node
 from lenshouse.points import BadInput, check_tenant
@@ -54,11 +55,12 @@ def create_app(node: Node) -> FastAPI:
         request: Request,
         content_type: str | None = Header(None),
         x_tenant: str | None = Header(None),
+        x_batch_id: str | None = Header(None, max_length=128),
     ) -> Response:
         tenant = check_tenant(x_tenant)
         body = await _read_body(request)
         batch = decode(content_type, body, tenant).validate()
-        lsn = await node.ingestor.write(batch)
+        lsn = await node.ingestor.write(batch, x_batch_id)
         return Response(status_code=204, headers={"X-Lenshouse-Lsn": str(lsn)})
 
     @app.get("/v1/lens", summary="Bucketed avg/min/max/count of 1-10 sensors")
@@ -79,6 +81,19 @@ def create_app(node: Node) -> FastAPI:
         elapsed = time.perf_counter() - t0
         metrics.lens_seconds.observe(elapsed)
         return ORJSON(body, headers={"X-Lens-Ms": f"{elapsed * 1000:.2f}"})
+
+    @app.get("/v1/export", summary="Raw points of 1-10 sensors, as an Arrow IPC stream")
+    def export(
+        sensors: str = Query(..., description="comma-separated sensor ids, 1 to 10"),
+        start: int = Query(..., description="window start, epoch ms (inclusive)"),
+        end: int = Query(..., description="window end, epoch ms (exclusive)"),
+        x_tenant: str | None = Header(None),
+    ) -> Response:
+        table = node.lenses.export(parse_sensors(sensors), start, end, tenant=x_tenant)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as w:
+            w.write_table(table)
+        return Response(sink.getvalue().to_pybytes(), media_type=ARROW)
 
     @app.put("/v1/sensors/{sensor}", status_code=204, summary="Register a sensor with labels")
     async def put_sensor(sensor: int, request: Request, x_tenant: str | None = Header(None)):
@@ -116,6 +131,8 @@ def create_app(node: Node) -> FastAPI:
                 "loaded_lsn": ing.loader.loaded_lsn - 1,
                 "points_accepted": ing.points_accepted,
                 "points_loaded": ing.loader.stats.rows_loaded,
+                "points_duplicate": ing.loader.stats.duplicates,
+                "points_conflicting": ing.loader.stats.conflicts,
                 "ingest_lag_seconds": round(ing.loader.lag_seconds(), 3),
             }
         )

@@ -27,6 +27,31 @@ class NodeCollector:
         yield CounterMetricFamily(
             "lenshouse_points_loaded", "Points loaded into ClickHouse.", ls.rows_loaded
         )
+        yield CounterMetricFamily(
+            "lenshouse_points_duplicate",
+            "Points acknowledged but not stored again: their key was already stored.",
+            ls.duplicates,
+        )
+        yield CounterMetricFamily(
+            "lenshouse_points_conflicting",
+            "Duplicate points whose value differed from the stored one (first value wins).",
+            ls.conflicts,
+        )
+        yield GaugeMetricFamily(
+            "lenshouse_dedup_index_bytes",
+            "Memory of the dedup index.",
+            ing.loader.index.memory_bytes,
+        )
+        yield CounterMetricFamily(
+            "lenshouse_dedup_fill_queries",
+            "Range reads of raw data for duplicates older than the in-memory index.",
+            ing.loader.index.fill_queries,
+        )
+        yield CounterMetricFamily(
+            "lenshouse_batches_replayed",
+            "Batches acknowledged from the X-Batch-Id memory without appending again.",
+            ing.batches_replayed,
+        )
         yield CounterMetricFamily("lenshouse_loads", "ClickHouse inserts completed.", ls.loads)
         yield CounterMetricFamily(
             "lenshouse_insert_errors", "Failed ClickHouse inserts (retried).", ls.insert_errors

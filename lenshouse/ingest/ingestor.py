@@ -4,6 +4,7 @@ and hand the record to the loader."""
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from pathlib import Path
 
 from lenshouse.ingest.loader import Loader
@@ -11,6 +12,8 @@ from lenshouse.ingest.visibility import Visibility
 from lenshouse.ingest.wal import WriteAheadLog
 from lenshouse.points import BadInput, PointBatch
 from lenshouse.storage.backend import Backend
+
+MAX_BATCH_IDS = 100_000
 
 
 class Overloaded(BadInput):
@@ -29,6 +32,7 @@ class Ingestor:
         max_load_rows: int = 1_000_000,
         max_queued_rows: int = 30_000_000,
         fsync: bool = True,
+        dedup_pages: int = 65_536,
     ) -> None:
         self.visibility = Visibility()
         self.wal = WriteAheadLog(Path(data_dir) / "wal", fsync=fsync)
@@ -39,11 +43,14 @@ class Ingestor:
             self.visibility,
             flush_interval=flush_interval,
             max_rows=max_load_rows,
+            dedup_pages=dedup_pages,
         )
         self.wal.on_durable = self.loader.submit
         self.max_queued_rows = max_queued_rows
         self.points_accepted = 0
         self.batches_accepted = 0
+        self.batches_replayed = 0  # acknowledged from the batch-id memory alone
+        self._batch_ids: OrderedDict[tuple[str, str], int] = OrderedDict()
 
     def start(self) -> None:
         """Finish any load left in doubt, then accept writes and load in the background."""
@@ -56,8 +63,16 @@ class Ingestor:
         self.wal.close()
         self.loader.stop(drain=True)
 
-    async def write(self, batch: PointBatch) -> int:
-        """Make ``batch`` durable; returns its log position once it is on disk."""
+    async def write(self, batch: PointBatch, batch_id: str | None = None) -> int:
+        """Make ``batch`` durable; returns its log position once it is on disk.
+
+        A ``batch_id`` seen recently is acknowledged at once with its first
+        position: a cheap shortcut for client retries. Correctness does not
+        depend on it: a repeated batch is also dropped point by point on load.
+        """
+        if batch_id is not None and (lsn := self._batch_ids.get((batch.tenant, batch_id))):
+            self.batches_replayed += 1
+            return lsn
         if self.loader.stats.queued_rows > self.max_queued_rows:
             raise Overloaded(
                 f"ingest is {self.loader.stats.queued_rows} points behind; retry shortly"
@@ -65,6 +80,10 @@ class Ingestor:
         lsn = await asyncio.wrap_future(self.wal.append(batch))
         self.points_accepted += len(batch)
         self.batches_accepted += 1
+        if batch_id is not None:
+            self._batch_ids[(batch.tenant, batch_id)] = lsn
+            if len(self._batch_ids) > MAX_BATCH_IDS:
+                self._batch_ids.popitem(last=False)
         return lsn
 
     def write_sync(self, batch: PointBatch) -> int:

@@ -102,6 +102,7 @@ class Loader:
         visibility: Visibility,
         flush_interval: float = 1.0,
         max_rows: int = 1_000_000,
+        dedup_pages: int = 65_536,
     ) -> None:
         self.wal = wal
         self.backend = backend
@@ -117,7 +118,7 @@ class Loader:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._known_sensors: set[tuple[str, int]] = set()
-        self.index = SeenIndex(backend)
+        self.index = SeenIndex(backend, capacity_pages=dedup_pages)
         self._loaded = threading.Condition()
         self.backlog_end = wal.next_lsn  # records below this are read from disk
 

@@ -21,6 +21,7 @@ MAX_BUCKETS = 20_000
 # A load in flight holds back rollups from its oldest point on; past this much
 # raw reading it is cheaper to wait for the load to finish.
 MAX_HEAD_RAW_MS = 30_000
+MAX_EXPORT_ROWS = 50_000_000
 
 
 @dataclass
@@ -119,6 +120,21 @@ class LensEngine:
             if self._still_valid(snap, tenant, segments):
                 return self._result(table, sensors, start, end, step, segments, attempt)
         raise RuntimeError("lens could not get a consistent read after 8 attempts")
+
+    def export(
+        self, sensors: list[int], start: int, end: int, tenant: str | None = None
+    ) -> pa.Table:
+        """Raw points of completed loads in [start, end), ordered by sensor and time."""
+        if end <= start:
+            raise BadInput(f"end ({end}) must be after start ({start})", 422)
+        tenant = check_tenant(tenant)
+        seq = self.visibility.snapshot().committed_seq
+        ids = ",".join(map(str, sensors))
+        return self.backend.query(
+            f"SELECT sensor, ts, value FROM raw WHERE tenant = '{tenant}' AND sensor IN ({ids})"
+            f" AND ts >= {start} AND ts < {end} AND seq <= {seq} ORDER BY sensor, ts"
+            f" LIMIT {MAX_EXPORT_ROWS + 1}"
+        ).select(["sensor", "ts", "value"])
 
     @staticmethod
     def _head_cut(snap: Snapshot, tenant: str, start: int, end: int) -> int | None:

@@ -1,0 +1,146 @@
+"""What a scenario sent, what the server acknowledged, and the verdict."""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass, field
+
+import httpx
+import numpy as np
+import pyarrow as pa
+
+from lenshouse.generators.sender import SendStats, encode_arrow, post_batch
+from lenshouse.lens.oracle import brute_force, mismatch
+from lenshouse.points import PointBatch
+
+
+class _Series:
+    """A lens series from JSON, shaped like the engine's for the oracle check."""
+
+    def __init__(self, doc: dict) -> None:
+        self.sensor = doc["sensor"]
+        self.t = np.asarray(doc["t"], np.int64)
+        self.count = np.asarray(doc["count"], np.int64)
+        self.min = np.asarray(doc["min"], np.float64)
+        self.max = np.asarray(doc["max"], np.float64)
+        self.avg = np.asarray(doc["avg"], np.float64)
+
+
+@dataclass
+class Ledger:
+    tenant: str = "default"
+    sent_points: int = 0
+    acked: list[PointBatch] = field(default_factory=list)
+    stats: SendStats = field(default_factory=SendStats)
+    _distinct: tuple | None = None
+
+    def send(self, client: httpx.Client, url: str, batch: PointBatch, timeout: float = 180) -> None:
+        """POST until acknowledged, then remember the batch as accepted."""
+        self.sent_points += len(batch)
+        post_batch(client, url, encode_arrow(batch), self.tenant, self.stats,
+                   time.monotonic() + timeout)  # fmt: skip
+        self.acked.append(batch)
+        self._distinct = None
+
+    def distinct(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Acknowledged keys with their first value, sorted by (sensor, ts)."""
+        if self._distinct is None:
+            s = np.concatenate([b.sensor for b in self.acked]).astype(np.int64)
+            t = np.concatenate([b.ts for b in self.acked])
+            v = np.concatenate([b.value for b in self.acked])
+            order = np.lexsort((np.arange(len(t)), t, s))  # stable: first arrival first
+            s, t, v = s[order], t[order], v[order]
+            first = np.concatenate(([True], (np.diff(s) != 0) | (np.diff(t) != 0)))
+            self._distinct = (s[first], t[first], v[first])
+        return self._distinct
+
+
+@dataclass
+class Verdict:
+    name: str
+    sent: int
+    distinct: int
+    stored: int
+    lost: int
+    dup: int
+    wrong: int
+    checks_ok: int
+    checks: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.lost == 0 and self.dup == 0 and self.wrong == 0 and self.checks_ok == self.checks
+        )
+
+    def line(self) -> str:
+        return (
+            f"scenario {self.name}: sent={self.sent} distinct={self.distinct} stored={self.stored}"
+            f" lost={self.lost} dup={self.dup} wrong={self.wrong}"
+            f" lens_checks={self.checks_ok}/{self.checks} {'exact' if self.ok else 'FAILED'}"
+        )
+
+
+def fetch_stored(url: str, tenant: str, sensors: list[int], start: int, end: int):
+    parts = []
+    for i in range(0, len(sensors), 10):
+        ids = ",".join(map(str, sensors[i : i + 10]))
+        r = httpx.get(url + "/v1/export", params={"sensors": ids, "start": start, "end": end},
+                      headers={"X-Tenant": tenant}, timeout=120)  # fmt: skip
+        r.raise_for_status()
+        parts.append(pa.ipc.open_stream(io.BytesIO(r.content)).read_all())
+    t = pa.concat_tables(parts)
+    return (t.column("sensor").to_numpy().astype(np.int64), t.column("ts").to_numpy(),
+            t.column("value").to_numpy())  # fmt: skip
+
+
+def lens_checks(
+    url: str, ledger: Ledger, rng: np.random.Generator, n: int
+) -> tuple[int, list[str]]:
+    """``n`` random lenses compared with the oracle over acknowledged points."""
+    s, t, v = ledger.distinct()
+    sensors = np.unique(s)
+    lo, hi = int(t.min()), int(t.max()) + 1
+    ok, problems = 0, []
+    for _ in range(n):
+        a = int(rng.integers(lo - 1000, hi))
+        b = int(rng.integers(a + 1, hi + 2000))
+        pick = rng.choice(sensors, size=min(len(sensors), int(rng.integers(1, 11))), replace=False)
+        params = {"sensors": ",".join(map(str, pick)), "start": a, "end": b,
+                  "points": int(rng.integers(10, 3000))}  # fmt: skip
+        r = httpx.get(url + "/v1/lens", params=params, headers={"X-Tenant": ledger.tenant},
+                      timeout=60)  # fmt: skip
+        if r.status_code != 200:
+            problems.append(f"lens {params}: HTTP {r.status_code} {r.text[:200]}")
+            continue
+        doc = r.json()
+        bad = None
+        for series in doc["series"]:
+            m = s == series["sensor"]
+            bad = mismatch(_Series(series), brute_force(t[m], v[m], a, b, doc["step"]))
+            if bad:
+                problems.append(f"lens {params} sensor {series['sensor']}: {bad}")
+                break
+        ok += bad is None
+    return ok, problems
+
+
+def verdict(name: str, url: str, ledger: Ledger, rng: np.random.Generator, checks: int) -> Verdict:
+    s, t, v = ledger.distinct()
+    ss, st, sv = fetch_stored(url, ledger.tenant, np.unique(s).tolist(), int(t.min()),
+                              int(t.max()) + 1)  # fmt: skip
+    ids = np.unique(np.concatenate([s, ss]))
+    key = (np.searchsorted(ids, s) << 42) + t
+    skey = (np.searchsorted(ids, ss) << 42) + st
+    ukey, first_idx, counts = np.unique(skey, return_index=True, return_counts=True)
+    pos = np.minimum(np.searchsorted(ukey, key), max(len(ukey) - 1, 0))
+    present = (ukey[pos] == key) if len(ukey) else np.zeros(len(key), bool)
+    lost = int((~present).sum())
+    dup = int((counts - 1).sum())
+    extra = int(len(ukey) - present.sum())  # stored keys never acknowledged
+    wrong = int((sv[first_idx[pos[present]]] != v[present]).sum()) + extra
+    ok, problems = lens_checks(url, ledger, rng, checks)
+    return Verdict(name, ledger.sent_points, len(t), len(st), lost, dup, wrong, ok, checks,
+                   problems[:5])  # fmt: skip
