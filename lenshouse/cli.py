@@ -23,6 +23,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
+err_console = Console(stderr=True)
 
 _UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 
@@ -33,6 +34,14 @@ def parse_duration_ms(text: str) -> int:
     if not m:
         raise typer.BadParameter(f"{text!r} is not a duration like 10s, 1m, 1h, 1d")
     return int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
+def parse_seconds(text: str) -> int:
+    """A duration in whole seconds ('0s' allowed)."""
+    ms = parse_duration_ms(text)
+    if ms % 1000:
+        raise typer.BadParameter(f"{text!r}: use whole seconds (data is sent one second at a time)")
+    return ms // 1000
 
 
 def _serve_in_thread(node: Node, host: str, port: int) -> uvicorn.Server:
@@ -52,7 +61,7 @@ def _serve_in_thread(node: Node, host: str, port: int) -> uvicorn.Server:
 
 
 def _fail(message: str) -> int:
-    console.print(f"[red]error:[/red] {message}")
+    err_console.print(f"[red]error:[/red] {message}")
     return 1
 
 
@@ -82,7 +91,7 @@ def demo(
     duration: str = typer.Option("0s", help="stop after this long (0s: run until Ctrl-C)"),
 ) -> None:
     """Run storage, the HTTP server and a sensor generator feeding it."""
-    seconds = parse_duration_ms(duration) // 1000
+    seconds = parse_seconds(duration)
     if not 1 <= rate_hz <= 1000:
         raise typer.Exit(_fail("--rate-hz must be between 1 and 1000"))
     node = _open_node(data)
@@ -177,7 +186,7 @@ def generate(
     from lenshouse.generators.sender import MiddleLayer, run
     from lenshouse.generators.signals import Fleet
 
-    seconds = parse_duration_ms(duration) // 1000
+    seconds = parse_seconds(duration)
     try:
         fleet = Fleet(
             sensors=sensors,
@@ -236,7 +245,11 @@ def lens(
     except httpx.TransportError as e:
         raise typer.Exit(_fail(f"cannot reach {url}: {e}")) from None
     if r.status_code != 200:
-        raise typer.Exit(_fail(f"{r.status_code}: {r.json().get('error', r.text)}"))
+        try:
+            message = r.json().get("error", r.text)
+        except ValueError:
+            message = r.text[:500]
+        raise typer.Exit(_fail(f"{r.status_code}: {message}"))
     doc = r.json()
     console.print(f"window [{doc['start']}, {doc['end']}) step {doc['step']} ms, {ms:.1f} ms")
     for s in doc["series"]:

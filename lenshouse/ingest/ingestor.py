@@ -55,6 +55,9 @@ class Ingestor:
     def start(self) -> None:
         """Finish any load left in doubt, then accept writes and load in the background."""
         self.loader.recover()
+        # A damaged log may have been cut below what is already in ClickHouse;
+        # new records must never reuse positions the loader has passed.
+        self.wal.skip_to(self.loader.state.next_lsn)
         self.visibility.end(self.loader.state.next_seq - 1)
         self.wal.start()
         self.loader.start()

@@ -144,6 +144,14 @@ class WriteAheadLog:
                 os.fsync(f.fileno())
         self.next_lsn = lsn
 
+    def skip_to(self, lsn: int) -> None:
+        """Continue numbering at ``lsn`` in a new segment (before ``start``)."""
+        if lsn > self.next_lsn:
+            self.next_lsn = lsn
+            path = self.dir / f"{lsn:020d}{SEGMENT_SUFFIX}"
+            path.touch()
+            _fsync_dir(self.dir)
+
     def read(self, from_lsn: int) -> Iterator[Record]:
         """Records with lsn >= from_lsn that are on disk, in order."""
         segs = self.segments()
