@@ -289,5 +289,16 @@ def scenario(
     raise typer.Exit(0 if v.ok else 1)
 
 
+def _register_bench() -> None:
+    from lenshouse.bench.commands import bench, load
+
+    app.command(help="Measure ingest, lens latency, mixed load and storage; write a report.")(
+        bench
+    )
+    app.command(help="Run N closed-loop lens users against a running server.")(load)
+
+
+_register_bench()
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,390 @@
+"""What every scenario shares: the configuration, a server on a free loopback
+port, ClickHouse's own counters, and running a function in another process."""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+console = Console(stderr=True)
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+
+
+@dataclass
+class BenchConfig:
+    """Every knob of a bench run. ``full()`` is the issue's scale, ``tiny()``
+    a seconds-long smoke run for tests."""
+
+    duration: int = 60  # seconds of sustained ingest (and of the mixed run)
+    # ingest
+    ingest_sensors: int = 1000
+    ingest_rate_hz: int = 1000
+    ingest_senders: int = 2  # HTTP requests in flight from the client process
+    ceiling_duration: int = 0  # seconds of bare chDB inserts; 0: as long as the ingest run
+    format_duration: int = 15  # seconds each for JSON and line protocol
+    format_batch_sensors: int = 100  # JSON / line protocol bodies: sensors x 1 s
+    drain_timeout: float = 180.0
+    # lens (single user, no ingest)
+    lens_sensors: int = 10
+    lens_rate_hz: int = 1000
+    lens_hours: float = 24.0  # 1 kHz data behind the 10 s .. 1 day windows
+    lens_windows: tuple[str, ...] = ("10s", "1m", "1h", "1d")
+    lens_queries: int = 50  # per window
+    month_rate_hz: int = 10
+    month_days: float = 32.0
+    month_windows: tuple[str, ...] = ("1h", "1d", "7d", "31d")
+    # mixed
+    mixed_users: int = 100
+    mixed_think: float = 1.0
+    mixed_prefill_hz: int = 1  # all ingest sensors, over the day before the run
+    mixed_prefill_hours: float = 24.0
+    mixed_warmup: float = 5.0
+    mixed_mix: str = "10s:0.35,1m:0.3,1h:0.2,1d:0.15"
+    # storage
+    storage_sensors: int = 1000
+    storage_seconds: int = 60
+    # concurrency
+    concurrency_users: int = 20
+    concurrency_duration: int = 30
+    concurrency_window: str = "10m"
+    points: int = 2500
+    seed: int = 0
+
+    @classmethod
+    def full(cls, duration: int = 60) -> BenchConfig:
+        return cls(duration=duration)
+
+    @classmethod
+    def tiny(cls, duration: int = 1) -> BenchConfig:
+        return cls(
+            duration=duration,
+            ingest_sensors=50,
+            ingest_senders=1,
+            ceiling_duration=1,
+            format_duration=1,
+            format_batch_sensors=20,
+            drain_timeout=30.0,
+            lens_sensors=3,
+            lens_rate_hz=20,
+            lens_hours=1.1,
+            lens_windows=("10s", "1m", "1h"),
+            lens_queries=3,
+            month_rate_hz=1,
+            month_days=1.1,
+            month_windows=("1h", "1d"),
+            mixed_users=4,
+            mixed_think=0.2,
+            mixed_prefill_hours=0.5,
+            mixed_warmup=0.5,
+            mixed_mix="10s:0.5,1m:0.3,1h:0.2",
+            storage_sensors=20,
+            storage_seconds=5,
+            concurrency_users=3,
+            concurrency_duration=1,
+            concurrency_window="1m",
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean(x: Any) -> Any:
+    """JSON-safe copy: NaN and infinities become None, tuples lists."""
+    if isinstance(x, float):
+        return None if math.isnan(x) or math.isinf(x) else x
+    if isinstance(x, dict):
+        return {str(k): clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [clean(v) for v in x]
+    return x
+
+
+def machine() -> dict:
+    import chdb
+
+    try:
+        import chdb_core  # type: ignore[import-not-found]
+
+        engine = getattr(chdb_core, "__version__", "")
+    except ImportError:
+        engine = ""
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "chdb": getattr(chdb, "__version__", ""),
+        "chdb_core": engine,
+    }
+
+
+def git_state(repo: Path | None = None) -> dict:
+    """The commit the bench ran on and whether the tree had local changes."""
+    import subprocess
+
+    repo = repo or Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.split("\n")
+        return {"commit": head, "modified": sorted(x[3:] for x in dirty if x.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": "", "modified": []}
+
+
+# -- a node and its HTTP server -------------------------------------------------
+
+
+class BenchServer:
+    """A :class:`~lenshouse.node.Node` and uvicorn in this process, on a free
+    loopback port. Load clients run in other processes; this process only
+    serves and samples counters."""
+
+    def __init__(self, data_dir: Path, flush_interval: float = 1.0) -> None:
+        self.data_dir = Path(data_dir)
+        self.flush_interval = flush_interval
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.node = None
+        self._server = None
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> BenchServer:
+        import uvicorn
+
+        from lenshouse.api.app import create_app
+        from lenshouse.node import Node
+
+        self.node = Node(self.data_dir, flush_interval=self.flush_interval).start()
+        try:
+            config = uvicorn.Config(
+                create_app(self.node),
+                host="127.0.0.1",
+                port=self.port,
+                log_level="warning",
+                access_log=False,
+            )
+            self._server = uvicorn.Server(config)
+            self._thread = threading.Thread(target=self._server.run, name="http", daemon=True)
+            self._thread.start()
+            deadline = time.monotonic() + 30
+            while not self._server.started:
+                if not self._thread.is_alive() or time.monotonic() > deadline:
+                    raise RuntimeError(f"the HTTP server did not start on {self.url}")
+                time.sleep(0.02)
+        except BaseException:
+            self.node.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(15)
+        if self.node is not None:
+            self.node.stop()
+
+    # -- counters -------------------------------------------------------------
+    def ingest_counters(self) -> dict:
+        ing = self.node.ingestor
+        return {
+            "accepted": ing.points_accepted,
+            "loaded": ing.loader.stats.rows_loaded,
+            "queued": ing.loader.stats.queued_rows,
+            "lag_s": ing.loader.lag_seconds(),
+            "accepted_lsn": ing.wal.next_lsn - 1,
+            "loaded_lsn": ing.loader.loaded_lsn - 1,
+        }
+
+    def wait_loaded(self, timeout: float) -> bool:
+        """Wait until everything acknowledged is visible to lenses."""
+        ing = self.node.ingestor
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            # queued_rows drops last, after the loaded-points counter moved on
+            if ing.loader.loaded_lsn >= ing.wal.next_lsn and ing.loader.stats.queued_rows == 0:
+                return True
+            check_loader(self.node)
+            time.sleep(0.05)
+        return False
+
+    def events(self, names: tuple[str, ...] = ("SelectedRows", "SelectedMarks")) -> dict:
+        return profile_events(self.node.backend, names)
+
+    def wait_merges(self, timeout: float) -> float:
+        return wait_merges(self.node.backend, timeout)
+
+
+def check_loader(node) -> None:
+    """Raise if the node's loader thread has died (it logs why), rather than
+    waiting for loads that will never come."""
+    thread = getattr(node.ingestor.loader, "_thread", None)
+    if thread is not None and not thread.is_alive():
+        raise RuntimeError("the loader thread stopped; see the log above for its error")
+
+
+def profile_events(backend, names: tuple[str, ...]) -> dict[str, int]:
+    """ClickHouse's cumulative ProfileEvents (``system.events``) for this engine.
+
+    chDB has no ``system.query_log`` (it is not configured in the embedded
+    server); these counters are the same ones query_log copies per query, so a
+    delta around one query, with nothing else running, is that query's count.
+    """
+    quoted = ",".join(f"'{n}'" for n in names)
+    t = backend.query(f"SELECT event, value FROM system.events WHERE event IN ({quoted})")
+    got = dict(zip(t.column("event").to_pylist(), t.column("value").to_pylist()))
+    return {n: int(got.get(n, 0)) for n in names}
+
+
+def wait_merges(backend, timeout: float) -> float:
+    """Wait (up to ``timeout``) until no merge runs; returns the seconds waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        t = backend.query("SELECT count() AS n FROM system.merges")
+        if t.column("n")[0].as_py() == 0:
+            break
+        time.sleep(0.25)
+    return time.monotonic() - t0
+
+
+# -- other processes ------------------------------------------------------------
+
+
+def _child(fn: Callable, args: tuple, kwargs: dict, out: Path) -> None:
+    try:
+        result = fn(*args, **kwargs)
+        doc = {"ok": True, "result": result}
+    except BaseException as e:  # reported to the parent
+        import traceback
+
+        doc = {"ok": False, "error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()}
+    out.write_text(json.dumps(doc))
+
+
+@dataclass
+class Child:
+    """A function running in a fresh interpreter (spawn), its result as JSON."""
+
+    process: Any
+    out: Path
+    started: float = field(default_factory=time.monotonic)
+
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+    def result(self, timeout: float | None = None) -> Any:
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(5)
+            raise TimeoutError(f"{self.process.name} did not finish in time")
+        if not self.out.exists():
+            raise RuntimeError(f"{self.process.name} died (exit code {self.process.exitcode})")
+        doc = json.loads(self.out.read_text())
+        self.out.unlink()
+        if not doc["ok"]:
+            raise RuntimeError(f"{self.process.name} failed: {doc['error']}\n{doc['trace']}")
+        return doc["result"]
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(5)
+
+
+def spawn(fn: Callable, *args, name: str, workdir: Path, **kwargs) -> Child:
+    """Run ``fn(*args, **kwargs)`` in another process; its return value must be JSON."""
+    out = Path(workdir) / f".{name}-{os.getpid()}-{time.monotonic_ns()}.json"
+    ctx = mp.get_context("spawn")
+    p = ctx.Process(target=_child, args=(fn, args, kwargs, out), name=name, daemon=True)
+    p.start()
+    return Child(p, out)
+
+
+@contextmanager
+def sampler(fn: Callable[[], dict], every: float = 0.5) -> Iterator[list[dict]]:
+    """Call ``fn`` every ``every`` seconds in a thread; yields the growing list of
+    samples, each with ``t`` (seconds since start)."""
+    samples: list[dict] = []
+    stop = threading.Event()
+    t0 = time.monotonic()
+
+    def one() -> None:
+        doc = fn()
+        doc["t"] = round(time.monotonic() - t0, 3)
+        samples.append(doc)
+
+    def run() -> None:
+        while True:
+            one()
+            if stop.wait(every):
+                break
+
+    th = threading.Thread(target=run, name="sampler", daemon=True)
+    th.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        th.join(5)
+        one()  # the state at the end
+
+
+def process_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+class MachineCpu:
+    """Busy cores of the whole machine between ``start()`` and ``stop()``
+    (from /proc/stat), to tell our load from anybody else's."""
+
+    def __init__(self) -> None:
+        self._t0 = self._read()
+
+    @staticmethod
+    def _read() -> tuple[float, float]:
+        try:
+            with open("/proc/stat") as f:
+                vals = [float(x) for x in f.readline().split()[1:]]
+        except OSError:
+            return (0.0, 0.0)
+        idle = vals[3] + (vals[4] if len(vals) > 4 else 0.0)  # idle + iowait
+        return (sum(vals) - idle, sum(vals))
+
+    def busy_cores(self) -> float:
+        b1, t1 = self._read()
+        b0, t0 = self._t0
+        if t1 <= t0:
+            return 0.0
+        return (b1 - b0) / (t1 - t0) * (os.cpu_count() or 1)

@@ -1,0 +1,253 @@
+"""Lens latency with no ingest, and lenses under concurrency.
+
+* **lens**: one user, one request at a time, 10 sensors, ``points=2500``,
+  windows placed at random (unaligned) positions inside 1 kHz data, so every
+  window is full of data and its edges fall mid-cell. For each request:
+  client latency, the server's ``X-Lens-Ms``, the buckets returned, and the
+  rows ClickHouse read, taken from its own ``SelectedRows`` counter (a delta
+  of ``system.events`` around the request; chDB keeps no ``system.query_log``)
+  and set against the design bound of 50 rows per bucket per sensor.
+* **month**: the same on lower-rate data (10 sensors at 10 Hz over a month),
+  windows from an hour to a month, to show the cost does not grow with the
+  window.
+* **concurrency**: closed-loop clients with no think time, each asking for
+  10 sensors over a random 10-minute window of the 1 kHz data.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+
+from lenshouse.bench.common import DAY_MS, BenchConfig, BenchServer, console, spawn
+from lenshouse.bench.prepare import Dataset, progress_bar, write_dataset
+from lenshouse.generators.load import (
+    LoadConfig,
+    LoadResult,
+    Window,
+    parse_mix,
+    run_load_to_file,
+    summarize,
+)
+from lenshouse.lens.steps import bucket_count
+
+# Fixed, so a re-run on the same --data finds its datasets again.
+LENS_END_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+MONTH_END_MS = LENS_END_MS - 40 * DAY_MS
+ROWS_PER_BUCKET_BOUND = 50
+
+
+def lens_dataset(cfg: BenchConfig) -> Dataset:
+    seconds = int(cfg.lens_hours * 3600)
+    return Dataset(
+        "lens",
+        "default",
+        first_id=1,
+        sensors=cfg.lens_sensors,
+        rate_hz=cfg.lens_rate_hz,
+        start_ms=LENS_END_MS - seconds * 1000,
+        seconds=seconds,
+        seed=cfg.seed,
+    )
+
+
+def month_dataset(cfg: BenchConfig) -> Dataset:
+    seconds = int(cfg.month_days * 86400)
+    return Dataset(
+        "month",
+        "default",
+        first_id=101,
+        sensors=cfg.lens_sensors,
+        rate_hz=cfg.month_rate_hz,
+        start_ms=MONTH_END_MS - seconds * 1000,
+        seconds=seconds,
+        seed=cfg.seed + 1,
+    )
+
+
+def window(name: str) -> Window:
+    return parse_mix(name)[0]
+
+
+def measure_windows(
+    srv: BenchServer,
+    ds: Dataset,
+    windows: tuple[str, ...],
+    queries: int,
+    points: int,
+    seed: int,
+) -> dict:
+    """Sequential lenses over ``ds``; per window latency percentiles and rows read."""
+    rng = random.Random(seed)
+    sensors = ",".join(map(str, ds.ids))
+    out: dict = {}
+    with httpx.Client(base_url=srv.url, timeout=120.0) as client:
+
+        def one(w: Window) -> dict:
+            start = rng.randint(ds.start_ms, ds.end_ms - w.ms)
+            end = start + w.ms
+            params = {"sensors": sensors, "start": start, "end": end, "points": points}
+            ev0 = srv.events()
+            t = time.perf_counter()
+            r = client.get("/v1/lens", params=params)
+            ms = (time.perf_counter() - t) * 1000
+            ev1 = srv.events()
+            if r.status_code != 200:
+                return {"error": f"{r.status_code} {r.text[:200]}", "latency_ms": ms}
+            doc = orjson.loads(r.content)
+            step = doc["step"]
+            buckets = bucket_count(start, end, step)
+            returned = sum(len(s["t"]) for s in doc["series"])
+            return {
+                "latency_ms": ms,
+                "server_ms": float(r.headers.get("x-lens-ms", "nan")),
+                "step": step,
+                "buckets": buckets,
+                "buckets_returned": returned,
+                "points": sum(sum(s["count"]) for s in doc["series"]),
+                "rows_read": ev1["SelectedRows"] - ev0["SelectedRows"],  # less noise, below
+                "marks_read": ev1["SelectedMarks"] - ev0["SelectedMarks"],
+                "bound": ROWS_PER_BUCKET_BOUND * buckets * len(ds.ids),
+                "bytes": len(r.content),
+            }
+
+        def counter_noise() -> int:
+            """Rows the counter moves by with no lens in between: reading
+            system.events counts its own rows."""
+            e0 = srv.events()
+            e1 = srv.events()
+            return e1["SelectedRows"] - e0["SelectedRows"]
+
+        # Warm up: the first lenses pay for opening parts and caches.
+        for _ in range(2):
+            one(window(windows[0]))
+        noise = counter_noise()
+        for name in windows:
+            w = window(name)
+            if w.ms > ds.end_ms - ds.start_ms:
+                console.print(f"  [yellow]skip {name}: the dataset spans less[/yellow]")
+                continue
+            noise = counter_noise()
+            runs = [one(w) for _ in range(queries)]
+            ok = [x for x in runs if "error" not in x]
+            for x in ok:
+                x["rows_read"] -= noise
+            doc = {
+                "window_ms": w.ms,
+                "requests": len(runs),
+                "errors": len(runs) - len(ok),
+                "error_kinds": sorted({x["error"] for x in runs if "error" in x})[:5],
+                "latency_ms": summarize([x["latency_ms"] for x in ok]),
+                "server_ms": summarize([x["server_ms"] for x in ok]),
+            }
+            if ok:
+                doc.update(
+                    {
+                        "step_ms": ok[0]["step"],
+                        "buckets": ok[0]["buckets"],
+                        "sensors": len(ds.ids),
+                        "points_in_window_mean": sum(x["points"] for x in ok) / len(ok),
+                        "rows_read": summarize([x["rows_read"] for x in ok]),
+                        "marks_read_mean": sum(x["marks_read"] for x in ok) / len(ok),
+                        "bound": ok[0]["bound"],
+                        "rows_read_max_over_bound": max(x["rows_read"] / x["bound"] for x in ok),
+                        "within_bound": all(x["rows_read"] <= x["bound"] for x in ok),
+                        "response_bytes_mean": sum(x["bytes"] for x in ok) / len(ok),
+                    }
+                )
+            out[name] = doc
+            lat = doc["latency_ms"]
+            console.print(
+                f"  {ds.name} {name:>4}: p50 {lat['p50']:7.1f} ms  p95 {lat['p95']:7.1f} ms"
+                f"  rows read p50 {doc.get('rows_read', {}).get('p50', float('nan')):>11,.0f}"
+                f"  bound {doc.get('bound', 0):>11,}  errors {doc['errors']}"
+            )
+    return {"windows": out, "counter_noise_rows": noise}
+
+
+def table_parts(backend) -> dict:
+    t = backend.query(
+        "SELECT table, count() AS parts, sum(rows) AS rows FROM system.parts"
+        " WHERE active AND database = currentDatabase() GROUP BY table ORDER BY table"
+    )
+    return {r["table"]: {"parts": r["parts"], "rows": r["rows"]} for r in t.to_pylist()}
+
+
+def prepare_lens(srv: BenchServer, cfg: BenchConfig, month: bool = True) -> dict:
+    sets = [lens_dataset(cfg)] + ([month_dataset(cfg)] if month else [])
+    prep = {}
+    with progress_bar() as progress:
+        for ds in sets:
+            prep[ds.name] = write_dataset(srv.node, ds, progress=progress)
+    for name, doc in prep.items():
+        if not doc["skipped"]:
+            console.print(
+                f"  prepared {name}: {doc['points']:,} points in {doc['seconds']:.1f} s"
+                f" ({doc['points_per_s']:,.0f} points/s through log + loader)"
+            )
+    waited = srv.wait_merges(30.0)
+    return {"datasets": prep, "merge_wait_s": waited, "parts": table_parts(srv.node.backend)}
+
+
+def run_lens(cfg: BenchConfig, workdir: Path) -> dict:
+    console.rule("[bold]lens (single user, no ingest)")
+    with BenchServer(Path(workdir) / "lens") as srv:
+        prep = prepare_lens(srv, cfg)
+        lens = measure_windows(
+            srv, lens_dataset(cfg), cfg.lens_windows, cfg.lens_queries, cfg.points, cfg.seed
+        )
+        month = measure_windows(
+            srv,
+            month_dataset(cfg),
+            cfg.month_windows,
+            cfg.lens_queries,
+            cfg.points,
+            cfg.seed + 1,
+        )
+    return {"prepare": prep, "lens": lens, "month": month}
+
+
+def run_concurrency(cfg: BenchConfig, workdir: Path) -> dict:
+    console.rule("[bold]concurrency")
+    workdir = Path(workdir)
+    ds = lens_dataset(cfg)
+    w = window(cfg.concurrency_window)
+    with BenchServer(workdir / "lens") as srv:
+        prep = prepare_lens(srv, cfg, month=False)
+        lc = LoadConfig(
+            url=srv.url,
+            users=cfg.concurrency_users,
+            duration=cfg.concurrency_duration,
+            think=0.0,
+            mix=(w,),
+            sensors=tuple(ds.ids),
+            min_sensors=min(10, ds.sensors),
+            max_sensors=min(10, ds.sensors),
+            points=cfg.points,
+            span=(ds.start_ms, ds.end_ms),
+            seed=cfg.seed,
+            ramp=0.0,
+        )
+        console.print(
+            f"  {lc.users} closed-loop clients, no think time,"
+            f" {lc.max_sensors} sensors × random {w.name} windows, {lc.duration:.0f} s…"
+        )
+        path = workdir / ".concurrency-result.json"
+        spawn(run_load_to_file, lc, str(path), name="concurrency-load", workdir=workdir).result(
+            timeout=lc.duration + 300
+        )
+        result = LoadResult.from_dict(json.loads(path.read_text()))
+        path.unlink()
+    doc = result.to_dict()
+    doc["prepare"] = prep
+    lat = doc["latency_ms"]
+    console.print(
+        f"  {doc['requests']} requests, {doc['throughput_rps']:.1f}/s: p50 {lat['p50']:.0f} ms,"
+        f" p95 {lat['p95']:.0f} ms, p99 {lat['p99']:.0f} ms, errors {doc['errors']}"
+    )
+    return doc

@@ -1,0 +1,484 @@
+"""The bench report: targets with pass/fail, a table on the terminal,
+``bench-report.json`` (everything measured), ``bench-report.md`` (a summary)
+and PNG plots (latency percentiles per window, ingest rate and lag over time).
+
+A target passes only on the measured numbers of this run. Where the issue
+names no number (lens, mixed, concurrency) the criterion used is stated next
+to the verdict; storage is reported without a verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from rich.table import Table
+
+from lenshouse.bench.common import clean, console
+from lenshouse.generators.load import parse_mix
+
+INGEST_MIN_RATE = 3_200_000
+INGEST_MIN_RATIO = 0.6
+MIXED_MAX_LAG_S = 5.0
+MIXED_MIN_INGEST_SHARE = 0.95
+FLAT_FACTOR = 2.0  # the longest month window may cost at most this × the 1 h one
+# VictoriaMetrics 1.79, same machine kind, same lens (shared/notes/measured-facts.md)
+PEER_CONCURRENCY_P50_MS = 1120.0
+
+
+def _fmt_rate(x: float) -> str:
+    return f"{x / 1e6:.2f}M/s"
+
+
+def _ms(x: float | None) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.0f} ms" if x >= 10 else f"{x:.1f} ms"
+
+
+def evaluate(results: dict) -> list[dict]:
+    """One row per target: what was asked, what was measured, pass/fail/info."""
+    rows: list[dict] = []
+    ing = results.get("ingest")
+    if ing:
+        rate = ing["arrow"]["end_to_end_per_s"]
+        ceiling = ing["ceiling"]["rows_per_s"]
+        ratio = ing["ratio"]
+        rows.append(
+            {
+                "id": "1",
+                "name": "ingest, Arrow over HTTP, end to end",
+                "target": f"≥ {_fmt_rate(INGEST_MIN_RATE)} and ≥ {INGEST_MIN_RATIO} × ceiling",
+                "measured": f"{_fmt_rate(rate)} = {ratio:.2f} × ceiling {_fmt_rate(ceiling)}",
+                "pass": rate >= INGEST_MIN_RATE and ratio >= INGEST_MIN_RATIO,
+            }
+        )
+        for fmt in ("json", "lineproto"):
+            if fmt in ing:
+                rows.append(
+                    {
+                        "id": "1",
+                        "name": f"ingest, {fmt} over HTTP, end to end",
+                        "target": "reported",
+                        "measured": _fmt_rate(ing[fmt]["end_to_end_per_s"]),
+                        "pass": None,
+                    }
+                )
+    lens = results.get("lens")
+    if lens:
+        for key, label in (("lens", "1 kHz"), ("month", "10 Hz")):
+            wins = lens[key]["windows"]
+            for name, w in wins.items():
+                if "rows_read" not in w:
+                    rows.append(
+                        {
+                            "id": "2",
+                            "name": f"lens {label} {name}",
+                            "target": "answers",
+                            "measured": f"{w['errors']} errors",
+                            "pass": False,
+                        }
+                    )
+                    continue
+                lat = w["latency_ms"]
+                rows.append(
+                    {
+                        "id": "2",
+                        "name": f"lens {label}, 10 sensors, {name}",
+                        "target": "rows read ≤ 50 × buckets × sensors",
+                        "measured": f"p50 {_ms(lat['p50'])} p95 {_ms(lat['p95'])};"
+                        f" rows {w['rows_read']['p50']:,.0f} ≤ {w['bound']:,}",
+                        "pass": w["within_bound"] and w["errors"] == 0,
+                    }
+                )
+        wins = lens["month"]["windows"]
+        names = [n for n in wins if "latency_ms" in wins[n] and wins[n]["requests"]]
+        if len(names) >= 2:
+            first, last = wins[names[0]]["latency_ms"], wins[names[-1]]["latency_ms"]
+            rows.append(
+                {
+                    "id": "2",
+                    "name": f"lens latency flat from {names[0]} to {names[-1]} (10 Hz data)",
+                    "target": f"p50({names[-1]}) ≤ {FLAT_FACTOR:g} × p50({names[0]}) (ours)",
+                    "measured": f"{_ms(last['p50'])} vs {_ms(first['p50'])}",
+                    "pass": last["p50"] <= FLAT_FACTOR * first["p50"],
+                }
+            )
+    mixed = results.get("mixed")
+    if mixed:
+        lat = mixed["latency_ms"]
+        ingm = mixed["ingest"]
+        rows.append(
+            {
+                "id": "3",
+                "name": f"mixed: {mixed['config']['users']} users + live ingest",
+                "target": f"0 errors, ingest ≥ {MIXED_MIN_INGEST_SHARE:.0%} of"
+                f" {_fmt_rate(ingm['target_per_s'])}, lag ≤ {MIXED_MAX_LAG_S:g} s (ours)",
+                "measured": f"p95 {_ms(lat['p95'])} p99 {_ms(lat['p99'])},"
+                f" {mixed['errors']} errors,"
+                f" ingest {_fmt_rate(ingm['loaded_per_s_during_users'])},"
+                f" max lag {ingm['max_lag_s']:.2f} s",
+                "pass": mixed["errors"] == 0
+                and ingm["loaded_per_s_during_users"]
+                >= MIXED_MIN_INGEST_SHARE * ingm["target_per_s"]
+                and ingm["max_lag_s"] <= MIXED_MAX_LAG_S,
+            }
+        )
+    st = results.get("storage")
+    if st:
+        rows.append(
+            {
+                "id": "4",
+                "name": "storage per point (after OPTIMIZE FINAL)",
+                "target": "reported",
+                "measured": f"raw {st['raw_bytes_per_point']:.2f} B + rollups"
+                f" {st['rollup_bytes_per_point']:.2f} B = {st['total_bytes_per_point']:.2f} B",
+                "pass": None,
+            }
+        )
+    cc = results.get("concurrency")
+    if cc:
+        lat = cc["latency_ms"]
+        rows.append(
+            {
+                "id": "5",
+                "name": f"concurrency: {cc['config']['users']} clients, no think time",
+                "target": f"0 errors, p50 ≤ {PEER_CONCURRENCY_P50_MS:.0f} ms (ours: a peer's)",
+                "measured": f"p50 {_ms(lat['p50'])} p95 {_ms(lat['p95'])},"
+                f" {cc['errors']} errors, {cc['throughput_rps']:.1f} req/s",
+                "pass": cc["errors"] == 0 and lat["p50"] <= PEER_CONCURRENCY_P50_MS,
+            }
+        )
+    return rows
+
+
+def _verdict(p: bool | None) -> str:
+    return "info" if p is None else ("PASS" if p else "FAIL")
+
+
+def print_summary(targets: list[dict]) -> None:
+    t = Table(title="lenshouse bench")
+    for col in ("#", "what", "target", "measured", "verdict"):
+        t.add_column(col, overflow="fold")
+    for r in targets:
+        v = _verdict(r["pass"])
+        style = {"PASS": "green", "FAIL": "red", "info": "cyan"}[v]
+        t.add_row(r["id"], r["name"], r["target"], r["measured"], f"[{style}]{v}[/{style}]")
+    console.print(t)
+
+
+# -- plots -----------------------------------------------------------------------
+
+
+def _rates(timeline: list[dict], key: str, span: float = 2.0) -> tuple[list[float], list[float]]:
+    """Rate of ``key`` over trailing ``span``-second windows (loads come ~1/s)."""
+    ts, rs = [], []
+    j = 0
+    for b in timeline:
+        while timeline[j]["t"] < b["t"] - span:
+            j += 1
+        a = timeline[j]
+        if b["t"] - a["t"] >= span * 0.75:
+            ts.append(b["t"])
+            rs.append((b[key] - a[key]) / (b["t"] - a["t"]))
+    return ts, rs
+
+
+def plot_latency(results: dict, path: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = []
+    lens = results.get("lens")
+    if lens:
+        panels.append(("single user, 10 sensors, 1 kHz data", lens["lens"]["windows"]))
+        panels.append(("single user, 10 sensors, 10 Hz data", lens["month"]["windows"]))
+    if results.get("mixed"):
+        panels.append(("mixed: users + live ingest", results["mixed"]["by_window"]))
+    if results.get("concurrency"):
+        panels.append(("concurrency, no think time", results["concurrency"]["by_window"]))
+    panels = [(title, wins) for title, wins in panels if wins]
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
+    from matplotlib.ticker import ScalarFormatter
+
+    for ax, (title, wins) in zip(axes[0], panels):
+        names = sorted(
+            (n for n in wins if wins[n].get("latency_ms")), key=lambda n: parse_mix(n)[0].ms
+        )
+        qs = ("p50", "p95", "p99")
+        width = 0.8 / len(qs)
+        top = 1.0
+        for i, q in enumerate(qs):
+            vals = [wins[n]["latency_ms"].get(q) or 0.0 for n in names]
+            top = max([top, *vals])
+            bars = ax.bar([x + i * width for x in range(len(names))], vals, width, label=q)
+            ax.bar_label(bars, labels=[f"{v:.0f}" for v in vals], fontsize=7)
+        ax.set_xticks([x + width for x in range(len(names))], names)
+        ax.set_yscale("log")
+        ax.set_ylim(1, top * 2)
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.set_ylabel("latency, ms (client)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_ingest(results: dict, path: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = []
+    ing = results.get("ingest")
+    if ing:
+        panels.append(("ingest, Arrow over HTTP, flat out", ing["arrow"]["timeline"], ing))
+    if results.get("mixed"):
+        panels.append(("mixed: live ingest under lens load", results["mixed"]["timeline"], None))
+    if not panels:
+        return False
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.6 * len(panels)), squeeze=False)
+    for ax, (title, tl, ingest) in zip(axes[:, 0], panels):
+        for key, label in (("accepted", "acknowledged (durable)"), ("loaded", "loaded (visible)")):
+            ts, rs = _rates(tl, key)
+            ax.plot(ts, [r / 1e6 for r in rs], label=label, lw=1.2)
+        if ingest:
+            ax.axhline(
+                ingest["ceiling"]["rows_per_s"] / 1e6,
+                color="grey",
+                ls="--",
+                lw=1,
+                label="chDB bare insert ceiling",
+            )
+            ax.axhline(INGEST_MIN_RATE / 1e6, color="red", ls=":", lw=1, label="target 3.2M/s")
+        else:
+            m = results["mixed"]
+            ax.axvspan(m["users_started_s"], m["users_ended_s"], color="orange", alpha=0.1)
+        ax.set_ylabel("million points / s")
+        ax.set_xlabel("seconds")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        lag = ax.twinx()
+        lag.plot([s["t"] for s in tl], [s["lag_s"] for s in tl], color="black", lw=0.8, alpha=0.6)
+        lag.set_ylabel("ingest lag, s (black)")
+        ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# -- files -----------------------------------------------------------------------
+
+
+def _md_table(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def markdown(results: dict, targets: list[dict], images: list[str]) -> str:
+    meta = results.get("meta", {})
+    out = [
+        "# lenshouse bench report",
+        "",
+        f"- date: {meta.get('date', '')}",
+        f"- command: `{meta.get('command', '')}`",
+        f"- machine: {meta.get('machine', {})}",
+        f"- code: {meta.get('git', {})}",
+        "",
+        "## Targets",
+        "",
+        _md_table(
+            ["#", "what", "target", "measured", "verdict"],
+            [
+                [r["id"], r["name"], r["target"], r["measured"], _verdict(r["pass"])]
+                for r in targets
+            ],
+        ),
+    ]
+    ing = results.get("ingest")
+    if ing:
+        rows = []
+        for fmt in ("arrow", "json", "lineproto"):
+            if fmt in ing:
+                d = ing[fmt]
+                rows.append(
+                    [
+                        fmt,
+                        f"{d['points_sent']:,}",
+                        f"{d['send_seconds']:.1f}",
+                        f"{d['accepted_per_s']:,.0f}",
+                        f"{d['loaded_while_sending_per_s']:,.0f}",
+                        f"{d['drain_seconds']:.1f}",
+                        f"{d['end_to_end_per_s']:,.0f}",
+                        f"{d['max_lag_s']:.1f}",
+                        f"{d['server_cores']:.2f}",
+                    ]
+                )
+        c = ing["ceiling"]
+        out += [
+            "",
+            "## Ingest",
+            "",
+            f"chDB bare insert ceiling: {c['rows_per_s']:,.0f} rows/s of insert time"
+            f" ({c['rows']:,} rows in {c['inserts']} inserts of {c['batch_rows']:,},"
+            f" {c['rows_per_wall_s']:,.0f} rows/s wall). Arrow end to end / ceiling ="
+            f" **{ing['ratio']:.2f}**.",
+            "",
+            _md_table(
+                [
+                    "format",
+                    "points",
+                    "send s",
+                    "acked/s",
+                    "loaded/s while sending",
+                    "drain s",
+                    "end to end/s",
+                    "max lag s",
+                    "server cores",
+                ],
+                rows,
+            ),
+        ]
+    lens = results.get("lens")
+    if lens:
+        out += ["", "## Lens, single user, no ingest", ""]
+        for key, label in (("lens", "10 sensors, 1 kHz"), ("month", "10 sensors, 10 Hz")):
+            rows = []
+            for name, w in lens[key]["windows"].items():
+                if "rows_read" not in w:
+                    rows.append([name, "–", "–", "–", "–", "–", "–", f"{w['errors']}"])
+                    continue
+                rows.append(
+                    [
+                        name,
+                        f"{w['step_ms']:,}",
+                        _ms(w["latency_ms"]["p50"]),
+                        _ms(w["latency_ms"]["p95"]),
+                        _ms(w["server_ms"]["p50"]),
+                        f"{w['rows_read']['p50']:,.0f} / {w['rows_read']['max']:,.0f}",
+                        f"{w['bound']:,}",
+                        f"{w['errors']}",
+                    ]
+                )
+            out += [
+                f"**{label}**, random unaligned windows, points=2500:",
+                "",
+                _md_table(
+                    [
+                        "window",
+                        "step ms",
+                        "p50",
+                        "p95",
+                        "server p50",
+                        "rows read p50 / max",
+                        "50×buckets×sensors",
+                        "errors",
+                    ],
+                    rows,
+                ),
+                "",
+            ]
+    for key, title in (("mixed", "Mixed"), ("concurrency", "Concurrency")):
+        d = results.get(key)
+        if not d:
+            continue
+        rows = [
+            [
+                w,
+                f"{v['requests']}",
+                f"{v['errors']}",
+                _ms(v["latency_ms"]["p50"]),
+                _ms(v["latency_ms"]["p95"]),
+                _ms(v["latency_ms"]["p99"]),
+                _ms(v["server_ms"]["p50"]),
+            ]
+            for w, v in d["by_window"].items()
+        ]
+        lat = d["latency_ms"]
+        rows.append(
+            [
+                "all",
+                f"{d['requests']}",
+                f"{d['errors']}",
+                _ms(lat["p50"]),
+                _ms(lat["p95"]),
+                _ms(lat["p99"]),
+                _ms(d["server_ms"]["p50"]),
+            ]
+        )
+        out += [
+            "",
+            f"## {title}",
+            "",
+            f"{d['config']['users']} users, think {d['config']['think']} s,"
+            f" {d['throughput_rps']:.1f} requests/s.",
+            "",
+            _md_table(["window", "requests", "errors", "p50", "p95", "p99", "server p50"], rows),
+        ]
+        if key == "mixed":
+            i = d["ingest"]
+            out += [
+                "",
+                f"Ingest during the users: {i['accepted_per_s_during_users']:,.0f} acked/s,"
+                f" {i['loaded_per_s_during_users']:,.0f} loaded/s (target"
+                f" {i['target_per_s']:,}/s); lag p95 {i['p95_lag_s']:.2f} s,"
+                f" max {i['max_lag_s']:.2f} s.",
+            ]
+    st = results.get("storage")
+    if st:
+        rows = [
+            [
+                name,
+                f"{v['rows']:,}",
+                f"{v['parts']}",
+                f"{v['bytes_on_disk']:,}",
+                f"{v['bytes_per_point']:.3f}",
+            ]
+            for name, v in st["after_optimize"].items()
+        ]
+        cols = ", ".join(f"{k} {v['bytes_per_point']:.2f}" for k, v in st["raw_columns"].items())
+        out += [
+            "",
+            "## Storage",
+            "",
+            f"{st['points']:,} points of the generator's fleet, after OPTIMIZE FINAL"
+            " (bytes on disk per raw point):",
+            "",
+            _md_table(["table", "rows", "parts", "bytes on disk", "bytes / raw point"], rows),
+            "",
+            f"Raw columns, compressed bytes per point: {cols}.",
+        ]
+    if images:
+        out += ["", "## Plots", ""] + [f"![{p}]({p})" for p in images]
+    return "\n".join(out) + "\n"
+
+
+def write_report(results: dict, out: Path) -> dict[str, Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    targets = evaluate(results)
+    results["targets"] = targets
+    files = {"json": out / "bench-report.json", "md": out / "bench-report.md"}
+    images = []
+    for name, fn in (("lens-latency.png", plot_latency), ("ingest-rate.png", plot_ingest)):
+        try:
+            if fn(results, out / name):
+                images.append(name)
+                files[name] = out / name
+        except Exception as e:  # a plot must not lose the measurements
+            console.print(f"[yellow]plot {name} failed: {e}[/yellow]")
+    files["json"].write_text(json.dumps(clean(results), indent=1))
+    files["md"].write_text(markdown(results, targets, images))
+    print_summary(targets)
+    return files

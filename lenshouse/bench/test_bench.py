@@ -1,0 +1,107 @@
+"""The bench harness end to end at tiny scale: every scenario runs, the report
+files appear, and the numbers are positive and consistent. No speed is asserted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lenshouse.bench.commands import SCENARIOS, run_bench
+from lenshouse.bench.common import BenchConfig
+from lenshouse.bench.ingest import _shift_text, _text_bodies
+from lenshouse.bench.prepare import Dataset, chunks
+from lenshouse.ingest.formats import decode_json, decode_line_protocol
+
+
+def _ordered(lat: dict) -> bool:
+    return 0 < lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+
+
+def test_text_bodies_move_on_in_time_without_changing_anything_else() -> None:
+    start = 1_767_225_600_000
+    for fmt, decode in (("json", decode_json), ("lineproto", decode_line_protocol)):
+        body, n = _text_bodies(fmt, 3, 50, start, first_id=1)[4]
+        a = decode(body, "t")
+        b = decode(_shift_text(fmt, body, start, 7), "t")
+        assert len(a) == len(b) == n == 150
+        assert (b.ts - a.ts == 70_000).all()
+        assert (a.sensor == b.sensor).all() and (a.value == b.value).all()
+
+
+def test_chunks_cover_the_dataset_once() -> None:
+    ds = Dataset("x", "default", 5, 3, 10, 1_767_225_600_000, 250)
+    batches = list(chunks(ds, chunk_points=1000))
+    assert sum(len(b) for b in batches) == ds.points == 7500
+    keys = {(int(s), int(t)) for b in batches for s, t in zip(b.sensor, b.ts)}
+    assert len(keys) == ds.points
+    assert min(t for _, t in keys) == ds.start_ms and max(t for _, t in keys) < ds.end_ms
+    assert {s for s, _ in keys} == set(ds.ids)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> tuple[dict, Path]:
+    base = tmp_path_factory.mktemp("bench")
+    out = base / "out"
+    run_bench(list(SCENARIOS), BenchConfig.tiny(1), data=base / "data", out=out)
+    return json.loads((out / "bench-report.json").read_text()), out
+
+
+def test_report_files(report) -> None:
+    doc, out = report
+    for name in ("bench-report.json", "bench-report.md", "lens-latency.png", "ingest-rate.png"):
+        assert (out / name).stat().st_size > 0, name
+    md = (out / "bench-report.md").read_text()
+    assert "## Targets" in md and "## Ingest" in md and "## Storage" in md
+    assert set(SCENARIOS) <= set(doc)
+    assert {t["id"] for t in doc["targets"]} == {"1", "2", "3", "4", "5"}
+    assert all(t["pass"] in (True, False, None) for t in doc["targets"])
+
+
+def test_ingest_counts_every_point(report) -> None:
+    ing = report[0]["ingest"]
+    c = ing["ceiling"]
+    assert c["rows"] == c["rows_in_table"] > 0 and c["rows_per_s"] > 0
+    for fmt in ("arrow", "json", "lineproto"):
+        d = ing[fmt]
+        assert d["drained"], fmt
+        assert d["points_sent"] == d["points_accepted"] == d["points_loaded"] > 0, fmt
+        assert d["batches"] > 0 and not d["errors"]
+        assert 0 < d["end_to_end_per_s"] <= d["accepted_per_s"]
+        assert d["timeline"][-1]["loaded"] == d["points_loaded"]
+    assert ing["ratio"] == pytest.approx(ing["arrow"]["end_to_end_per_s"] / c["rows_per_s"])
+
+
+def test_lens_numbers(report) -> None:
+    lens = report[0]["lens"]
+    for key in ("lens", "month"):
+        wins = lens[key]["windows"]
+        assert wins
+        for w in wins.values():
+            assert w["errors"] == 0 and w["requests"] > 0
+            assert _ordered(w["latency_ms"])
+            assert 0 < w["server_ms"]["p50"] <= w["latency_ms"]["max"]
+            assert w["rows_read"]["p50"] > 0 and w["bound"] > 0
+            assert 0 < w["buckets"] <= 2500
+            assert w["points_in_window_mean"] > 0
+    # reading system.events counts its own few hundred rows, nothing else moves it
+    assert 0 <= lens["lens"]["counter_noise_rows"] < 2000
+
+
+def test_mixed_concurrency_storage(report) -> None:
+    doc = report[0]
+    for key in ("mixed", "concurrency"):
+        d = doc[key]
+        assert d["requests"] > 0 and d["errors"] == 0, d["error_kinds"]
+        assert _ordered(d["latency_ms"])
+    m = doc["mixed"]
+    assert m["ingest"]["points_sent"] > 0 and m["ingest"]["drained"]
+    assert m["ingest"]["points_loaded"] == m["ingest"]["points_sent"]
+    assert m["timeline"][-1]["loaded"] == m["ingest"]["points_sent"]
+    st = doc["storage"]
+    raw = st["after_optimize"]["raw"]
+    assert raw["rows"] == st["points"] > 0
+    assert 0 < st["raw_bytes_per_point"] < st["total_bytes_per_point"]
+    for tier, next_tier in zip(list(st["after_optimize"])[1:], list(st["after_optimize"])[2:]):
+        assert st["after_optimize"][tier]["rows"] >= st["after_optimize"][next_tier]["rows"] > 0
