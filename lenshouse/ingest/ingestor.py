@@ -73,6 +73,8 @@ class Ingestor:
         position: a cheap shortcut for client retries. Correctness does not
         depend on it: a repeated batch is also dropped point by point on load.
         """
+        if len(batch) == 0:
+            return self.wal.next_lsn - 1  # nothing to make durable
         if batch_id is not None and (lsn := self._batch_ids.get((batch.tenant, batch_id))):
             self.batches_replayed += 1
             return lsn
