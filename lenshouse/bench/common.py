@@ -42,7 +42,8 @@ class BenchConfig:
     # lens (single user, no ingest)
     lens_sensors: int = 10
     lens_rate_hz: int = 1000
-    lens_hours: float = 24.0  # 1 kHz data behind the 10 s .. 1 day windows
+    lens_hours: float = 25.0  # 1 kHz data behind the 10 s .. 1 day windows (> 1 day:
+    # day windows then start at random, unaligned positions)
     lens_windows: tuple[str, ...] = ("10s", "1m", "1h", "1d")
     lens_queries: int = 50  # per window
     month_rate_hz: int = 10

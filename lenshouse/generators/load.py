@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -126,6 +127,7 @@ class LoadResult:
     config: dict
     samples: list[Sample] = field(default_factory=list)
     elapsed: float = 0.0
+    client_cpu_seconds: float = 0.0  # CPU the load generator itself used
 
     @property
     def ok(self) -> list[Sample]:
@@ -169,6 +171,8 @@ class LoadResult:
             "errors": self.errors,
             "error_kinds": self.error_kinds(),
             "throughput_rps": self.throughput(),
+            "client_cpu_seconds": self.client_cpu_seconds,
+            "client_cores": self.client_cpu_seconds / self.elapsed if self.elapsed > 0 else 0.0,
             "latency_ms": self.latency(),
             "server_ms": self.server(),
             "by_window": {
@@ -191,6 +195,7 @@ class LoadResult:
             config=doc["config"],
             samples=[Sample(**s) for s in doc.get("samples", [])],
             elapsed=doc["elapsed_s"],
+            client_cpu_seconds=doc.get("client_cpu_seconds", 0.0),
         )
 
 
@@ -276,6 +281,7 @@ async def run_load_async(
         raise ValueError("the sensor pool is empty")
     limits = httpx.Limits(max_connections=cfg.users, max_keepalive_connections=cfg.users)
     samples: list[Sample] = []
+    cpu = os.times()
     async with httpx.AsyncClient(
         base_url=cfg.url.rstrip("/"), timeout=cfg.timeout, limits=limits
     ) as client:
@@ -292,7 +298,9 @@ async def run_load_async(
         await asyncio.gather(*tasks)
         elapsed = time.monotonic() - t0
     samples.sort(key=lambda s: s.t)
-    return LoadResult(_config_doc(cfg), samples, elapsed)
+    now = os.times()
+    used = (now.user - cpu.user) + (now.system - cpu.system)
+    return LoadResult(_config_doc(cfg), samples, elapsed, used)
 
 
 def run_load(
