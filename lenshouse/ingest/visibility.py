@@ -4,13 +4,16 @@ A load inserts raw rows and, through materialized views, rollup rows; the two
 become visible at slightly different moments. Lenses therefore read raw rows
 only up to the last completed load (``raw.seq``), keep rollup reads clear of
 any load in flight, and re-run in the rare case that a load started while they
-read rollups it touches.
+read rows it touches. A lens that keeps racing loads finally reads while new
+loads are held back (``quiet``).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 
@@ -41,9 +44,14 @@ class Visibility:
         self._inflight: dict[int, LoadSpan] = {}
         self._started = 0
         self._recent: deque[tuple[int, LoadSpan]] = deque(maxlen=history)
+        self._readers = 0  # lenses holding loads back (see ``quiet``)
+        self._writer_waiting = False
 
     def begin(self, span: LoadSpan) -> None:
         with self._cond:
+            self._writer_waiting = True
+            self._cond.wait_for(lambda: self._readers == 0)
+            self._writer_waiting = False
             self._started += 1
             self._inflight[span.seq] = span
             self._recent.append((self._started, span))
@@ -53,6 +61,20 @@ class Visibility:
             self._inflight.pop(seq, None)
             self._committed = max(self._committed, seq)
             self._cond.notify_all()
+
+    @contextmanager
+    def quiet(self) -> Iterator[Snapshot]:
+        """Hold new loads back while reading: the fallback for a lens whose
+        optimistic reads kept racing loads. The loader waits at most one read."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._inflight and not self._writer_waiting)
+            self._readers += 1
+        try:
+            yield self.snapshot()
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
 
     def snapshot(self) -> Snapshot:
         with self._cond:
@@ -72,8 +94,3 @@ class Visibility:
     def committed_seq(self) -> int:
         with self._cond:
             return self._committed
-
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait until no load is in flight."""
-        with self._cond:
-            return self._cond.wait_for(lambda: not self._inflight, timeout)

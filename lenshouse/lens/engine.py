@@ -21,6 +21,8 @@ MAX_BUCKETS = 20_000
 # A load in flight holds back rollups from its oldest point on; past this much
 # raw reading it is cheaper to wait for the load to finish.
 MAX_HEAD_RAW_MS = 30_000
+# Reads that may race a load before a lens reads with loads held back.
+OPTIMISTIC_READS = 3
 MAX_EXPORT_ROWS = 50_000_000
 
 
@@ -109,17 +111,24 @@ class LensEngine:
     ) -> Lens:
         tenant = check_tenant(tenant)
         step = self.resolve_step(start, end, points, step)
-        for attempt in range(8):
+        for attempt in range(OPTIMISTIC_READS):
             snap = self.visibility.snapshot()
             cut = self._head_cut(snap, tenant, start, end)
             segments = plan(start, end, step, cut)
-            if cut is not None and raw_span(segments) > MAX_HEAD_RAW_MS and attempt < 7:
-                self.visibility.wait_idle(timeout=5.0)
-                continue
-            table = self.backend.query(self._sql(tenant, sensors, step, segments, snap))
-            if self._still_valid(snap, tenant, segments):
+            extra_raw = raw_span(segments) - raw_span(plan(start, end, step)) if cut else 0
+            if extra_raw > MAX_HEAD_RAW_MS:
+                break  # cheaper to read with loads held back than to read that much raw
+            # Raw rows of a load in flight are hidden by their seq; with none in
+            # flight, the cheaper unfiltered read is checked afterwards instead.
+            table = self.backend.query(
+                self._sql(tenant, sensors, step, segments, snap.committed_seq if cut else None)
+            )
+            if self._still_valid(snap, tenant, segments, raw_checked=cut is None):
                 return self._result(table, sensors, start, end, step, segments, attempt)
-        raise RuntimeError("lens could not get a consistent read after 8 attempts")
+        with self.visibility.quiet():
+            segments = plan(start, end, step)
+            table = self.backend.query(self._sql(tenant, sensors, step, segments, None))
+        return self._result(table, sensors, start, end, step, segments, OPTIMISTIC_READS)
 
     def export(
         self, sensors: list[int], start: int, end: int, tenant: str | None = None
@@ -141,8 +150,11 @@ class LensEngine:
         cuts = [s.min_ts for s in snap.inflight if s.touches(tenant, start, end)]
         return min(cuts) if cuts else None
 
-    def _still_valid(self, snap: Snapshot, tenant: str, segments: list[Segment]) -> bool:
-        """False if a load begun during the read wrote rollup cells it used."""
+    def _still_valid(
+        self, snap: Snapshot, tenant: str, segments: list[Segment], raw_checked: bool
+    ) -> bool:
+        """False if a load begun during the read wrote rows it used: rollup cells,
+        and raw rows too when they were read without a seq filter."""
         newer = self.visibility.started_since(snap)
         if newer is None:
             return False
@@ -150,22 +162,24 @@ class LensEngine:
             span.touches(tenant, seg.lo, seg.hi)
             for span in newer
             for seg in segments
-            if seg.tier is not None
+            if seg.tier is not None or raw_checked
         )
 
     @staticmethod
     def _sql(
-        tenant: str, sensors: list[int], step: int, segments: list[Segment], snap: Snapshot
+        tenant: str, sensors: list[int], step: int, segments: list[Segment], max_seq: int | None
     ) -> str:
+        """One query over all segments; raw rows up to ``max_seq`` when given."""
         ids = ",".join(map(str, sensors))
         where = f"tenant = '{tenant}' AND sensor IN ({ids})"
         parts = []
         raw = [s for s in segments if s.tier is None]
-        if raw and snap.committed_seq >= 0:
+        if raw and (max_seq is None or max_seq >= 0):
             ranges = " OR ".join(f"(ts >= {s.lo} AND ts < {s.hi})" for s in raw)
+            seq = "" if max_seq is None else f" AND seq <= {max_seq}"
             parts.append(
                 "SELECT sensor, ts AS t, value AS s, toUInt64(1) AS c, value AS mn, value AS mx"
-                f" FROM raw WHERE {where} AND seq <= {snap.committed_seq} AND ({ranges})"
+                f" FROM raw WHERE {where}{seq} AND ({ranges})"
             )
         by_tier: dict[str, list[Segment]] = {}
         for s in segments:
@@ -186,7 +200,7 @@ class LensEngine:
         return (
             f"SELECT sensor, intDiv(t, {step}) AS b, sum(s) AS sum, sum(c) AS cnt,"
             f" min(mn) AS min, max(mx) AS max FROM ({union})"
-            " GROUP BY sensor, b ORDER BY sensor, b"
+            " GROUP BY sensor, b"
         )
 
     @staticmethod
@@ -200,6 +214,8 @@ class LensEngine:
         retries: int,
     ) -> Lens:
         cols = {name: table.column(name).to_numpy() for name in table.column_names}
+        order = np.lexsort((cols["b"], cols["sensor"]))  # sorting here is cheaper than in SQL
+        cols = {k: v[order] for k, v in cols.items()}
         series = []
         for sensor in sensors:
             m = cols["sensor"] == sensor
