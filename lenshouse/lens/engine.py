@@ -200,7 +200,7 @@ class LensEngine:
         return (
             f"SELECT sensor, intDiv(t, {step}) AS b, sum(s) AS sum, sum(c) AS cnt,"
             f" min(mn) AS min, max(mx) AS max FROM ({union})"
-            " GROUP BY sensor, b"
+            " GROUP BY sensor, b ORDER BY sensor, b"  # measured: faster than unordered
         )
 
     @staticmethod
@@ -214,8 +214,6 @@ class LensEngine:
         retries: int,
     ) -> Lens:
         cols = {name: table.column(name).to_numpy() for name in table.column_names}
-        order = np.lexsort((cols["b"], cols["sensor"]))  # sorting here is cheaper than in SQL
-        cols = {k: v[order] for k, v in cols.items()}
         series = []
         for sensor in sensors:
             m = cols["sensor"] == sensor
