@@ -12,10 +12,10 @@ DEDUP_WINDOW = 1000
 RAW_DDL = f"""
 CREATE TABLE IF NOT EXISTS raw (
     tenant LowCardinality(String),
-    sensor UInt32,
+    sensor UInt32 CODEC(DoubleDelta, ZSTD(1)),
     ts Int64 CODEC(DoubleDelta, ZSTD(1)),
     value Float64 CODEC(Delta, ZSTD(1)),
-    seq UInt64 CODEC(Delta, ZSTD(1))
+    seq UInt64 CODEC(DoubleDelta, ZSTD(1))
 ) ENGINE = MergeTree
 PARTITION BY intDiv(ts, 86400000)
 ORDER BY (tenant, sensor, ts)
