@@ -292,9 +292,7 @@ def scenario(
 def _register_bench() -> None:
     from lenshouse.bench.commands import bench, load
 
-    app.command(help="Measure ingest, lens latency, mixed load and storage; write a report.")(
-        bench
-    )
+    app.command(help="Measure ingest, lens latency, mixed load and storage; write a report.")(bench)
     app.command(help="Run N closed-loop lens users against a running server.")(load)
 
 
