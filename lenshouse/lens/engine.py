@@ -3,7 +3,6 @@ that no load changed what it read while it ran."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -228,7 +227,3 @@ class LensEngine:
                 )
             )
         return Lens(start, end, step, series, segments, retries)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)

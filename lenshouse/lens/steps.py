@@ -30,10 +30,6 @@ def bucket_count(start: int, end: int, step: int) -> int:
     return (end - 1) // step - start // step + 1
 
 
-def ladder() -> list[int]:
-    return list(LADDER_MS)
-
-
 def choose_step(start: int, end: int, points: int) -> int:
     """The finest ladder step giving at most ``points`` buckets."""
     for step in LADDER_MS:
