@@ -389,3 +389,26 @@ class MachineCpu:
         if t1 <= t0:
             return 0.0
         return (b1 - b0) / (t1 - t0) * (os.cpu_count() or 1)
+
+
+def relative_timeline(samples: list[dict], before: dict) -> list[dict]:
+    """Ingest samples as counts since ``before``."""
+    return [
+        {
+            "t": s["t"],
+            "accepted": s["accepted"] - before["accepted"],
+            "loaded": s["loaded"] - before["loaded"],
+            "lag_s": round(s["lag_s"], 3),
+            "queued": s["queued"],
+        }
+        for s in samples
+    ]
+
+
+def run_threads(target: Callable[[], None], n: int) -> None:
+    """Run ``target`` in ``n`` threads and wait for all of them."""
+    threads = [threading.Thread(target=target, daemon=True) for _ in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()

@@ -36,6 +36,8 @@ from lenshouse.bench.common import (
     MachineCpu,
     console,
     process_cpu_seconds,
+    relative_timeline,
+    run_threads,
     sampler,
     spawn,
 )
@@ -169,11 +171,7 @@ def arrow_client(
                     acks.append([round(done - t0, 4), len(shifted), round(done - t, 4)])
 
     cpu0 = process_cpu_seconds()
-    threads = [threading.Thread(target=sender, daemon=True) for _ in range(senders)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    run_threads(sender, senders)
     elapsed = time.monotonic() - t0
     acks.sort()
     return {
@@ -278,11 +276,7 @@ def text_client(
                     acks.append([round(done - t0, 4), n, round(done - t, 4)])
 
     cpu0 = process_cpu_seconds()
-    threads = [threading.Thread(target=sender, daemon=True) for _ in range(senders)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    run_threads(sender, senders)
     elapsed = time.monotonic() - t0
     acks.sort()
     return {
@@ -319,16 +313,7 @@ def _phase(srv: BenchServer, child, drain_timeout: float, label: str) -> dict:
     drain_s = t_loaded - t_sent
     accepted = after["accepted"] - before["accepted"]
     loaded = after["loaded"] - before["loaded"]
-    timeline = [
-        {
-            "t": s["t"],
-            "accepted": s["accepted"] - before["accepted"],
-            "loaded": s["loaded"] - before["loaded"],
-            "lag_s": round(s["lag_s"], 3),
-            "queued": s["queued"],
-        }
-        for s in samples
-    ]
+    timeline = relative_timeline(samples, before)
     rate = sent["points"] / (send_s + drain_s) if send_s + drain_s > 0 else 0.0
     doc = {
         "points_sent": sent["points"],

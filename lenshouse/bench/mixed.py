@@ -17,7 +17,14 @@ import shutil
 import time
 from pathlib import Path
 
-from lenshouse.bench.common import BenchConfig, BenchServer, console, sampler, spawn
+from lenshouse.bench.common import (
+    BenchConfig,
+    BenchServer,
+    console,
+    relative_timeline,
+    sampler,
+    spawn,
+)
 from lenshouse.bench.prepare import Dataset, progress_bar, write_dataset
 from lenshouse.generators.load import LoadConfig, LoadResult, parse_mix, run_load_to_file
 
@@ -117,16 +124,7 @@ def run_mixed(cfg: BenchConfig, workdir: Path) -> dict:
             ingest = live.result(timeout=live_seconds + 120)
             drained = srv.wait_loaded(cfg.drain_timeout)
         after = srv.ingest_counters()
-        timeline = [
-            {
-                "t": s["t"],
-                "accepted": s["accepted"] - before["accepted"],
-                "loaded": s["loaded"] - before["loaded"],
-                "lag_s": round(s["lag_s"], 3),
-                "queued": s["queued"],
-            }
-            for s in samples
-        ]
+        timeline = relative_timeline(samples, before)
     shutil.rmtree(data, ignore_errors=True)
     during = [s for s in timeline if t_users <= s["t"] <= t_users_end]
     span = during[-1]["t"] - during[0]["t"] if len(during) > 1 else 0.0
