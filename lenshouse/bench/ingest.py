@@ -237,7 +237,7 @@ def text_client(
     """Post JSON or line-protocol bodies (``sensors`` × 1 s each) as fast as acknowledged."""
     import httpx
 
-    from lenshouse.generators.sender import SendStats
+    from lenshouse.generators.sender import SendStats, post_batch
 
     bodies = _text_bodies(fmt, sensors, rate_hz, start_ms, first_id)
     ctype = CONTENT_TYPES[fmt]
@@ -256,21 +256,11 @@ def text_client(
                 raw, n = bodies[k % 10]
                 body = _shift_text(fmt, raw, start_ms, k // 10)
                 t = time.monotonic()
-                delay = 0.05
-                while True:
-                    r = client.post(
-                        "/v1/write",
-                        content=body,
-                        headers={"Content-Type": ctype, "X-Tenant": tenant},
-                    )
-                    if r.status_code < 300:
-                        break
-                    if r.status_code not in (429, 503):
-                        errors.append(f"{r.status_code} {r.text[:200]}")
-                        return
-                    stats.retries += 1
-                    time.sleep(delay)
-                    delay = min(2 * delay, 2.0)
+                try:
+                    post_batch(client, "", body, tenant, stats, t + 120.0, ctype)
+                except (RuntimeError, TimeoutError) as e:
+                    errors.append(str(e)[:200])
+                    return
                 done = time.monotonic()
                 with lock:
                     acks.append([round(done - t0, 4), n, round(done - t, 4)])

@@ -78,15 +78,20 @@ class SendStats:
 
 
 def post_batch(
-    client: httpx.Client, url: str, body: bytes, tenant: str, stats: SendStats, deadline: float
+    client: httpx.Client,
+    url: str,
+    body: bytes,
+    tenant: str,
+    stats: SendStats,
+    deadline: float,
+    content_type: str = ARROW,
 ) -> None:
     """POST until acknowledged (2xx) or the deadline passes; 4xx is not retried."""
+    headers = {"Content-Type": content_type, "X-Tenant": tenant}
     delay = 0.05
     while True:
         try:
-            r = client.post(
-                url + "/v1/write", content=body, headers={"Content-Type": ARROW, "X-Tenant": tenant}
-            )
+            r = client.post(url + "/v1/write", content=body, headers=headers)
             if r.status_code < 300:
                 return
             if 400 <= r.status_code < 500 and r.status_code != 429:

@@ -75,16 +75,15 @@ class Ingestor:
         """
         if len(batch) == 0:
             return self.wal.next_lsn - 1  # nothing to make durable
-        if batch_id is not None and (lsn := self._batch_ids.get((batch.tenant, batch_id))):
+        known = self._batch_ids.get((batch.tenant, batch_id)) if batch_id is not None else None
+        if known is not None:
             self.batches_replayed += 1
-            return lsn
+            return known
         if self.loader.stats.queued_rows > self.max_queued_rows:
             raise Overloaded(
                 f"ingest is {self.loader.stats.queued_rows} points behind; retry shortly"
             )
-        lsn = await asyncio.wrap_future(self.wal.append(batch))
-        self.points_accepted += len(batch)
-        self.batches_accepted += 1
+        lsn = self._accepted(batch, await asyncio.wrap_future(self.wal.append(batch)))
         if batch_id is not None:
             self._batch_ids[(batch.tenant, batch_id)] = lsn
             if len(self._batch_ids) > MAX_BATCH_IDS:
@@ -92,7 +91,10 @@ class Ingestor:
         return lsn
 
     def write_sync(self, batch: PointBatch) -> int:
-        lsn = self.wal.append(batch).result()
+        """Blocking form of ``write`` for in-process writers (tests, data preparation)."""
+        return self._accepted(batch, self.wal.append(batch).result())
+
+    def _accepted(self, batch: PointBatch, lsn: int) -> int:
         self.points_accepted += len(batch)
         self.batches_accepted += 1
         return lsn
