@@ -154,9 +154,17 @@ def serve(
     dedup_pages: int = typer.Option(
         65_536, help="pages (4096 ms × 1 sensor, 512 bytes each) of the in-memory dedup index"
     ),
+    lens_cache_mb: float = typer.Option(
+        64, help="memory for cached lens chunks (0 turns the cache off)"
+    ),
 ) -> None:
     """Run storage and the HTTP server."""
-    node = _open_node(data, flush_interval=flush_interval, dedup_pages=dedup_pages)
+    if lens_cache_mb < 0:
+        console.print("[red]--lens-cache-mb must be 0 or more[/red]")
+        raise typer.Exit(2)
+    node = _open_node(
+        data, flush_interval=flush_interval, dedup_pages=dedup_pages, lens_cache_mb=lens_cache_mb
+    )
     from lenshouse.api.app import create_app
 
     console.print(f"lenshouse serving {data.resolve()} on http://{host}:{port}")

@@ -23,6 +23,7 @@ class Node:
         fsync: bool = True,
         query_connections: int = 4,
         dedup_pages: int = 65_536,
+        lens_cache_mb: float = 64,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -37,7 +38,9 @@ class Node:
             fsync=fsync,
             dedup_pages=dedup_pages,
         )
-        self.lenses = LensEngine(self.backend, self.ingestor.visibility)
+        self.lenses = LensEngine(
+            self.backend, self.ingestor.visibility, cache_bytes=int(lens_cache_mb * 2**20)
+        )
         self.catalog = Catalog(self.backend)
         self._started = False
 

@@ -71,6 +71,21 @@ class NodeCollector:
         yield GaugeMetricFamily(
             "lenshouse_last_insert_seconds", "Duration of the last load.", ls.last_insert_seconds
         )
+        cache = self.node.lenses.cache
+        yield CounterMetricFamily(
+            "lenshouse_lens_cache_hits", "Chunk lookups the lens cache answered.", cache.hits
+        )
+        yield CounterMetricFamily(
+            "lenshouse_lens_cache_misses", "Chunk lookups read from ClickHouse.", cache.misses
+        )
+        yield CounterMetricFamily(
+            "lenshouse_lens_cache_invalidated",
+            "Cached chunks dropped because a load wrote into them.",
+            cache.invalidated,
+        )
+        yield GaugeMetricFamily(
+            "lenshouse_lens_cache_bytes", "Memory of the lens cache.", cache.bytes
+        )
 
 
 class Metrics:

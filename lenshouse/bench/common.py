@@ -170,9 +170,12 @@ class BenchServer:
     loopback port. Load clients run in other processes; this process only
     serves and samples counters."""
 
-    def __init__(self, data_dir: Path, flush_interval: float = 1.0) -> None:
+    def __init__(
+        self, data_dir: Path, flush_interval: float = 1.0, lens_cache_mb: float = 64
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.flush_interval = flush_interval
+        self.lens_cache_mb = lens_cache_mb
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.node = None
@@ -185,7 +188,9 @@ class BenchServer:
         from lenshouse.api.app import create_app
         from lenshouse.node import Node
 
-        self.node = Node(self.data_dir, flush_interval=self.flush_interval).start()
+        self.node = Node(
+            self.data_dir, flush_interval=self.flush_interval, lens_cache_mb=self.lens_cache_mb
+        ).start()
         try:
             config = uvicorn.Config(
                 create_app(self.node),

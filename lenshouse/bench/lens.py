@@ -196,7 +196,8 @@ def prepare_lens(srv: BenchServer, cfg: BenchConfig, month: bool = True) -> dict
 
 def run_lens(cfg: BenchConfig, workdir: Path) -> dict:
     console.rule("[bold]lens (single user, no ingest)")
-    with BenchServer(Path(workdir) / "lens") as srv:
+    # Every lens here is read from ClickHouse: the lens cache is off.
+    with BenchServer(Path(workdir) / "lens", lens_cache_mb=0) as srv:
         prep = prepare_lens(srv, cfg)
         lens = measure_windows(
             srv, lens_dataset(cfg), cfg.lens_windows, cfg.lens_queries, cfg.points, cfg.seed
@@ -217,7 +218,7 @@ def run_concurrency(cfg: BenchConfig, workdir: Path) -> dict:
     workdir = Path(workdir)
     ds = lens_dataset(cfg)
     w = window(cfg.concurrency_window)
-    with BenchServer(workdir / "lens") as srv:
+    with BenchServer(workdir / "lens", lens_cache_mb=0) as srv:  # "not served from a cache"
         prep = prepare_lens(srv, cfg, month=False)
         lc = LoadConfig(
             url=srv.url,

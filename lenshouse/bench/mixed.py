@@ -124,6 +124,15 @@ def run_mixed(cfg: BenchConfig, workdir: Path) -> dict:
             ingest = live.result(timeout=live_seconds + 120)
             drained = srv.wait_loaded(cfg.drain_timeout)
         after = srv.ingest_counters()
+        cache = srv.node.lenses.cache
+        lens_cache = {
+            "hits": cache.hits,
+            "misses": cache.misses,
+            "hit_ratio": cache.hits / max(1, cache.hits + cache.misses),
+            "invalidated": cache.invalidated,
+            "refused": cache.refused,
+            "bytes": cache.bytes,
+        }
         timeline = relative_timeline(samples, before)
     shutil.rmtree(data, ignore_errors=True)
     during = [s for s in timeline if t_users <= s["t"] <= t_users_end]
@@ -154,6 +163,7 @@ def run_mixed(cfg: BenchConfig, workdir: Path) -> dict:
                 "drained": drained,
             },
             "timeline": timeline,
+            "lens_cache": lens_cache,
         }
     )
     lat = doc["latency_ms"]
@@ -162,6 +172,7 @@ def run_mixed(cfg: BenchConfig, workdir: Path) -> dict:
         f"  {doc['requests']} lenses, {doc['throughput_rps']:.1f}/s: p50 {lat['p50']:.0f} ms,"
         f" p95 {lat['p95']:.0f} ms, p99 {lat['p99']:.0f} ms, errors {doc['errors']};"
         f" ingest {ing['loaded_per_s_during_users']:,.0f} points/s loaded,"
-        f" lag max {ing['max_lag_s']:.2f} s"
+        f" lag max {ing['max_lag_s']:.2f} s; lens cache hit ratio {lens_cache['hit_ratio']:.2f}"
+        f" ({lens_cache['invalidated']:,} chunks dropped by loads)"
     )
     return doc

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from lenshouse.ingest.dedup import Duplicates, SeenIndex, count_conflicts
-from lenshouse.ingest.visibility import LoadSpan, Visibility
+from lenshouse.ingest.visibility import LoadSpan, Visibility, footprint_keys
 from lenshouse.ingest.wal import Record, WriteAheadLog
 from lenshouse.storage.backend import Backend, StorageError
 
@@ -342,4 +342,9 @@ def _to_arrow(
         }
     )
     lo, hi = (int(ts.min()), int(ts.max())) if len(ts) else (0, -1)
-    return table, LoadSpan(seq, frozenset(tenants), lo, hi)
+    sensor = table.column("sensor").to_numpy()
+    if len(tenants) == 1:
+        cells = {tenants[0]: footprint_keys(sensor, ts)}
+    else:
+        cells = {t: footprint_keys(sensor[idx == i], ts[idx == i]) for t, i in code.items()}
+    return table, LoadSpan(seq, frozenset(tenants), lo, hi, cells)

@@ -178,4 +178,6 @@ def test_random_replays_keep_lenses_exact(shared_node: Node, seed, sends, points
     lens = shared_node.lenses.lens([1, 2, 3], start, end, points=1000, tenant=tenant)
     for series in lens.series:
         m = sensor == series.sensor
-        assert mismatch(series, brute_force(ts[m], value[m], start, end, lens.step)) is None
+        assert (
+            mismatch(series, brute_force(ts[m], value[m], lens.start, lens.end, lens.step)) is None
+        )

@@ -12,22 +12,52 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# A load's footprint is kept per sensor in cells of 2^12 ms (4.1 s): small enough
+# to tell a late point from the head, coarse enough to stay short.
+CELL_BITS = 12
+
+
+def footprint_keys(sensor: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Sorted distinct (sensor, ts cell) keys of some points."""
+    keys = (sensor.astype(np.uint64) << np.uint64(32)) | (ts >> CELL_BITS).astype(np.uint64)
+    if len(keys) > 1:  # batches are mostly runs of one sensor: drop repeats before sorting
+        keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))]
+    return np.unique(keys)
 
 
 @dataclass(frozen=True)
 class LoadSpan:
-    """The rows one load adds: its sequence number, tenants and time range."""
+    """The rows one load adds: its sequence number, tenants and time range, and
+    where known the exact (sensor, cell) footprint per tenant."""
 
     seq: int
     tenants: frozenset[str]
     min_ts: int
     max_ts: int
+    cells: Mapping[str, np.ndarray] | None = field(default=None, compare=False, hash=False)
 
     def touches(self, tenant: str, lo: int, hi: int) -> bool:
         return tenant in self.tenants and self.min_ts < hi and self.max_ts >= lo
+
+    def touches_sensor(self, tenant: str, sensor: int, lo: int, hi: int) -> bool:
+        """Whether this load writes a point of ``sensor`` in [lo, hi) (or near it)."""
+        if not self.touches(tenant, lo, hi):
+            return False
+        if self.cells is None:
+            return True
+        keys = self.cells.get(tenant)
+        if keys is None:
+            return False
+        base = sensor << 32
+        a = np.searchsorted(keys, np.uint64(base | (lo >> CELL_BITS)), "left")
+        b = np.searchsorted(keys, np.uint64(base | ((hi - 1) >> CELL_BITS)), "right")
+        return bool(b > a)
 
 
 @dataclass(frozen=True)
@@ -46,6 +76,11 @@ class Visibility:
         self._recent: deque[tuple[int, LoadSpan]] = deque(maxlen=history)
         self._readers = 0  # lenses holding loads back (see ``quiet``)
         self._writer_waiting = False
+        self._on_begin: list[Callable[[LoadSpan], None]] = []
+
+    def on_begin(self, callback: Callable[[LoadSpan], None]) -> None:
+        """Call ``callback(span)`` once a load is registered, before it writes."""
+        self._on_begin.append(callback)
 
     def begin(self, span: LoadSpan) -> None:
         with self._cond:
@@ -55,6 +90,8 @@ class Visibility:
             self._started += 1
             self._inflight[span.seq] = span
             self._recent.append((self._started, span))
+        for callback in self._on_begin:
+            callback(span)
 
     def end(self, seq: int) -> None:
         with self._cond:

@@ -9,8 +9,9 @@ import numpy as np
 import pyarrow as pa
 
 from lenshouse.ingest.visibility import Snapshot, Visibility
+from lenshouse.lens.cache import CHUNK_BUCKETS, Chunk, Key, LensCache, chunk_span, whole_chunks
 from lenshouse.lens.planner import Segment, plan, raw_span
-from lenshouse.lens.steps import bucket_count, choose_step
+from lenshouse.lens.steps import bucket_count, choose_step, whole_buckets
 from lenshouse.points import BadInput, check_tenant
 from lenshouse.storage.backend import Backend
 
@@ -81,9 +82,12 @@ def parse_aggs(text: str | None) -> tuple[str, ...]:
 
 
 class LensEngine:
-    def __init__(self, backend: Backend, visibility: Visibility) -> None:
+    def __init__(
+        self, backend: Backend, visibility: Visibility, cache_bytes: int = 64 << 20
+    ) -> None:
         self.backend = backend
         self.visibility = visibility
+        self.cache = LensCache(visibility, cache_bytes)
 
     def resolve_step(self, start: int, end: int, points: int | None, step: int | None) -> int:
         if end <= start:
@@ -110,24 +114,78 @@ class LensEngine:
     ) -> Lens:
         tenant = check_tenant(tenant)
         step = self.resolve_step(start, end, points, step)
+        start, end = whole_buckets(start, end, step)
         for attempt in range(OPTIMISTIC_READS):
-            snap = self.visibility.snapshot()
-            cut = self._head_cut(snap, tenant, start, end)
-            segments = plan(start, end, step, cut)
-            extra_raw = raw_span(segments) - raw_span(plan(start, end, step)) if cut else 0
-            if extra_raw > MAX_HEAD_RAW_MS:
+            read = self._read(tenant, sensors, start, end, step, self.visibility.snapshot())
+            if read is None:
                 break  # cheaper to read with loads held back than to read that much raw
-            # Raw rows of a load in flight are hidden by their seq; with none in
-            # flight, the cheaper unfiltered read is checked afterwards instead.
-            table = self.backend.query(
-                self._sql(tenant, sensors, step, segments, snap.committed_seq if cut else None)
-            )
-            if self._still_valid(snap, tenant, segments, raw_checked=cut is None):
-                return self._result(table, sensors, start, end, step, segments, attempt)
-        with self.visibility.quiet():
-            segments = plan(start, end, step)
-            table = self.backend.query(self._sql(tenant, sensors, step, segments, None))
-        return self._result(table, sensors, start, end, step, segments, OPTIMISTIC_READS)
+            if read.valid:
+                return self._finish(read, sensors, start, end, step, attempt)
+        with self.visibility.quiet() as snap:
+            read = self._read(tenant, sensors, start, end, step, snap, quiet=True)
+            assert read is not None
+            return self._finish(read, sensors, start, end, step, OPTIMISTIC_READS)
+
+    def _read(
+        self,
+        tenant: str,
+        sensors: list[int],
+        start: int,
+        end: int,
+        step: int,
+        snap: Snapshot,
+        quiet: bool = False,
+    ) -> _Read | None:
+        """One read: cached chunks, then one query for the rest; None if the
+        head a load in flight holds back is too long to read from raw."""
+        cached, missing = self._cached(tenant, sensors, start, end, step)
+        cut = None if quiet else self._head_cut(snap, tenant, start, end)
+        ranges = _uncovered(start, end, step, cached, missing)
+        segments = [seg for a, b in ranges for seg in plan(a, b, step, cut)]
+        if cut is not None:
+            plain = [seg for a, b in ranges for seg in plan(a, b, step)]
+            if raw_span(segments) - raw_span(plain) > MAX_HEAD_RAW_MS:
+                return None
+        # Raw rows of a load in flight are hidden by their seq; with none in
+        # flight, the cheaper unfiltered read is checked afterwards instead.
+        max_seq = snap.committed_seq if cut else None
+        table = (
+            self.backend.query(self._sql(tenant, sensors, step, segments, max_seq))
+            if segments
+            else None
+        )
+        read = _Read(tenant, step, snap, segments, cached, missing, _columns(table))
+        read.valid = quiet or self._still_valid(
+            snap, tenant, sensors, segments, cut is None, cached, step
+        )
+        return read
+
+    def _cached(
+        self, tenant: str, sensors: list[int], start: int, end: int, step: int
+    ) -> tuple[dict[tuple[int, int], Chunk], list[int]]:
+        """Cached whole chunks of the window, and the chunk numbers some sensor lacks."""
+        cached: dict[tuple[int, int], Chunk] = {}
+        missing: list[int] = []
+        if not self.cache.enabled:
+            return cached, missing
+        for n in whole_chunks(start, end, step):
+            lacking = False
+            for sensor in sensors:
+                chunk = self.cache.get((tenant, sensor, step, n))
+                if chunk is None:
+                    lacking = True
+                else:
+                    cached[(sensor, n)] = chunk
+            if lacking:
+                missing.append(n)
+        return cached, missing
+
+    def _finish(
+        self, read: _Read, sensors: list[int], start: int, end: int, step: int, retries: int
+    ) -> Lens:
+        if read.missing:
+            self.cache.put_many(read.fills(sensors), read.snap)
+        return Lens(start, end, step, read.series(sensors), read.segments, retries)
 
     def export(
         self, sensors: list[int], start: int, end: int, tenant: str | None = None
@@ -150,18 +208,34 @@ class LensEngine:
         return min(cuts) if cuts else None
 
     def _still_valid(
-        self, snap: Snapshot, tenant: str, segments: list[Segment], raw_checked: bool
+        self,
+        snap: Snapshot,
+        tenant: str,
+        sensors: list[int],
+        segments: list[Segment],
+        raw_checked: bool,
+        chunks: dict[tuple[int, int], Chunk],
+        step: int,
     ) -> bool:
         """False if a load begun during the read wrote rows it used: rollup cells,
-        and raw rows too when they were read without a seq filter."""
+        cached chunks, and raw rows too when they were read without a seq filter."""
         newer = self.visibility.started_since(snap)
         if newer is None:
             return False
-        return not any(
+        if not newer:
+            return True
+        if any(
             span.touches(tenant, seg.lo, seg.hi)
             for span in newer
             for seg in segments
             if seg.tier is not None or raw_checked
+        ):
+            return False
+        span_ms = chunk_span(step)
+        return not any(
+            span.touches_sensor(tenant, sensor, n * span_ms, (n + 1) * span_ms)
+            for span in newer
+            for sensor, n in chunks
         )
 
     @staticmethod
@@ -202,28 +276,98 @@ class LensEngine:
             " GROUP BY sensor, b ORDER BY sensor, b"  # measured: faster than unordered
         )
 
-    @staticmethod
-    def _result(
-        table: pa.Table,
-        sensors: list[int],
-        start: int,
-        end: int,
-        step: int,
-        segments: list[Segment],
-        retries: int,
-    ) -> Lens:
-        cols = {name: table.column(name).to_numpy() for name in table.column_names}
-        series = []
+
+_COLUMNS = ("sensor", "b", "sum", "cnt", "min", "max")
+
+
+def _columns(table: pa.Table | None) -> dict[str, np.ndarray]:
+    if table is None:
+        return {name: np.empty(0, np.float64 if name[0] in "sm" else np.int64) for name in _COLUMNS}
+    cols = {name: table.column(name).to_numpy() for name in _COLUMNS}
+    cols["b"] = cols["b"].astype(np.int64, copy=False)
+    cols["cnt"] = cols["cnt"].astype(np.int64, copy=False)
+    return cols
+
+
+def _uncovered(
+    start: int,
+    end: int,
+    step: int,
+    cached: dict[tuple[int, int], Chunk],
+    missing: list[int],
+) -> list[tuple[int, int]]:
+    """Parts of [start, end) not answered by the cache for every sensor."""
+    span = chunk_span(step)
+    full = sorted({n for _, n in cached} - set(missing))
+    ranges: list[tuple[int, int]] = []
+    lo = start
+    for n in full:
+        if n * span > lo:
+            ranges.append((lo, n * span))
+        lo = (n + 1) * span
+    if lo < end:
+        ranges.append((lo, end))
+    return ranges
+
+
+@dataclass
+class _Read:
+    """What one read of a lens got: cached chunks and the query's rows."""
+
+    tenant: str
+    step: int
+    snap: Snapshot
+    segments: list[Segment]
+    cached: dict[tuple[int, int], Chunk]
+    missing: list[int]
+    cols: dict[str, np.ndarray]
+    valid: bool = False
+
+    def _rows(self, sensor: int) -> dict[str, np.ndarray]:
+        m = self.cols["sensor"] == sensor
+        return {k: v[m] for k, v in self.cols.items() if k != "sensor"}
+
+    def series(self, sensors: list[int]) -> list[Series]:
+        out = []
+        missing = set(self.missing)
         for sensor in sensors:
-            m = cols["sensor"] == sensor
-            series.append(
+            rows = self._rows(sensor)
+            parts = [rows]
+            for (s, n), c in self.cached.items():
+                if s == sensor and n not in missing:
+                    parts.append({"b": c.b, "sum": c.sum, "cnt": c.cnt, "min": c.min, "max": c.max})
+            if len(parts) > 1:
+                joined = {k: np.concatenate([p[k] for p in parts]) for k in rows}
+                order = np.argsort(joined["b"], kind="stable")
+                rows = {k: v[order] for k, v in joined.items()}
+            out.append(
                 Series(
                     sensor,
-                    cols["b"][m].astype(np.int64) * step,
-                    cols["sum"][m],
-                    cols["cnt"][m].astype(np.int64),
-                    cols["min"][m],
-                    cols["max"][m],
+                    rows["b"].astype(np.int64) * self.step,
+                    rows["sum"],
+                    rows["cnt"].astype(np.int64),
+                    rows["min"],
+                    rows["max"],
                 )
             )
-        return Lens(start, end, step, series, segments, retries)
+        return out
+
+    def fills(self, sensors: list[int]) -> list[tuple[Key, Chunk]]:
+        """Chunks this read computed that the cache lacks, per sensor."""
+        items: list[tuple[Key, Chunk]] = []
+        for sensor in sensors:
+            rows = self._rows(sensor)
+            b = rows["b"].astype(np.int64)
+            for n in self.missing:
+                if (sensor, n) in self.cached:
+                    continue
+                lo, hi = np.searchsorted(b, [n * CHUNK_BUCKETS, (n + 1) * CHUNK_BUCKETS])
+                chunk = Chunk(
+                    b[lo:hi].copy(),
+                    rows["sum"][lo:hi].copy(),
+                    rows["cnt"][lo:hi].astype(np.int64),
+                    rows["min"][lo:hi].copy(),
+                    rows["max"][lo:hi].copy(),
+                )
+                items.append(((self.tenant, sensor, self.step, n), chunk))
+        return items

@@ -30,6 +30,13 @@ def bucket_count(start: int, end: int, step: int) -> int:
     return (end - 1) // step - start // step + 1
 
 
+def whole_buckets(start: int, end: int, step: int) -> tuple[int, int]:
+    """[start, end) widened to the step grid: a lens answers whole buckets, so no
+    bucket at an edge holds only part of its points and rollup cells cover the
+    window up to its ends."""
+    return start // step * step, -(-end // step) * step
+
+
 def choose_step(start: int, end: int, points: int) -> int:
     """The finest ladder step giving at most ``points`` buckets."""
     for step in LADDER_MS:

@@ -99,9 +99,12 @@ def test_lens_equals_brute_force(shared_node: Node, data, seed, queries) -> None
             continue  # more buckets than a lens serves
         lens = shared_node.lenses.lens(sensors, start, end, tenant=tenant, **({kind: amount}))
         assert len(lens.series) == nsensors
+        # Whole buckets: the window widened to the step grid, by less than a step.
+        assert lens.start % lens.step == 0 and lens.end % lens.step == 0
+        assert start - lens.step < lens.start <= start < end <= lens.end < end + lens.step
         for series in lens.series:
             ts, value = data.get(series.sensor, (np.empty(0, np.int64), np.empty(0)))
-            expected = brute_force(ts, value, start, end, lens.step)
+            expected = brute_force(ts, value, lens.start, lens.end, lens.step)
             problem = mismatch(series, expected)
             assert problem is None, (
                 f"sensor {series.sensor} window [{start},{end}) step {lens.step}: {problem}; "
@@ -110,7 +113,7 @@ def test_lens_equals_brute_force(shared_node: Node, data, seed, queries) -> None
 
 
 def test_long_window_reads_rollups_not_raw(shared_node: Node) -> None:
-    """A day-long lens reads raw points only at its edges."""
+    """A day-long lens reads no raw points: its whole buckets are whole tier cells."""
     tenant = "dayscan"
     ts = np.arange(T0, T0 + 2 * DAY, 100, dtype=np.int64)
     data = {1: (ts, np.sin(ts / 1e6))}
@@ -118,8 +121,9 @@ def test_long_window_reads_rollups_not_raw(shared_node: Node) -> None:
     start, end = T0 + 12_345, T0 + DAY + 6_789
     lens = shared_node.lenses.lens([1], start, end, points=2500, tenant=tenant)
     raw = sum(s.hi - s.lo for s in lens.segments if s.tier is None)
-    assert raw < 200, lens.segments
-    assert mismatch(lens.series[0], brute_force(ts, data[1][1], start, end, lens.step)) is None
+    assert raw == 0, lens.segments
+    expected = brute_force(ts, data[1][1], lens.start, lens.end, lens.step)
+    assert mismatch(lens.series[0], expected) is None
 
 
 def test_tenants_are_isolated(shared_node: Node) -> None:

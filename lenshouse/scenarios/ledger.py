@@ -119,7 +119,8 @@ def lens_checks(
         bad = None
         for series in doc["series"]:
             m = s == series["sensor"]
-            bad = mismatch(_Series(series), brute_force(t[m], v[m], a, b, doc["step"]))
+            expected = brute_force(t[m], v[m], doc["start"], doc["end"], doc["step"])
+            bad = mismatch(_Series(series), expected)
             if bad:
                 problems.append(f"lens {params} sensor {series['sensor']}: {bad}")
                 break

@@ -224,7 +224,7 @@
       const { res, body } = await fetchJson(url, ctl.signal, "The lens request failed.");
       if (seq !== requestSeq) return; // a newer request superseded this one
       const latency = Number(res.headers.get("X-Lens-Ms"));
-      draw(body, ids, Number.isFinite(latency) ? latency : null, url);
+      draw(body, ids, Number.isFinite(latency) ? latency : null, url, { start, end });
     } catch (err) {
       if (err.name === "AbortError" || seq !== requestSeq) return;
       showError(err);
@@ -299,16 +299,18 @@
     return { data, counts };
   }
 
-  function draw(body, ids, latency, url) {
+  /* The answer covers whole buckets, so it may reach up to a step beyond the
+   * window asked for; the view stays the window the user chose. */
+  function draw(body, ids, latency, url, win) {
     const t0 = performance.now();
     const { data, counts } = align(body, ids);
     const t1 = performance.now();
     const rebuilt = ensurePlot(ids);
-    view = { start: body.start, end: body.end, step: body.step, counts, ids };
+    view = { start: win.start, end: win.end, step: body.step, counts, ids };
     // batch() commits synchronously, so the time below includes the canvas redraw.
     plot.batch(() => {
       plot.setData(data, false);
-      plot.setScale("x", { min: body.start, max: body.end });
+      plot.setScale("x", { min: win.start, max: win.end });
     });
     const t2 = performance.now();
     const buckets = counts.reduce((sum, c) => sum + c.filter((k) => k > 0).length, 0);

@@ -1,0 +1,168 @@
+"""The lens cache: whole chunks of buckets that past lenses computed, kept
+until a load writes a point into them.
+
+A chunk is ``CHUNK_BUCKETS`` consecutive buckets of one sensor at one step,
+aligned to the epoch, so the same chunk serves every later window that covers
+it whole: a live view that moves on, the same sensor in another user's lens.
+Only the edges of a window and the chunks a load has touched since are read
+from ClickHouse again.
+
+Exactness rests on two rules, both driven by each load's footprint (the
+(sensor, 4.1 s cell) pairs it writes, see ``LoadSpan``):
+
+* a load drops every cached chunk it touches *before* it writes (``Visibility``
+  calls :meth:`LensCache.invalidate` from ``begin``);
+* a lens stores a chunk only if no load that was in flight when it read, or
+  began since, touches that chunk (checked under the cache lock, after the
+  load would have been registered).
+
+So a chunk in the cache always equals the raw data of the completed loads.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from lenshouse.ingest.visibility import LoadSpan, Snapshot, Visibility
+
+CHUNK_BUCKETS = 64
+ENTRY_OVERHEAD = 400  # bytes of Python objects per entry, besides its arrays
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Non-empty buckets of one chunk: bucket numbers and their aggregates."""
+
+    b: np.ndarray  # int64 bucket numbers (t // step)
+    sum: np.ndarray
+    cnt: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return ENTRY_OVERHEAD + sum(
+            a.nbytes for a in (self.b, self.sum, self.cnt, self.min, self.max)
+        )
+
+
+Key = tuple[str, int, int, int]  # tenant, sensor, step, chunk number
+
+
+def chunk_span(step: int) -> int:
+    return step * CHUNK_BUCKETS
+
+
+def whole_chunks(start: int, end: int, step: int) -> range:
+    """Chunk numbers lying entirely inside [start, end)."""
+    span = chunk_span(step)
+    return range(-(-start // span), end // span)
+
+
+class LensCache:
+    def __init__(self, visibility: Visibility, max_bytes: int = 64 << 20) -> None:
+        self.visibility = visibility
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[Key, Chunk] = OrderedDict()
+        self._by_sensor: dict[tuple[str, int], set[Key]] = {}
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self.invalidated = 0
+        self.refused = 0  # chunks a lens could not store: a load was writing them
+        visibility.on_begin(self.invalidate)
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_bytes > 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: Key) -> Chunk | None:
+        with self._lock:
+            chunk = self._entries.get(key)
+            if chunk is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return chunk
+
+    def put_many(self, items: list[tuple[Key, Chunk]], snap: Snapshot) -> int:
+        """Store chunks read under ``snap`` that no load since has touched; returns how many."""
+        if not self.enabled or not items:
+            return 0
+        stored = 0
+        with self._lock:
+            newer = self.visibility.started_since(snap)
+            if newer is None:
+                self.refused += len(items)
+                return 0
+            loads = [*snap.inflight, *newer]
+            for key, chunk in items:
+                tenant, sensor, step, n = key
+                lo = n * chunk_span(step)
+                hi = lo + chunk_span(step)
+                if any(s.touches_sensor(tenant, sensor, lo, hi) for s in loads):
+                    self.refused += 1
+                    continue
+                self._store(key, chunk)
+                stored += 1
+            self._evict()
+        return stored
+
+    def invalidate(self, span: LoadSpan) -> None:
+        """Drop every chunk ``span`` writes into; runs before the load inserts."""
+        with self._lock:
+            if not self._entries:
+                return
+            for tenant in span.tenants:
+                keys = None if span.cells is None else span.cells.get(tenant)
+                for (t, sensor), entries in list(self._by_sensor.items()):
+                    if t != tenant:
+                        continue
+                    if keys is not None and not _has_sensor(keys, sensor):
+                        continue
+                    for key in list(entries):
+                        lo = key[3] * chunk_span(key[2])
+                        if span.touches_sensor(tenant, sensor, lo, lo + chunk_span(key[2])):
+                            self._drop(key)
+                            self.invalidated += 1
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._by_sensor.clear()
+            self.bytes = 0
+
+    # -- bookkeeping under the lock -------------------------------------------
+    def _store(self, key: Key, chunk: Chunk) -> None:
+        if key in self._entries:
+            self._drop(key)
+        self._entries[key] = chunk
+        self._by_sensor.setdefault((key[0], key[1]), set()).add(key)
+        self.bytes += chunk.nbytes
+
+    def _drop(self, key: Key) -> None:
+        chunk = self._entries.pop(key)
+        self.bytes -= chunk.nbytes
+        entries = self._by_sensor[(key[0], key[1])]
+        entries.discard(key)
+        if not entries:
+            del self._by_sensor[(key[0], key[1])]
+
+    def _evict(self) -> None:
+        while self.bytes > self.max_bytes and self._entries:
+            self._drop(next(iter(self._entries)))
+
+
+def _has_sensor(keys: np.ndarray, sensor: int) -> bool:
+    base = np.uint64(sensor << 32)
+    i = np.searchsorted(keys, base, "left")
+    return bool(i < len(keys) and (int(keys[i]) >> 32) == sensor)

@@ -1,0 +1,164 @@
+"""The lens cache serves repeated windows and never a stale chunk: late points
+drop exactly the chunks they land in, and a chunk a load is writing is not
+stored."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from lenshouse.ingest.visibility import LoadSpan, Visibility, footprint_keys
+from lenshouse.lens.cache import CHUNK_BUCKETS, Chunk, LensCache, chunk_span
+from lenshouse.lens.oracle import brute_force, mismatch
+from lenshouse.lens.test_concurrent import prefix_matching
+from lenshouse.node import Node
+from lenshouse.points import PointBatch
+
+T0 = 1_700_000_000_000
+
+
+def span(seq: int, tenant: str, sensor: np.ndarray, ts: np.ndarray) -> LoadSpan:
+    return LoadSpan(
+        seq, frozenset([tenant]), int(ts.min()), int(ts.max()), {tenant: footprint_keys(sensor, ts)}
+    )
+
+
+def chunk(n: int) -> Chunk:
+    b = np.arange(n * CHUNK_BUCKETS, n * CHUNK_BUCKETS + 3, dtype=np.int64)
+    return Chunk(b, np.ones(3), np.ones(3, np.int64), np.ones(3), np.ones(3))
+
+
+def test_footprint_is_exact_per_sensor_and_cell() -> None:
+    s = span(1, "t", np.array([1, 1, 2], np.uint32), np.array([T0, T0 + 5, T0 + 60_000]))
+    assert s.touches_sensor("t", 1, T0, T0 + 1)
+    assert not s.touches_sensor("t", 3, T0, T0 + 1)  # another sensor
+    assert not s.touches_sensor("t", 1, T0 + 30_000, T0 + 50_000)  # inside the range, no point
+    assert s.touches_sensor("t", 2, T0 + 59_000, T0 + 61_000)
+    assert not s.touches_sensor("u", 1, T0, T0 + 1)  # another tenant
+
+
+def test_a_load_drops_the_chunks_it_writes_and_only_those() -> None:
+    vis = Visibility()
+    cache = LensCache(vis)
+    step = 10
+    snap = vis.snapshot()
+    keys = [("t", 1, step, n) for n in range(10)] + [("t", 2, step, 0)]
+    assert cache.put_many([(k, chunk(k[3])) for k in keys], snap) == len(keys)
+    late = 3 * chunk_span(step) + 7  # one late point of sensor 1 in chunk 3
+    vis.begin(span(1, "t", np.array([1], np.uint32), np.array([late])))
+    assert cache.get(("t", 1, step, 3)) is None
+    # Cells are 4096 ms wide, so neighbours within the same cell may go too,
+    # but nothing of another sensor and nothing far away.
+    assert cache.get(("t", 2, step, 0)) is not None
+    assert cache.get(("t", 1, step, 9)) is not None
+    assert cache.invalidated >= 1
+
+
+def test_a_chunk_a_load_is_writing_is_not_stored() -> None:
+    vis = Visibility()
+    cache = LensCache(vis)
+    step = 10
+    before = vis.snapshot()
+    vis.begin(span(1, "t", np.array([1], np.uint32), np.array([5 * chunk_span(step)])))
+    # Read before the load began: the load is among those started since.
+    assert cache.put_many([(("t", 1, step, 5), chunk(5))], before) == 0
+    # Read while it is in flight: it is in the snapshot.
+    during = vis.snapshot()
+    assert cache.put_many([(("t", 1, step, 5), chunk(5))], during) == 0
+    # Chunks it does not touch are stored.
+    assert cache.put_many([(("t", 1, step, 40), chunk(40))], during) == 1
+    vis.end(1)
+    assert cache.put_many([(("t", 1, step, 5), chunk(5))], vis.snapshot()) == 1
+    assert cache.refused == 2
+
+
+def test_the_cache_keeps_to_its_memory_bound() -> None:
+    cache = LensCache(Visibility(), max_bytes=10 * chunk(0).nbytes)
+    snap = cache.visibility.snapshot()
+    cache.put_many([(("t", 1, 10, n), chunk(n)) for n in range(100)], snap)
+    assert len(cache) == 10 and cache.bytes <= cache.max_bytes
+    assert cache.get(("t", 1, 10, 99)) is not None and cache.get(("t", 1, 10, 0)) is None
+
+
+# -- through the engine -------------------------------------------------------------------
+
+
+def write(node: Node, sensor, ts, value) -> None:
+    lsn = node.ingestor.write_sync(
+        PointBatch("default", np.asarray(sensor, np.uint32), np.asarray(ts), np.asarray(value))
+    )
+    assert node.ingestor.wait_visible(lsn, 30)
+
+
+def check(node: Node, data: dict, start: int, end: int, points: int) -> None:
+    lens = node.lenses.lens(sorted(data), start, end, points=points)
+    for series in lens.series:
+        ts, value = data[series.sensor]
+        order = np.argsort(ts)
+        expected = brute_force(ts[order], value[order], lens.start, lens.end, lens.step)
+        assert mismatch(series, expected) is None
+
+
+def test_repeated_lenses_hit_and_late_points_are_seen(node: Node) -> None:
+    rng = np.random.default_rng(3)
+    data = {}
+    for sensor in (1, 2):
+        ts = np.arange(T0, T0 + 600_000, 3, dtype=np.int64)
+        data[sensor] = (ts, rng.normal(0, 1, len(ts)))
+        write(node, np.full(len(ts), sensor), ts, data[sensor][1])
+    cache = node.lenses.cache
+    start, end = T0 + 1_234, T0 + 590_000
+    check(node, data, start, end, 2500)
+    assert len(cache) > 0 and cache.hits == 0
+    check(node, data, start, end, 2500)
+    assert cache.hits > 0
+    # Late points in the middle of the window (new timestamps of sensor 2).
+    late = np.arange(T0 + 300_001, T0 + 300_500, 3, dtype=np.int64)
+    late_values = np.full(len(late), 1e6)
+    hits, invalidated = cache.hits, cache.invalidated
+    write(node, np.full(len(late), 2), late, late_values)
+    data[2] = (np.concatenate([data[2][0], late]), np.concatenate([data[2][1], late_values]))
+    check(node, data, start, end, 2500)
+    assert cache.invalidated > invalidated  # the late points dropped their chunk
+    assert cache.hits > hits  # and the rest was still served
+
+
+def test_lenses_with_the_cache_read_during_ingest_equal_a_prefix(node: Node) -> None:
+    """Live-view style reads (a few fixed steps, windows moving with the head)
+    while batches with late points land: cached chunks never mix states."""
+    from lenshouse.lens.test_concurrent import SPAN, make_batches
+    from lenshouse.lens.test_concurrent import T0 as C0
+
+    rng = np.random.default_rng(11)
+    batches = make_batches(rng, 60)
+    acked = 0
+    lsns: list[int] = []
+    done = threading.Event()
+
+    def writer() -> None:
+        nonlocal acked
+        for b in batches:
+            lsns.append(node.ingestor.write_sync(b))
+            acked += 1
+            done.wait(0.01)
+        done.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    checked = 0
+    try:
+        while not done.is_set() or checked < 5:
+            loaded_lsn = node.ingestor.loader.loaded_lsn
+            lo = sum(1 for x in lsns[:acked] if x < loaded_lsn)
+            width = int(rng.choice([60_000, 300_000]))
+            end = C0 + 300_000 + int(rng.integers(0, SPAN - 300_000))
+            lens = node.lenses.lens([1, 2], end - width, end, points=500)
+            k = prefix_matching(lens, batches, lo, acked)
+            assert k is not None, f"lens [{end - width},{end}) matches no prefix {lo}..{acked}"
+            checked += 1
+    finally:
+        done.set()
+        thread.join()
+    cache = node.lenses.cache
+    assert checked >= 5 and cache.hits > 0 and cache.invalidated > 0
