@@ -9,6 +9,7 @@ from lenshouse.lens.engine import LensEngine
 from lenshouse.storage.backend import Backend
 from lenshouse.storage.catalog import Catalog
 from lenshouse.storage.embedded import EmbeddedBackend
+from lenshouse.storage.head import Head
 from lenshouse.storage.schema import create_schema
 
 DEFAULT_DATA_DIR = Path("lenshouse-data")
@@ -24,6 +25,7 @@ class Node:
         query_connections: int = 4,
         dedup_pages: int = 65_536,
         lens_cache_mb: float = 64,
+        head_seconds: float = 15,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -38,13 +40,20 @@ class Node:
             fsync=fsync,
             dedup_pages=dedup_pages,
         )
+        self.head = Head(head_seconds)
+        self.ingestor.loader.on_loaded.append(self.head.add)
         self.lenses = LensEngine(
-            self.backend, self.ingestor.visibility, cache_bytes=int(lens_cache_mb * 2**20)
+            self.backend,
+            self.ingestor.visibility,
+            cache_bytes=int(lens_cache_mb * 2**20),
+            head=self.head,
         )
         self.catalog = Catalog(self.backend)
         self._started = False
 
     def start(self) -> Node:
+        newest = self.backend.query("SELECT max(ts) AS ts, count() AS n FROM raw")
+        self.head.open(newest.column("ts")[0].as_py() if newest.column("n")[0].as_py() else None)
         self.ingestor.start()
         self._started = True
         return self

@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -121,6 +121,8 @@ class Loader:
         self.index = SeenIndex(backend, capacity_pages=dedup_pages)
         self._loaded = threading.Condition()
         self.backlog_end = wal.next_lsn  # records below this are read from disk
+        # Called with (seq, rows) once a load is stored, before lenses may see it.
+        self.on_loaded: list[Callable[[int, pa.Table], None]] = []
 
     # -- feeding --------------------------------------------------------------
     def submit(self, rec: Record) -> None:
@@ -240,6 +242,8 @@ class Loader:
             self.stats.conflicts += self._retry(lambda: count_conflicts(self.backend, dups, seq))
             self.stats.duplicates += len(dups)
         self.stats.last_insert_seconds = time.perf_counter() - t0
+        for callback in self.on_loaded:
+            callback(seq, table)
         with self._loaded:
             self.state.next_lsn = last + 1
             self.state.next_seq = seq + 1

@@ -57,12 +57,6 @@ def chunk_span(step: int) -> int:
     return step * CHUNK_BUCKETS
 
 
-def whole_chunks(start: int, end: int, step: int) -> range:
-    """Chunk numbers lying entirely inside [start, end)."""
-    span = chunk_span(step)
-    return range(-(-start // span), end // span)
-
-
 class LensCache:
     def __init__(self, visibility: Visibility, max_bytes: int = 64 << 20) -> None:
         self.visibility = visibility

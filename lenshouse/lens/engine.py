@@ -9,11 +9,12 @@ import numpy as np
 import pyarrow as pa
 
 from lenshouse.ingest.visibility import Snapshot, Visibility
-from lenshouse.lens.cache import CHUNK_BUCKETS, Chunk, Key, LensCache, chunk_span, whole_chunks
+from lenshouse.lens.cache import CHUNK_BUCKETS, Chunk, Key, LensCache, chunk_span
 from lenshouse.lens.planner import Segment, plan, raw_span
 from lenshouse.lens.steps import bucket_count, choose_step, whole_buckets
 from lenshouse.points import BadInput, check_tenant
 from lenshouse.storage.backend import Backend
+from lenshouse.storage.head import Head, buckets
 
 AGGS = ("avg", "min", "max", "count")
 MAX_SENSORS = 10
@@ -83,11 +84,16 @@ def parse_aggs(text: str | None) -> tuple[str, ...]:
 
 class LensEngine:
     def __init__(
-        self, backend: Backend, visibility: Visibility, cache_bytes: int = 64 << 20
+        self,
+        backend: Backend,
+        visibility: Visibility,
+        cache_bytes: int = 64 << 20,
+        head: Head | None = None,
     ) -> None:
         self.backend = backend
         self.visibility = visibility
         self.cache = LensCache(visibility, cache_bytes)
+        self.head = head or Head(0)
 
     def resolve_step(self, start: int, end: int, points: int | None, step: int | None) -> int:
         if end <= start:
@@ -136,25 +142,34 @@ class LensEngine:
         snap: Snapshot,
         quiet: bool = False,
     ) -> _Read | None:
-        """One read: cached chunks, then one query for the rest; None if the
-        head a load in flight holds back is too long to read from raw."""
-        cached, missing = self._cached(tenant, sensors, start, end, step)
-        cut = None if quiet else self._head_cut(snap, tenant, start, end)
-        ranges = _uncovered(start, end, step, cached, missing)
-        segments = [seg for a, b in ranges for seg in plan(a, b, step, cut)]
+        """One read: the newest part from the head, cached chunks, one query for
+        the rest; None if the part a load in flight holds back is too long to
+        read from raw."""
+        span = chunk_span(step)
+        boundary, head = self.head.read(tenant, sensors, start, end, snap.committed_seq, span)
+        stored_end = min(end, max(start, boundary))  # [start, stored_end) comes from storage
+        cached, missing = self._cached(tenant, sensors, start, stored_end, step)
+        if self.cache.enabled:
+            ranges = _chunk_ranges(missing, span)
+        else:
+            ranges = [(start, stored_end)] if start < stored_end else []
+        cut = None
+        if ranges and not quiet:
+            cut = self._head_cut(snap, tenant, ranges[0][0], ranges[-1][1])
+        segments = [seg for lo, hi in ranges for seg in plan(lo, hi, step, cut)]
         if cut is not None:
-            plain = [seg for a, b in ranges for seg in plan(a, b, step)]
+            plain = [seg for lo, hi in ranges for seg in plan(lo, hi, step)]
             if raw_span(segments) - raw_span(plain) > MAX_HEAD_RAW_MS:
                 return None
         # Raw rows of a load in flight are hidden by their seq; with none in
         # flight, the cheaper unfiltered read is checked afterwards instead.
-        max_seq = snap.committed_seq if cut else None
+        max_seq = snap.committed_seq if cut is not None else None
         table = (
             self.backend.query(self._sql(tenant, sensors, step, segments, max_seq))
             if segments
             else None
         )
-        read = _Read(tenant, step, snap, segments, cached, missing, _columns(table))
+        read = _Read(tenant, step, snap, segments, cached, missing, _columns(table), head)
         read.valid = quiet or self._still_valid(
             snap, tenant, sensors, segments, cut is None, cached, step
         )
@@ -163,12 +178,13 @@ class LensEngine:
     def _cached(
         self, tenant: str, sensors: list[int], start: int, end: int, step: int
     ) -> tuple[dict[tuple[int, int], Chunk], list[int]]:
-        """Cached whole chunks of the window, and the chunk numbers some sensor lacks."""
+        """Cached chunks meeting [start, end), and the chunk numbers some sensor lacks."""
         cached: dict[tuple[int, int], Chunk] = {}
         missing: list[int] = []
-        if not self.cache.enabled:
+        if not self.cache.enabled or start >= end:
             return cached, missing
-        for n in whole_chunks(start, end, step):
+        span = chunk_span(step)
+        for n in range(start // span, -(-end // span)):
             lacking = False
             for sensor in sensors:
                 chunk = self.cache.get((tenant, sensor, step, n))
@@ -185,7 +201,8 @@ class LensEngine:
     ) -> Lens:
         if read.missing:
             self.cache.put_many(read.fills(sensors), read.snap)
-        return Lens(start, end, step, read.series(sensors), read.segments, retries)
+        series = read.series(sensors, start // step, end // step)
+        return Lens(start, end, step, series, read.segments, retries)
 
     def export(
         self, sensors: list[int], start: int, end: int, tenant: str | None = None
@@ -289,24 +306,14 @@ def _columns(table: pa.Table | None) -> dict[str, np.ndarray]:
     return cols
 
 
-def _uncovered(
-    start: int,
-    end: int,
-    step: int,
-    cached: dict[tuple[int, int], Chunk],
-    missing: list[int],
-) -> list[tuple[int, int]]:
-    """Parts of [start, end) not answered by the cache for every sensor."""
-    span = chunk_span(step)
-    full = sorted({n for _, n in cached} - set(missing))
+def _chunk_ranges(chunks: list[int], span: int) -> list[tuple[int, int]]:
+    """Time ranges of the given (ascending) chunk numbers, neighbours merged."""
     ranges: list[tuple[int, int]] = []
-    lo = start
-    for n in full:
-        if n * span > lo:
-            ranges.append((lo, n * span))
-        lo = (n + 1) * span
-    if lo < end:
-        ranges.append((lo, end))
+    for n in chunks:
+        if ranges and ranges[-1][1] == n * span:
+            ranges[-1] = (ranges[-1][0], (n + 1) * span)
+        else:
+            ranges.append((n * span, (n + 1) * span))
     return ranges
 
 
@@ -321,31 +328,35 @@ class _Read:
     cached: dict[tuple[int, int], Chunk]
     missing: list[int]
     cols: dict[str, np.ndarray]
+    head: dict[int, tuple[np.ndarray, np.ndarray]]
     valid: bool = False
 
     def _rows(self, sensor: int) -> dict[str, np.ndarray]:
         m = self.cols["sensor"] == sensor
         return {k: v[m] for k, v in self.cols.items() if k != "sensor"}
 
-    def series(self, sensors: list[int]) -> list[Series]:
+    def series(self, sensors: list[int], b_lo: int, b_hi: int) -> list[Series]:
+        """Each sensor's buckets in [b_lo, b_hi) from the query, the cache and the head."""
         out = []
         missing = set(self.missing)
         for sensor in sensors:
-            rows = self._rows(sensor)
-            parts = [rows]
+            parts = [self._rows(sensor)]
             for (s, n), c in self.cached.items():
                 if s == sensor and n not in missing:
                     parts.append({"b": c.b, "sum": c.sum, "cnt": c.cnt, "min": c.min, "max": c.max})
-            if len(parts) > 1:
-                joined = {k: np.concatenate([p[k] for p in parts]) for k in rows}
-                order = np.argsort(joined["b"], kind="stable")
-                rows = {k: v[order] for k, v in joined.items()}
+            if sensor in self.head:
+                b, sm, cnt, mn, mx = buckets(*self.head[sensor], self.step)
+                parts.append({"b": b, "sum": sm, "cnt": cnt, "min": mn, "max": mx})
+            rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            keep = (rows["b"] >= b_lo) & (rows["b"] < b_hi)
+            order = np.argsort(rows["b"][keep], kind="stable")
+            rows = {k: v[keep][order] for k, v in rows.items()}
             out.append(
                 Series(
                     sensor,
-                    rows["b"].astype(np.int64) * self.step,
+                    rows["b"] * self.step,
                     rows["sum"],
-                    rows["cnt"].astype(np.int64),
+                    rows["cnt"],
                     rows["min"],
                     rows["max"],
                 )

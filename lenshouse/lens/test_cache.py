@@ -126,12 +126,15 @@ def test_repeated_lenses_hit_and_late_points_are_seen(node: Node) -> None:
 
 def test_lenses_with_the_cache_read_during_ingest_equal_a_prefix(node: Node) -> None:
     """Live-view style reads (a few fixed steps, windows moving with the head)
-    while batches with late points land: cached chunks never mix states."""
+    while batches with late points land: cached chunks and the in-memory head
+    never mix states."""
     from lenshouse.lens.test_concurrent import SPAN, make_batches
     from lenshouse.lens.test_concurrent import T0 as C0
 
     rng = np.random.default_rng(11)
     batches = make_batches(rng, 60)
+    node.head.clock = lambda: (C0 + 420_000) / 1000  # the head holds the newest 200 s
+    node.head.span_ms = 200_000
     acked = 0
     lsns: list[int] = []
     done = threading.Event()
@@ -162,3 +165,4 @@ def test_lenses_with_the_cache_read_during_ingest_equal_a_prefix(node: Node) -> 
         thread.join()
     cache = node.lenses.cache
     assert checked >= 5 and cache.hits > 0 and cache.invalidated > 0
+    assert node.head.points > 0

@@ -1,6 +1,7 @@
 """Every lens path against the numpy oracle, on hypothesis-generated data:
 late and out-of-order batches, sparse sensors, windows that cross tier cells,
-hours and day partitions, any step or point count."""
+hours and day partitions and the head's boundary, any step or point count,
+asked repeatedly so that the lens cache answers too."""
 
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ _tenants = itertools.count()
 @pytest.fixture(scope="module")
 def shared_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     n = Node(tmp_path_factory.mktemp("oracle") / "data", flush_interval=0.02).start()
+    # "Now" is the middle of the data and the head holds an hour: windows read
+    # the head, the cache and ClickHouse, and cross between them.
+    n.head.clock = lambda: (T0 + SPAN // 2) / 1000
+    n.head.span_ms = 3_600_000
     yield n
     n.stop()
 

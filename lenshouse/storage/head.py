@@ -1,0 +1,177 @@
+"""The head: the last few seconds of loaded points, kept in memory.
+
+Live views ask again and again for the newest seconds, which every load
+changes; reading them from ClickHouse would cost a query per view per second.
+The loader hands each completed load's rows to the head (before the load
+becomes visible), per sensor and sorted by time; lenses read the head for the
+part of their window at or after :meth:`Head.lo` and ClickHouse for the rest.
+
+What the head holds is exact: every loaded point with a timestamp at or after
+``lo`` is in it, tagged with its load's ``seq``, so a lens reading "loads up to
+seq N" gets the same points from the head as from ClickHouse. After a restart
+the head claims nothing below the newest timestamp already stored.
+
+Memory: 16 bytes per point; 1M points/s with a 15 s head is ~400 MB with the
+eviction slack.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+# Points are dropped this long after they leave the head, so that a read that
+# fixed ``lo`` a moment ago still finds everything above it.
+EVICT_SLACK_MS = 5_000
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One sensor's points from one load, sorted by time."""
+
+    seq: int
+    ts: np.ndarray
+    value: np.ndarray
+
+
+class Head:
+    def __init__(self, seconds: float = 15.0, clock: Callable[[], float] = time.time) -> None:
+        self.span_ms = int(seconds * 1000)
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._series: dict[tuple[str, int], list[Piece]] = {}
+        self._floor = 2**62  # claims nothing until opened
+        self.points = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.span_ms > 0
+
+    def open(self, newest_stored_ms: int | None) -> None:
+        """Start claiming points above what storage held before this process."""
+        with self._lock:
+            self._floor = -(2**62) if newest_stored_ms is None else newest_stored_ms + 1
+
+    def lo(self) -> int:
+        """Every loaded point at or after this time is in the head."""
+        return max(self._floor, int(self.clock() * 1000) - self.span_ms)
+
+    def add(self, seq: int, rows: pa.Table) -> None:
+        """Take a completed load's rows (tenant, sensor, ts, value)."""
+        if not self.enabled or rows.num_rows == 0:
+            return
+        pieces = list(_pieces(seq, rows))
+        with self._lock:
+            for key, piece in pieces:
+                self._series.setdefault(key, []).append(piece)
+                self.points += len(piece.ts)
+            self._evict(self.lo() - EVICT_SLACK_MS)
+
+    def read(
+        self,
+        tenant: str,
+        sensors: list[int],
+        start: int,
+        end: int,
+        max_seq: int,
+        align: int,
+    ) -> tuple[int, dict[int, tuple[np.ndarray, np.ndarray]]]:
+        """(boundary, points): the boundary is ``lo`` rounded up to ``align``;
+        points of loads up to ``max_seq`` in [max(start, boundary), end) per sensor."""
+        if not self.enabled:
+            return end, {}
+        with self._lock:
+            boundary = -(-self.lo() // align) * align
+            lo = max(start, boundary)
+            if lo >= end:
+                return boundary, {}
+            parts = {
+                s: [
+                    _slice(p, lo, end)
+                    for p in self._series.get((tenant, s), ())
+                    if p.seq <= max_seq
+                ]
+                for s in sensors
+            }
+        return boundary, {s: _join(ps) for s, ps in parts.items()}
+
+    def _evict(self, below: int) -> None:
+        for key in list(self._series):
+            pieces = self._series[key]
+            kept = [p for p in pieces if p.ts[-1] >= below]
+            if len(kept) != len(pieces):
+                self.points -= sum(len(p.ts) for p in pieces) - sum(len(p.ts) for p in kept)
+                if kept:
+                    self._series[key] = kept
+                else:
+                    del self._series[key]
+
+
+def _pieces(seq: int, rows: pa.Table):
+    tenant = rows.column("tenant")
+    sensor = rows.column("sensor").to_numpy()
+    ts = rows.column("ts").to_numpy()
+    value = rows.column("value").to_numpy()
+    if isinstance(tenant, pa.ChunkedArray):
+        tenant = tenant.combine_chunks()
+    if pa.types.is_dictionary(tenant.type):
+        names = tenant.dictionary.to_pylist()
+        codes = tenant.indices.to_numpy(zero_copy_only=False)
+    else:
+        names, codes = np.unique(tenant.to_numpy(zero_copy_only=False), return_inverse=True)
+        names = list(names)
+    # Group by (tenant, sensor); a stable sort keeps each batch's time order.
+    key = (codes.astype(np.uint64) << np.uint64(32)) | sensor.astype(np.uint64)
+    order = np.argsort(key, kind="stable")
+    key, ts, value = key[order], ts[order], value[order]
+    cuts = np.flatnonzero(key[1:] != key[:-1]) + 1
+    for a, b in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [len(key)]))):
+        t, v = ts[a:b], value[a:b]
+        if len(t) > 1 and (t[1:] < t[:-1]).any():
+            o = np.argsort(t, kind="stable")
+            t, v = t[o], v[o]
+        k = int(key[a])
+        yield (names[k >> 32], k & 0xFFFFFFFF), Piece(seq, t, v)
+
+
+def _slice(p: Piece, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.searchsorted(p.ts, [lo, hi])
+    return p.ts[a:b], p.value[a:b]
+
+
+def _join(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    parts = [p for p in parts if len(p[0])]
+    if not parts:
+        return np.empty(0, np.int64), np.empty(0)
+    if len(parts) == 1:
+        return parts[0]
+    ts = np.concatenate([p[0] for p in parts])
+    value = np.concatenate([p[1] for p in parts])
+    if (ts[1:] < ts[:-1]).any():  # a late load's piece: restore time order
+        o = np.argsort(ts, kind="stable")
+        ts, value = ts[o], value[o]
+    return ts, value
+
+
+def buckets(
+    ts: np.ndarray, value: np.ndarray, step: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(bucket number, sum, count, min, max) of time-sorted points."""
+    if len(ts) == 0:
+        e = np.empty(0)
+        return np.empty(0, np.int64), e, np.empty(0, np.int64), e, e
+    b = ts // step
+    starts = np.concatenate(([0], np.flatnonzero(b[1:] != b[:-1]) + 1))
+    counts = np.diff(np.concatenate((starts, [len(b)])))
+    return (
+        b[starts],
+        np.add.reduceat(value, starts),
+        counts.astype(np.int64),
+        np.minimum.reduceat(value, starts),
+        np.maximum.reduceat(value, starts),
+    )

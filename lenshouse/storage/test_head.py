@@ -1,0 +1,75 @@
+"""The head holds exactly the loaded points at or after ``lo``, per load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from lenshouse.lens.oracle import brute_force
+from lenshouse.storage.head import EVICT_SLACK_MS, Head, buckets
+
+NOW = 1_800_000_000_000
+
+
+def rows(sensor, ts, value, tenant: str = "default") -> pa.Table:
+    n = len(ts)
+    return pa.table(
+        {
+            "tenant": pa.DictionaryArray.from_arrays(np.zeros(n, np.int32), pa.array([tenant])),
+            "sensor": np.asarray(sensor, np.uint32),
+            "ts": np.asarray(ts, np.int64),
+            "value": np.asarray(value, np.float64),
+        }
+    )
+
+
+def head(seconds: float = 10) -> Head:
+    h = Head(seconds, clock=lambda: NOW / 1000)
+    h.open(None)
+    return h
+
+
+def test_reads_only_loads_up_to_the_given_seq_and_in_time_order() -> None:
+    h = head()
+    h.add(1, rows([1, 2, 1], [NOW - 5, NOW - 4, NOW - 9], [1.0, 2.0, 3.0]))
+    h.add(2, rows([1], [NOW - 7], [4.0]))  # a late point between the first load's
+    boundary, pts = h.read("default", [1, 2], NOW - 20_000, NOW + 1, max_seq=1, align=1)
+    assert boundary == NOW - 10_000
+    assert pts[1][0].tolist() == [NOW - 9, NOW - 5] and pts[2][1].tolist() == [2.0]
+    _, pts = h.read("default", [1], NOW - 20_000, NOW + 1, max_seq=2, align=1)
+    assert pts[1][0].tolist() == [NOW - 9, NOW - 7, NOW - 5]
+    assert pts[1][1].tolist() == [3.0, 4.0, 1.0]
+
+
+def test_the_boundary_is_aligned_and_nothing_below_it_is_returned() -> None:
+    h = head()
+    h.add(1, rows([1] * 4, [NOW - 10_500, NOW - 9_999, NOW - 9_000, NOW], [1, 2, 3, 4]))
+    boundary, pts = h.read("default", [1], NOW - 60_000, NOW + 1, max_seq=1, align=4096)
+    assert boundary % 4096 == 0 and NOW - 10_000 <= boundary < NOW - 10_000 + 4096
+    assert (pts[1][0] >= boundary).all() and NOW in pts[1][0].tolist()
+
+
+def test_tenants_are_apart_and_eviction_keeps_the_slack() -> None:
+    h = head(1)
+    h.add(1, rows([1], [NOW - 1_000 - EVICT_SLACK_MS - 1], [1.0]))  # already past the slack
+    h.add(2, rows([1], [NOW - 500], [2.0], tenant="other"))
+    assert h.points == 1
+    assert h.read("default", [1], NOW - 1000, NOW + 1, 9, 1)[1][1][0].size == 0
+    assert h.read("other", [1], NOW - 1000, NOW + 1, 9, 1)[1][1][1].tolist() == [2.0]
+
+
+def test_after_a_restart_it_claims_nothing_at_or_below_what_was_stored() -> None:
+    h = Head(10, clock=lambda: NOW / 1000)
+    h.open(NOW + 60_000)  # storage already holds a point a minute ahead
+    assert h.lo() == NOW + 60_001
+
+
+def test_buckets_equal_the_oracle() -> None:
+    rng = np.random.default_rng(0)
+    ts = np.sort(rng.choice(np.arange(NOW, NOW + 50_000), 5_000, replace=False))
+    value = rng.normal(0, 1, len(ts))
+    for step in (1, 7, 40, 1000):
+        b, s, c, mn, mx = buckets(ts, value, step)
+        e = brute_force(ts, value, NOW, NOW + 50_000, step)
+        assert (b * step == e.t).all() and (c == e.count).all()
+        assert np.allclose(s, e.sum) and (mn == e.min).all() and (mx == e.max).all()
