@@ -2,7 +2,8 @@
 until a load writes a point into them.
 
 A chunk is ``CHUNK_BUCKETS`` consecutive buckets of one sensor at one step,
-aligned to the epoch, so the same chunk serves every later window that covers
+aligned to the epoch (or the first buckets of one, up to where the head takes
+over), so the same chunk serves every later window that covers
 it whole: a live view that moves on, the same sensor in another user's lens.
 Only the edges of a window and the chunks a load has touched since are read
 from ClickHouse again.
@@ -50,7 +51,9 @@ class Chunk:
         )
 
 
-Key = tuple[str, int, int, int]  # tenant, sensor, step, chunk number
+# tenant, sensor, step, chunk number, buckets held: CHUNK_BUCKETS, or fewer for
+# the first part of a chunk whose rest the head answers
+Key = tuple[str, int, int, int, int]
 
 
 def chunk_span(step: int) -> int:
@@ -100,7 +103,7 @@ class LensCache:
                 return 0
             loads = [*snap.inflight, *newer]
             for key, chunk in items:
-                tenant, sensor, step, n = key
+                tenant, sensor, step, n, _ = key
                 lo = n * chunk_span(step)
                 hi = lo + chunk_span(step)
                 if any(s.touches_sensor(tenant, sensor, lo, hi) for s in loads):

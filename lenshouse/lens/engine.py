@@ -3,6 +3,7 @@ that no load changed what it read while it ran."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -94,6 +95,8 @@ class LensEngine:
         self.visibility = visibility
         self.cache = LensCache(visibility, cache_bytes)
         self.head = head or Head(0)
+        self._running = 0  # lens queries in flight
+        self._running_lock = threading.Lock()
 
     def resolve_step(self, start: int, end: int, points: int | None, step: int | None) -> int:
         if end <= start:
@@ -146,54 +149,74 @@ class LensEngine:
         the rest; None if the part a load in flight holds back is too long to
         read from raw."""
         span = chunk_span(step)
-        boundary, head = self.head.read(tenant, sensors, start, end, snap.committed_seq, span)
+        boundary, head = self.head.read(tenant, sensors, start, end, snap.committed_seq, span, step)
         stored_end = min(end, max(start, boundary))  # [start, stored_end) comes from storage
-        cached, missing = self._cached(tenant, sensors, start, stored_end, step)
-        if self.cache.enabled:
-            ranges = _chunk_ranges(missing, span)
-        else:
-            ranges = [(start, stored_end)] if start < stored_end else []
+        cached, missing = self._cached(tenant, sensors, start, stored_end, step, boundary)
+        # Sensors lacking the same chunks are read together.
+        wanted: dict[tuple[tuple[int, int], ...], list[int]] = {}
+        for sensor in sensors:
+            if self.cache.enabled:
+                ranges = tuple(_chunk_ranges(missing.get(sensor, []), step))
+            else:
+                ranges = ((start, stored_end),) if start < stored_end else ()
+            if ranges:
+                wanted.setdefault(ranges, []).append(sensor)
         cut = None
-        if ranges and not quiet:
-            cut = self._head_cut(snap, tenant, ranges[0][0], ranges[-1][1])
-        segments = [seg for lo, hi in ranges for seg in plan(lo, hi, step, cut)]
+        if wanted and not quiet:
+            lo = min(r[0][0] for r in wanted)
+            hi = max(r[-1][1] for r in wanted)
+            cut = self._head_cut(snap, tenant, lo, hi)
+        groups = [
+            (ids, [g for a, b in rs for g in plan(a, b, step, cut)]) for rs, ids in wanted.items()
+        ]
+        segments = [g for _, segs in groups for g in segs]
         if cut is not None:
-            plain = [seg for lo, hi in ranges for seg in plan(lo, hi, step)]
-            if raw_span(segments) - raw_span(plain) > MAX_HEAD_RAW_MS:
+            plain = [g for rs in wanted for a, b in rs for g in plan(a, b, step)]
+            if raw_span(segments) - raw_span(plain) > MAX_HEAD_RAW_MS * len(groups):
                 return None
         # Raw rows of a load in flight are hidden by their seq; with none in
         # flight, the cheaper unfiltered read is checked afterwards instead.
         max_seq = snap.committed_seq if cut is not None else None
-        table = (
-            self.backend.query(self._sql(tenant, sensors, step, segments, max_seq))
-            if segments
-            else None
-        )
+        table = self._query(self._sql(tenant, step, groups, max_seq)) if groups else None
         read = _Read(tenant, step, snap, segments, cached, missing, _columns(table), head)
         read.valid = quiet or self._still_valid(
             snap, tenant, sensors, segments, cut is None, cached, step
         )
         return read
 
+    def _query(self, sql: str) -> pa.Table:
+        """Run a lens query; while others run, on one thread: parallel reads of
+        small ranges cost more CPU than they save once the cores are busy."""
+        with self._running_lock:
+            busy = self._running > 0
+            self._running += 1
+        try:
+            return self.backend.query(sql + (" SETTINGS max_threads = 1" if busy else ""))
+        finally:
+            with self._running_lock:
+                self._running -= 1
+
     def _cached(
-        self, tenant: str, sensors: list[int], start: int, end: int, step: int
-    ) -> tuple[dict[tuple[int, int], Chunk], list[int]]:
-        """Cached chunks meeting [start, end), and the chunk numbers some sensor lacks."""
+        self, tenant: str, sensors: list[int], start: int, end: int, step: int, boundary: int
+    ) -> tuple[dict[tuple[int, int], Chunk], dict[int, list[tuple[int, int]]]]:
+        """Cached chunks meeting [start, end), and per sensor the (chunk, buckets)
+        it lacks; a chunk the head's ``boundary`` cuts is held up to it."""
         cached: dict[tuple[int, int], Chunk] = {}
-        missing: list[int] = []
+        missing: dict[int, list[tuple[int, int]]] = {}
         if not self.cache.enabled or start >= end:
             return cached, missing
         span = chunk_span(step)
+        chunks = []
         for n in range(start // span, -(-end // span)):
-            lacking = False
-            for sensor in sensors:
-                chunk = self.cache.get((tenant, sensor, step, n))
+            upto = (boundary - n * span) // step if boundary < (n + 1) * span else CHUNK_BUCKETS
+            chunks.append((n, upto))
+        for sensor in sensors:
+            for n, upto in chunks:
+                chunk = self.cache.get((tenant, sensor, step, n, upto))
                 if chunk is None:
-                    lacking = True
+                    missing.setdefault(sensor, []).append((n, upto))
                 else:
                     cached[(sensor, n)] = chunk
-            if lacking:
-                missing.append(n)
         return cached, missing
 
     def _finish(
@@ -257,29 +280,38 @@ class LensEngine:
 
     @staticmethod
     def _sql(
-        tenant: str, sensors: list[int], step: int, segments: list[Segment], max_seq: int | None
+        tenant: str,
+        step: int,
+        groups: list[tuple[list[int], list[Segment]]],
+        max_seq: int | None,
     ) -> str:
-        """One query over all segments; raw rows up to ``max_seq`` when given."""
-        ids = ",".join(map(str, sensors))
-        where = f"tenant = '{tenant}' AND sensor IN ({ids})"
+        """One query over each group's segments for its sensors; raw rows up to
+        ``max_seq`` when given."""
+
+        def where(col: str, pick) -> str | None:
+            terms = []
+            for ids, segs in groups:
+                ranges = " OR ".join(
+                    f"({col} >= {s.lo} AND {col} < {s.hi})" for s in segs if pick(s)
+                )
+                if ranges:
+                    terms.append(f"(sensor IN ({','.join(map(str, ids))}) AND ({ranges}))")
+            return f"tenant = '{tenant}' AND ({' OR '.join(terms)})" if terms else None
+
         parts = []
-        raw = [s for s in segments if s.tier is None]
+        raw = where("ts", lambda s: s.tier is None)
         if raw and (max_seq is None or max_seq >= 0):
-            ranges = " OR ".join(f"(ts >= {s.lo} AND ts < {s.hi})" for s in raw)
             seq = "" if max_seq is None else f" AND seq <= {max_seq}"
             parts.append(
                 "SELECT sensor, ts AS t, value AS s, toUInt64(1) AS c, value AS mn, value AS mx"
-                f" FROM raw WHERE {where}{seq} AND ({ranges})"
+                f" FROM raw WHERE {raw}{seq}"
             )
-        by_tier: dict[str, list[Segment]] = {}
-        for s in segments:
-            if s.tier is not None:
-                by_tier.setdefault(s.tier.table, []).append(s)
-        for table, segs in by_tier.items():
-            ranges = " OR ".join(f"(t >= {s.lo} AND t < {s.hi})" for s in segs)
+        tables = dict.fromkeys(s.tier.table for _, segs in groups for s in segs if s.tier)
+        for table in tables:
+            cond = where("t", lambda s, table=table: s.tier is not None and s.tier.table == table)
             parts.append(
                 "SELECT sensor, t, sum AS s, cnt AS c, min AS mn, max AS mx"
-                f" FROM {table} WHERE {where} AND ({ranges})"
+                f" FROM {table} WHERE {cond}"
             )
         if not parts:
             parts.append(
@@ -306,14 +338,16 @@ def _columns(table: pa.Table | None) -> dict[str, np.ndarray]:
     return cols
 
 
-def _chunk_ranges(chunks: list[int], span: int) -> list[tuple[int, int]]:
-    """Time ranges of the given (ascending) chunk numbers, neighbours merged."""
+def _chunk_ranges(chunks: list[tuple[int, int]], step: int) -> list[tuple[int, int]]:
+    """Time ranges of (chunk, buckets) in ascending order, neighbours merged."""
+    span = chunk_span(step)
     ranges: list[tuple[int, int]] = []
-    for n in chunks:
-        if ranges and ranges[-1][1] == n * span:
-            ranges[-1] = (ranges[-1][0], (n + 1) * span)
+    for n, upto in chunks:
+        lo, hi = n * span, n * span + upto * step
+        if ranges and ranges[-1][1] == lo:
+            ranges[-1] = (ranges[-1][0], hi)
         else:
-            ranges.append((n * span, (n + 1) * span))
+            ranges.append((lo, hi))
     return ranges
 
 
@@ -326,7 +360,7 @@ class _Read:
     snap: Snapshot
     segments: list[Segment]
     cached: dict[tuple[int, int], Chunk]
-    missing: list[int]
+    missing: dict[int, list[tuple[int, int]]]
     cols: dict[str, np.ndarray]
     head: dict[int, tuple[np.ndarray, np.ndarray]]
     valid: bool = False
@@ -338,11 +372,10 @@ class _Read:
     def series(self, sensors: list[int], b_lo: int, b_hi: int) -> list[Series]:
         """Each sensor's buckets in [b_lo, b_hi) from the query, the cache and the head."""
         out = []
-        missing = set(self.missing)
         for sensor in sensors:
             parts = [self._rows(sensor)]
-            for (s, n), c in self.cached.items():
-                if s == sensor and n not in missing:
+            for (s, _), c in self.cached.items():
+                if s == sensor:
                     parts.append({"b": c.b, "sum": c.sum, "cnt": c.cnt, "min": c.min, "max": c.max})
             if sensor in self.head:
                 b, sm, cnt, mn, mx = buckets(*self.head[sensor], self.step)
@@ -369,10 +402,8 @@ class _Read:
         for sensor in sensors:
             rows = self._rows(sensor)
             b = rows["b"].astype(np.int64)
-            for n in self.missing:
-                if (sensor, n) in self.cached:
-                    continue
-                lo, hi = np.searchsorted(b, [n * CHUNK_BUCKETS, (n + 1) * CHUNK_BUCKETS])
+            for n, upto in self.missing.get(sensor, ()):
+                lo, hi = np.searchsorted(b, [n * CHUNK_BUCKETS, n * CHUNK_BUCKETS + upto])
                 chunk = Chunk(
                     b[lo:hi].copy(),
                     rows["sum"][lo:hi].copy(),
@@ -380,5 +411,5 @@ class _Read:
                     rows["min"][lo:hi].copy(),
                     rows["max"][lo:hi].copy(),
                 )
-                items.append(((self.tenant, sensor, self.step, n), chunk))
+                items.append(((self.tenant, sensor, self.step, n, upto), chunk))
         return items

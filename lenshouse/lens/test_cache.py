@@ -43,15 +43,16 @@ def test_a_load_drops_the_chunks_it_writes_and_only_those() -> None:
     cache = LensCache(vis)
     step = 10
     snap = vis.snapshot()
-    keys = [("t", 1, step, n) for n in range(10)] + [("t", 2, step, 0)]
+    keys = [("t", 1, step, n, CHUNK_BUCKETS) for n in range(10)]
+    keys.append(("t", 2, step, 0, CHUNK_BUCKETS))
     assert cache.put_many([(k, chunk(k[3])) for k in keys], snap) == len(keys)
     late = 3 * chunk_span(step) + 7  # one late point of sensor 1 in chunk 3
     vis.begin(span(1, "t", np.array([1], np.uint32), np.array([late])))
-    assert cache.get(("t", 1, step, 3)) is None
+    assert cache.get(("t", 1, step, 3, CHUNK_BUCKETS)) is None
     # Cells are 4096 ms wide, so neighbours within the same cell may go too,
     # but nothing of another sensor and nothing far away.
-    assert cache.get(("t", 2, step, 0)) is not None
-    assert cache.get(("t", 1, step, 9)) is not None
+    assert cache.get(("t", 2, step, 0, CHUNK_BUCKETS)) is not None
+    assert cache.get(("t", 1, step, 9, CHUNK_BUCKETS)) is not None
     assert cache.invalidated >= 1
 
 
@@ -62,23 +63,26 @@ def test_a_chunk_a_load_is_writing_is_not_stored() -> None:
     before = vis.snapshot()
     vis.begin(span(1, "t", np.array([1], np.uint32), np.array([5 * chunk_span(step)])))
     # Read before the load began: the load is among those started since.
-    assert cache.put_many([(("t", 1, step, 5), chunk(5))], before) == 0
+    assert cache.put_many([(("t", 1, step, 5, CHUNK_BUCKETS), chunk(5))], before) == 0
     # Read while it is in flight: it is in the snapshot.
     during = vis.snapshot()
-    assert cache.put_many([(("t", 1, step, 5), chunk(5))], during) == 0
+    assert cache.put_many([(("t", 1, step, 5, CHUNK_BUCKETS), chunk(5))], during) == 0
     # Chunks it does not touch are stored.
-    assert cache.put_many([(("t", 1, step, 40), chunk(40))], during) == 1
+    assert cache.put_many([(("t", 1, step, 40, CHUNK_BUCKETS), chunk(40))], during) == 1
     vis.end(1)
-    assert cache.put_many([(("t", 1, step, 5), chunk(5))], vis.snapshot()) == 1
+    assert cache.put_many([(("t", 1, step, 5, CHUNK_BUCKETS), chunk(5))], vis.snapshot()) == 1
     assert cache.refused == 2
 
 
 def test_the_cache_keeps_to_its_memory_bound() -> None:
     cache = LensCache(Visibility(), max_bytes=10 * chunk(0).nbytes)
     snap = cache.visibility.snapshot()
-    cache.put_many([(("t", 1, 10, n), chunk(n)) for n in range(100)], snap)
+    cache.put_many([(("t", 1, 10, n, CHUNK_BUCKETS), chunk(n)) for n in range(100)], snap)
     assert len(cache) == 10 and cache.bytes <= cache.max_bytes
-    assert cache.get(("t", 1, 10, 99)) is not None and cache.get(("t", 1, 10, 0)) is None
+    assert (
+        cache.get(("t", 1, 10, 99, CHUNK_BUCKETS)) is not None
+        and cache.get(("t", 1, 10, 0, CHUNK_BUCKETS)) is None
+    )
 
 
 # -- through the engine -------------------------------------------------------------------

@@ -80,13 +80,18 @@ class Head:
         end: int,
         max_seq: int,
         align: int,
+        step: int = 1,
     ) -> tuple[int, dict[int, tuple[np.ndarray, np.ndarray]]]:
-        """(boundary, points): the boundary is ``lo`` rounded up to ``align``;
-        points of loads up to ``max_seq`` in [max(start, boundary), end) per sensor."""
+        """(boundary, points): the boundary is ``lo`` rounded up to ``align``, or
+        to ``step`` if that would pass ``end``; points of loads up to
+        ``max_seq`` in [max(start, boundary), end) per sensor."""
         if not self.enabled:
             return end, {}
         with self._lock:
-            boundary = -(-self.lo() // align) * align
+            lo = self.lo()
+            boundary = -(-lo // align) * align
+            if boundary >= end:
+                boundary = -(-lo // step) * step
             lo = max(start, boundary)
             if lo >= end:
                 return boundary, {}
