@@ -157,13 +157,20 @@ def serve(
     lens_cache_mb: float = typer.Option(
         64, help="memory for cached lens chunks (0 turns the cache off)"
     ),
+    head_seconds: float = typer.Option(
+        65, help="seconds of newest points kept in memory for live views (16 bytes a point)"
+    ),
 ) -> None:
     """Run storage and the HTTP server."""
-    if lens_cache_mb < 0:
-        console.print("[red]--lens-cache-mb must be 0 or more[/red]")
+    if lens_cache_mb < 0 or head_seconds < 0:
+        console.print("[red]--lens-cache-mb and --head-seconds must be 0 or more[/red]")
         raise typer.Exit(2)
     node = _open_node(
-        data, flush_interval=flush_interval, dedup_pages=dedup_pages, lens_cache_mb=lens_cache_mb
+        data,
+        flush_interval=flush_interval,
+        dedup_pages=dedup_pages,
+        lens_cache_mb=lens_cache_mb,
+        head_seconds=head_seconds,
     )
     from lenshouse.api.app import create_app
 

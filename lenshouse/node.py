@@ -25,7 +25,7 @@ class Node:
         query_connections: int = 4,
         dedup_pages: int = 65_536,
         lens_cache_mb: float = 64,
-        head_seconds: float = 15,
+        head_seconds: float = 65,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -203,12 +203,13 @@ def test_lens_over_the_last_minute(live_server) -> None:
             1,
             "sensors must be at least 1",
         ),
+        (["serve", "--head-seconds", "-1"], 2, "--head-seconds must be 0 or more"),
     ],
 )
 def test_bad_arguments_exit_with_a_sentence(
     tmp_path: Path, args: list[str], code: int, sentence: str
 ) -> None:
-    if args[0] == "demo":
+    if args[0] in ("demo", "serve"):
         args = [*args, "--data", str(tmp_path / "data")]
     r = run_cli(*args)
     assert r.returncode == code, r.stdout + r.stderr
