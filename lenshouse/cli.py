@@ -155,7 +155,7 @@ def serve(
         65_536, help="pages (4096 ms × 1 sensor, 512 bytes each) of the in-memory dedup index"
     ),
     lens_cache_mb: float = typer.Option(
-        64, help="memory for cached lens chunks (0 turns the cache off)"
+        256, help="memory for cached lens chunks (0 turns the cache off)"
     ),
     head_seconds: float = typer.Option(
         65, help="seconds of newest points kept in memory for live views (16 bytes a point)"

@@ -24,7 +24,7 @@ class Node:
         fsync: bool = True,
         query_connections: int = 4,
         dedup_pages: int = 65_536,
-        lens_cache_mb: float = 64,
+        lens_cache_mb: float = 256,
         head_seconds: float = 65,
     ) -> None:
         self.data_dir = Path(data_dir)

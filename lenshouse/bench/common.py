@@ -171,7 +171,7 @@ class BenchServer:
     serves and samples counters."""
 
     def __init__(
-        self, data_dir: Path, flush_interval: float = 1.0, lens_cache_mb: float = 64
+        self, data_dir: Path, flush_interval: float = 1.0, lens_cache_mb: float = 256
     ) -> None:
         self.data_dir = Path(data_dir)
         self.flush_interval = flush_interval

@@ -61,7 +61,7 @@ def chunk_span(step: int) -> int:
 
 
 class LensCache:
-    def __init__(self, visibility: Visibility, max_bytes: int = 64 << 20) -> None:
+    def __init__(self, visibility: Visibility, max_bytes: int = 256 << 20) -> None:
         self.visibility = visibility
         self.max_bytes = max_bytes
         self._lock = threading.Lock()

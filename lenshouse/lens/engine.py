@@ -52,11 +52,13 @@ class Lens:
     retries: int = 0
 
     def to_json(self, aggs: tuple[str, ...] = AGGS) -> dict:
+        """The answer as a JSON-ready dict; columns stay numpy arrays (orjson
+        writes them directly)."""
         out = []
         for s in self.series:
-            item: dict = {"sensor": s.sensor, "t": s.t.tolist()}
+            item: dict = {"sensor": s.sensor, "t": np.ascontiguousarray(s.t)}
             for a in aggs:
-                item[a] = (s.avg if a == "avg" else getattr(s, a)).tolist()
+                item[a] = np.ascontiguousarray(s.avg if a == "avg" else getattr(s, a))
             out.append(item)
         return {"start": self.start, "end": self.end, "step": self.step, "series": out}
 
@@ -88,7 +90,7 @@ class LensEngine:
         self,
         backend: Backend,
         visibility: Visibility,
-        cache_bytes: int = 64 << 20,
+        cache_bytes: int = 256 << 20,
         head: Head | None = None,
     ) -> None:
         self.backend = backend

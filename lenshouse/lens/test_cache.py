@@ -139,6 +139,7 @@ def test_lenses_with_the_cache_read_during_ingest_equal_a_prefix(node: Node) -> 
     batches = make_batches(rng, 60)
     node.head.clock = lambda: (C0 + 420_000) / 1000  # the head holds the newest 200 s
     node.head.span_ms = 200_000
+    node.head.open(None)  # nothing stored yet
     acked = 0
     lsns: list[int] = []
     done = threading.Event()

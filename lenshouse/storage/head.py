@@ -46,6 +46,7 @@ class Head:
         self._lock = threading.Lock()
         self._series: dict[tuple[str, int], list[Piece]] = {}
         self._floor = 2**62  # claims nothing until opened
+        self._lo = -(2**62)
         self.points = 0
 
     @property
@@ -56,15 +57,24 @@ class Head:
         """Start claiming points above what storage held before this process."""
         with self._lock:
             self._floor = -(2**62) if newest_stored_ms is None else newest_stored_ms + 1
+            self._lo = -(2**62)
 
     def lo(self) -> int:
-        """Every loaded point at or after this time is in the head."""
-        return max(self._floor, int(self.clock() * 1000) - self.span_ms)
+        """Every loaded point at or after this time is in the head. It never
+        moves back, even if the wall clock does."""
+        self._lo = max(self._lo, self._floor, int(self.clock() * 1000) - self.span_ms)
+        return self._lo
 
     def add(self, seq: int, rows: pa.Table) -> None:
         """Take a completed load's rows (tenant, sensor, ts, value)."""
         if not self.enabled or rows.num_rows == 0:
             return
+        ts = rows.column("ts").to_numpy()
+        keep = ts >= self.lo() - EVICT_SLACK_MS  # history loads skip the head at once
+        if not keep.any():
+            return
+        if not keep.all():
+            rows = rows.filter(pa.array(keep))
         pieces = list(_pieces(seq, rows))
         with self._lock:
             for key, piece in pieces:
@@ -83,15 +93,17 @@ class Head:
         step: int = 1,
     ) -> tuple[int, dict[int, tuple[np.ndarray, np.ndarray]]]:
         """(boundary, points): the boundary is ``lo`` rounded up to ``align``, or
-        to ``step`` if that would pass ``end``; points of loads up to
-        ``max_seq`` in [max(start, boundary), end) per sensor."""
+        to the coarsest of align/2, align/4, … down to ``step`` that stays
+        within the window (so the part below it changes seldom); points of
+        loads up to ``max_seq`` in [max(start, boundary), end) per sensor."""
         if not self.enabled:
             return end, {}
         with self._lock:
             lo = self.lo()
-            boundary = -(-lo // align) * align
-            if boundary >= end:
-                boundary = -(-lo // step) * step
+            q = align
+            while q > step and -(-lo // q) * q >= end and (q // 2) % step == 0:
+                q //= 2
+            boundary = -(-lo // q) * q
             lo = max(start, boundary)
             if lo >= end:
                 return boundary, {}

@@ -75,12 +75,12 @@ def test_buckets_equal_the_oracle() -> None:
         assert np.allclose(s, e.sum) and (mn == e.min).all() and (mx == e.max).all()
 
 
-def test_a_boundary_past_the_window_falls_back_to_the_step() -> None:
+def test_a_boundary_past_the_window_falls_back_to_a_finer_grid() -> None:
     """Coarse steps have chunks longer than the head: the head then takes over
-    at the first whole bucket it holds."""
+    at the coarsest grid (chunk/2, chunk/4, … down to the step) inside the window."""
     h = head()
-    h.add(1, rows([1, 1], [NOW - 9_000, NOW - 1], [1.0, 2.0]))
+    h.add(1, rows([1, 1, 1], [NOW - 9_000, NOW - 7_000, NOW - 1], [1.0, 2.0, 3.0]))
     boundary, pts = h.read("default", [1], NOW - 3_600_000, NOW - 500, 1, align=128_000, step=2000)
-    assert h.lo() == NOW - 10_000 and -(-h.lo() // 128_000) * 128_000 >= NOW - 500
-    assert boundary == NOW - 10_000  # the first 2 s bucket at or after lo
-    assert pts[1][1].tolist() == [1.0]
+    assert h.lo() == NOW - 10_000
+    assert boundary == NOW - 8_000  # 8 s grid; the 16, 32, 64 and 128 s grids pass the end
+    assert pts[1][1].tolist() == [2.0]
