@@ -47,6 +47,7 @@ class Head:
         self._series: dict[tuple[str, int], list[Piece]] = {}
         self._floor = 2**62  # claims nothing until opened
         self._lo = -(2**62)
+        self._adds = 0
         self.points = 0
 
     @property
@@ -80,7 +81,10 @@ class Head:
             for key, piece in pieces:
                 self._series.setdefault(key, []).append(piece)
                 self.points += len(piece.ts)
-            self._evict(self.lo() - EVICT_SLACK_MS)
+            self._adds += 1
+            # Pieces mostly arrive in time order: drop from the front of each
+            # series, and look behind the front (late pieces) now and then.
+            self._evict(self.lo() - EVICT_SLACK_MS, sweep=self._adds % 64 == 0)
 
     def read(
         self,
@@ -117,10 +121,18 @@ class Head:
             }
         return boundary, {s: _join(ps) for s, ps in parts.items()}
 
-    def _evict(self, below: int) -> None:
+    def _evict(self, below: int, sweep: bool) -> None:
         for key in list(self._series):
             pieces = self._series[key]
-            kept = [p for p in pieces if p.ts[-1] >= below]
+            if sweep:
+                kept = [p for p in pieces if p.ts[-1] >= below]
+            else:
+                i = 0
+                while i < len(pieces) and pieces[i].ts[-1] < below:
+                    i += 1
+                if i == 0:
+                    continue
+                kept = pieces[i:]
             if len(kept) != len(pieces):
                 self.points -= sum(len(p.ts) for p in pieces) - sum(len(p.ts) for p in kept)
                 if kept:

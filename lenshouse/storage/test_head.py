@@ -84,3 +84,17 @@ def test_a_boundary_past_the_window_falls_back_to_a_finer_grid() -> None:
     assert h.lo() == NOW - 10_000
     assert boundary == NOW - 8_000  # 8 s grid; the 16, 32, 64 and 128 s grids pass the end
     assert pts[1][1].tolist() == [2.0]
+
+
+def test_memory_stays_bounded_with_late_pieces() -> None:
+    now = [NOW]
+    h = Head(1, clock=lambda: now[0] / 1000)
+    h.open(None)
+    for i in range(1000):  # every 100 ms: a fresh point and one 900 ms late
+        now[0] += 100
+        h.add(i, rows([1, 1], [now[0] - 900, now[0] - 10], [1.0, 2.0]))
+    held = 2 * (1000 + EVICT_SLACK_MS) // 100  # both kinds within span + slack
+    assert held <= h.points <= held + 2 * 64  # plus at most one sweep's worth
+    _, pts = h.read("default", [1], now[0] - 1000, now[0] + 1, 999, 1)
+    sent = [t - d for t in range(now[0] - 99_900, now[0] + 1, 100) for d in (900, 10)]
+    assert sorted(pts[1][0].tolist()) == sorted(t for t in sent if t >= now[0] - 1000)
