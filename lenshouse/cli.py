@@ -160,10 +160,15 @@ def serve(
     head_seconds: float = typer.Option(
         65, help="seconds of newest points kept in memory for live views (16 bytes a point)"
     ),
+    head_max_mb: float = typer.Option(
+        2048, help="memory bound of the head; past it the head covers fewer seconds"
+    ),
 ) -> None:
     """Run storage and the HTTP server."""
-    if lens_cache_mb < 0 or head_seconds < 0:
-        console.print("[red]--lens-cache-mb and --head-seconds must be 0 or more[/red]")
+    if lens_cache_mb < 0 or head_seconds < 0 or head_max_mb < 0:
+        console.print(
+            "[red]--lens-cache-mb, --head-seconds and --head-max-mb must be 0 or more[/red]"
+        )
         raise typer.Exit(2)
     node = _open_node(
         data,
@@ -171,6 +176,7 @@ def serve(
         dedup_pages=dedup_pages,
         lens_cache_mb=lens_cache_mb,
         head_seconds=head_seconds,
+        head_max_mb=head_max_mb,
     )
     from lenshouse.api.app import create_app
 

@@ -26,6 +26,7 @@ class Node:
         dedup_pages: int = 65_536,
         lens_cache_mb: float = 256,
         head_seconds: float = 65,
+        head_max_mb: float = 2048,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -40,7 +41,7 @@ class Node:
             fsync=fsync,
             dedup_pages=dedup_pages,
         )
-        self.head = Head(head_seconds)
+        self.head = Head(head_seconds, max_bytes=int(head_max_mb * 2**20))
         self.ingestor.loader.on_loaded.append(self.head.add)
         self.lenses = LensEngine(
             self.backend,

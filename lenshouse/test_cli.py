@@ -203,7 +203,7 @@ def test_lens_over_the_last_minute(live_server) -> None:
             1,
             "sensors must be at least 1",
         ),
-        (["serve", "--head-seconds", "-1"], 2, "--head-seconds must be 0 or more"),
+        (["serve", "--head-seconds", "-1"], 2, "--head-max-mb must be 0 or more"),
     ],
 )
 def test_bad_arguments_exit_with_a_sentence(

@@ -86,6 +86,13 @@ class NodeCollector:
         yield GaugeMetricFamily(
             "lenshouse_lens_cache_bytes", "Memory of the lens cache.", cache.bytes
         )
+        head = self.node.head
+        yield GaugeMetricFamily("lenshouse_head_bytes", "Memory of the head's points.", head.bytes)
+        yield GaugeMetricFamily(
+            "lenshouse_head_covered_seconds",
+            "How far back from now lenses read the head instead of ClickHouse.",
+            head.covered_ms() / 1000,
+        )
 
 
 class Metrics:

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-# Points are dropped this long after they leave the head, so that a read that
-# fixed ``lo`` a moment ago still finds everything above it.
+# Points are kept this long after they leave the head (cheap insurance; reads
+# fix ``lo`` and slice under the same lock, so they need no slack).
 EVICT_SLACK_MS = 5_000
+POINT_BYTES = 16  # ts + value
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,15 @@ class Piece:
 
 
 class Head:
-    def __init__(self, seconds: float = 65.0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        seconds: float = 65.0,
+        clock: Callable[[], float] = time.time,
+        max_bytes: int = 2 << 30,
+    ) -> None:
         self.span_ms = int(seconds * 1000)
         self.clock = clock
+        self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._series: dict[tuple[str, int], list[Piece]] = {}
         self._floor = 2**62  # claims nothing until opened
@@ -85,6 +92,35 @@ class Head:
             # Pieces mostly arrive in time order: drop from the front of each
             # series, and look behind the front (late pieces) now and then.
             self._evict(self.lo() - EVICT_SLACK_MS, sweep=self._adds % 64 == 0)
+            if self.points * POINT_BYTES > self.max_bytes:
+                self._shrink()
+
+    @property
+    def bytes(self) -> int:
+        return self.points * POINT_BYTES
+
+    def covered_ms(self) -> int:
+        """How far back from now the head answers."""
+        return max(0, int(self.clock() * 1000) - self.lo())
+
+    def _shrink(self) -> None:
+        """Over the memory bound (a faster stream than the head was sized
+        for): give up the oldest part of the window, moving ``lo`` forward."""
+        now = int(self.clock() * 1000)
+        lo = self.lo()
+        excess = 1 - self.max_bytes / (self.points * POINT_BYTES)
+        cut = self._lo = lo + int(max(0, now - lo) * min(1.0, excess + 0.1)) + 1
+        for key in list(self._series):
+            kept = []
+            for p in self._series[key]:
+                a = int(np.searchsorted(p.ts, cut))
+                self.points -= a
+                if a < len(p.ts):
+                    kept.append(p if a == 0 else Piece(p.seq, p.ts[a:].copy(), p.value[a:].copy()))
+            if kept:
+                self._series[key] = kept
+            else:
+                del self._series[key]
 
     def read(
         self,
@@ -160,7 +196,7 @@ def _pieces(seq: int, rows: pa.Table):
     key, ts, value = key[order], ts[order], value[order]
     cuts = np.flatnonzero(key[1:] != key[:-1]) + 1
     for a, b in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [len(key)]))):
-        t, v = ts[a:b], value[a:b]
+        t, v = ts[a:b].copy(), value[a:b].copy()  # own memory: evicting frees it
         if len(t) > 1 and (t[1:] < t[:-1]).any():
             o = np.argsort(t, kind="stable")
             t, v = t[o], v[o]

@@ -98,3 +98,14 @@ def test_memory_stays_bounded_with_late_pieces() -> None:
     _, pts = h.read("default", [1], now[0] - 1000, now[0] + 1, 999, 1)
     sent = [t - d for t in range(now[0] - 99_900, now[0] + 1, 100) for d in (900, 10)]
     assert sorted(pts[1][0].tolist()) == sorted(t for t in sent if t >= now[0] - 1000)
+
+
+def test_over_its_memory_bound_the_head_gives_up_its_oldest_part() -> None:
+    h = Head(10, clock=lambda: NOW / 1000, max_bytes=100 * 16)
+    h.open(None)
+    ts = np.arange(NOW - 9_990, NOW, 50)  # 200 points over 10 s
+    h.add(1, rows(np.ones(len(ts)), ts, np.arange(len(ts), dtype=float)))
+    assert h.bytes <= 100 * 16
+    assert h.lo() > NOW - 10_000  # it now answers less far back …
+    _, pts = h.read("default", [1], NOW - 10_000, NOW + 1, 1, 1)
+    assert pts[1][0].tolist() == [t for t in ts.tolist() if t >= h.lo()]  # … but all of it
