@@ -636,14 +636,18 @@ def test_metrics_count_accepted_not_refused(client: TestClient, node: Node) -> N
 
 
 def test_metrics_show_the_head_and_the_lens_cache(client: TestClient, node: Node) -> None:
+    before = scrape(client)
     now = int(time.time() * 1000)
     body = {"sensor": [5, 5, 5], "ts": [now - 3000, now - 2000, now - 1000], "value": [1, 2, 3]}
-    r = client.post("/v1/write", json=body)
+    t = {"X-Tenant": "headmetrics"}
+    r = client.post("/v1/write", json=body, headers=t)
     assert r.status_code == 204
     assert node.ingestor.wait_visible(int(r.headers["X-Lenshouse-Lsn"]))
     params = {"sensors": "5", "start": now - 600_000, "end": now, "points": 100}
-    assert client.get("/v1/lens", params=params).status_code == 200
+    assert client.get("/v1/lens", params=params, headers=t).status_code == 200
     m = scrape(client)
-    assert m["lenshouse_head_bytes"] == 3 * 16
+    assert m["lenshouse_head_bytes"] >= 3 * 16
+    _, held = node.head.read("headmetrics", [5], now - 10_000, now, 2**62, 1)
+    assert held[5][1].tolist() == [1.0, 2.0, 3.0]
     assert 60 <= m["lenshouse_head_covered_seconds"] <= 66
-    assert m["lenshouse_lens_cache_misses_total"] > 0
+    assert m["lenshouse_lens_cache_misses_total"] > before["lenshouse_lens_cache_misses_total"]
