@@ -42,17 +42,18 @@ TIERS: tuple[Tier, ...] = (
 def tier_ddl(tier: Tier, source: Tier | None, dedup_window: int) -> list[str]:
     """CREATE statements for a tier's table and the view that feeds it."""
     # A day per partition keeps late data to small merges; coarse tiers use a
-    # month so that a month-long lens touches few parts.
+    # month so that a month-long lens touches few parts. Plain ZSTD on the
+    # values measured both smaller and faster to read than Gorilla + ZSTD.
     part = "intDiv(t, 86400000)" if tier.res_ms < 60_000 else "intDiv(t, 2592000000)"
     table = f"""
 CREATE TABLE IF NOT EXISTS {tier.table} (
     tenant LowCardinality(String),
     sensor UInt32,
     t Int64 CODEC(DoubleDelta, ZSTD(1)),
-    sum SimpleAggregateFunction(sum, Float64) CODEC(Gorilla, ZSTD(1)),
+    sum SimpleAggregateFunction(sum, Float64) CODEC(ZSTD(1)),
     cnt SimpleAggregateFunction(sum, UInt64) CODEC(T64, ZSTD(1)),
-    min SimpleAggregateFunction(min, Float64) CODEC(Gorilla, ZSTD(1)),
-    max SimpleAggregateFunction(max, Float64) CODEC(Gorilla, ZSTD(1))
+    min SimpleAggregateFunction(min, Float64) CODEC(ZSTD(1)),
+    max SimpleAggregateFunction(max, Float64) CODEC(ZSTD(1))
 ) ENGINE = AggregatingMergeTree
 PARTITION BY {part}
 ORDER BY (tenant, sensor, t)
