@@ -28,6 +28,7 @@ import math
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from lenshouse.bench.common import (
@@ -126,25 +127,20 @@ def ceiling_process(
 # -- HTTP clients, in their own processes -----------------------------------------
 
 
-def arrow_client(
+def _post_as_fast_as_acked(
     url: str,
-    sensors: int,
-    rate_hz: int,
-    start_ms: int,
     seconds: float,
-    senders: int = 2,
-    tenant: str = "default",
+    senders: int,
+    tenant: str,
+    body_for: Callable[[int], tuple[bytes, int]],
+    content_type: str,
 ) -> dict:
-    """Post 1-second fleet batches as fast as they are acknowledged."""
+    """``senders`` threads post ``body_for(k)`` (body, points) for k = 0, 1, …
+    back to back for ``seconds``; every acknowledgement is timed."""
     import httpx
-    import numpy as np
 
-    from lenshouse.generators.sender import SendStats, encode_arrow, post_batch
-    from lenshouse.generators.signals import Fleet
-    from lenshouse.points import PointBatch
+    from lenshouse.generators.sender import SendStats, post_batch
 
-    fleet = Fleet(sensors=sensors, rate_hz=rate_hz, start_ms=start_ms)
-    pool = [fleet.second(k, tenant) for k in range(4)]
     counter = itertools.count()
     lock = threading.Lock()
     acks: list[list[float]] = []  # [seconds since start, points, request seconds]
@@ -156,19 +152,16 @@ def arrow_client(
     def sender() -> None:
         with httpx.Client(base_url=url, timeout=120.0) as client:
             while time.monotonic() < stop_at:
-                k = next(counter)
-                b = pool[k % 4]
-                shifted = PointBatch(tenant, b.sensor, b.ts + np.int64((k // 4) * 4000), b.value)
-                body = encode_arrow(shifted)
+                body, n = body_for(next(counter))
                 t = time.monotonic()
                 try:
-                    post_batch(client, "", body, tenant, stats, t + 120.0)
+                    post_batch(client, "", body, tenant, stats, t + 120.0, content_type)
                 except (RuntimeError, TimeoutError) as e:
                     errors.append(str(e)[:200])
                     return
                 done = time.monotonic()
                 with lock:
-                    acks.append([round(done - t0, 4), len(shifted), round(done - t, 4)])
+                    acks.append([round(done - t0, 4), n, round(done - t, 4)])
 
     cpu0 = process_cpu_seconds()
     run_threads(sender, senders)
@@ -183,6 +176,33 @@ def arrow_client(
         "cpu_seconds": process_cpu_seconds() - cpu0,
         "acks": acks,
     }
+
+
+def arrow_client(
+    url: str,
+    sensors: int,
+    rate_hz: int,
+    start_ms: int,
+    seconds: float,
+    senders: int = 2,
+    tenant: str = "default",
+) -> dict:
+    """Post 1-second fleet batches as fast as they are acknowledged."""
+    import numpy as np
+
+    from lenshouse.generators.sender import encode_arrow
+    from lenshouse.generators.signals import Fleet
+    from lenshouse.points import PointBatch
+
+    fleet = Fleet(sensors=sensors, rate_hz=rate_hz, start_ms=start_ms)
+    pool = [fleet.second(k, tenant) for k in range(4)]
+
+    def body_for(k: int) -> tuple[bytes, int]:
+        b = pool[k % 4]
+        shifted = PointBatch(tenant, b.sensor, b.ts + np.int64((k // 4) * 4000), b.value)
+        return encode_arrow(shifted), len(shifted)
+
+    return _post_as_fast_as_acked(url, seconds, senders, tenant, body_for, ARROW)
 
 
 def _text_bodies(fmt: str, sensors: int, rate_hz: int, start_ms: int, first_id: int) -> list:
@@ -235,50 +255,14 @@ def text_client(
     first_id: int = 1,
 ) -> dict:
     """Post JSON or line-protocol bodies (``sensors`` × 1 s each) as fast as acknowledged."""
-    import httpx
-
-    from lenshouse.generators.sender import SendStats, post_batch
-
     bodies = _text_bodies(fmt, sensors, rate_hz, start_ms, first_id)
-    ctype = CONTENT_TYPES[fmt]
-    counter = itertools.count()
-    lock = threading.Lock()
-    acks: list[list[float]] = []
-    stats = SendStats()
-    errors: list[str] = []
-    t0 = time.monotonic()
-    stop_at = t0 + seconds
 
-    def sender() -> None:
-        with httpx.Client(base_url=url, timeout=120.0) as client:
-            while time.monotonic() < stop_at:
-                k = next(counter)
-                raw, n = bodies[k % 10]
-                body = _shift_text(fmt, raw, start_ms, k // 10)
-                t = time.monotonic()
-                try:
-                    post_batch(client, "", body, tenant, stats, t + 120.0, ctype)
-                except (RuntimeError, TimeoutError) as e:
-                    errors.append(str(e)[:200])
-                    return
-                done = time.monotonic()
-                with lock:
-                    acks.append([round(done - t0, 4), n, round(done - t, 4)])
+    def body_for(k: int) -> tuple[bytes, int]:
+        raw, n = bodies[k % 10]
+        return _shift_text(fmt, raw, start_ms, k // 10), n
 
-    cpu0 = process_cpu_seconds()
-    run_threads(sender, senders)
-    elapsed = time.monotonic() - t0
-    acks.sort()
-    return {
-        "points": sum(a[1] for a in acks),
-        "batches": len(acks),
-        "body_bytes": len(bodies[0][0]),
-        "retries": stats.retries,
-        "errors": errors,
-        "elapsed": elapsed,
-        "cpu_seconds": process_cpu_seconds() - cpu0,
-        "acks": acks,
-    }
+    out = _post_as_fast_as_acked(url, seconds, senders, tenant, body_for, CONTENT_TYPES[fmt])
+    return {**out, "body_bytes": len(bodies[0][0])}
 
 
 # -- one phase against the server ---------------------------------------------------

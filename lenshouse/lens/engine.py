@@ -200,10 +200,10 @@ class LensEngine:
 
     def _cached(
         self, tenant: str, sensors: list[int], start: int, end: int, step: int, boundary: int
-    ) -> tuple[dict[tuple[int, int], Chunk], dict[int, list[tuple[int, int]]]]:
+    ) -> tuple[dict[int, dict[int, Chunk]], dict[int, list[tuple[int, int]]]]:
         """Cached chunks meeting [start, end), and per sensor the (chunk, buckets)
         it lacks; a chunk the head's ``boundary`` cuts is held up to it."""
-        cached: dict[tuple[int, int], Chunk] = {}
+        cached: dict[int, dict[int, Chunk]] = {}
         missing: dict[int, list[tuple[int, int]]] = {}
         if not self.cache.enabled or start >= end:
             return cached, missing
@@ -218,7 +218,7 @@ class LensEngine:
                 if chunk is None:
                     missing.setdefault(sensor, []).append((n, upto))
                 else:
-                    cached[(sensor, n)] = chunk
+                    cached.setdefault(sensor, {})[n] = chunk
         return cached, missing
 
     def _finish(
@@ -256,7 +256,7 @@ class LensEngine:
         sensors: list[int],
         segments: list[Segment],
         raw_checked: bool,
-        chunks: dict[tuple[int, int], Chunk],
+        chunks: dict[int, dict[int, Chunk]],
         step: int,
     ) -> bool:
         """False if a load begun during the read wrote rows it used: rollup cells,
@@ -277,7 +277,8 @@ class LensEngine:
         return not any(
             span.touches_sensor(tenant, sensor, n * span_ms, (n + 1) * span_ms)
             for span in newer
-            for sensor, n in chunks
+            for sensor, held in chunks.items()
+            for n in held
         )
 
     @staticmethod
@@ -361,7 +362,7 @@ class _Read:
     step: int
     snap: Snapshot
     segments: list[Segment]
-    cached: dict[tuple[int, int], Chunk]
+    cached: dict[int, dict[int, Chunk]]
     missing: dict[int, list[tuple[int, int]]]
     cols: dict[str, np.ndarray]
     head: dict[int, tuple[np.ndarray, np.ndarray]]
@@ -376,9 +377,8 @@ class _Read:
         out = []
         for sensor in sensors:
             parts = [self._rows(sensor)]
-            for (s, _), c in self.cached.items():
-                if s == sensor:
-                    parts.append({"b": c.b, "sum": c.sum, "cnt": c.cnt, "min": c.min, "max": c.max})
+            for c in self.cached.get(sensor, {}).values():
+                parts.append({"b": c.b, "sum": c.sum, "cnt": c.cnt, "min": c.min, "max": c.max})
             if sensor in self.head:
                 b, sm, cnt, mn, mx = buckets(*self.head[sensor], self.step)
                 parts.append({"b": b, "sum": sm, "cnt": cnt, "min": mn, "max": mx})

@@ -4,14 +4,13 @@ stored."""
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
 from lenshouse.ingest.visibility import LoadSpan, Visibility, footprint_keys
 from lenshouse.lens.cache import CHUNK_BUCKETS, Chunk, LensCache, chunk_span
 from lenshouse.lens.oracle import brute_force, mismatch
-from lenshouse.lens.test_concurrent import prefix_matching
+from lenshouse.lens.test_concurrent import SPAN, check_during_ingest, make_batches
+from lenshouse.lens.test_concurrent import T0 as C0
 from lenshouse.node import Node
 from lenshouse.points import PointBatch
 
@@ -132,42 +131,17 @@ def test_lenses_with_the_cache_read_during_ingest_equal_a_prefix(node: Node) -> 
     """Live-view style reads (a few fixed steps, windows moving with the head)
     while batches with late points land: cached chunks and the in-memory head
     never mix states."""
-    from lenshouse.lens.test_concurrent import SPAN, make_batches
-    from lenshouse.lens.test_concurrent import T0 as C0
-
     rng = np.random.default_rng(11)
-    batches = make_batches(rng, 60)
     node.head.clock = lambda: (C0 + 420_000) / 1000  # the head holds the newest 200 s
     node.head.span_ms = 200_000
     node.head.open(None)  # nothing stored yet
-    acked = 0
-    lsns: list[int] = []
-    done = threading.Event()
 
-    def writer() -> None:
-        nonlocal acked
-        for b in batches:
-            lsns.append(node.ingestor.write_sync(b))
-            acked += 1
-            done.wait(0.01)
-        done.set()
+    def window() -> tuple[int, int, int]:
+        width = int(rng.choice([60_000, 300_000]))
+        end = C0 + 300_000 + int(rng.integers(0, SPAN - 300_000))
+        return end - width, end, 500
 
-    thread = threading.Thread(target=writer)
-    thread.start()
-    checked = 0
-    try:
-        while not done.is_set() or checked < 5:
-            loaded_lsn = node.ingestor.loader.loaded_lsn
-            lo = sum(1 for x in lsns[:acked] if x < loaded_lsn)
-            width = int(rng.choice([60_000, 300_000]))
-            end = C0 + 300_000 + int(rng.integers(0, SPAN - 300_000))
-            lens = node.lenses.lens([1, 2], end - width, end, points=500)
-            k = prefix_matching(lens, batches, lo, acked)
-            assert k is not None, f"lens [{end - width},{end}) matches no prefix {lo}..{acked}"
-            checked += 1
-    finally:
-        done.set()
-        thread.join()
+    checked, _ = check_during_ingest(node, make_batches(rng, 60), window)
     cache = node.lenses.cache
     assert checked >= 5 and cache.hits > 0 and cache.invalidated > 0
     assert node.head.points > 0

@@ -5,6 +5,7 @@ order), never a mix of half a load."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import numpy as np
 
@@ -49,9 +50,12 @@ def prefix_matching(lens, batches: list[PointBatch], lo: int, hi: int) -> int | 
     return None
 
 
-def test_lenses_read_during_ingest_equal_a_prefix_of_the_log(node: Node) -> None:
-    rng = np.random.default_rng(7)
-    batches = make_batches(rng, 60)
+def check_during_ingest(
+    node: Node, batches: list[PointBatch], window: Callable[[], tuple[int, int, int]]
+) -> tuple[int, int]:
+    """Write ``batches`` from a thread while reading lenses over ``window()``
+    ((start, end, points)); each must equal the oracle over some prefix of the
+    acknowledged batches. Returns (lenses checked, of those read while racing)."""
     acked = 0
     lsns: list[int] = []
     done = threading.Event()
@@ -71,9 +75,8 @@ def test_lenses_read_during_ingest_equal_a_prefix_of_the_log(node: Node) -> None
         while not done.is_set() or checked < 5:
             loaded_lsn = node.ingestor.loader.loaded_lsn
             lo = sum(1 for x in lsns[:acked] if x < loaded_lsn)
-            a = int(rng.integers(T0, T0 + SPAN))
-            b = int(rng.integers(a + 1, T0 + SPAN + 60_000))
-            lens = node.lenses.lens([1, 2], a, b, points=int(rng.integers(50, 2500)))
+            a, b, points = window()
+            lens = node.lenses.lens([1, 2], a, b, points=points)
             hi = acked
             k = prefix_matching(lens, batches, lo, hi)
             assert k is not None, f"lens [{a},{b}) step {lens.step} matches no prefix {lo}..{hi}"
@@ -82,5 +85,16 @@ def test_lenses_read_during_ingest_equal_a_prefix_of_the_log(node: Node) -> None
     finally:
         done.set()
         thread.join()
+    return checked, racing
+
+
+def test_lenses_read_during_ingest_equal_a_prefix_of_the_log(node: Node) -> None:
+    rng = np.random.default_rng(7)
+
+    def window() -> tuple[int, int, int]:
+        a = int(rng.integers(T0, T0 + SPAN))
+        return a, int(rng.integers(a + 1, T0 + SPAN + 60_000)), int(rng.integers(50, 2500))
+
+    checked, racing = check_during_ingest(node, make_batches(rng, 60), window)
     assert checked >= 5
     assert racing >= 3, "the test must read while acknowledged batches are still loading"
