@@ -26,6 +26,11 @@ MAX_HEAD_RAW_MS = 30_000
 # Reads that may race a load before a lens reads with loads held back.
 OPTIMISTIC_READS = 3
 MAX_EXPORT_ROWS = 50_000_000
+_ALONE = (
+    " SETTINGS merge_tree_min_rows_for_concurrent_read = 16384,"
+    " merge_tree_min_bytes_for_concurrent_read = 0"
+)
+_BUSY = " SETTINGS max_threads = 1"
 
 
 @dataclass
@@ -187,13 +192,15 @@ class LensEngine:
         return read
 
     def _query(self, sql: str) -> pa.Table:
-        """Run a lens query; while others run, on one thread: parallel reads of
-        small ranges cost more CPU than they save once the cores are busy."""
+        """Run a lens query; alone, with every core even on the small ranges a
+        lens reads (ClickHouse by default reads under 160k rows on one
+        thread); while others run, on one thread: parallel reads of small
+        ranges cost more CPU than they save once the cores are busy."""
         with self._running_lock:
             busy = self._running > 0
             self._running += 1
         try:
-            return self.backend.query(sql + (" SETTINGS max_threads = 1" if busy else ""))
+            return self.backend.query(sql + (_BUSY if busy else _ALONE))
         finally:
             with self._running_lock:
                 self._running -= 1
