@@ -26,11 +26,10 @@ MAX_HEAD_RAW_MS = 30_000
 # Reads that may race a load before a lens reads with loads held back.
 OPTIMISTIC_READS = 3
 MAX_EXPORT_ROWS = 50_000_000
-_ALONE = (
-    " SETTINGS merge_tree_min_rows_for_concurrent_read = 16384,"
-    " merge_tree_min_bytes_for_concurrent_read = 0"
-)
-_BUSY = " SETTINGS max_threads = 1"
+# PREWHERE (on by default) measured 5-15% slower for a lens's narrow key
+# ranges: the filter columns are read anyway.
+_ALONE = " SETTINGS optimize_move_to_prewhere = 0"
+_BUSY = " SETTINGS optimize_move_to_prewhere = 0, max_threads = 1"
 
 
 @dataclass
@@ -192,10 +191,8 @@ class LensEngine:
         return read
 
     def _query(self, sql: str) -> pa.Table:
-        """Run a lens query; alone, with every core even on the small ranges a
-        lens reads (ClickHouse by default reads under 160k rows on one
-        thread); while others run, on one thread: parallel reads of small
-        ranges cost more CPU than they save once the cores are busy."""
+        """Run a lens query; while others run, on one thread: parallel reads of
+        small ranges cost more CPU than they save once the cores are busy."""
         with self._running_lock:
             busy = self._running > 0
             self._running += 1
@@ -308,32 +305,44 @@ class LensEngine:
                     terms.append(f"(sensor IN ({','.join(map(str, ids))}) AND ({ranges}))")
             return f"tenant = '{tenant}' AND ({' OR '.join(terms)})" if terms else None
 
-        parts = []
+        sources = []  # (table, time column, where, aggregates of its own columns)
         raw = where("ts", lambda s: s.tier is None)
         if raw and (max_seq is None or max_seq >= 0):
             seq = "" if max_seq is None else f" AND seq <= {max_seq}"
-            parts.append(
-                "SELECT sensor, ts AS t, value AS s, toUInt64(1) AS c, value AS mn, value AS mx"
-                f" FROM raw WHERE {raw}{seq}"
-            )
+            sources.append(("raw", "ts", raw + seq, _RAW_AGGS))
         tables = dict.fromkeys(s.tier.table for _, segs in groups for s in segs if s.tier)
         for table in tables:
             cond = where("t", lambda s, table=table: s.tier is not None and s.tier.table == table)
-            parts.append(
-                "SELECT sensor, t, sum AS s, cnt AS c, min AS mn, max AS mx"
-                f" FROM {table} WHERE {cond}"
+            sources.append((table, "t", cond, _TIER_AGGS))
+        if len(sources) == 1:
+            # One source (the usual case): aggregated directly, which measured
+            # 15-25% faster than through a subquery.
+            table, t, cond, aggs = sources[0]
+            return (
+                f"SELECT sensor, intDiv({t}, {step}) AS b, {aggs} FROM {table} WHERE {cond}"
+                " GROUP BY sensor, b ORDER BY sensor, b"  # measured: faster than unordered
             )
-        if not parts:
-            parts.append(
-                "SELECT toUInt32(0) AS sensor, toInt64(0) AS t, 0.0 AS s, toUInt64(0) AS c,"
-                " 0.0 AS mn, 0.0 AS mx WHERE 0"
-            )
+        parts = [
+            f"SELECT sensor, {t} AS t, {_AS_ROWS[table == 'raw']} FROM {table} WHERE {cond}"
+            for table, t, cond, _ in sources
+        ] or [
+            "SELECT toUInt32(0) AS sensor, toInt64(0) AS t, 0.0 AS s, toUInt64(0) AS c,"
+            " 0.0 AS mn, 0.0 AS mx WHERE 0"
+        ]
         union = " UNION ALL ".join(parts)
         return (
-            f"SELECT sensor, intDiv(t, {step}) AS b, sum(s) AS sum, sum(c) AS cnt,"
-            f" min(mn) AS min, max(mx) AS max FROM ({union})"
-            " GROUP BY sensor, b ORDER BY sensor, b"  # measured: faster than unordered
+            f"SELECT sensor, intDiv(t, {step}) AS b, {_ROW_AGGS} FROM ({union})"
+            " GROUP BY sensor, b ORDER BY sensor, b"
         )
+
+
+_RAW_AGGS = "sum(value) AS sum, count() AS cnt, min(value) AS min, max(value) AS max"
+_TIER_AGGS = "sum(sum) AS sum, sum(cnt) AS cnt, min(min) AS min, max(max) AS max"
+_ROW_AGGS = "sum(s) AS sum, sum(c) AS cnt, min(mn) AS min, max(mx) AS max"
+_AS_ROWS = {  # a source's columns as rows of (s, c, mn, mx), keyed by "is raw"
+    True: "value AS s, toUInt64(1) AS c, value AS mn, value AS mx",
+    False: "sum AS s, cnt AS c, min AS mn, max AS mx",
+}
 
 
 _COLUMNS = ("sensor", "b", "sum", "cnt", "min", "max")
