@@ -11,7 +11,8 @@ point. Inserts carry a deduplication token, and the views inherit it, so a
 retried load neither doubles raw rows nor any tier.
 
 Tiers were picked by cost: a 10 ms tier costs about as much disk as raw data,
-100 ms about a tenth of that, 1 s and coarser almost nothing. With the step
+100 ms about a tenth of that, 1 s and coarser almost nothing (the 10 min tier
+keeps month-long lenses as fast as hour-long ones). With the step
 ladder in :mod:`lenshouse.lens.steps`, no lens bucket needs more than 50 rows
 of any source at 1 kHz.
 """
@@ -35,12 +36,13 @@ TIERS: tuple[Tier, ...] = (
     Tier("100ms", 100),
     Tier("1s", 1_000),
     Tier("1m", 60_000),
+    Tier("10m", 600_000),
     Tier("1h", 3_600_000),
 )
 
 
-def tier_ddl(tier: Tier, source: Tier | None, dedup_window: int) -> list[str]:
-    """CREATE statements for a tier's table and the view that feeds it."""
+def tier_table_ddl(tier: Tier, dedup_window: int) -> str:
+    """CREATE statement for a tier's table."""
     # A day per partition keeps late data to small merges; coarse tiers use a
     # month so that a month-long lens touches few parts. Plain ZSTD on the
     # values measured both smaller and faster to read than Gorilla + ZSTD.
@@ -62,23 +64,22 @@ PARTITION BY {part}
 ORDER BY (tenant, sensor, t)
 SETTINGS non_replicated_deduplication_window = {dedup_window},
     index_granularity = 2048, min_compress_block_size = 16384"""
+    return table
+
+
+def tier_select(tier: Tier, source: Tier | None) -> str:
+    """The tier's cells computed from its source: raw points or the tier below."""
     r = tier.res_ms
     if source is None:
-        select = f"""SELECT tenant, sensor, intDiv(ts, {r}) * {r} AS t,
+        return f"""SELECT tenant, sensor, intDiv(ts, {r}) * {r} AS t,
     sum(value) AS sum, count() AS cnt, min(value) AS min, max(value) AS max
 FROM raw GROUP BY tenant, sensor, t"""
-    else:
-        select = f"""SELECT tenant, sensor, intDiv(t, {r}) * {r} AS t,
+    return f"""SELECT tenant, sensor, intDiv(t, {r}) * {r} AS t,
     sum(sum) AS sum, sum(cnt) AS cnt, min(min) AS min, max(max) AS max
 FROM {source.table} GROUP BY tenant, sensor, t"""
-    view = f"CREATE MATERIALIZED VIEW IF NOT EXISTS {tier.table}_mv TO {tier.table} AS\n{select}"
-    return [table, view]
 
 
-def all_tier_ddl(dedup_window: int) -> list[str]:
-    stmts: list[str] = []
-    source = None
-    for tier in TIERS:
-        stmts += tier_ddl(tier, source, dedup_window)
-        source = tier
-    return stmts
+def tier_view_ddl(tier: Tier, source: Tier | None) -> str:
+    """CREATE statement for the materialized view that feeds a tier."""
+    select = tier_select(tier, source)
+    return f"CREATE MATERIALIZED VIEW IF NOT EXISTS {tier.table}_mv TO {tier.table} AS\n{select}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lenshouse.rollup.tiers import all_tier_ddl
+from lenshouse.rollup.tiers import TIERS, tier_select, tier_table_ddl, tier_view_ddl
 from lenshouse.storage.backend import Backend
 
 # Insert tokens are remembered for this many blocks per table: far more than
@@ -40,5 +40,22 @@ ORDER BY (tenant, sensor)"""
 
 
 def create_schema(backend: Backend) -> None:
-    for stmt in [RAW_DDL, SENSORS_DDL, *all_tier_ddl(DEDUP_WINDOW)]:
-        backend.execute(stmt)
+    """Create what is missing. A tier new to a store that already holds data
+    (an upgrade) is filled from its source before its view starts feeding it,
+    so it holds every point exactly once; nothing loads while this runs. The
+    view comes last, so a fill cut short is redone from scratch."""
+    existing = set(
+        backend.query("SELECT name FROM system.tables WHERE database = currentDatabase()")
+        .column("name")
+        .to_pylist()
+    )
+    backend.execute(RAW_DDL)
+    backend.execute(SENSORS_DDL)
+    source = None
+    for tier in TIERS:
+        backend.execute(tier_table_ddl(tier, DEDUP_WINDOW))
+        if "raw" in existing and f"{tier.table}_mv" not in existing:
+            backend.execute(f"TRUNCATE TABLE {tier.table}")
+            backend.execute(f"INSERT INTO {tier.table} {tier_select(tier, source)}")
+        backend.execute(tier_view_ddl(tier, source))
+        source = tier
