@@ -183,21 +183,21 @@ class LensEngine:
         # Raw rows of a load in flight are hidden by their seq; with none in
         # flight, the cheaper unfiltered read is checked afterwards instead.
         max_seq = snap.committed_seq if cut is not None else None
-        table = self._query(self._sql(tenant, step, groups, max_seq)) if groups else None
+        table = self._query(*self._sql(tenant, step, groups, max_seq)) if groups else None
         read = _Read(tenant, step, snap, segments, cached, missing, _columns(table), head)
         read.valid = quiet or self._still_valid(
             snap, tenant, sensors, segments, cut is None, cached, step
         )
         return read
 
-    def _query(self, sql: str) -> pa.Table:
+    def _query(self, sql: str, settings: str = "") -> pa.Table:
         """Run a lens query; while others run, on one thread: parallel reads of
         small ranges cost more CPU than they save once the cores are busy."""
         with self._running_lock:
             busy = self._running > 0
             self._running += 1
         try:
-            return self.backend.query(sql + (_BUSY if busy else _ALONE))
+            return self.backend.query(sql + (_BUSY if busy else _ALONE) + settings)
         finally:
             with self._running_lock:
                 self._running -= 1
@@ -291,9 +291,9 @@ class LensEngine:
         step: int,
         groups: list[tuple[list[int], list[Segment]]],
         max_seq: int | None,
-    ) -> str:
-        """One query over each group's segments for its sensors; raw rows up to
-        ``max_seq`` when given."""
+    ) -> tuple[str, str]:
+        """One query over each group's segments for its sensors, raw rows up to
+        ``max_seq`` when given; and the settings it needs."""
 
         def where(col: str, pick) -> str | None:
             terms = []
@@ -318,9 +318,12 @@ class LensEngine:
             # One source (the usual case): aggregated directly, which measured
             # 15-25% faster than through a subquery.
             table, t, cond, aggs = sources[0]
+            # Raw rows come in key order and buckets follow it: aggregating
+            # in that order measured 15% faster on a minute of raw points.
             return (
                 f"SELECT sensor, intDiv({t}, {step}) AS b, {aggs} FROM {table} WHERE {cond}"
-                " GROUP BY sensor, b ORDER BY sensor, b"  # measured: faster than unordered
+                " GROUP BY sensor, b ORDER BY sensor, b",  # measured: faster than unordered
+                ", optimize_aggregation_in_order = 1" if table == "raw" else "",
             )
         parts = [
             f"SELECT sensor, {t} AS t, {_AS_ROWS[table == 'raw']} FROM {table} WHERE {cond}"
@@ -332,7 +335,8 @@ class LensEngine:
         union = " UNION ALL ".join(parts)
         return (
             f"SELECT sensor, intDiv(t, {step}) AS b, {_ROW_AGGS} FROM ({union})"
-            " GROUP BY sensor, b ORDER BY sensor, b"
+            " GROUP BY sensor, b ORDER BY sensor, b",
+            "",
         )
 
 
