@@ -44,6 +44,7 @@ from lenshouse.bench.common import (
 )
 
 ARROW = "application/vnd.apache.arrow.stream"
+INSERT_SETTINGS = "max_insert_threads = 1"
 JSON = "application/json"
 LINE = "text/plain"
 CONTENT_TYPES = {"arrow": ARROW, "json": JSON, "lineproto": LINE}
@@ -60,22 +61,40 @@ def _start_ms(hours_back: float = 6.0) -> int:
 
 
 def ceiling_process(
-    path: str, seconds: float, sensors: int, rate_hz: int, batch_rows: int = 1_000_000
+    path: str,
+    seconds: float,
+    sensors: int,
+    rate_hz: int,
+    batch_rows: int = 1_000_000,
+    views: bool = False,
 ) -> dict:
-    """Insert ``batch_rows``-row Arrow tables into a plain MergeTree for ``seconds``."""
+    """Insert ``batch_rows``-row Arrow tables into a plain MergeTree for
+    ``seconds``; with ``views``, into the raw table with every rollup tier's
+    view, as lenshouse does (the share of the ceiling ClickHouse itself spends
+    on rollups)."""
     import chdb
     import numpy as np
     import pyarrow as pa
 
     from lenshouse.bench.prepare import fleet_chunk
     from lenshouse.generators.signals import Fleet
+    from lenshouse.rollup.tiers import TIERS, tier_table_ddl, tier_view_ddl
     from lenshouse.storage.schema import RAW_DDL
 
     Path(path).mkdir(parents=True, exist_ok=True)
     conn = chdb.connect(path)
-    ddl = RAW_DDL.replace("CREATE TABLE IF NOT EXISTS raw", "CREATE TABLE IF NOT EXISTS plain")
-    ddl = ddl.split("SETTINGS")[0]  # no deduplication window either: a bare table
-    conn.query(ddl)
+    ddl = RAW_DDL.split("SETTINGS")[0]  # no deduplication window either: a bare table
+    if views:
+        conn.query(ddl)
+        source = None
+        for tier in TIERS:
+            conn.query(tier_table_ddl(tier, 0))
+            conn.query(tier_view_ddl(tier, source))
+            source = tier
+        table = "raw"
+    else:
+        conn.query(ddl.replace("CREATE TABLE IF NOT EXISTS raw", "CREATE TABLE plain"))
+        table = "plain"
     fleet = Fleet(sensors=sensors, rate_hz=rate_hz, start_ms=_start_ms())
     per_batch_s = max(1, math.ceil(batch_rows / (sensors * rate_hz)))
     pool = []
@@ -100,7 +119,7 @@ def ceiling_process(
             }
         )
         t = time.monotonic()
-        conn.query("INSERT INTO plain SELECT * FROM Python(rows) SETTINGS max_insert_threads = 1")
+        conn.query(f"INSERT INTO {table} SELECT * FROM Python(rows) SETTINGS {INSERT_SETTINGS}")
         dt = time.monotonic() - t
         insert_s += dt
         rows_total += len(b)
@@ -108,7 +127,7 @@ def ceiling_process(
         k += 1
     wall = time.monotonic() - t0
     cpu = process_cpu_seconds() - cpu0
-    counted = int(conn.query("SELECT count() FROM plain", "CSV").data().strip())
+    counted = int(conn.query(f"SELECT count() FROM {table}", "CSV").data().strip())
     conn.close()
     return {
         "rows": rows_total,
@@ -119,6 +138,7 @@ def ceiling_process(
         "wall_seconds": wall,
         "rows_per_s": rows_total / insert_s if insert_s > 0 else 0.0,
         "rows_per_wall_s": rows_total / wall if wall > 0 else 0.0,
+        "views": views,
         "cpu_seconds": cpu,
         "timeline": timeline,
     }
@@ -336,27 +356,11 @@ def _loaded_rate(timeline: list[dict], until: float, warmup: float = 5.0) -> flo
 def run_ingest(cfg: BenchConfig, workdir: Path) -> dict:
     workdir = Path(workdir)
     console.rule("[bold]ingest")
-    # 1. the ceiling, alone on the machine
-    path = workdir / "ceiling"
-    shutil.rmtree(path, ignore_errors=True)
+    # 1. the ceilings, alone on the machine: a bare table, then with the views
     seconds = cfg.ceiling_duration or cfg.duration
-    console.print(f"  chDB bare insert ceiling ({seconds} s)…")
-    ceiling = spawn(
-        ceiling_process,
-        str(path),
-        seconds,
-        cfg.ingest_sensors,
-        cfg.ingest_rate_hz,
-        name="ceiling",
-        workdir=workdir,
-    ).result(timeout=seconds + 300)
-    shutil.rmtree(path, ignore_errors=True)
-    console.print(
-        f"  ceiling: {ceiling['rows_per_s']:,.0f} rows/s of insert time"
-        f" ({ceiling['rows']:,} rows in {ceiling['inserts']} inserts,"
-        f" {ceiling['rows_per_wall_s']:,.0f} rows/s wall)"
-    )
-    out: dict = {"ceiling": ceiling}
+    ceiling = _ceiling(cfg, workdir, seconds, views=False)
+    with_views = _ceiling(cfg, workdir, max(1, seconds // 3), views=True)
+    out: dict = {"ceiling": ceiling, "ceiling_with_rollups": with_views}
     data = workdir / "ingest"
     shutil.rmtree(data, ignore_errors=True)
     start = _start_ms()
@@ -396,4 +400,30 @@ def run_ingest(cfg: BenchConfig, workdir: Path) -> dict:
     shutil.rmtree(data, ignore_errors=True)
     arrow = out["arrow"]["end_to_end_per_s"]
     out["ratio"] = arrow / ceiling["rows_per_s"] if ceiling["rows_per_s"] else 0.0
+    views = with_views["rows_per_s"]
+    out["ratio_to_rollup_ceiling"] = arrow / views if views else 0.0
     return out
+
+
+def _ceiling(cfg: BenchConfig, workdir: Path, seconds: int, views: bool) -> dict:
+    path = workdir / "ceiling"
+    shutil.rmtree(path, ignore_errors=True)
+    what = "with the rollup views" if views else "bare"
+    console.print(f"  chDB insert ceiling, {what} ({seconds} s)…")
+    ceiling = spawn(
+        ceiling_process,
+        str(path),
+        seconds,
+        cfg.ingest_sensors,
+        cfg.ingest_rate_hz,
+        views=views,
+        name="ceiling",
+        workdir=workdir,
+    ).result(timeout=seconds + 300)
+    shutil.rmtree(path, ignore_errors=True)
+    console.print(
+        f"  ceiling, {what}: {ceiling['rows_per_s']:,.0f} rows/s of insert time"
+        f" ({ceiling['rows']:,} rows in {ceiling['inserts']} inserts,"
+        f" {ceiling['rows_per_wall_s']:,.0f} rows/s wall)"
+    )
+    return ceiling

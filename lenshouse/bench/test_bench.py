@@ -71,6 +71,12 @@ def test_ingest_counts_every_point(report) -> None:
         assert 0 < d["end_to_end_per_s"] <= d["accepted_per_s"]
         assert d["timeline"][-1]["loaded"] == d["points_loaded"]
     assert ing["ratio"] == pytest.approx(ing["arrow"]["end_to_end_per_s"] / c["rows_per_s"])
+    v = ing["ceiling_with_rollups"]
+    assert v["views"] and not c["views"]
+    assert v["rows"] == v["rows_in_table"] > 0 and v["rows_per_s"] > 0
+    assert ing["ratio_to_rollup_ceiling"] == pytest.approx(
+        ing["arrow"]["end_to_end_per_s"] / v["rows_per_s"]
+    )
 
 
 def test_lens_numbers(report) -> None:

@@ -29,7 +29,7 @@ class Ingestor:
         data_dir: Path,
         backend: Backend,
         flush_interval: float = 1.0,
-        max_load_rows: int = 1_000_000,
+        max_load_rows: int = 4_000_000,
         max_queued_rows: int = 30_000_000,
         fsync: bool = True,
         dedup_pages: int = 65_536,

@@ -1,6 +1,6 @@
 """The loader: turns log records into few, large, idempotent ClickHouse inserts.
 
-Each load takes consecutive log records (about one second, at most ~1M rows),
+Each load takes consecutive log records (about one second, at most ~4M rows),
 writes its intent to ``loader.json`` (fsynced), inserts the rows with a
 deduplication token derived from the log positions, then records completion.
 After a crash, the load in doubt is replayed with the same records, sequence
@@ -101,7 +101,7 @@ class Loader:
         state_path: Path,
         visibility: Visibility,
         flush_interval: float = 1.0,
-        max_rows: int = 1_000_000,
+        max_rows: int = 4_000_000,
         dedup_pages: int = 65_536,
     ) -> None:
         self.wal = wal
