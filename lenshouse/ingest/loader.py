@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from lenshouse.ingest.dedup import Duplicates, SeenIndex, count_conflicts
-from lenshouse.ingest.visibility import LoadSpan, Visibility, footprint_keys
+from lenshouse.ingest.visibility import LoadSpan, Visibility, footprint_keys, footprint_sensors
 from lenshouse.ingest.wal import Record, WriteAheadLog
 from lenshouse.storage.backend import Backend, StorageError
 
@@ -237,7 +237,7 @@ class Loader:
         token = f"lh-{self.state.epoch}-{seq}-{first}-{last}"
         if table.num_rows:
             self._insert_with_retry("raw", table, token)
-        self._register_sensors(records, token)
+        self._register_sensors(span, token)
         if len(dups):  # counted before completion so that readers see final counts
             self.stats.conflicts += self._retry(lambda: count_conflicts(self.backend, dups, seq))
             self.stats.duplicates += len(dups)
@@ -298,12 +298,14 @@ class Loader:
         rows = self.backend.query("SELECT DISTINCT tenant, sensor FROM sensors")
         return set(zip(rows.column("tenant").to_pylist(), rows.column("sensor").to_pylist()))
 
-    def _register_sensors(self, records: list[Record], token: str) -> None:
-        """Sensors seen for the first time enter the catalog with no labels."""
+    def _register_sensors(self, span: LoadSpan, token: str) -> None:
+        """Sensors seen for the first time enter the catalog with no labels. The
+        load's footprint names every sensor it stores; a sensor whose points
+        were all duplicates was registered by the load that stored them."""
         new: set[tuple[str, int]] = set()
-        for rec in records:
-            for s in np.unique(rec.batch.sensor).tolist():
-                key = (rec.batch.tenant, s)
+        for tenant, keys in (span.cells or {}).items():
+            for s in footprint_sensors(keys).tolist():
+                key = (tenant, s)
                 if key not in self._known_sensors:
                     new.add(key)
         if not new:

@@ -31,6 +31,14 @@ def footprint_keys(sensor: np.ndarray, ts: np.ndarray) -> np.ndarray:
     return np.unique(keys)
 
 
+def footprint_sensors(keys: np.ndarray) -> np.ndarray:
+    """The distinct sensors of sorted footprint keys."""
+    sensors = (keys >> np.uint64(32)).astype(np.int64)
+    if len(sensors) == 0:
+        return sensors
+    return sensors[np.concatenate(([True], sensors[1:] != sensors[:-1]))]
+
+
 @dataclass(frozen=True)
 class LoadSpan:
     """The rows one load adds: its sequence number, tenants and time range, and
