@@ -1,7 +1,8 @@
 """The loader: turns log records into few, large, idempotent ClickHouse inserts.
 
-Each load takes consecutive log records (about one second, at most ~4M rows),
-writes its intent to ``loader.json`` (fsynced), inserts the rows with a
+Each load takes consecutive log records (about a second's worth; 1M rows go at
+once; up to 4M rows while records queue up), writes its intent to
+``loader.json`` (fsynced), inserts the rows with a
 deduplication token derived from the log positions, then records completion.
 After a crash, the load in doubt is replayed with the same records, sequence
 number and token, so ClickHouse drops whatever part of it already landed, in
@@ -103,6 +104,7 @@ class Loader:
         flush_interval: float = 1.0,
         max_rows: int = 4_000_000,
         dedup_pages: int = 65_536,
+        ready_rows: int = 1_000_000,
     ) -> None:
         self.wal = wal
         self.backend = backend
@@ -110,7 +112,11 @@ class Loader:
         self.state = LoaderState.load(state_path)
         self.visibility = visibility
         self.flush_interval = flush_interval
+        # A load waits up to flush_interval for more records, and grows up to
+        # max_rows while records queue up (fewer, larger inserts when behind);
+        # past ready_rows it goes as soon as the queue is empty (no wait).
         self.max_rows = max_rows
+        self.ready_rows = ready_rows
         self.stats = LoaderStats()
         self._queue: queue.Queue[tuple[Record, float]] = queue.Queue()
         self._queued_lock = threading.Lock()
@@ -224,6 +230,8 @@ class Loader:
             rows += len(rec.batch)
             if rows >= self.max_rows:
                 break
+            if rows >= self.ready_rows and self._queue.empty():
+                break  # big enough for ClickHouse, and nothing else is waiting
         return group
 
     # -- one load -------------------------------------------------------------
