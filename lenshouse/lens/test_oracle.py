@@ -6,7 +6,6 @@ asked repeatedly so that the lens cache answers too."""
 from __future__ import annotations
 
 import itertools
-import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -14,7 +13,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lenshouse.ingest.visibility import LoadSpan
 from lenshouse.lens.oracle import brute_force, mismatch
 from lenshouse.lens.steps import LADDER_MS
 from lenshouse.node import Node
@@ -147,36 +145,3 @@ def test_tenants_are_isolated(shared_node: Node) -> None:
     b = shared_node.lenses.lens([1], T0, T0 + 1000, step=1000, tenant="iso_b")
     assert a.series[0].count.sum() == 1000 and b.series[0].count.sum() == 1000
     assert set(a.series[0].avg.tolist()) == {1.0} and set(b.series[0].avg.tolist()) == {2.0}
-
-
-def test_lens_beside_a_load_in_flight(tmp_path) -> None:
-    """While a load is in flight, rollups are read up to its oldest point and raw
-    rows of completed loads after it: both sources in one query, still exact."""
-    # Cache off: cached reads widen to whole chunks, which here would put more
-    # than MAX_HEAD_RAW_MS of raw after the cut and send the lens to wait.
-    node = Node(tmp_path / "data", flush_interval=0.02, lens_cache_mb=0).start()
-    try:
-        rng = np.random.default_rng(5)
-        ts = np.unique(rng.integers(T0, T0 + 600_000, 200_000)).astype(np.int64)
-        data = {1: (ts, rng.normal(0, 50, len(ts))), 2: (ts[::3], rng.normal(0, 5, len(ts[::3])))}
-        write_shuffled(node, "default", data, 1)
-        seq = node.ingestor.loader.state.next_seq
-        cut = T0 + 300_123
-        start, end = T0 + 1_500, cut + 20_000  # under MAX_HEAD_RAW_MS of raw after the cut
-        out: dict = {}
-        reader = threading.Thread(
-            target=lambda: out.update(lens=node.lenses.lens([1, 2], start, end, step=2_000))
-        )
-        node.ingestor.visibility.begin(LoadSpan(seq, frozenset(["default"]), cut, cut + 1_000))
-        try:
-            reader.start()
-            reader.join(30)
-        finally:
-            node.ingestor.visibility.end(seq)  # frees a lens that fell back to waiting
-            reader.join(30)
-        lens = out["lens"]
-        assert lens.retries == 0  # answered beside the load, not after it
-        assert {s.tier is None for s in lens.segments} == {True, False}, lens.segments
-        check_lens(lens, data, start, end, 2)
-    finally:
-        node.stop()
