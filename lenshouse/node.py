@@ -10,7 +10,7 @@ from lenshouse.storage.backend import Backend
 from lenshouse.storage.catalog import Catalog
 from lenshouse.storage.embedded import EmbeddedBackend
 from lenshouse.storage.head import Head
-from lenshouse.storage.schema import create_schema
+from lenshouse.storage.schema import add_tiers, create_schema
 
 DEFAULT_DATA_DIR = Path("lenshouse-data")
 
@@ -33,7 +33,7 @@ class Node:
         self.backend = backend or EmbeddedBackend(
             self.data_dir / "clickhouse", query_connections=query_connections
         )
-        create_schema(self.backend)
+        self._new_tiers = create_schema(self.backend)  # added once the log is replayed
         self.ingestor = Ingestor(
             self.data_dir,
             self.backend,
@@ -55,7 +55,8 @@ class Node:
     def start(self) -> Node:
         newest = self.backend.query("SELECT max(ts) AS ts, count() AS n FROM raw")
         self.head.open(newest.column("ts")[0].as_py() if newest.column("n")[0].as_py() else None)
-        self.ingestor.start()
+        self.ingestor.start(after_recovery=lambda: add_tiers(self.backend, self._new_tiers))
+        self._new_tiers = []
         self._started = True
         return self
 

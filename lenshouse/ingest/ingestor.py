@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 from lenshouse.ingest.loader import Loader
@@ -52,9 +53,12 @@ class Ingestor:
         self.batches_replayed = 0  # acknowledged from the batch-id memory alone
         self._batch_ids: OrderedDict[tuple[str, str], int] = OrderedDict()
 
-    def start(self) -> None:
-        """Finish any load left in doubt, then accept writes and load in the background."""
+    def start(self, after_recovery: Callable[[], None] | None = None) -> None:
+        """Finish any load left in doubt, run ``after_recovery`` (nothing loads
+        yet), then accept writes and load in the background."""
         self.loader.recover()
+        if after_recovery is not None:
+            after_recovery()
         # A damaged log may have been cut below what is already in ClickHouse;
         # new records must never reuse positions the loader has passed.
         self.wal.skip_to(self.loader.state.next_lsn)

@@ -4,6 +4,7 @@ through its view, even when an earlier fill was cut short."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -75,5 +76,37 @@ def test_new_tier_is_filled_once_on_upgrade(
     node = Node(tmp_path / "data", flush_interval=0.02).start()
     try:
         check(node, np.concatenate([old_ts, new_ts]), np.concatenate([old_v, new_v]))
+    finally:
+        node.stop()
+
+
+def test_new_tier_counts_a_load_in_doubt_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upgrade that opens a store with a load in doubt (stored, completion not
+    recorded): the replay and the fill together count that load once."""
+    rng = np.random.default_rng(8)
+    ts = np.unique(rng.integers(T0, T0 + 4 * HOUR, 100_000)).astype(np.int64)
+    value = rng.normal(0, 100, len(ts))
+    older = tuple(t for t in TIERS if t is not TEN_MIN)
+    with monkeypatch.context() as m:
+        m.setattr(schema, "TIERS", older)
+        m.setattr(planner, "TIERS", older)
+        node = Node(tmp_path / "data", flush_interval=0.02).start()
+        write(node, ts[: len(ts) // 2], value[: len(ts) // 2])
+        before = json.loads((tmp_path / "data" / "loader.json").read_text())
+        write(node, ts[len(ts) // 2 :], value[len(ts) // 2 :])
+        after = json.loads((tmp_path / "data" / "loader.json").read_text())
+        node.stop()
+    assert after["next_seq"] == before["next_seq"] + 1
+    # The second load stored everything, then "crashed" before completing.
+    seq, first, last = before["next_seq"], before["next_lsn"], after["next_lsn"] - 1
+    pending = {"seq": seq, "first_lsn": first, "last_lsn": last}
+    (tmp_path / "data" / "loader.json").write_text(json.dumps({**before, "pending": pending}))
+
+    node = Node(tmp_path / "data", flush_interval=0.02).start()
+    try:
+        assert node.ingestor.loader.state.next_seq == seq + 1
+        check(node, ts, value)
     finally:
         node.stop()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lenshouse.rollup.tiers import TIERS, tier_select, tier_table_ddl, tier_view_ddl
+from lenshouse.rollup.tiers import TIERS, Tier, tier_select, tier_table_ddl, tier_view_ddl
 from lenshouse.storage.backend import Backend
 
 # Insert tokens are remembered for this many blocks per table: far more than
@@ -40,11 +40,10 @@ ORDER BY (tenant, sensor)"""
 # time, implicit registration on first write uses 0).
 
 
-def create_schema(backend: Backend) -> None:
-    """Create what is missing. A tier new to a store that already holds data
-    (an upgrade) is filled from its source before its view starts feeding it,
-    so it holds every point exactly once; nothing loads while this runs. The
-    view comes last, so a fill cut short is redone from scratch."""
+def create_schema(backend: Backend) -> list[Tier]:
+    """Create what is missing, and return the tiers new to a store that already
+    holds data (an upgrade): those wait for :func:`add_tiers`, after the load
+    in doubt, if any, has been replayed."""
     existing = set(
         backend.query("SELECT name FROM system.tables WHERE database = currentDatabase()")
         .column("name")
@@ -52,11 +51,23 @@ def create_schema(backend: Backend) -> None:
     )
     backend.execute(RAW_DDL)
     backend.execute(SENSORS_DDL)
-    source = None
-    for tier in TIERS:
+    if "raw" not in existing:  # a new store: every tier, empty
+        add_tiers(backend, list(TIERS), fill=False)
+        return []
+    return [t for t in TIERS if f"{t.table}_mv" not in existing]
+
+
+def add_tiers(backend: Backend, tiers: list[Tier], fill: bool = True) -> None:
+    """Create ``tiers`` and their views. With ``fill``, each is first filled
+    from its source, so it holds every stored point exactly once; nothing may
+    load meanwhile. The view comes last, so a fill cut short is redone from
+    scratch. (Filled before a replay, a tier would count the replayed load
+    twice: once from the fill, once through its new view.)"""
+    for tier in tiers:
+        i = TIERS.index(tier)
+        source = TIERS[i - 1] if i else None
         backend.execute(tier_table_ddl(tier, DEDUP_WINDOW))
-        if "raw" in existing and f"{tier.table}_mv" not in existing:
+        if fill:
             backend.execute(f"TRUNCATE TABLE {tier.table}")
             backend.execute(f"INSERT INTO {tier.table} {tier_select(tier, source)}")
         backend.execute(tier_view_ddl(tier, source))
-        source = tier
