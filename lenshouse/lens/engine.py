@@ -169,9 +169,12 @@ class LensEngine:
                 wanted.setdefault(ranges, []).append(sensor)
         cut = None
         if wanted and not quiet:
-            lo = min(r[0][0] for r in wanted)
-            hi = max(r[-1][1] for r in wanted)
-            cut = self._head_cut(snap, tenant, lo, hi)
+            cut = self._head_cut(snap, tenant, *_bounds(wanted))
+            if cut is not None and self.cache.enabled:
+                # Whole chunks would be read from raw past the cut, beyond the
+                # window: read only the window, cache only chunks it holds whole.
+                wanted, missing = _clip(wanted, missing, start, stored_end, step)
+                cut = self._head_cut(snap, tenant, *_bounds(wanted)) if wanted else None
         groups = [
             (ids, [g for a, b in rs for g in plan(a, b, step, cut)]) for rs, ids in wanted.items()
         ]
@@ -359,6 +362,31 @@ def _columns(table: pa.Table | None) -> dict[str, np.ndarray]:
     cols["b"] = cols["b"].astype(np.int64, copy=False)
     cols["cnt"] = cols["cnt"].astype(np.int64, copy=False)
     return cols
+
+
+def _bounds(wanted: dict[tuple[tuple[int, int], ...], list[int]]) -> tuple[int, int]:
+    return min(r[0][0] for r in wanted), max(r[-1][1] for r in wanted)
+
+
+def _clip(
+    wanted: dict[tuple[tuple[int, int], ...], list[int]],
+    missing: dict[int, list[tuple[int, int]]],
+    lo: int,
+    hi: int,
+    step: int,
+) -> tuple[dict[tuple[tuple[int, int], ...], list[int]], dict[int, list[tuple[int, int]]]]:
+    """Ranges cut to [lo, hi), and of the missing chunks those still read whole."""
+    clipped: dict[tuple[tuple[int, int], ...], list[int]] = {}
+    for ranges, ids in wanted.items():
+        cut = tuple((max(a, lo), min(b, hi)) for a, b in ranges if max(a, lo) < min(b, hi))
+        if cut:
+            clipped.setdefault(cut, []).extend(ids)
+    span = chunk_span(step)
+    whole = {
+        sensor: [(n, u) for n, u in chunks if lo <= n * span and n * span + u * step <= hi]
+        for sensor, chunks in missing.items()
+    }
+    return clipped, {sensor: chunks for sensor, chunks in whole.items() if chunks}
 
 
 def _chunk_ranges(chunks: list[tuple[int, int]], step: int) -> list[tuple[int, int]]:

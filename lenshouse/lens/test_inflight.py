@@ -8,18 +8,20 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pytest
 
 from lenshouse.ingest.visibility import LoadSpan
 from lenshouse.lens.test_oracle import T0, check_lens, write_shuffled
 from lenshouse.node import Node
 
 
-def test_lens_beside_a_load_in_flight(tmp_path) -> None:
+@pytest.mark.parametrize("cache_mb", [0, 64])
+def test_lens_beside_a_load_in_flight(tmp_path, cache_mb: float) -> None:
     """While a load is in flight, rollups are read up to its oldest point and raw
-    rows of completed loads after it: both sources in one query, still exact."""
-    # Cache off: cached reads widen to whole chunks, which here would put more
-    # than MAX_HEAD_RAW_MS of raw after the cut and send the lens to wait.
-    node = Node(tmp_path / "data", flush_interval=0.02, lens_cache_mb=0).start()
+    rows of completed loads after it: both sources in one query, still exact.
+    With the cache on, the read keeps to the window: whole chunks would put
+    more than MAX_HEAD_RAW_MS of raw after the cut and send the lens to wait."""
+    node = Node(tmp_path / "data", flush_interval=0.02, lens_cache_mb=cache_mb).start()
     try:
         rng = np.random.default_rng(5)
         ts = np.unique(rng.integers(T0, T0 + 600_000, 200_000)).astype(np.int64)
@@ -43,5 +45,8 @@ def test_lens_beside_a_load_in_flight(tmp_path) -> None:
         assert lens.retries == 0  # answered beside the load, not after it
         assert {s.tier is None for s in lens.segments} == {True, False}, lens.segments
         check_lens(lens, data, start, end, 2)
+        # Asked again after the load: cached chunks (whole ones only) and the rest.
+        for _ in range(2):
+            check_lens(node.lenses.lens([1, 2], start, end, step=2_000), data, start, end, 2)
     finally:
         node.stop()
