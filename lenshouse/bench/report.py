@@ -291,21 +291,13 @@ def plot_ingest(results: dict, path: Path) -> bool:
             ts, rs = _rates(tl, key, span=2.0 if ingest else 5.0)  # live: one batch a second
             ax.plot(ts, [r / 1e6 for r in rs], label=label, lw=1.2)
         if ingest:
-            ax.axhline(
-                ingest["ceiling"]["rows_per_s"] / 1e6,
-                color="grey",
-                ls="--",
-                lw=1,
-                label="chDB bare insert ceiling",
-            )
-            if "ceiling_with_rollups" in ingest:
-                ax.axhline(
-                    ingest["ceiling_with_rollups"]["rows_per_s"] / 1e6,
-                    color="grey",
-                    ls="-.",
-                    lw=1,
-                    label="chDB insert with rollup views",
-                )
+            for key, ls, label in (
+                ("ceiling", "--", "chDB bare insert ceiling"),
+                ("ceiling_with_rollups", "-.", "chDB insert with rollup views"),
+            ):
+                if key in ingest:
+                    rate = ingest[key]["rows_per_s"] / 1e6
+                    ax.axhline(rate, color="grey", ls=ls, lw=1, label=label)
             ax.axhline(INGEST_MIN_RATE / 1e6, color="red", ls=":", lw=1, label="target 3.2M/s")
         else:
             m = results["mixed"]

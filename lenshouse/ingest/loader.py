@@ -2,8 +2,8 @@
 
 Each load takes consecutive log records (about a second's worth; 1M rows go at
 once; up to 4M rows while records queue up), writes its intent to
-``loader.json`` (fsynced), inserts the rows with a
-deduplication token derived from the log positions, then records completion.
+``loader.json`` (fsynced), inserts the rows with a deduplication token derived
+from the log positions, then records completion.
 After a crash, the load in doubt is replayed with the same records, sequence
 number and token, so ClickHouse drops whatever part of it already landed, in
 raw data and in every rollup.

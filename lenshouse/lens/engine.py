@@ -26,11 +26,11 @@ MAX_HEAD_RAW_MS = 30_000
 # Reads that may race a load before a lens reads with loads held back.
 OPTIMISTIC_READS = 3
 MAX_EXPORT_ROWS = 50_000_000
+IN_ORDER_MIN_STEP = 20  # ms: raw buckets at least this wide are aggregated in key order
 # PREWHERE (on by default) measured 5-15% slower for a lens's narrow key
 # ranges: the filter columns are read anyway.
-IN_ORDER_MIN_STEP = 20  # ms
 _ALONE = " SETTINGS optimize_move_to_prewhere = 0"
-_BUSY = " SETTINGS optimize_move_to_prewhere = 0, max_threads = 1"
+_BUSY = _ALONE + ", max_threads = 1"
 
 
 @dataclass

@@ -5,6 +5,8 @@ through its view, even when an earlier fill was cut short."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,17 @@ def check(node: Node, ts: np.ndarray, value: np.ndarray) -> None:
         assert mismatch(series, expected) is None
 
 
+@contextmanager
+def older_store(path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Node]:
+    """A store as made before the 10 min tier existed, open while in use."""
+    older = tuple(t for t in TIERS if t is not TEN_MIN)
+    with monkeypatch.context() as m:
+        m.setattr(schema, "TIERS", older)
+        m.setattr(planner, "TIERS", older)
+        with Node(path, flush_interval=0.02) as node:
+            yield node
+
+
 def test_new_tier_is_filled_once_on_upgrade(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -44,12 +57,7 @@ def test_new_tier_is_filled_once_on_upgrade(
     old_ts = np.unique(rng.integers(T0, T0 + 4 * HOUR, 200_000)).astype(np.int64)
     old_v = rng.normal(0, 100, len(old_ts))
 
-    # A store made before the 10 min tier existed.
-    older = tuple(t for t in TIERS if t is not TEN_MIN)
-    with monkeypatch.context() as m:
-        m.setattr(schema, "TIERS", older)
-        m.setattr(planner, "TIERS", older)
-        node = Node(tmp_path / "data", flush_interval=0.02).start()
+    with older_store(tmp_path / "data", monkeypatch) as node:
         write(node, old_ts, old_v)
         # An earlier upgrade cut short: the table exists, holds a partial
         # fill, and has no view yet.
@@ -57,10 +65,8 @@ def test_new_tier_is_filled_once_on_upgrade(
         node.backend.execute(
             f"INSERT INTO {TEN_MIN.table} SELECT * FROM rollup_1m WHERE sensor = 1 LIMIT 5"
         )
-        node.stop()
 
-    node = Node(tmp_path / "data", flush_interval=0.02).start()
-    try:
+    with Node(tmp_path / "data", flush_interval=0.02) as node:
         check(node, old_ts, old_v)
         # Late points into old cells and new points: the view feeds the tier.
         new_ts = np.setdiff1d(
@@ -69,15 +75,10 @@ def test_new_tier_is_filled_once_on_upgrade(
         new_v = rng.normal(0, 100, len(new_ts))
         write(node, new_ts, new_v)
         check(node, np.concatenate([old_ts, new_ts]), np.concatenate([old_v, new_v]))
-    finally:
-        node.stop()
 
     # Opening again fills nothing twice.
-    node = Node(tmp_path / "data", flush_interval=0.02).start()
-    try:
+    with Node(tmp_path / "data", flush_interval=0.02) as node:
         check(node, np.concatenate([old_ts, new_ts]), np.concatenate([old_v, new_v]))
-    finally:
-        node.stop()
 
 
 def test_new_tier_counts_a_load_in_doubt_once(
@@ -88,25 +89,17 @@ def test_new_tier_counts_a_load_in_doubt_once(
     rng = np.random.default_rng(8)
     ts = np.unique(rng.integers(T0, T0 + 4 * HOUR, 100_000)).astype(np.int64)
     value = rng.normal(0, 100, len(ts))
-    older = tuple(t for t in TIERS if t is not TEN_MIN)
-    with monkeypatch.context() as m:
-        m.setattr(schema, "TIERS", older)
-        m.setattr(planner, "TIERS", older)
-        node = Node(tmp_path / "data", flush_interval=0.02).start()
+    with older_store(tmp_path / "data", monkeypatch) as node:
         write(node, ts[: len(ts) // 2], value[: len(ts) // 2])
         before = json.loads((tmp_path / "data" / "loader.json").read_text())
         write(node, ts[len(ts) // 2 :], value[len(ts) // 2 :])
         after = json.loads((tmp_path / "data" / "loader.json").read_text())
-        node.stop()
     assert after["next_seq"] == before["next_seq"] + 1
     # The second load stored everything, then "crashed" before completing.
     seq, first, last = before["next_seq"], before["next_lsn"], after["next_lsn"] - 1
     pending = {"seq": seq, "first_lsn": first, "last_lsn": last}
     (tmp_path / "data" / "loader.json").write_text(json.dumps({**before, "pending": pending}))
 
-    node = Node(tmp_path / "data", flush_interval=0.02).start()
-    try:
+    with Node(tmp_path / "data", flush_interval=0.02) as node:
         assert node.ingestor.loader.state.next_seq == seq + 1
         check(node, ts, value)
-    finally:
-        node.stop()
