@@ -10,7 +10,7 @@ from lenshouse.storage.backend import Backend
 from lenshouse.storage.catalog import Catalog
 from lenshouse.storage.embedded import EmbeddedBackend
 from lenshouse.storage.head import Head
-from lenshouse.storage.schema import add_tiers, create_schema
+from lenshouse.storage.schema import create_schema
 
 DEFAULT_DATA_DIR = Path("lenshouse-data")
 
@@ -33,7 +33,7 @@ class Node:
         self.backend = backend or EmbeddedBackend(
             self.data_dir / "clickhouse", query_connections=query_connections
         )
-        self._new_tiers = create_schema(self.backend)  # added once the log is replayed
+        self._upgrade = create_schema(self.backend)  # finished once the log is replayed
         self.ingestor = Ingestor(
             self.data_dir,
             self.backend,
@@ -41,6 +41,9 @@ class Node:
             fsync=fsync,
             dedup_pages=dedup_pages,
         )
+        # A load in doubt is replayed as it was made: by a store whose view
+        # fed the first tier, without storing cells beside it.
+        self.ingestor.loader.store_cells = not self._upgrade.raw_view
         self.head = Head(head_seconds, max_bytes=int(head_max_mb * 2**20))
         self.ingestor.loader.on_loaded.append(self.head.add)
         self.lenses = LensEngine(
@@ -55,10 +58,13 @@ class Node:
     def start(self) -> Node:
         newest = self.backend.query("SELECT max(ts) AS ts, count() AS n FROM raw")
         self.head.open(newest.column("ts")[0].as_py() if newest.column("n")[0].as_py() else None)
-        self.ingestor.start(after_recovery=lambda: add_tiers(self.backend, self._new_tiers))
-        self._new_tiers = []
+        self.ingestor.start(after_recovery=self._finish_upgrade)
         self._started = True
         return self
+
+    def _finish_upgrade(self) -> None:
+        self._upgrade.finish(self.backend)
+        self.ingestor.loader.store_cells = True
 
     def stop(self) -> None:
         if self._started:

@@ -4,10 +4,10 @@ what chDB itself can insert into a bare table on the same machine, in the
 same run.
 
 * **ceiling**: a separate process opens its own chDB, creates a MergeTree
-  table with the raw table's columns, codecs and order but no materialized
-  views, and inserts 1M-row Arrow tables (``INSERT … SELECT * FROM
-  Python(table)``, the loader's own method) back to back. Rows per second of
-  insert time.
+  table with the raw table's columns, codecs and order but no rollups, and
+  inserts 1M-row Arrow tables (``INSERT … SELECT * FROM Python(table)``, the
+  loader's own method) back to back. Rows per second of insert time. A second
+  ceiling does the same with the rollup tiers kept as lenshouse keeps them.
 * **arrow**: a client process posts 1-second batches of the generator's fleet
   (every sensor, ``Content-Type: application/vnd.apache.arrow.stream``) as
   fast as the server acknowledges them, from ``senders`` threads, for the
@@ -66,30 +66,33 @@ def ceiling_process(
     sensors: int,
     rate_hz: int,
     batch_rows: int = 1_000_000,
-    views: bool = False,
+    rollups: bool = False,
 ) -> dict:
     """Insert ``batch_rows``-row Arrow tables into a plain MergeTree for
-    ``seconds``; with ``views``, into the raw table with every rollup tier's
-    view, as lenshouse does (the share of the ceiling ClickHouse itself spends
-    on rollups)."""
+    ``seconds``; with ``rollups``, into the raw table and their cells
+    (computed as the loader does, and timed with the inserts) into the first
+    tier, whose views fill the others: the share of the ceiling that keeping
+    rollups costs, before HTTP, the log and dedup."""
     import chdb
     import numpy as np
     import pyarrow as pa
 
     from lenshouse.bench.prepare import fleet_chunk
     from lenshouse.generators.signals import Fleet
+    from lenshouse.rollup.cells import cells
     from lenshouse.rollup.tiers import TIERS, tier_table_ddl, tier_view_ddl
     from lenshouse.storage.schema import RAW_DDL
 
     Path(path).mkdir(parents=True, exist_ok=True)
     conn = chdb.connect(path)
     ddl = RAW_DDL.split("SETTINGS")[0]  # no deduplication window either: a bare table
-    if views:
+    if rollups:
         conn.query(ddl)
         source = None
         for tier in TIERS:
             conn.query(tier_table_ddl(tier, 0))
-            conn.query(tier_view_ddl(tier, source))
+            if source is not None:
+                conn.query(tier_view_ddl(tier, source))
             source = tier
         table = "raw"
     else:
@@ -120,6 +123,12 @@ def ceiling_process(
         )
         t = time.monotonic()
         conn.query(f"INSERT INTO {table} SELECT * FROM Python(rows) SETTINGS {INSERT_SETTINGS}")
+        if rollups:
+            codes = np.zeros(len(b), np.int32)
+            c = cells(codes, ["default"], b.sensor, b.ts + shift, b.value)  # noqa: F841
+            conn.query(
+                f"INSERT INTO {TIERS[0].table} SELECT * FROM Python(c) SETTINGS {INSERT_SETTINGS}"
+            )
         dt = time.monotonic() - t
         insert_s += dt
         rows_total += len(b)
@@ -128,17 +137,22 @@ def ceiling_process(
     wall = time.monotonic() - t0
     cpu = process_cpu_seconds() - cpu0
     counted = int(conn.query(f"SELECT count() FROM {table}", "CSV").data().strip())
+    in_tiers = [
+        int(conn.query(f"SELECT sum(cnt) FROM {t.table}", "CSV").data().strip())
+        for t in (TIERS if rollups else ())
+    ]
     conn.close()
     return {
         "rows": rows_total,
         "rows_in_table": counted,
+        "rows_in_tiers": in_tiers,
         "batch_rows": len(pool[0]),
         "inserts": k,
         "insert_seconds": insert_s,
         "wall_seconds": wall,
         "rows_per_s": rows_total / insert_s if insert_s > 0 else 0.0,
         "rows_per_wall_s": rows_total / wall if wall > 0 else 0.0,
-        "views": views,
+        "rollups": rollups,
         "cpu_seconds": cpu,
         "timeline": timeline,
     }
@@ -356,10 +370,10 @@ def _loaded_rate(timeline: list[dict], until: float, warmup: float = 5.0) -> flo
 def run_ingest(cfg: BenchConfig, workdir: Path) -> dict:
     workdir = Path(workdir)
     console.rule("[bold]ingest")
-    # 1. the ceilings, alone on the machine: a bare table, then with the views
+    # 1. the ceilings, alone on the machine: a bare table, then with rollups
     seconds = cfg.ceiling_duration or cfg.duration
-    ceiling = _ceiling(cfg, workdir, seconds, views=False)
-    with_views = _ceiling(cfg, workdir, max(1, seconds // 3), views=True)
+    ceiling = _ceiling(cfg, workdir, seconds, rollups=False)
+    with_views = _ceiling(cfg, workdir, max(1, seconds // 3), rollups=True)
     out: dict = {"ceiling": ceiling, "ceiling_with_rollups": with_views}
     data = workdir / "ingest"
     shutil.rmtree(data, ignore_errors=True)
@@ -405,10 +419,10 @@ def run_ingest(cfg: BenchConfig, workdir: Path) -> dict:
     return out
 
 
-def _ceiling(cfg: BenchConfig, workdir: Path, seconds: int, views: bool) -> dict:
+def _ceiling(cfg: BenchConfig, workdir: Path, seconds: int, rollups: bool) -> dict:
     path = workdir / "ceiling"
     shutil.rmtree(path, ignore_errors=True)
-    what = "with the rollup views" if views else "bare"
+    what = "with the rollups" if rollups else "bare"
     console.print(f"  chDB insert ceiling, {what} ({seconds} s)…")
     ceiling = spawn(
         ceiling_process,
@@ -416,7 +430,7 @@ def _ceiling(cfg: BenchConfig, workdir: Path, seconds: int, views: bool) -> dict
         seconds,
         cfg.ingest_sensors,
         cfg.ingest_rate_hz,
-        views=views,
+        rollups=rollups,
         name="ceiling",
         workdir=workdir,
     ).result(timeout=seconds + 300)

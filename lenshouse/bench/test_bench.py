@@ -13,6 +13,7 @@ from lenshouse.bench.common import BenchConfig
 from lenshouse.bench.ingest import _shift_text, _text_bodies
 from lenshouse.bench.prepare import Dataset, chunks
 from lenshouse.ingest.formats import decode_json, decode_line_protocol
+from lenshouse.rollup.tiers import TIERS
 
 
 def _ordered(lat: dict) -> bool:
@@ -72,8 +73,9 @@ def test_ingest_counts_every_point(report) -> None:
         assert d["timeline"][-1]["loaded"] == d["points_loaded"]
     assert ing["ratio"] == pytest.approx(ing["arrow"]["end_to_end_per_s"] / c["rows_per_s"])
     v = ing["ceiling_with_rollups"]
-    assert v["views"] and not c["views"]
+    assert v["rollups"] and not c["rollups"]
     assert v["rows"] == v["rows_in_table"] > 0 and v["rows_per_s"] > 0
+    assert v["rows_in_tiers"] == [v["rows"]] * len(TIERS) and c["rows_in_tiers"] == []
     assert ing["ratio_to_rollup_ceiling"] == pytest.approx(
         ing["arrow"]["end_to_end_per_s"] / v["rows_per_s"]
     )

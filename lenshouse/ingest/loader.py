@@ -2,10 +2,11 @@
 
 Each load takes consecutive log records (about a second's worth; 1M rows go at
 once; up to 4M rows while records queue up), writes its intent to
-``loader.json`` (fsynced), inserts the rows with a deduplication token derived
-from the log positions, then records completion.
+``loader.json`` (fsynced), inserts the rows into raw and their cells into the
+first rollup tier, each with a deduplication token derived from the log
+positions, then records completion.
 After a crash, the load in doubt is replayed with the same records, sequence
-number and token, so ClickHouse drops whatever part of it already landed, in
+number and tokens, so ClickHouse drops whatever part of it already landed, in
 raw data and in every rollup.
 """
 
@@ -29,6 +30,7 @@ import pyarrow as pa
 from lenshouse.ingest.dedup import Duplicates, SeenIndex, count_conflicts
 from lenshouse.ingest.visibility import LoadSpan, Visibility, footprint_keys, footprint_sensors
 from lenshouse.ingest.wal import Record, WriteAheadLog
+from lenshouse.rollup.cells import FIRST, cells, footprint_points
 from lenshouse.storage.backend import Backend, StorageError
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,7 @@ class Loader:
         max_rows: int = 4_000_000,
         dedup_pages: int = 65_536,
         ready_rows: int = 1_000_000,
+        store_cells: bool = True,
     ) -> None:
         self.wal = wal
         self.backend = backend
@@ -117,6 +120,9 @@ class Loader:
         # past ready_rows it goes as soon as the queue is empty (no wait).
         self.max_rows = max_rows
         self.ready_rows = ready_rows
+        # False only while replaying a load of a store whose first tier is
+        # still fed by a view on raw (made by an older version).
+        self.store_cells = store_cells
         self.stats = LoaderStats()
         self._queue: queue.Queue[tuple[Record, float]] = queue.Queue()
         self._queued_lock = threading.Lock()
@@ -240,11 +246,17 @@ class Loader:
         self.state.pending = Pending(seq, first, last)
         self.state.save(self.state_path)
         t0 = time.perf_counter()
-        table, span, dups = self._retry(lambda: self._prepare(records, seq), self.index.forget)
+        table, cell_rows, span, dups = self._retry(
+            lambda: self._prepare(records, seq), self.index.forget
+        )
         self.visibility.begin(span)
         token = f"lh-{self.state.epoch}-{seq}-{first}-{last}"
         if table.num_rows:
             self._insert_with_retry("raw", table, token)
+            if self.store_cells:
+                # Its views fill the coarser tiers; a replay after a crash
+                # between the two inserts stores only what is missing.
+                self._insert_with_retry(FIRST.table, cell_rows, token + "-cells")
         self._register_sensors(span, token)
         if len(dups):  # counted before completion so that readers see final counts
             self.stats.conflicts += self._retry(lambda: count_conflicts(self.backend, dups, seq))
@@ -252,13 +264,15 @@ class Loader:
         self.stats.last_insert_seconds = time.perf_counter() - t0
         for callback in self.on_loaded:
             callback(seq, table)
+        # Visible to lenses before it counts as loaded (``wait_loaded``,
+        # /healthz), so whoever waits for a load then sees it in every lens.
+        self.visibility.end(seq)
         with self._loaded:
             self.state.next_lsn = last + 1
             self.state.next_seq = seq + 1
             self.state.pending = None
             self.state.save(self.state_path)
             self._loaded.notify_all()
-        self.visibility.end(seq)
         self.stats.loads += 1
         self.stats.rows_loaded += table.num_rows
         self._dequeue(last, sum(len(r.batch) for r in records))
@@ -290,8 +304,11 @@ class Loader:
                     raise LoaderStopped from e
                 delay = min(delay * 2, 5.0)
 
-    def _prepare(self, records: list[Record], seq: int) -> tuple[pa.Table, LoadSpan, Duplicates]:
-        """The rows this load stores: each record's points not seen before."""
+    def _prepare(
+        self, records: list[Record], seq: int
+    ) -> tuple[pa.Table, pa.Table, LoadSpan, Duplicates]:
+        """The rows this load stores (each record's points not seen before),
+        their first-tier cells, its span and the duplicates."""
         self.index.begin_load(seq)
         dups = Duplicates()
         kept = []
@@ -333,7 +350,7 @@ class Loader:
 
 def _to_arrow(
     records: list[Record], kept: list[np.ndarray | None], seq: int
-) -> tuple[pa.Table, LoadSpan]:
+) -> tuple[pa.Table, pa.Table, LoadSpan]:
     def col(name: str) -> np.ndarray:
         parts = [
             getattr(r.batch, name) if k is None else getattr(r.batch, name)[k]
@@ -357,8 +374,11 @@ def _to_arrow(
     )
     lo, hi = (int(ts.min()), int(ts.max())) if len(ts) else (0, -1)
     sensor = table.column("sensor").to_numpy()
+    cell_rows = cells(idx, tenants, sensor, ts, table.column("value").to_numpy())
+    # The footprint from the cells' ends: a hundredth of the points to sort.
+    fcode, fsensor, fts = footprint_points(cell_rows)
     if len(tenants) == 1:
-        cells = {tenants[0]: footprint_keys(sensor, ts)}
+        foot = {tenants[0]: footprint_keys(fsensor, fts)}
     else:
-        cells = {t: footprint_keys(sensor[idx == i], ts[idx == i]) for t, i in code.items()}
-    return table, LoadSpan(seq, frozenset(tenants), lo, hi, cells)
+        foot = {t: footprint_keys(fsensor[fcode == i], fts[fcode == i]) for t, i in code.items()}
+    return table, cell_rows, LoadSpan(seq, frozenset(tenants), lo, hi, foot)

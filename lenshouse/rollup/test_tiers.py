@@ -1,6 +1,8 @@
-"""A tier added to a store that already holds data (an upgrade) holds every
-point exactly once: old points by the fill when the store opens, new points
-through its view, even when an earlier fill was cut short."""
+"""Every tier holds every point exactly once across crashes and upgrades: a
+tier added to a store that already holds data is filled when the store opens
+(even after a fill cut short), the first tier's cells stored by the loader
+survive a crash beside their insert, and a store whose first tier was fed by
+a view on raw moves to cells without counting a point twice."""
 
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ import lenshouse.storage.schema as schema
 from lenshouse.lens.oracle import brute_force, mismatch
 from lenshouse.node import Node
 from lenshouse.points import PointBatch
-from lenshouse.rollup.tiers import TIERS
+from lenshouse.rollup.cells import FIRST
+from lenshouse.rollup.tiers import TIERS, tier_view_ddl
+from lenshouse.storage.embedded import EmbeddedBackend
 
 T0 = 1_700_000_000_000
 HOUR = 3_600_000
@@ -103,3 +107,111 @@ def test_new_tier_counts_a_load_in_doubt_once(
     with Node(tmp_path / "data", flush_interval=0.02) as node:
         assert node.ingestor.loader.state.next_seq == seq + 1
         check(node, ts, value)
+
+
+# -- the first tier's cells, stored by the loader beside the raw rows ---------
+
+
+class Crash(BaseException):
+    """The process dying: not a storage error, so nothing retries."""
+
+
+class DiesAtCells(EmbeddedBackend):
+    """Dies on the first tier's insert, just before or just after it lands."""
+
+    when: str | None = None
+
+    def insert(self, table: str, data, token: str | None = None) -> None:
+        if table == FIRST.table and self.when == "before":
+            raise Crash
+        super().insert(table, data, token)
+        if table == FIRST.table and self.when == "after":
+            raise Crash
+
+
+def totals(node: Node) -> dict[str, int]:
+    """Points counted by raw and by every tier."""
+    out = {"raw": node.backend.query("SELECT count() AS n FROM raw").column("n")[0].as_py()}
+    for tier in TIERS:
+        q = f"SELECT toUInt64(sum(cnt)) AS n FROM {tier.table}"
+        out[tier.table] = node.backend.query(q).column("n")[0].as_py()
+    return out
+
+
+# Per tier, a bucket width that it divides and the next tier does not.
+STEPS = {"100ms": 500, "1s": 30_000, "1m": 300_000, "10m": 1_800_000, "1h": HOUR}
+
+
+def check_every_tier(node: Node, ts: np.ndarray, value: np.ndarray) -> None:
+    assert set(totals(node).values()) == {len(ts)}, totals(node)
+    for tier in TIERS:
+        lens = node.lenses.lens([1, 2, 3], T0, T0 + 2 * HOUR, step=STEPS[tier.name])
+        assert {s.tier for s in lens.segments} == {tier}, lens.segments
+        for series in lens.series:
+            m = ts % 3 + 1 == series.sensor
+            expected = brute_force(ts[m], value[m], lens.start, lens.end, lens.step)
+            assert mismatch(series, expected) is None, tier
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_crash_beside_the_cells_insert_counts_every_point_once(tmp_path: Path, when: str) -> None:
+    """The loader dies with raw stored and the cells not yet (or just) stored:
+    the replay on restart stores each exactly once."""
+    rng = np.random.default_rng(9)
+    ts = np.unique(rng.integers(T0, T0 + 4 * HOUR, 90_000)).astype(np.int64)
+    value = rng.integers(-(2**15), 2**15, len(ts)) / 8.0
+    data = tmp_path / "data"
+    backend = DiesAtCells(data / "clickhouse")
+    node = Node(data, backend=backend, flush_interval=0.02).start()
+    write(node, ts[:30_000], value[:30_000])
+    backend.when = when
+    lsn = node.ingestor.write_sync(
+        PointBatch.from_columns(
+            "default", (ts[30_000:] % 3 + 1).astype(np.uint32), ts[30_000:], value[30_000:]
+        )
+    )
+    assert not node.ingestor.wait_visible(lsn, 2)  # the loader died mid-load
+    assert node.ingestor.loader.state.pending is not None
+    node.ingestor.loader.stop(drain=False)
+    node.stop()
+
+    with Node(data, flush_interval=0.02, lens_cache_mb=0) as node:
+        check_every_tier(node, ts, value)
+
+
+def test_a_store_whose_view_fed_the_first_tier_is_upgraded_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store made when a view on raw fed the first tier, opened with a load in
+    doubt: the replay runs as that load was made (by the view), then the view
+    goes and the loader stores cells; every point counts once."""
+    rng = np.random.default_rng(10)
+    ts = np.unique(rng.integers(T0, T0 + 4 * HOUR, 120_000)).astype(np.int64)
+    value = rng.integers(-(2**15), 2**15, len(ts)) / 8.0
+    data = tmp_path / "data"
+    Node(data).stop()
+    backend = EmbeddedBackend(data / "clickhouse")
+    backend.execute(tier_view_ddl(FIRST, None))
+    backend.close()
+
+    with monkeypatch.context() as m:  # the older version: the view stays
+        m.setattr(Node, "_finish_upgrade", lambda self: None)
+        with Node(data, flush_interval=0.02) as node:
+            assert not node.ingestor.loader.store_cells
+            write(node, ts[:40_000], value[:40_000])
+            before = json.loads((data / "loader.json").read_text())
+            write(node, ts[40_000:80_000], value[40_000:80_000])
+            after = json.loads((data / "loader.json").read_text())
+    assert after["next_seq"] == before["next_seq"] + 1
+    seq, first, last = before["next_seq"], before["next_lsn"], after["next_lsn"] - 1
+    pending = {"seq": seq, "first_lsn": first, "last_lsn": last}
+    (data / "loader.json").write_text(json.dumps({**before, "pending": pending}))
+
+    with Node(data, flush_interval=0.02, lens_cache_mb=0) as node:
+        names = node.backend.query("SELECT name FROM system.tables").column("name").to_pylist()
+        assert f"{FIRST.table}_mv" not in names
+        assert node.ingestor.loader.store_cells
+        check_every_tier(node, ts[:80_000], value[:80_000])
+        write(node, ts[80_000:], value[80_000:])
+        check_every_tier(node, ts, value)

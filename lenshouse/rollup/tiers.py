@@ -5,10 +5,11 @@ raw points in the cell. These states merge exactly: a late point simply adds
 another partial row for its cell, and queries fold rows with sum/min/max, so a
 tier answers exactly what raw data would, merged or not.
 
-The first tier is fed by a materialized view on the raw table; each coarser
-tier by a view on the tier below it, so only the first view touches every raw
-point. Inserts carry a deduplication token, and the views inherit it, so a
-retried load neither doubles raw rows nor any tier.
+The loader stores the first tier's cells itself, beside the raw rows (see
+:mod:`lenshouse.rollup.cells`); each coarser tier is fed by a materialized view
+on the tier below it, so no view touches raw points. Both inserts carry a
+deduplication token, and the views inherit it, so a retried load neither
+doubles raw rows nor any tier.
 
 Tiers were picked by cost: a 10 ms tier costs about as much disk as raw data,
 100 ms about a tenth of that, 1 s and coarser almost nothing (the 10 min tier

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from lenshouse.rollup.tiers import TIERS, Tier, tier_select, tier_table_ddl, tier_view_ddl
 from lenshouse.storage.backend import Backend
 
@@ -40,10 +42,27 @@ ORDER BY (tenant, sensor)"""
 # time, implicit registration on first write uses 0).
 
 
-def create_schema(backend: Backend) -> list[Tier]:
-    """Create what is missing, and return the tiers new to a store that already
-    holds data (an upgrade): those wait for :func:`add_tiers`, after the load
-    in doubt, if any, has been replayed."""
+@dataclass
+class Upgrade:
+    """What opening an existing store leaves to do once the load in doubt, if
+    any, is replayed (nothing loads meanwhile)."""
+
+    tiers: list[Tier] = field(default_factory=list)  # new tiers, to fill
+    raw_view: bool = False  # the first tier is still fed by a view on raw
+
+    def finish(self, backend: Backend) -> None:
+        if self.raw_view:
+            # From now on the loader stores the first tier's cells itself.
+            backend.execute(f"DROP VIEW IF EXISTS {TIERS[0].table}_mv")
+            self.raw_view = False
+        add_tiers(backend, self.tiers)
+        self.tiers = []
+
+
+def create_schema(backend: Backend) -> Upgrade:
+    """Create what is missing; for a store that already holds data, return
+    what waits for the log's replay: tiers new to it, and a first tier still
+    fed by a view on raw (the loader replays a load in doubt as it was made)."""
     existing = set(
         backend.query("SELECT name FROM system.tables WHERE database = currentDatabase()")
         .column("name")
@@ -53,16 +72,20 @@ def create_schema(backend: Backend) -> list[Tier]:
     backend.execute(SENSORS_DDL)
     if "raw" not in existing:  # a new store: every tier, empty
         add_tiers(backend, list(TIERS), fill=False)
-        return []
-    return [t for t in TIERS if f"{t.table}_mv" not in existing]
+        return Upgrade()
+    # Every store has had the first tier; a coarser one is complete once its
+    # view exists.
+    new = [t for t in TIERS[1:] if f"{t.table}_mv" not in existing]
+    return Upgrade(new, raw_view=f"{TIERS[0].table}_mv" in existing)
 
 
 def add_tiers(backend: Backend, tiers: list[Tier], fill: bool = True) -> None:
-    """Create ``tiers`` and their views. With ``fill``, each is first filled
-    from its source, so it holds every stored point exactly once; nothing may
-    load meanwhile. The view comes last, so a fill cut short is redone from
-    scratch. (Filled before a replay, a tier would count the replayed load
-    twice: once from the fill, once through its new view.)"""
+    """Create ``tiers`` and the views that feed all but the first (the loader
+    stores its cells). With ``fill``, each is first filled from its source,
+    so it holds every stored point exactly once; nothing may load meanwhile.
+    The view comes last, so a fill cut short is redone from scratch. (Filled
+    before a replay, a tier would count the replayed load twice: once from
+    the fill, once through its new view.)"""
     for tier in tiers:
         i = TIERS.index(tier)
         source = TIERS[i - 1] if i else None
@@ -70,4 +93,5 @@ def add_tiers(backend: Backend, tiers: list[Tier], fill: bool = True) -> None:
         if fill:
             backend.execute(f"TRUNCATE TABLE {tier.table}")
             backend.execute(f"INSERT INTO {tier.table} {tier_select(tier, source)}")
-        backend.execute(tier_view_ddl(tier, source))
+        if source is not None:
+            backend.execute(tier_view_ddl(tier, source))
