@@ -15,6 +15,7 @@ ClickHouse range read of the pages they fall in, never a wrong answer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,6 +64,9 @@ class SeenIndex:
         self._extent_loaded = False
         self.fill_queries = 0
         self.fill_rows = 0
+        # Called before reading raw: the loader waits there for the load it is
+        # still storing, so a fill sees every earlier load.
+        self.before_read: Callable[[], None] = lambda: None
 
     @property
     def pages(self) -> int:
@@ -91,6 +95,7 @@ class SeenIndex:
         """Page ranges per sensor from the coarsest rollup: a superset of what
         earlier loads stored (the tier may also hold part of a load in doubt,
         which only costs an extra query)."""
+        self.before_read()
         rows = self.backend.query(
             "SELECT tenant, sensor, min(t) AS lo, max(t) AS hi FROM rollup_1h"
             " GROUP BY tenant, sensor"
@@ -182,6 +187,7 @@ class SeenIndex:
     def _fill(self, tenant: str, missing: list[tuple[int, int, int]]) -> None:
         """Load the pages in ``missing`` from raw rows of earlier loads."""
         conds = _page_conditions([(s, p) for s, p, _ in missing])
+        self.before_read()
         self.fill_queries += 1
         rows = self.backend.query(
             f"SELECT sensor, ts FROM raw WHERE tenant = '{tenant}'"

@@ -21,6 +21,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -131,6 +132,10 @@ class Loader:
         self._thread: threading.Thread | None = None
         self._known_sensors: set[tuple[str, int]] = set()
         self.index = SeenIndex(backend, capacity_pages=dedup_pages)
+        # A filter's reads of raw wait for the load being stored: it must
+        # see every earlier load, as a replay after a crash would.
+        self._storing: Future | None = None
+        self.index.before_read = self._wait_stored
         self._loaded = threading.Condition()
         self.backlog_end = wal.next_lsn  # records below this are read from disk
         # Called with (seq, rows) once a load is stored, before lenses may see it.
@@ -188,14 +193,30 @@ class Loader:
             self._thread = None
 
     def _run(self) -> None:
-        try:
-            for group in self._groups():
-                self._load(group, self.state.next_seq)
-        except LoaderStopped:
-            log.info("loader stopped with a load in doubt; it is replayed on restart")
-        except Exception:  # pragma: no cover - surfaced through /healthz
-            log.exception("loader stopped")
-            raise
+        """Load groups in order; the next group is filtered and folded while
+        the one before it is being stored (ClickHouse's insert runs outside
+        the GIL), and stores stay strictly one after another."""
+        with ThreadPoolExecutor(1, thread_name_prefix="loader-store") as pool:
+            try:
+                seq = self.state.next_seq
+                for group in self._groups():
+                    prepared = self._prepared(group, seq)
+                    self._wait_stored()
+                    self._storing = pool.submit(self._store, group, seq, prepared)
+                    seq += 1
+                self._wait_stored()
+            except LoaderStopped:
+                log.info("loader stopped with a load in doubt; it is replayed on restart")
+            except Exception:  # pragma: no cover - surfaced through /healthz
+                log.exception("loader stopped")
+                raise
+
+    def _wait_stored(self) -> None:
+        """Wait until the load being stored, if any, is complete (or raise
+        what stopped it)."""
+        storing, self._storing = self._storing, None
+        if storing is not None:
+            storing.result()
 
     def _groups(self) -> Iterator[list[Record]]:
         """Consecutive records, ~flush_interval or max_rows at a time."""
@@ -242,13 +263,25 @@ class Loader:
 
     # -- one load -------------------------------------------------------------
     def _load(self, records: list[Record], seq: int) -> None:
+        self._store(records, seq, self._prepared(records, seq))
+
+    def _prepared(
+        self, records: list[Record], seq: int
+    ) -> tuple[pa.Table, pa.Table, LoadSpan, Duplicates]:
+        return self._retry(lambda: self._prepare(records, seq), self.index.forget)
+
+    def _store(
+        self,
+        records: list[Record],
+        seq: int,
+        prepared: tuple[pa.Table, pa.Table, LoadSpan, Duplicates],
+    ) -> None:
+        """Store a prepared load: intent, inserts, completion."""
         first, last = records[0].lsn, records[-1].lsn
         self.state.pending = Pending(seq, first, last)
         self.state.save(self.state_path)
         t0 = time.perf_counter()
-        table, cell_rows, span, dups = self._retry(
-            lambda: self._prepare(records, seq), self.index.forget
-        )
+        table, cell_rows, span, dups = prepared
         self.visibility.begin(span)
         token = f"lh-{self.state.epoch}-{seq}-{first}-{last}"
         if table.num_rows:

@@ -1,6 +1,7 @@
-"""What the loader reports as loaded (``/healthz``, ``wait_loaded``) every lens
-already sees: a client that waits for its write and then asks a lens gets its
-points, even while the loader is still recording the load as done."""
+"""The loader's order of work: what it reports as loaded (``/healthz``,
+``wait_loaded``) every lens already sees, even while it is still recording the
+load as done; and a load filtered while the previous one is stored still drops
+the points that one brings."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from lenshouse.ingest import loader as loader_module
 from lenshouse.node import Node
 from lenshouse.points import PointBatch
+from lenshouse.storage.embedded import EmbeddedBackend
 
 T0 = 1_700_000_000_000
 
@@ -39,3 +41,36 @@ def test_a_load_reported_loaded_is_visible_to_lenses(
                 time.sleep(0.001)
             lens = node.lenses.lens([1], T0, T0 + 3000, step=1000)
             assert lens.series[0].count.tolist() == [500] * (k + 1)
+
+
+class SlowRawInsert(EmbeddedBackend):
+    def insert(self, table: str, data, token: str | None = None) -> None:
+        if table == "raw":
+            time.sleep(0.3)  # the next load gets filtered meanwhile
+        super().insert(table, data, token)
+
+
+def test_a_load_filtered_while_the_previous_is_stored_drops_its_repeats(
+    tmp_path: Path,
+) -> None:
+    """The next load is filtered while the previous one is being stored; with a
+    dedup memory too small to keep the previous load's pages, the filter reads
+    raw, and must wait for that store to see its points."""
+    data = tmp_path / "data"
+    backend = SlowRawInsert(data / "clickhouse")
+    with Node(data, backend=backend, flush_interval=0.02, dedup_pages=4, lens_cache_mb=0) as node:
+        sensor = np.repeat(np.arange(1, 21, dtype=np.uint32), 50)
+        ts = T0 + np.tile(np.arange(50, dtype=np.int64) * 9000, 20)  # a page per point
+        first = PointBatch.from_columns("default", sensor, ts, ts * 0.5)
+        node.ingestor.write_sync(first)
+        deadline = time.monotonic() + 10
+        while not node.ingestor.visibility.snapshot().inflight:  # its store has begun
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        again = PointBatch.from_columns("default", sensor, ts, ts * 0.5)
+        lsn = node.ingestor.write_sync(again)
+        assert node.ingestor.wait_visible(lsn, 30)
+        n = node.backend.query("SELECT count() AS n FROM raw").column("n")[0].as_py()
+        assert n == len(ts)
+        assert node.ingestor.loader.stats.duplicates == len(ts)
+        assert node.ingestor.loader.index.fill_queries > 0
