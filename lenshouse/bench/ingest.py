@@ -81,13 +81,12 @@ def ceiling_process(
     from lenshouse.generators.signals import Fleet
     from lenshouse.rollup.cells import cells
     from lenshouse.rollup.tiers import TIERS, tier_table_ddl, tier_view_ddl
-    from lenshouse.storage.schema import RAW_DDL
+    from lenshouse.storage.schema import raw_ddl
 
     Path(path).mkdir(parents=True, exist_ok=True)
     conn = chdb.connect(path)
-    ddl = RAW_DDL.split("SETTINGS")[0]  # no deduplication window either: a bare table
     if rollups:
-        conn.query(ddl)
+        conn.query(raw_ddl(0))
         source = None
         for tier in TIERS:
             conn.query(tier_table_ddl(tier, 0))
@@ -96,7 +95,7 @@ def ceiling_process(
             source = tier
         table = "raw"
     else:
-        conn.query(ddl.replace("CREATE TABLE IF NOT EXISTS raw", "CREATE TABLE plain"))
+        conn.query(raw_ddl(0, "plain"))  # the raw table's columns, codecs and merges
         table = "plain"
     fleet = Fleet(sensors=sensors, rate_hz=rate_hz, start_ms=_start_ms())
     per_batch_s = max(1, math.ceil(batch_rows / (sensors * rate_hz)))
