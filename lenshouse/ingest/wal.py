@@ -13,11 +13,18 @@ Record layout (little endian)::
 
 The crc covers everything after itself. A torn record at the tail of the last
 segment (a crash mid-append) is cut off on recovery: it was never acknowledged.
+
+Where the filesystem allows it, segments are written with O_DIRECT (see
+:class:`SegmentFile`): a buffered write of a 20 MB group cost 4-47 ms of CPU
+here, mostly the kernel's copy into the page cache and reclaiming pages for
+it, against under 1 ms direct; the log is read back only on recovery.
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
+import mmap
 import os
 import queue
 import struct
@@ -37,6 +44,8 @@ HEADER = struct.Struct("<4sIIQHI")
 _CRC_FROM = 8  # crc covers the header from payload_len on, then the payload
 SEGMENT_SUFFIX = ".wal"
 POINT_BYTES = 20
+ALIGN = 4096  # O_DIRECT writes whole blocks from aligned memory
+_IOV_MAX = 1024  # buffers per writev (Linux's limit)
 
 
 class CorruptLog(RuntimeError):
@@ -90,6 +99,91 @@ def decode_at(buf: memoryview, off: int) -> tuple[Record, int] | None:
     return Record(lsn, PointBatch(tenant, sensor, ts, value)), end
 
 
+class SegmentFile:
+    """Appends groups of records to one segment file, each group in one write.
+
+    With ``direct`` (and a filesystem that accepts O_DIRECT) the bytes go from
+    an aligned buffer to the device without the page cache. O_DIRECT writes
+    whole blocks, so the file's last partial block is kept in memory, written
+    again in front of the next group, and the file is cut back to the records'
+    end: its content is exactly what plain appends would leave. A crash between
+    the write and the cut leaves zeros after the last record, which recovery
+    cuts off like any torn tail.
+    """
+
+    def __init__(self, path: Path, direct: bool) -> None:
+        self.path = path
+        self.direct = False
+        fd = None
+        if direct and hasattr(os, "O_DIRECT"):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o644)
+                self.direct = True
+            except OSError as e:
+                if e.errno != errno.EINVAL:  # EINVAL: the filesystem has no O_DIRECT
+                    raise
+        if fd is None:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.fd = fd
+        self.size = os.fstat(fd).st_size
+        self._tail = b""
+        if self.direct and self.size % ALIGN:
+            with open(path, "rb") as f:
+                f.seek(self.size // ALIGN * ALIGN)
+                self._tail = f.read()
+        self._buf = mmap.mmap(-1, ALIGN)  # page-aligned; grown as groups need
+
+    def append(self, parts: list[bytes | memoryview]) -> None:
+        """Write ``parts`` after the last record (not yet synced)."""
+        want = sum(len(p) for p in parts)
+        if not self.direct:
+            n = 0
+            for i in range(0, len(parts), _IOV_MAX):
+                n += os.writev(self.fd, parts[i : i + _IOV_MAX])
+            if n != want:  # a short write leaves a torn tail: the caller cuts it
+                raise OSError(f"short write to log ({n} of {want} bytes)")
+            self.size += n
+            return
+        base = self.size - len(self._tail)
+        total = len(self._tail) + want
+        padded = -(-total // ALIGN) * ALIGN
+        if len(self._buf) < padded:  # the old map goes with its last view
+            self._buf = mmap.mmap(-1, padded + (padded >> 2))
+        buf = memoryview(self._buf)
+        try:
+            pos = len(self._tail)
+            buf[:pos] = self._tail
+            for p in parts:
+                n = len(p)
+                buf[pos : pos + n] = p
+                pos += n
+            buf[pos:padded] = bytes(padded - pos)
+            n = os.pwrite(self.fd, buf[:padded], base)
+            if n != padded:
+                raise OSError(f"short write to log ({n} of {padded} bytes)")
+            os.ftruncate(self.fd, base + total)
+            keep = total // ALIGN * ALIGN
+            self._tail = bytes(buf[keep:total])
+        finally:
+            buf.release()
+        self.size = base + total
+
+    def cut(self, size: int) -> None:
+        """Cut the file back to ``size`` bytes (a failed group's start)."""
+        os.ftruncate(self.fd, size)
+        if self.direct and size != self.size:
+            with open(self.path, "rb") as f:
+                f.seek(size // ALIGN * ALIGN)
+                self._tail = f.read(size % ALIGN)
+        self.size = size
+
+    def sync(self) -> None:
+        os.fdatasync(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 class WriteAheadLog:
     """Segmented, fsynced, group-committed log of accepted batches."""
 
@@ -99,6 +193,7 @@ class WriteAheadLog:
         segment_bytes: int = 256 << 20,
         fsync: bool = True,
         on_durable: Callable[[Record], None] | None = None,
+        direct: bool = True,
     ) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -106,8 +201,9 @@ class WriteAheadLog:
         self.fsync = fsync
         self.on_durable = on_durable
         self._queue: queue.Queue[tuple[PointBatch, Future] | None] = queue.Queue()
-        self._fd: int | None = None
-        self._size = 0
+        self.direct = direct  # O_DIRECT where the filesystem has it
+        self.direct_io: bool | None = None  # whether the open segment uses it
+        self._file: SegmentFile | None = None
         self.next_lsn = 0
         self.fsyncs = 0
         self.bytes_written = 0
@@ -198,19 +294,19 @@ class WriteAheadLog:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def _open_segment(self) -> None:
         """Continue the last segment after a restart, or start a new one when full."""
         segs = self.segments()
-        reuse = self._fd is None and segs and segs[-1][1].stat().st_size < self.segment_bytes
-        if self._fd is not None:
-            os.close(self._fd)
+        reuse = self._file is None and segs and segs[-1][1].stat().st_size < self.segment_bytes
+        if self._file is not None:
+            self._file.close()
         path = segs[-1][1] if reuse else self.dir / f"{self.next_lsn:020d}{SEGMENT_SUFFIX}"
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self._size = os.fstat(self._fd).st_size
+        self._file = SegmentFile(path, self.direct)
+        self.direct_io = self._file.direct
         _fsync_dir(self.dir)
 
     def _run(self) -> None:
@@ -234,31 +330,30 @@ class WriteAheadLog:
     def _commit(self, group: list[tuple[PointBatch, Future]]) -> None:
         records: list[Record] = []
         try:
-            if self._fd is None or self._size >= self.segment_bytes:
+            if self._file is None or self._file.size >= self.segment_bytes:
                 self._open_segment()
         except OSError as e:
             self._fail_all(group, e)
             return
-        start_size, start_lsn = self._size, self.next_lsn
+        file = self._file
+        assert file is not None
+        start_size, start_lsn = file.size, self.next_lsn
         try:
+            parts: list[bytes | memoryview] = []
             for batch, _ in group:
-                parts = encode(self.next_lsn, batch)
-                n = os.writev(self._fd, parts)
-                want = sum(len(p) for p in parts)
-                if n != want:  # a short write leaves a torn tail: refuse and reopen
-                    raise OSError(f"short write to log ({n} of {want} bytes)")
-                self._size += n
-                self.bytes_written += n
+                parts += encode(self.next_lsn, batch)
                 records.append(Record(self.next_lsn, batch))
                 self.next_lsn += 1
+            file.append(parts)
+            self.bytes_written += file.size - start_size
             if self.fsync:
-                os.fdatasync(self._fd)
+                file.sync()
                 self.fsyncs += 1
         except OSError as e:
             # Nothing in this group is acknowledged: cut the file back so that no
             # unacknowledged record is ever loaded, and reuse its LSNs.
-            os.ftruncate(self._fd, start_size)
-            self._size, self.next_lsn = start_size, start_lsn
+            file.cut(start_size)
+            self.next_lsn = start_lsn
             self._fail_all(group, e)
             return
         for rec, (_, fut) in zip(records, group):
