@@ -80,19 +80,17 @@ def ceiling_process(
     from lenshouse.bench.prepare import fleet_chunk
     from lenshouse.generators.signals import Fleet
     from lenshouse.rollup.cells import cells
-    from lenshouse.rollup.tiers import TIERS, tier_table_ddl, tier_view_ddl
+    from lenshouse.rollup.tiers import TIERS, tier_source, tier_table_ddl, tier_view_ddl
     from lenshouse.storage.schema import raw_ddl
 
     Path(path).mkdir(parents=True, exist_ok=True)
     conn = chdb.connect(path)
     if rollups:
         conn.query(raw_ddl(0))
-        source = None
         for tier in TIERS:
             conn.query(tier_table_ddl(tier, 0))
-            if source is not None:
-                conn.query(tier_view_ddl(tier, source))
-            source = tier
+            if tier_source(tier) is not None:
+                conn.query(tier_view_ddl(tier))
         table = "raw"
     else:
         conn.query(raw_ddl(0, "plain"))  # the raw table's columns, codecs and merges

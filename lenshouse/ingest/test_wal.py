@@ -3,6 +3,8 @@ segment rotation and truncation, group commit."""
 
 from __future__ import annotations
 
+import errno
+import os
 import threading
 from pathlib import Path
 
@@ -409,9 +411,6 @@ def test_zeros_of_a_direct_write_cut_short_are_cut_on_reopen(waldir: Path) -> No
 def test_failed_write_is_not_acknowledged_and_its_lsns_are_reused(
     waldir: Path, direct: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import errno
-    import os
-
     wal = open_wal(waldir, direct=direct)
     try:
         append_all(wal, [batch(0, n=3000)])
@@ -426,6 +425,32 @@ def test_failed_write_is_not_acknowledged_and_its_lsns_are_reused(
         with pytest.raises(OSError, match="No space"):
             wal.append(batch(1, n=5000)).result(timeout=10)
         monkeypatch.setattr(os, name, real)
+        assert append_all(wal, [batch(2, n=10)]) == [1]
+    finally:
+        wal.close()
+    recs = list(WriteAheadLog(waldir).read(0))
+    assert [r.lsn for r in recs] == [0, 1]
+    assert same(recs[0].batch, batch(0, n=3000)) and same(recs[1].batch, batch(2, n=10))
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_failed_sync_is_not_acknowledged_and_the_next_group_follows_the_last_record(
+    waldir: Path, direct: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The group was written whole before fdatasync failed: the file is cut back,
+    # and a direct writer must also take back the partial block it kept.
+    wal = open_wal(waldir, direct=direct)
+    try:
+        append_all(wal, [batch(0, n=3000)])
+        real = os.fdatasync
+
+        def failing(fd: int) -> None:
+            raise OSError(errno.EIO, "Input/output error")
+
+        monkeypatch.setattr(os, "fdatasync", failing)
+        with pytest.raises(OSError, match="Input/output"):
+            wal.append(batch(1, n=5000)).result(timeout=10)
+        monkeypatch.setattr(os, "fdatasync", real)
         assert append_all(wal, [batch(2, n=10)]) == [1]
     finally:
         wal.close()

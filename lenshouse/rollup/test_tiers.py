@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import lenshouse.lens.planner as planner
+import lenshouse.rollup.tiers as tiers
 import lenshouse.storage.schema as schema
 from lenshouse.lens.oracle import brute_force, mismatch
 from lenshouse.node import Node
@@ -55,8 +56,8 @@ def older_store(path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Node]:
     """A store as made before the 10 min tier existed, open while in use."""
     older = tuple(t for t in TIERS if t is not TEN_MIN)
     with monkeypatch.context() as m:
-        m.setattr(schema, "TIERS", older)
-        m.setattr(planner, "TIERS", older)
+        for module in (schema, planner, tiers):
+            m.setattr(module, "TIERS", older)
         with Node(path, flush_interval=0.02) as node:
             yield node
 
@@ -194,7 +195,7 @@ def test_a_store_whose_view_fed_the_first_tier_is_upgraded_once(
     data = tmp_path / "data"
     Node(data).stop()
     backend = EmbeddedBackend(data / "clickhouse")
-    backend.execute(tier_view_ddl(FIRST, None))
+    backend.execute(tier_view_ddl(FIRST))
     backend.close()
 
     with monkeypatch.context() as m:  # the older version: the view stays

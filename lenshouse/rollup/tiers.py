@@ -68,9 +68,17 @@ SETTINGS non_replicated_deduplication_window = {dedup_window},
     return table
 
 
-def tier_select(tier: Tier, source: Tier | None) -> str:
+def tier_source(tier: Tier) -> Tier | None:
+    """The tier below ``tier``, which it is computed from; None for the first
+    tier, computed from raw points."""
+    i = TIERS.index(tier)
+    return TIERS[i - 1] if i else None
+
+
+def tier_select(tier: Tier) -> str:
     """The tier's cells computed from its source: raw points or the tier below."""
     r = tier.res_ms
+    source = tier_source(tier)
     if source is None:
         return f"""SELECT tenant, sensor, intDiv(ts, {r}) * {r} AS t,
     sum(value) AS sum, count() AS cnt, min(value) AS min, max(value) AS max
@@ -80,7 +88,9 @@ FROM raw GROUP BY tenant, sensor, t"""
 FROM {source.table} GROUP BY tenant, sensor, t"""
 
 
-def tier_view_ddl(tier: Tier, source: Tier | None) -> str:
-    """CREATE statement for the materialized view that feeds a tier."""
-    select = tier_select(tier, source)
+def tier_view_ddl(tier: Tier) -> str:
+    """CREATE statement for the materialized view that feeds a tier from its
+    source (kept for the coarser tiers; the loader stores the first tier's
+    cells itself)."""
+    select = tier_select(tier)
     return f"CREATE MATERIALIZED VIEW IF NOT EXISTS {tier.table}_mv TO {tier.table} AS\n{select}"

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lenshouse.rollup.tiers import TIERS, Tier, tier_select, tier_table_ddl, tier_view_ddl
+from lenshouse.rollup.tiers import (
+    TIERS,
+    Tier,
+    tier_select,
+    tier_source,
+    tier_table_ddl,
+    tier_view_ddl,
+)
 from lenshouse.storage.backend import Backend
 
 # Insert tokens are remembered for this many blocks per table: far more than
@@ -81,12 +88,12 @@ def create_schema(backend: Backend) -> Upgrade:
         .to_pylist()
     )
     backend.execute(raw_ddl())
-    # Stores made before the merge setting get it too (a no-op otherwise).
-    backend.execute(f"ALTER TABLE raw MODIFY SETTING {RAW_MERGE_SETTINGS}")
     backend.execute(SENSORS_DDL)
     if "raw" not in existing:  # a new store: every tier, empty
         add_tiers(backend, list(TIERS), fill=False)
         return Upgrade()
+    # Stores made before the merge setting get it too (a no-op otherwise).
+    backend.execute(f"ALTER TABLE raw MODIFY SETTING {RAW_MERGE_SETTINGS}")
     # Every store has had the first tier; a coarser one is complete once its
     # view exists.
     new = [t for t in TIERS[1:] if f"{t.table}_mv" not in existing]
@@ -101,11 +108,9 @@ def add_tiers(backend: Backend, tiers: list[Tier], fill: bool = True) -> None:
     before a replay, a tier would count the replayed load twice: once from
     the fill, once through its new view.)"""
     for tier in tiers:
-        i = TIERS.index(tier)
-        source = TIERS[i - 1] if i else None
         backend.execute(tier_table_ddl(tier, DEDUP_WINDOW))
         if fill:
             backend.execute(f"TRUNCATE TABLE {tier.table}")
-            backend.execute(f"INSERT INTO {tier.table} {tier_select(tier, source)}")
-        if source is not None:
-            backend.execute(tier_view_ddl(tier, source))
+            backend.execute(f"INSERT INTO {tier.table} {tier_select(tier)}")
+        if tier_source(tier) is not None:
+            backend.execute(tier_view_ddl(tier))
