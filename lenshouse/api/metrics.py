@@ -56,6 +56,16 @@ class NodeCollector:
         yield CounterMetricFamily(
             "lenshouse_insert_errors", "Failed ClickHouse inserts (retried).", ls.insert_errors
         )
+        yield CounterMetricFamily(
+            "lenshouse_loads_reconciled",
+            "Loads replayed or retried, then checked against what ClickHouse holds.",
+            ls.reconciled,
+        )
+        yield CounterMetricFamily(
+            "lenshouse_loads_repaired",
+            "Reconciled loads whose lost rows were added again.",
+            ls.repaired,
+        )
         yield CounterMetricFamily("lenshouse_wal_fsyncs", "Log fsyncs.", ing.wal.fsyncs)
         yield CounterMetricFamily(
             "lenshouse_wal_bytes", "Bytes appended to the log.", ing.wal.bytes_written

@@ -213,9 +213,15 @@ MAX_CONDITIONS = 2000
 
 
 def _page_conditions(pairs) -> str:
-    """A WHERE clause reading the (sensor, page) pairs: sensors that share a run
-    of pages share one range; when runs are many, nearby runs merge (reading a
-    little more) so that the query stays small."""
+    """A WHERE clause reading the (sensor, page) pairs of raw rows."""
+    return cell_conditions(pairs, PAGE_MS, "ts")
+
+
+def cell_conditions(pairs, unit_ms: int, column: str) -> str:
+    """A WHERE clause reading the (sensor, cell) pairs, cells being
+    ``unit_ms`` wide on ``column``: sensors that share a run of cells share one
+    range; when runs are many, nearby runs merge (reading a little more) so
+    that the query stays small."""
     runs: dict[tuple[int, int], set[int]] = {}
     by_sensor: dict[int, list[int]] = {}
     for s, p in pairs:
@@ -223,10 +229,10 @@ def _page_conditions(pairs) -> str:
     gap = 1
     while True:
         runs.clear()
-        for s, pages in by_sensor.items():
-            pages.sort()
-            lo = hi = pages[0]
-            for p in pages[1:]:
+        for s, cells in by_sensor.items():
+            cells.sort()
+            lo = hi = cells[0]
+            for p in cells[1:]:
                 if p - hi > gap:
                     runs.setdefault((lo, hi), set()).add(s)
                     lo = p
@@ -236,7 +242,7 @@ def _page_conditions(pairs) -> str:
             break
         gap *= 4
     return " OR ".join(
-        f"(ts >= {lo * PAGE_MS} AND ts < {(hi + 1) * PAGE_MS}"
+        f"({column} >= {lo * unit_ms} AND {column} < {(hi + 1) * unit_ms}"
         f" AND sensor IN ({','.join(map(str, sorted(ss)))}))"
         for (lo, hi), ss in runs.items()
     )

@@ -7,7 +7,9 @@ first rollup tier, each with a deduplication token derived from the log
 positions, then records completion.
 After a crash, the load in doubt is replayed with the same records, sequence
 number and tokens, so ClickHouse drops whatever part of it already landed, in
-raw data and in every rollup.
+raw data and in every rollup; then it is reconciled with what is stored
+(:mod:`lenshouse.ingest.reconcile`), as is a load whose insert failed and was
+retried: a token ClickHouse kept for rows it lost must not lose them.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from lenshouse.ingest.dedup import Duplicates, SeenIndex, count_conflicts
+from lenshouse.ingest.reconcile import reconcile
 from lenshouse.ingest.visibility import LoadSpan, Visibility, footprint_keys, footprint_sensors
 from lenshouse.ingest.wal import Record, WriteAheadLog
 from lenshouse.rollup.cells import FIRST, cells, footprint_points
@@ -95,6 +98,8 @@ class LoaderStats:
     conflicts: int = 0  # of those, points whose value differed from the stored one
     last_insert_seconds: float = 0.0
     queued_rows: int = 0
+    reconciled: int = 0  # loads checked against what ClickHouse holds
+    repaired: int = 0  # of those, loads that had lost rows and got them back
 
 
 class Loader:
@@ -173,7 +178,7 @@ class Loader:
             records = [r for r in self.wal.read(p.first_lsn) if r.lsn <= p.last_lsn]
             if len(records) != p.last_lsn - p.first_lsn + 1:
                 raise RuntimeError(f"log lacks records {p.first_lsn}..{p.last_lsn} of load {p.seq}")
-            self._load(records, p.seq)
+            self._store(records, p.seq, self._prepared(records, p.seq), in_doubt=True)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="loader", daemon=True)
@@ -262,9 +267,6 @@ class Loader:
         return group
 
     # -- one load -------------------------------------------------------------
-    def _load(self, records: list[Record], seq: int) -> None:
-        self._store(records, seq, self._prepared(records, seq))
-
     def _prepared(
         self, records: list[Record], seq: int
     ) -> tuple[pa.Table, pa.Table, LoadSpan, Duplicates]:
@@ -275,8 +277,11 @@ class Loader:
         records: list[Record],
         seq: int,
         prepared: tuple[pa.Table, pa.Table, LoadSpan, Duplicates],
+        in_doubt: bool = False,
     ) -> None:
-        """Store a prepared load: intent, inserts, completion."""
+        """Store a prepared load: intent, inserts, completion. A load replayed
+        after a crash (``in_doubt``) or retried is checked against what is
+        stored before it completes."""
         first, last = records[0].lsn, records[-1].lsn
         self.state.pending = Pending(seq, first, last)
         self.state.save(self.state_path)
@@ -284,6 +289,7 @@ class Loader:
         table, cell_rows, span, dups = prepared
         self.visibility.begin(span)
         token = f"lh-{self.state.epoch}-{seq}-{first}-{last}"
+        errors = self.stats.insert_errors
         if table.num_rows:
             self._insert_with_retry("raw", table, token)
             if self.store_cells:
@@ -291,6 +297,8 @@ class Loader:
                 # between the two inserts stores only what is missing.
                 self._insert_with_retry(FIRST.table, cell_rows, token + "-cells")
         self._register_sensors(span, token)
+        if in_doubt or self.stats.insert_errors > errors:
+            self._retry(lambda: self._reconcile(seq, table, cell_rows, span))
         if len(dups):  # counted before completion so that readers see final counts
             self.stats.conflicts += self._retry(lambda: count_conflicts(self.backend, dups, seq))
             self.stats.duplicates += len(dups)
@@ -318,6 +326,16 @@ class Loader:
             self.stats.queued_rows = max(0, self.stats.queued_rows - rows)
             while self._acked and self._acked[0][0] <= last_lsn:
                 self._acked.popleft()
+
+    def _reconcile(self, seq: int, table: pa.Table, cell_rows: pa.Table, span: LoadSpan) -> None:
+        """Add whatever of load ``seq`` ClickHouse lost, sensors included."""
+        repair = reconcile(self.backend, seq, table, cell_rows) if table.num_rows else None
+        self._known_sensors = self._read_known_sensors()
+        sensors = self._register_sensors(span, f"lh-repair-{uuid.uuid4().hex}")
+        self.stats.reconciled += 1
+        if repair or sensors:
+            self.stats.repaired += 1
+            log.warning("load %d had lost rows, added again: %s; sensors %d", seq, repair, sensors)
 
     def _insert_with_retry(self, table: str, data: pa.Table, token: str) -> None:
         self._retry(lambda: self.backend.insert(table, data, token))
@@ -356,10 +374,11 @@ class Loader:
         rows = self.backend.query("SELECT DISTINCT tenant, sensor FROM sensors")
         return set(zip(rows.column("tenant").to_pylist(), rows.column("sensor").to_pylist()))
 
-    def _register_sensors(self, span: LoadSpan, token: str) -> None:
+    def _register_sensors(self, span: LoadSpan, token: str) -> int:
         """Sensors seen for the first time enter the catalog with no labels. The
         load's footprint names every sensor it stores; a sensor whose points
-        were all duplicates was registered by the load that stored them."""
+        were all duplicates was registered by the load that stored them.
+        Returns how many were new."""
         new: set[tuple[str, int]] = set()
         for tenant, keys in (span.cells or {}).items():
             for s in footprint_sensors(keys).tolist():
@@ -367,7 +386,7 @@ class Loader:
                 if key not in self._known_sensors:
                     new.add(key)
         if not new:
-            return
+            return 0
         keys = sorted(new)
         table = pa.table(
             {
@@ -379,6 +398,7 @@ class Loader:
         )
         self._insert_with_retry("sensors", table, token + "-sensors")
         self._known_sensors |= new
+        return len(new)
 
 
 def _to_arrow(

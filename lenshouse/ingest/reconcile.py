@@ -1,0 +1,224 @@
+"""Reconciling a load in doubt with what ClickHouse holds.
+
+A load in doubt is replayed with its original deduplication tokens, so that
+ClickHouse drops whatever part of it already landed. That relies on a token
+being kept only with its rows. A non-replicated MergeTree keeps tokens in a log
+file written just before the part is committed, and a process killed between
+the two leaves a token whose rows are gone: the replay is then dropped as well
+(seen after SIGKILL about once in ten crash runs). An insert that failed late
+and was retried can end the same way.
+
+So after such a load the loader compares, table by table, what the load meant
+to store with what is there, and adds only what is missing:
+
+- raw: the load's rows (by their ``seq``) against the rows it prepared;
+- each tier, finest first: over the cells the load touched, the tier's count
+  per cell against its source's (raw, or the tier below). A short cell gets one
+  row for the difference: sum and count the difference, min and max the
+  source's, which is what folding the missing rows in gives.
+
+Rows are added without feeding views (:func:`~lenshouse.storage.attach.attach_rows`):
+the tables downstream are checked in their turn. Every decision is taken
+from what is stored, so a crash during a repair is repaired by the next
+recovery.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lenshouse.ingest.dedup import PAGE_BITS, PAGE_MS, cell_conditions
+from lenshouse.rollup import tiers
+from lenshouse.storage.attach import attach_rows
+from lenshouse.storage.backend import Backend
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Repair:
+    """What a reconciliation added, and what it found in excess."""
+
+    raw_rows: int = 0
+    cells: dict[str, int] = field(default_factory=dict)  # tier table -> cells topped up
+    surplus: dict[str, int] = field(default_factory=dict)  # tier table -> cells over source
+
+    def __bool__(self) -> bool:
+        return bool(self.raw_rows or self.cells)
+
+
+def reconcile(backend: Backend, seq: int, rows: pa.Table, cell_rows: pa.Table) -> Repair:
+    """Make load ``seq`` whole in raw and in every tier. ``rows`` are the raw
+    rows it prepared, ``cell_rows`` their first-tier cells."""
+    repair = Repair()
+    missing = missing_raw(backend, seq, rows)
+    if missing.num_rows:
+        attach_rows(backend, "raw", missing)
+        repair.raw_rows = missing.num_rows
+    present = _present(backend)
+    for tier in present:
+        short, surplus = tier_shortfall(backend, tier, cell_rows, _source(tier, present))
+        if short.num_rows:
+            attach_rows(backend, tier.table, short)
+            repair.cells[tier.table] = short.num_rows
+        if surplus:
+            repair.surplus[tier.table] = surplus
+    if repair.surplus:
+        log.warning("load %d: cells holding more than their source: %s", seq, repair.surplus)
+    return repair
+
+
+def _present(backend: Backend) -> list[tiers.Tier]:
+    """The tiers this store has (an older one gets new tiers, filled from their
+    source, only after its load in doubt is replayed)."""
+    got = backend.query("SELECT name FROM system.tables WHERE database = currentDatabase()")
+    names = set(got.column("name").to_pylist())
+    return [t for t in tiers.TIERS if t.table in names]
+
+
+def missing_raw(backend: Backend, seq: int, rows: pa.Table) -> pa.Table:
+    """The rows of load ``seq`` that raw lacks."""
+    missing = np.zeros(rows.num_rows, bool)
+    for tenant, where in _by_tenant(rows):
+        sensor = rows.column("sensor").to_numpy()[where].astype(np.int64)
+        ts = rows.column("ts").to_numpy()[where]
+        conds = cell_conditions(_pairs(sensor, ts >> PAGE_BITS), PAGE_MS, "ts")
+        got = backend.query(
+            f"SELECT sensor, ts FROM raw WHERE tenant = '{tenant}' AND seq = {seq} AND ({conds})"
+        )
+        stored = _contains(
+            got.column("sensor").to_numpy().astype(np.int64),
+            got.column("ts").to_numpy(),
+            sensor,
+            ts,
+        )
+        missing[where] = ~stored
+    return rows.filter(pa.array(missing))
+
+
+def _source(tier: tiers.Tier, present: list[tiers.Tier]) -> tiers.Tier | None:
+    """The nearest finer tier the store has, or None for raw: any finer tier
+    holds the same points, and an older store may lack the one in between."""
+    source = tiers.tier_source(tier)
+    while source is not None and source not in present:
+        source = tiers.tier_source(source)
+    return source
+
+
+def tier_shortfall(
+    backend: Backend, tier: tiers.Tier, cell_rows: pa.Table, source: tiers.Tier | None
+) -> tuple[pa.Table, int]:
+    """Rows that make ``tier`` agree with ``source`` (a finer tier, or raw for
+    None) over the cells that ``cell_rows`` (first-tier cells) touch, and how
+    many of those cells hold more than the source (left as they are)."""
+    r = tier.res_ms
+    out: list[pa.Table] = []
+    surplus = 0
+    for tenant, where in _by_tenant(cell_rows):
+        sensor = cell_rows.column("sensor").to_numpy()[where].astype(np.int64)
+        cell = cell_rows.column("t").to_numpy()[where] // r
+        pairs = _pairs(sensor, cell)
+        want = _folded(backend, source, tenant, r, pairs)
+        have = _folded(backend, tier, tenant, r, pairs)
+        touched = _contains(sensor, cell * r, want["sensor"], want["t"])
+        want = {k: v[touched] for k, v in want.items()}
+        pos, found = _lookup(have["sensor"], have["t"], want["sensor"], want["t"])
+        have_cnt = np.zeros(len(found), np.int64)
+        have_sum = np.zeros(len(found), np.float64)
+        have_cnt[found] = have["cnt"][pos[found]]
+        have_sum[found] = have["sum"][pos[found]]
+        surplus += int(np.count_nonzero(have_cnt > want["cnt"]))
+        short = have_cnt < want["cnt"]
+        if not short.any():
+            continue
+        n = int(short.sum())
+        out.append(
+            pa.table(
+                {
+                    "tenant": pa.array([tenant] * n, pa.string()).dictionary_encode(),
+                    "sensor": pa.array(want["sensor"][short].astype(np.uint32)),
+                    "t": pa.array(want["t"][short]),
+                    "sum": pa.array(want["sum"][short] - have_sum[short]),
+                    "cnt": pa.array((want["cnt"][short] - have_cnt[short]).astype(np.uint64)),
+                    "min": pa.array(want["min"][short]),
+                    "max": pa.array(want["max"][short]),
+                }
+            )
+        )
+    if not out:
+        return cell_rows.slice(0, 0), surplus
+    return pa.concat_tables(out), surplus
+
+
+def _folded(
+    backend: Backend, table: tiers.Tier | None, tenant: str, r: int, pairs: list[tuple[int, int]]
+) -> dict[str, np.ndarray]:
+    """Per (sensor, cell of ``r`` ms) of ``pairs``: sum, count, min and max
+    folded from raw (``table`` None) or from a tier's rows."""
+    if table is None:
+        column, source = "ts", "raw"
+        folds = "sum(value) AS sum, count() AS cnt, min(value) AS min, max(value) AS max"
+    else:
+        column, source = "t", table.table
+        folds = "sum(sum) AS sum, sum(cnt) AS cnt, min(min) AS min, max(max) AS max"
+    got = backend.query(
+        f"SELECT sensor, intDiv({column}, {r}) * {r} AS c, {folds} FROM {source}"
+        f" WHERE tenant = '{tenant}' AND ({cell_conditions(pairs, r, column)})"
+        " GROUP BY sensor, c"
+    )
+    return {
+        "sensor": got.column("sensor").to_numpy().astype(np.int64),
+        "t": got.column("c").to_numpy().astype(np.int64),
+        "sum": got.column("sum").to_numpy().astype(np.float64),
+        "cnt": got.column("cnt").to_numpy().astype(np.int64),
+        "min": got.column("min").to_numpy().astype(np.float64),
+        "max": got.column("max").to_numpy().astype(np.float64),
+    }
+
+
+def _by_tenant(table: pa.Table) -> list[tuple[str, np.ndarray]]:
+    """(tenant, row mask) for each tenant of a table with a tenant column."""
+    col = table.column("tenant").combine_chunks()
+    if not isinstance(col, pa.DictionaryArray):
+        col = pc.dictionary_encode(col)
+    codes = col.indices.to_numpy(zero_copy_only=False)
+    return [
+        (name, codes == i)
+        for i, name in enumerate(col.dictionary.to_pylist())
+        if np.any(codes == i)
+    ]
+
+
+def _pairs(sensor: np.ndarray, cell: np.ndarray) -> list[tuple[int, int]]:
+    """Distinct (sensor, cell) pairs."""
+    ids, rank = np.unique(sensor, return_inverse=True)
+    keys = (rank.astype(np.int64) << 42) + cell  # cells < 2^42 (ms until the year 2109)
+    if len(keys) > 1:  # mostly runs of one key: drop repeats before sorting
+        keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))]
+    keys = np.unique(keys)
+    return list(zip(ids[keys >> 42].tolist(), (keys & ((1 << 42) - 1)).tolist()))
+
+
+def _lookup(
+    s1: np.ndarray, t1: np.ndarray, s2: np.ndarray, t2: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each key (s2, t2): its position among keys (s1, t1), and whether found."""
+    if len(s1) == 0:
+        return np.zeros(len(s2), np.int64), np.zeros(len(s2), bool)
+    ids = np.unique(np.concatenate([s1, s2]))
+    k1 = (np.searchsorted(ids, s1) << 42) + t1  # t < 2^42 until the year 2109
+    k2 = (np.searchsorted(ids, s2) << 42) + t2
+    order = np.argsort(k1, kind="stable")
+    at = np.minimum(np.searchsorted(k1[order], k2), len(k1) - 1)
+    pos = order[at]
+    return pos, k1[pos] == k2
+
+
+def _contains(s1: np.ndarray, t1: np.ndarray, s2: np.ndarray, t2: np.ndarray) -> np.ndarray:
+    """Whether each key (s2, t2) is among the keys (s1, t1)."""
+    return _lookup(s1, t1, s2, t2)[1]
