@@ -407,6 +407,7 @@ def lens_params(**kw) -> dict:
         (lens_params(start="yesterday"), "start: Input should be a valid integer"),
         (lens_params(step="1s"), "step: Input should be a valid integer"),
         ({"sensors": "1", "end": BASE}, "start: Field required"),
+        (lens_params(format="csv"), "format must be json or arrow, got 'csv'"),
     ],
 )
 def test_bad_lens_requests_are_422(client: TestClient, params: dict, fragment: str) -> None:

@@ -3,10 +3,12 @@
 * **lens**: one user, one request at a time, 10 sensors, ``points=2500``,
   windows placed at random (unaligned) positions inside 1 kHz data, so every
   window is full of data and its edges fall mid-cell. For each request:
-  client latency, the server's ``X-Lens-Ms``, the buckets returned, and the
+  client latency (until the answer is received; its decode is timed apart),
+  the server's ``X-Lens-Ms``, the buckets returned, and the
   rows ClickHouse read, taken from its own ``SelectedRows`` counter (a delta
   of ``system.events`` around the request; chDB keeps no ``system.query_log``)
-  and set against the design bound of 50 rows per bucket per sensor.
+  and set against the design bound of 50 rows per bucket per sensor. Each
+  window is asked for as JSON and as an Arrow answer, in random order.
 * **month**: the same on lower-rate data (10 sensors at 10 Hz over a month),
   windows from an hour to a month, to show the cost does not grow with the
   window.
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import httpx
 import orjson
+import pyarrow as pa
 
 from lenshouse.bench.common import DAY_MS, BenchConfig, BenchServer, console, spawn
 from lenshouse.bench.prepare import Dataset, progress_bar, write_dataset
@@ -88,22 +91,47 @@ def measure_windows(
     out: dict = {}
     with httpx.Client(base_url=srv.url, timeout=120.0) as client:
 
+        def arrow(start: int, end: int) -> dict:
+            """The same lens as an Arrow answer, decoded to columns."""
+            params = {"sensors": sensors, "start": start, "end": end, "points": points}
+            t = time.perf_counter()
+            r = client.get("/v1/lens", params={**params, "format": "arrow"})
+            ms = (time.perf_counter() - t) * 1000
+            if r.status_code != 200:
+                return {"error": f"{r.status_code} {r.text[:200]}", "latency_ms": ms}
+            t = time.perf_counter()
+            pa.ipc.open_stream(r.content).read_all()
+            return {
+                "latency_ms": ms,
+                "server_ms": float(r.headers.get("x-lens-ms", "nan")),
+                "decode_ms": (time.perf_counter() - t) * 1000,
+            }
+
         def one(w: Window) -> dict:
             start = rng.randint(ds.start_ms, ds.end_ms - w.ms)
             end = start + w.ms
             params = {"sensors": sensors, "start": start, "end": end, "points": points}
+            # Each window is asked for in both formats, in alternating order.
+            arrow_first = rng.random() < 0.5
+            binary = arrow(start, end) if arrow_first else None
             ev0 = srv.events()
             t = time.perf_counter()
             r = client.get("/v1/lens", params=params)
             ms = (time.perf_counter() - t) * 1000
             ev1 = srv.events()
+            if binary is None:
+                binary = arrow(start, end)
             if r.status_code != 200:
                 return {"error": f"{r.status_code} {r.text[:200]}", "latency_ms": ms}
+            t = time.perf_counter()
             doc = orjson.loads(r.content)
+            decode_ms = (time.perf_counter() - t) * 1000
             step = doc["step"]
             buckets = bucket_count(start, end, step)
             returned = sum(len(s["t"]) for s in doc["series"])
             return {
+                "arrow": binary,
+                "decode_ms": decode_ms,
                 "latency_ms": ms,
                 "server_ms": float(r.headers.get("x-lens-ms", "nan")),
                 "step": step,
@@ -144,6 +172,14 @@ def measure_windows(
                 "error_kinds": sorted({x["error"] for x in runs if "error" in x})[:5],
                 "latency_ms": summarize([x["latency_ms"] for x in ok]),
                 "server_ms": summarize([x["server_ms"] for x in ok]),
+                "decode_ms": summarize([x["decode_ms"] for x in ok]),
+            }
+            binary = [x["arrow"] for x in ok if "error" not in x["arrow"]]
+            doc["arrow"] = {
+                "errors": len(ok) - len(binary),
+                "latency_ms": summarize([x["latency_ms"] for x in binary]),
+                "server_ms": summarize([x["server_ms"] for x in binary]),
+                "decode_ms": summarize([x["decode_ms"] for x in binary]),
             }
             if ok:
                 doc.update(
@@ -162,8 +198,10 @@ def measure_windows(
                 )
             out[name] = doc
             lat = doc["latency_ms"]
+            alat = doc["arrow"]["latency_ms"]
             console.print(
                 f"  {ds.name} {name:>4}: p50 {lat['p50']:7.1f} ms  p95 {lat['p95']:7.1f} ms"
+                f"  (Arrow p50 {alat.get('p50', float('nan')):5.1f} ms)"
                 f"  rows read p50 {doc.get('rows_read', {}).get('p50', float('nan')):>11,.0f}"
                 f"  bound {doc.get('bound', 0):>11,}  errors {doc['errors']}"
             )

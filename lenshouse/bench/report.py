@@ -112,13 +112,15 @@ def evaluate(results: dict) -> list[dict]:
                     )
                     continue
                 lat = w["latency_ms"]
+                alat = w.get("arrow", {}).get("latency_ms", {})
                 rows.append(
                     {
                         "id": "2",
                         "name": f"lens {label}, 10 sensors, {name}",
                         "target": f"p50 ≤ {LENS_P50_MS:g} ms, p95 ≤ {LENS_P95_MS:g} ms,"
                         " rows read ≤ 50 × buckets × sensors",
-                        "measured": f"p50 {_ms(lat['p50'])} p95 {_ms(lat['p95'])};"
+                        "measured": f"JSON p50 {_ms(lat['p50'])} p95 {_ms(lat['p95'])};"
+                        f" Arrow p50 {_ms(alat.get('p50'))} p95 {_ms(alat.get('p95'))};"
                         f" rows {w['rows_read']['p50']:,.0f} ≤ {w['bound']:,}",
                         "pass": w["within_bound"]
                         and w["errors"] == 0
@@ -397,7 +399,7 @@ def markdown(results: dict, targets: list[dict], images: list[str]) -> str:
             rows = []
             for name, w in lens[key]["windows"].items():
                 if "rows_read" not in w:
-                    rows.append([name, "–", "–", "–", "–", "–", "–", f"{w['errors']}"])
+                    rows.append([name, "–", "–", "–", "–", "–", "–", "–", "–", f"{w['errors']}"])
                     continue
                 rows.append(
                     [
@@ -406,6 +408,8 @@ def markdown(results: dict, targets: list[dict], images: list[str]) -> str:
                         _ms(w["latency_ms"]["p50"]),
                         _ms(w["latency_ms"]["p95"]),
                         _ms(w["server_ms"]["p50"]),
+                        _ms(w.get("arrow", {}).get("latency_ms", {}).get("p50")),
+                        _ms(w.get("arrow", {}).get("latency_ms", {}).get("p95")),
                         f"{w['rows_read']['p50']:,.0f} / {w['rows_read']['max']:,.0f}",
                         f"{w['bound']:,}",
                         f"{w['errors']}",
@@ -421,6 +425,8 @@ def markdown(results: dict, targets: list[dict], images: list[str]) -> str:
                         "p50",
                         "p95",
                         "server p50",
+                        "Arrow p50",
+                        "Arrow p95",
                         "rows read p50 / max",
                         "50×buckets×sensors",
                         "errors",

@@ -67,6 +67,29 @@ class Lens:
             out.append(item)
         return {"start": self.start, "end": self.end, "step": self.step, "series": out}
 
+    def to_arrow(self, aggs: tuple[str, ...] = AGGS) -> pa.Table:
+        """The answer as one Arrow table, a row per non-empty bucket in
+        (sensor, t) order; start, end and step in the schema's metadata."""
+        cols: dict[str, pa.Array] = {
+            "sensor": pa.array(
+                np.repeat(
+                    np.array([s.sensor for s in self.series], np.uint32),
+                    [len(s.t) for s in self.series],
+                )
+            ),
+            "t": pa.array(_joined([s.t for s in self.series], np.int64)),
+        }
+        for a in aggs:
+            kind = np.int64 if a == "count" else np.float64
+            parts = [s.avg if a == "avg" else getattr(s, a) for s in self.series]
+            cols[a] = pa.array(_joined(parts, kind))
+        meta = {"start": str(self.start), "end": str(self.end), "step": str(self.step)}
+        return pa.table(cols).replace_schema_metadata(meta)
+
+
+def _joined(parts: list[np.ndarray], kind: type) -> np.ndarray:
+    return np.concatenate(parts).astype(kind, copy=False) if parts else np.empty(0, kind)
+
 
 def parse_sensors(text: str) -> list[int]:
     try:
