@@ -204,6 +204,11 @@ def test_lens_over_the_last_minute(live_server) -> None:
             "sensors must be at least 1",
         ),
         (["serve", "--head-seconds", "-1"], 2, "--head-max-mb must be 0 or more"),
+        (
+            ["load", "--answer", "xml", "--url", "http://127.0.0.1:9"],
+            2,
+            "--answer must be json or arrow, got 'xml'",
+        ),
     ],
 )
 def test_bad_arguments_exit_with_a_sentence(

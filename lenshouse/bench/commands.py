@@ -117,6 +117,7 @@ def load(
         typer.Option(help="place windows at random inside START-END (epoch ms), not ending now"),
     ] = None,
     tenant: Annotated[str, typer.Option()] = "default",
+    answer: Annotated[str, typer.Option(help="lens answer format: json or arrow")] = "json",
     out: Annotated[Path | None, typer.Option(help="write the result (with samples) here")] = None,
 ) -> None:
     """Query load: N closed-loop users asking lenses of a running server."""
@@ -128,6 +129,8 @@ def load(
         pool = _parse_ids(sensors)
         windows = parse_mix(mix)
         where = tuple(int(x) for x in span.split("-", 1)) if span else None
+        if answer not in ("json", "arrow"):
+            raise ValueError(f"--answer must be json or arrow, got {answer!r}")
     except ValueError as e:
         console.print(f"[red]{e}")
         raise typer.Exit(2) from None
@@ -143,6 +146,7 @@ def load(
         span=where,  # type: ignore[arg-type]
         seed=seed,
         tenant=tenant,
+        answer=answer,
     )
 
     def tick(t: float, samples: list) -> None:

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 
 import httpx
 import orjson
+import pyarrow as pa
 
 SECOND = 1_000
 MINUTE = 60 * SECOND
@@ -87,6 +88,7 @@ class LoadConfig:
     tenant: str = "default"
     timeout: float = 30.0
     parse: bool = False  # decode every body and count buckets (costs client CPU)
+    answer: str = "json"  # or "arrow": the lens answer's format
     ramp: float = 1.0  # users start spread over this many seconds
 
 
@@ -246,6 +248,7 @@ async def _user(
             "start": start,
             "end": end,
             "points": cfg.points,
+            **({"format": "arrow"} if cfg.answer == "arrow" else {}),
         }
         began = time.monotonic()
         sample = Sample(began - t0, uid, window.name, len(sensors), 0, 0.0, math.nan, 0)
@@ -258,6 +261,8 @@ async def _user(
             sample.server_ms = float(server) if server else math.nan
             if r.status_code != 200:
                 sample.error = r.text[:200]
+            elif cfg.parse and cfg.answer == "arrow":
+                sample.buckets = pa.ipc.open_stream(r.content).read_all().num_rows
             elif cfg.parse:
                 doc = orjson.loads(r.content)
                 sample.buckets = sum(len(s["t"]) for s in doc["series"])
@@ -277,6 +282,8 @@ async def run_load_async(
     """Run the users for ``cfg.duration`` seconds; ``on_tick`` is called every second."""
     if cfg.users < 1:
         raise ValueError("users must be at least 1")
+    if cfg.answer not in ("json", "arrow"):
+        raise ValueError(f"answer must be json or arrow, got {cfg.answer!r}")
     if not cfg.sensors:
         raise ValueError("the sensor pool is empty")
     limits = httpx.Limits(max_connections=cfg.users, max_keepalive_connections=cfg.users)

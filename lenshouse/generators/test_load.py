@@ -65,7 +65,8 @@ def test_requests_respect_sensor_counts_and_span() -> None:
     assert (start, end) == (4_990_000, 5_000_000)
 
 
-def test_users_against_a_live_server(node, live_server) -> None:
+@pytest.mark.parametrize("answer", ["json", "arrow"])
+def test_users_against_a_live_server(node, live_server, answer: str) -> None:
     now = int(time.time()) * 1000
     fleet = Fleet(sensors=SENSORS, rate_hz=100, start_ms=now - 70_000)
     for k in range(70):
@@ -82,6 +83,7 @@ def test_users_against_a_live_server(node, live_server) -> None:
         points=500,
         parse=True,
         seed=3,
+        answer=answer,
     )
     ticks: list[float] = []
     result = run_load(cfg, on_tick=lambda t, samples: ticks.append(t))
