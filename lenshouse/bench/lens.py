@@ -91,9 +91,8 @@ def measure_windows(
     out: dict = {}
     with httpx.Client(base_url=srv.url, timeout=120.0) as client:
 
-        def arrow(start: int, end: int) -> dict:
+        def arrow(params: dict) -> dict:
             """The same lens as an Arrow answer, decoded to columns."""
-            params = {"sensors": sensors, "start": start, "end": end, "points": points}
             t = time.perf_counter()
             r = client.get("/v1/lens", params={**params, "format": "arrow"})
             ms = (time.perf_counter() - t) * 1000
@@ -111,16 +110,15 @@ def measure_windows(
             start = rng.randint(ds.start_ms, ds.end_ms - w.ms)
             end = start + w.ms
             params = {"sensors": sensors, "start": start, "end": end, "points": points}
-            # Each window is asked for in both formats, in alternating order.
-            arrow_first = rng.random() < 0.5
-            binary = arrow(start, end) if arrow_first else None
+            # Each window is asked for in both formats, in random order.
+            binary = arrow(params) if rng.random() < 0.5 else None
             ev0 = srv.events()
             t = time.perf_counter()
             r = client.get("/v1/lens", params=params)
             ms = (time.perf_counter() - t) * 1000
             ev1 = srv.events()
             if binary is None:
-                binary = arrow(start, end)
+                binary = arrow(params)
             if r.status_code != 200:
                 return {"error": f"{r.status_code} {r.text[:200]}", "latency_ms": ms}
             t = time.perf_counter()

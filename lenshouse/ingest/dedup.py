@@ -199,7 +199,7 @@ class SeenIndex:
         sensor = rows.column("sensor").to_numpy().astype(np.int64)
         ts = rows.column("ts").to_numpy()
         slot_of = {(s, p): slot for s, p, slot in missing}
-        pairs, inv = _pair_groups(sensor, ts >> PAGE_BITS)
+        pairs, inv = pair_groups(sensor, ts >> PAGE_BITS)
         slots = np.array([slot_of[pair] for pair in pairs])
         off = ts & (PAGE_MS - 1)
         np.bitwise_or.at(
@@ -248,7 +248,7 @@ def cell_conditions(pairs, unit_ms: int, column: str) -> str:
     )
 
 
-def _pair_groups(a: np.ndarray, b: np.ndarray) -> tuple[list[tuple[int, int]], np.ndarray]:
+def pair_groups(a: np.ndarray, b: np.ndarray) -> tuple[list[tuple[int, int]], np.ndarray]:
     """Distinct (a, b) pairs and, per element, the index of its pair."""
     order = np.lexsort((b, a))
     sa, sb = a[order], b[order]
@@ -296,11 +296,20 @@ def _differing(s1, t1, v1, s2, t2, v2) -> int:
     """How many keys (s2, t2) are stored in (s1, t1) with a value other than v2."""
     if len(s1) == 0:
         return 0
+    pos, found = key_lookup(s1, t1, s2, t2)
+    return int(np.count_nonzero(found & (v1[pos] != v2)))
+
+
+def key_lookup(
+    s1: np.ndarray, t1: np.ndarray, s2: np.ndarray, t2: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each key (s2, t2): its position among the keys (s1, t1), and
+    whether it is there (where not, the position is meaningless)."""
+    if len(s1) == 0:
+        return np.zeros(len(s2), np.int64), np.zeros(len(s2), bool)
     ids = np.unique(np.concatenate([s1, s2]))
     k1 = (np.searchsorted(ids, s1) << 42) + t1  # ts < 2^42 until the year 2109
     k2 = (np.searchsorted(ids, s2) << 42) + t2
     order = np.argsort(k1)
-    k1, v1 = k1[order], v1[order]
-    pos = np.minimum(np.searchsorted(k1, k2), len(k1) - 1)
-    found = k1[pos] == k2
-    return int(np.count_nonzero(found & (v1[pos] != v2)))
+    pos = order[np.minimum(np.searchsorted(k1[order], k2), len(k1) - 1)]
+    return pos, k1[pos] == k2

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lenshouse.ingest.dedup import PAGE_BITS, PAGE_MS, cell_conditions
+from lenshouse.ingest.dedup import PAGE_BITS, PAGE_MS, cell_conditions, key_lookup, pair_groups
 from lenshouse.rollup import tiers
 from lenshouse.storage.attach import attach_rows
 from lenshouse.storage.backend import Backend
@@ -84,14 +84,16 @@ def _present(backend: Backend) -> list[tiers.Tier]:
 def missing_raw(backend: Backend, seq: int, rows: pa.Table) -> pa.Table:
     """The rows of load ``seq`` that raw lacks."""
     missing = np.zeros(rows.num_rows, bool)
+    all_sensors = rows.column("sensor").to_numpy().astype(np.int64)
+    all_ts = rows.column("ts").to_numpy()
     for tenant, where in _by_tenant(rows):
-        sensor = rows.column("sensor").to_numpy()[where].astype(np.int64)
-        ts = rows.column("ts").to_numpy()[where]
-        conds = cell_conditions(_pairs(sensor, ts >> PAGE_BITS), PAGE_MS, "ts")
+        sensor, ts = all_sensors[where], all_ts[where]
+        pairs = pair_groups(sensor, ts >> PAGE_BITS)[0]
         got = backend.query(
-            f"SELECT sensor, ts FROM raw WHERE tenant = '{tenant}' AND seq = {seq} AND ({conds})"
+            f"SELECT sensor, ts FROM raw WHERE tenant = '{tenant}' AND seq = {seq}"
+            f" AND ({cell_conditions(pairs, PAGE_MS, 'ts')})"
         )
-        stored = _contains(
+        _, stored = key_lookup(
             got.column("sensor").to_numpy().astype(np.int64),
             got.column("ts").to_numpy(),
             sensor,
@@ -119,15 +121,16 @@ def tier_shortfall(
     r = tier.res_ms
     out: list[pa.Table] = []
     surplus = 0
+    all_sensors = cell_rows.column("sensor").to_numpy().astype(np.int64)
+    all_cells = cell_rows.column("t").to_numpy() // r
     for tenant, where in _by_tenant(cell_rows):
-        sensor = cell_rows.column("sensor").to_numpy()[where].astype(np.int64)
-        cell = cell_rows.column("t").to_numpy()[where] // r
-        pairs = _pairs(sensor, cell)
+        sensor, cell = all_sensors[where], all_cells[where]
+        pairs = pair_groups(sensor, cell)[0]
         want = _folded(backend, source, tenant, r, pairs)
         have = _folded(backend, tier, tenant, r, pairs)
-        touched = _contains(sensor, cell * r, want["sensor"], want["t"])
+        _, touched = key_lookup(sensor, cell * r, want["sensor"], want["t"])
         want = {k: v[touched] for k, v in want.items()}
-        pos, found = _lookup(have["sensor"], have["t"], want["sensor"], want["t"])
+        pos, found = key_lookup(have["sensor"], have["t"], want["sensor"], want["t"])
         have_cnt = np.zeros(len(found), np.int64)
         have_sum = np.zeros(len(found), np.float64)
         have_cnt[found] = have["cnt"][pos[found]]
@@ -192,33 +195,3 @@ def _by_tenant(table: pa.Table) -> list[tuple[str, np.ndarray]]:
         for i, name in enumerate(col.dictionary.to_pylist())
         if np.any(codes == i)
     ]
-
-
-def _pairs(sensor: np.ndarray, cell: np.ndarray) -> list[tuple[int, int]]:
-    """Distinct (sensor, cell) pairs."""
-    ids, rank = np.unique(sensor, return_inverse=True)
-    keys = (rank.astype(np.int64) << 42) + cell  # cells < 2^42 (ms until the year 2109)
-    if len(keys) > 1:  # mostly runs of one key: drop repeats before sorting
-        keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))]
-    keys = np.unique(keys)
-    return list(zip(ids[keys >> 42].tolist(), (keys & ((1 << 42) - 1)).tolist()))
-
-
-def _lookup(
-    s1: np.ndarray, t1: np.ndarray, s2: np.ndarray, t2: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """For each key (s2, t2): its position among keys (s1, t1), and whether found."""
-    if len(s1) == 0:
-        return np.zeros(len(s2), np.int64), np.zeros(len(s2), bool)
-    ids = np.unique(np.concatenate([s1, s2]))
-    k1 = (np.searchsorted(ids, s1) << 42) + t1  # t < 2^42 until the year 2109
-    k2 = (np.searchsorted(ids, s2) << 42) + t2
-    order = np.argsort(k1, kind="stable")
-    at = np.minimum(np.searchsorted(k1[order], k2), len(k1) - 1)
-    pos = order[at]
-    return pos, k1[pos] == k2
-
-
-def _contains(s1: np.ndarray, t1: np.ndarray, s2: np.ndarray, t2: np.ndarray) -> np.ndarray:
-    """Whether each key (s2, t2) is among the keys (s1, t1)."""
-    return _lookup(s1, t1, s2, t2)[1]

@@ -407,22 +407,19 @@ def test_zeros_of_a_direct_write_cut_short_are_cut_on_reopen(waldir: Path) -> No
     assert [r.lsn for r in WriteAheadLog(waldir).read(0)] == [0, 1, 2]
 
 
-@pytest.mark.parametrize("direct", [True, False])
-def test_failed_write_is_not_acknowledged_and_its_lsns_are_reused(
-    waldir: Path, direct: bool, monkeypatch: pytest.MonkeyPatch
+def check_failed_group(
+    waldir: Path, direct: bool, monkeypatch: pytest.MonkeyPatch, name: str, fake, match: str
 ) -> None:
+    """A group whose ``os.<name>`` call is replaced by ``fake(real)`` is not
+    acknowledged; the next group takes its LSN and follows the last record."""
     wal = open_wal(waldir, direct=direct)
     try:
         append_all(wal, [batch(0, n=3000)])
-        name = "pwrite" if wal.direct_io else "writev"
+        if name == "write":
+            name = "pwrite" if wal.direct_io else "writev"
         real = getattr(os, name)
-
-        def full_disk(fd, buf, *rest):
-            real(fd, buf[: 4096 if name == "pwrite" else 1], *rest)  # a torn start
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        monkeypatch.setattr(os, name, full_disk)
-        with pytest.raises(OSError, match="No space"):
+        monkeypatch.setattr(os, name, fake(name, real))
+        with pytest.raises(OSError, match=match):
             wal.append(batch(1, n=5000)).result(timeout=10)
         monkeypatch.setattr(os, name, real)
         assert append_all(wal, [batch(2, n=10)]) == [1]
@@ -434,26 +431,29 @@ def test_failed_write_is_not_acknowledged_and_its_lsns_are_reused(
 
 
 @pytest.mark.parametrize("direct", [True, False])
+def test_failed_write_is_not_acknowledged_and_its_lsns_are_reused(
+    waldir: Path, direct: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full_disk(name, real):
+        def write(fd, buf, *rest):
+            real(fd, buf[: 4096 if name == "pwrite" else 1], *rest)  # a torn start
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        return write
+
+    check_failed_group(waldir, direct, monkeypatch, "write", full_disk, "No space")
+
+
+@pytest.mark.parametrize("direct", [True, False])
 def test_failed_sync_is_not_acknowledged_and_the_next_group_follows_the_last_record(
     waldir: Path, direct: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The group was written whole before fdatasync failed: the file is cut back,
     # and a direct writer must also take back the partial block it kept.
-    wal = open_wal(waldir, direct=direct)
-    try:
-        append_all(wal, [batch(0, n=3000)])
-        real = os.fdatasync
-
-        def failing(fd: int) -> None:
+    def failing(name, real):
+        def sync(fd: int) -> None:
             raise OSError(errno.EIO, "Input/output error")
 
-        monkeypatch.setattr(os, "fdatasync", failing)
-        with pytest.raises(OSError, match="Input/output"):
-            wal.append(batch(1, n=5000)).result(timeout=10)
-        monkeypatch.setattr(os, "fdatasync", real)
-        assert append_all(wal, [batch(2, n=10)]) == [1]
-    finally:
-        wal.close()
-    recs = list(WriteAheadLog(waldir).read(0))
-    assert [r.lsn for r in recs] == [0, 1]
-    assert same(recs[0].batch, batch(0, n=3000)) and same(recs[1].batch, batch(2, n=10))
+        return sync
+
+    check_failed_group(waldir, direct, monkeypatch, "fdatasync", failing, "Input/output")
