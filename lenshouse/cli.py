@@ -163,11 +163,15 @@ def serve(
     head_max_mb: float = typer.Option(
         2048, help="memory bound of the head; past it the head covers fewer seconds"
     ),
+    block_cache_mb: float = typer.Option(
+        1024, help="ClickHouse's cache of decoded blocks that lenses read (0 turns it off)"
+    ),
 ) -> None:
     """Run storage and the HTTP server."""
-    if lens_cache_mb < 0 or head_seconds < 0 or head_max_mb < 0:
+    if min(lens_cache_mb, head_seconds, head_max_mb, block_cache_mb) < 0:
         console.print(
-            "[red]--lens-cache-mb, --head-seconds and --head-max-mb must be 0 or more[/red]"
+            "[red]--lens-cache-mb, --head-seconds, --head-max-mb and --block-cache-mb"
+            " must be 0 or more[/red]"
         )
         raise typer.Exit(2)
     node = _open_node(
@@ -177,6 +181,7 @@ def serve(
         lens_cache_mb=lens_cache_mb,
         head_seconds=head_seconds,
         head_max_mb=head_max_mb,
+        block_cache_mb=block_cache_mb,
     )
     from lenshouse.api.app import create_app
 

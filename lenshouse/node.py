@@ -25,13 +25,16 @@ class Node:
         query_connections: int = 4,
         dedup_pages: int = 65_536,
         lens_cache_mb: float = 256,
+        block_cache_mb: float = 1024,
         head_seconds: float = 65,
         head_max_mb: float = 2048,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.backend = backend or EmbeddedBackend(
-            self.data_dir / "clickhouse", query_connections=query_connections
+            self.data_dir / "clickhouse",
+            query_connections=query_connections,
+            block_cache_mb=block_cache_mb,
         )
         self._upgrade = create_schema(self.backend)  # finished once the log is replayed
         self.ingestor = Ingestor(

@@ -203,7 +203,8 @@ def test_lens_over_the_last_minute(live_server) -> None:
             1,
             "sensors must be at least 1",
         ),
-        (["serve", "--head-seconds", "-1"], 2, "--head-max-mb must be 0 or more"),
+        (["serve", "--head-seconds", "-1"], 2, "--block-cache-mb must be 0 or more"),
+        (["serve", "--block-cache-mb", "-1"], 2, "--block-cache-mb must be 0 or more"),
         (
             ["load", "--answer", "xml", "--url", "http://127.0.0.1:9"],
             2,

@@ -81,6 +81,9 @@ def bench(
         str, typer.Option(help="full (the issue's sizes) or tiny (a smoke run)")
     ] = "full",
     users: Annotated[int | None, typer.Option(help="mixed-run users (default 100)")] = None,
+    block_cache_mb: Annotated[
+        float, typer.Option(help="the bench server's uncompressed cache (0: off)")
+    ] = 1024,
 ) -> None:
     """Measure ingest, lens latency, mixed load, storage and concurrency; write a report."""
     if scenario == "all":
@@ -97,6 +100,10 @@ def bench(
     cfg = BenchConfig.full(duration) if scale == "full" else BenchConfig.tiny(duration)
     if users is not None:
         cfg.mixed_users = users
+    if block_cache_mb < 0:
+        console.print("[red]--block-cache-mb must be 0 or more")
+        raise typer.Exit(2)
+    cfg.block_cache_mb = block_cache_mb
     run_bench(chosen, cfg, data, out, command=" ".join(["lenshouse", *sys.argv[1:]]))
 
 

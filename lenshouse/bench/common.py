@@ -64,6 +64,7 @@ class BenchConfig:
     concurrency_duration: int = 30
     concurrency_window: str = "10m"
     points: int = 2500
+    block_cache_mb: float = 1024  # ClickHouse's uncompressed cache in the bench server
     seed: int = 0
 
     @classmethod
@@ -171,11 +172,16 @@ class BenchServer:
     serves and samples counters."""
 
     def __init__(
-        self, data_dir: Path, flush_interval: float = 1.0, lens_cache_mb: float = 256
+        self,
+        data_dir: Path,
+        flush_interval: float = 1.0,
+        lens_cache_mb: float = 256,
+        block_cache_mb: float = 1024,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.flush_interval = flush_interval
         self.lens_cache_mb = lens_cache_mb
+        self.block_cache_mb = block_cache_mb
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.node = None
@@ -189,7 +195,10 @@ class BenchServer:
         from lenshouse.node import Node
 
         self.node = Node(
-            self.data_dir, flush_interval=self.flush_interval, lens_cache_mb=self.lens_cache_mb
+            self.data_dir,
+            flush_interval=self.flush_interval,
+            lens_cache_mb=self.lens_cache_mb,
+            block_cache_mb=self.block_cache_mb,
         ).start()
         try:
             config = uvicorn.Config(
@@ -249,6 +258,10 @@ class BenchServer:
 
     def wait_merges(self, timeout: float) -> float:
         return wait_merges(self.node.backend, timeout)
+
+    def drop_block_cache(self) -> None:
+        """Empty ClickHouse's uncompressed cache: the next read decodes from disk."""
+        self.node.backend.execute("SYSTEM DROP UNCOMPRESSED CACHE")
 
 
 def check_loader(node) -> None:

@@ -375,7 +375,7 @@ def run_ingest(cfg: BenchConfig, workdir: Path) -> dict:
     data = workdir / "ingest"
     shutil.rmtree(data, ignore_errors=True)
     start = _start_ms()
-    with BenchServer(data) as srv:
+    with BenchServer(data, block_cache_mb=cfg.block_cache_mb) as srv:
         console.print(
             f"  Arrow over HTTP: {cfg.ingest_sensors} sensors × {cfg.ingest_rate_hz} Hz"
             f" per batch, {cfg.ingest_senders} senders, {cfg.duration} s…"

@@ -8,12 +8,16 @@
   rows ClickHouse read, taken from its own ``SelectedRows`` counter (a delta
   of ``system.events`` around the request; chDB keeps no ``system.query_log``)
   and set against the design bound of 50 rows per bucket per sensor. Each
-  window is asked for as JSON and as an Arrow answer, in random order.
+  window is asked for as JSON and as an Arrow answer, in random order, each
+  time with ClickHouse's uncompressed cache emptied first: these are the
+  figures of a window nobody read before.
 * **month**: the same on lower-rate data (10 sensors at 10 Hz over a month),
   windows from an hour to a month, to show the cost does not grow with the
   window.
 * **concurrency**: closed-loop clients with no think time, each asking for
-  10 sensors over a random 10-minute window of the 1 kHz data.
+  10 sensors over a random 10-minute window of the 1 kHz data, with the lens
+  cache off and the server's uncompressed cache as configured (its hits and
+  misses are reported).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from lenshouse.lens.steps import bucket_count
 LENS_END_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 MONTH_END_MS = LENS_END_MS - 40 * DAY_MS
 ROWS_PER_BUCKET_BOUND = 50
+_CACHE_EVENTS = ("UncompressedCacheHits", "UncompressedCacheMisses")
 
 
 def lens_dataset(cfg: BenchConfig) -> Dataset:
@@ -93,6 +98,7 @@ def measure_windows(
 
         def arrow(params: dict) -> dict:
             """The same lens as an Arrow answer, decoded to columns."""
+            srv.drop_block_cache()
             t = time.perf_counter()
             r = client.get("/v1/lens", params={**params, "format": "arrow"})
             ms = (time.perf_counter() - t) * 1000
@@ -112,6 +118,7 @@ def measure_windows(
             params = {"sensors": sensors, "start": start, "end": end, "points": points}
             # Each window is asked for in both formats, in random order.
             binary = arrow(params) if rng.random() < 0.5 else None
+            srv.drop_block_cache()
             ev0 = srv.events()
             t = time.perf_counter()
             r = client.get("/v1/lens", params=params)
@@ -233,7 +240,9 @@ def prepare_lens(srv: BenchServer, cfg: BenchConfig, month: bool = True) -> dict
 def run_lens(cfg: BenchConfig, workdir: Path) -> dict:
     console.rule("[bold]lens (single user, no ingest)")
     # Every lens here is read from ClickHouse: the lens cache is off.
-    with BenchServer(Path(workdir) / "lens", lens_cache_mb=0) as srv:
+    with BenchServer(
+        Path(workdir) / "lens", lens_cache_mb=0, block_cache_mb=cfg.block_cache_mb
+    ) as srv:
         prep = prepare_lens(srv, cfg)
         lens = measure_windows(
             srv, lens_dataset(cfg), cfg.lens_windows, cfg.lens_queries, cfg.points, cfg.seed
@@ -254,7 +263,8 @@ def run_concurrency(cfg: BenchConfig, workdir: Path) -> dict:
     workdir = Path(workdir)
     ds = lens_dataset(cfg)
     w = window(cfg.concurrency_window)
-    with BenchServer(workdir / "lens", lens_cache_mb=0) as srv:  # "not served from a cache"
+    # "Not served from a cache": no lens cache; every lens runs its query.
+    with BenchServer(workdir / "lens", lens_cache_mb=0, block_cache_mb=cfg.block_cache_mb) as srv:
         prep = prepare_lens(srv, cfg, month=False)
         lc = LoadConfig(
             url=srv.url,
@@ -275,16 +285,29 @@ def run_concurrency(cfg: BenchConfig, workdir: Path) -> dict:
             f" {lc.max_sensors} sensors × random {w.name} windows, {lc.duration:.0f} s…"
         )
         path = workdir / ".concurrency-result.json"
+        ev0 = srv.events(_CACHE_EVENTS)
         spawn(run_load_to_file, lc, str(path), name="concurrency-load", workdir=workdir).result(
             timeout=lc.duration + 300
         )
+        ev1 = srv.events(_CACHE_EVENTS)
         result = LoadResult.from_dict(json.loads(path.read_text()))
         path.unlink()
     doc = result.to_dict()
     doc["prepare"] = prep
+    hits, misses = (ev1[k] - ev0[k] for k in _CACHE_EVENTS)
+    doc["block_cache"] = {
+        "size_mb": cfg.block_cache_mb,
+        "hits": hits,
+        "misses": misses,
+        "hit_ratio": hits / (hits + misses) if hits + misses else None,
+    }
     lat = doc["latency_ms"]
     console.print(
         f"  {doc['requests']} requests, {doc['throughput_rps']:.1f}/s: p50 {lat['p50']:.0f} ms,"
         f" p95 {lat['p95']:.0f} ms, p99 {lat['p99']:.0f} ms, errors {doc['errors']}"
     )
+    if hits + misses:
+        console.print(
+            f"  uncompressed cache ({cfg.block_cache_mb:g} MB): {hits:,} hits, {misses:,} misses"
+        )
     return doc

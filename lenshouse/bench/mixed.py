@@ -73,7 +73,7 @@ def run_mixed(cfg: BenchConfig, workdir: Path) -> dict:
         seconds=prefill_s,
         seed=cfg.seed + 2,
     )
-    with BenchServer(data) as srv:
+    with BenchServer(data, block_cache_mb=cfg.block_cache_mb) as srv:
         with progress_bar() as progress:
             prep = write_dataset(srv.node, prefill, progress=progress)
         srv.wait_merges(15.0)

@@ -473,6 +473,14 @@ def markdown(results: dict, targets: list[dict], images: list[str]) -> str:
             "",
             _md_table(["window", "requests", "errors", "p50", "p95", "p99", "server p50"], rows),
         ]
+        cache = d.get("block_cache")
+        if cache and cache["hit_ratio"] is not None:
+            out += [
+                "",
+                f"ClickHouse's uncompressed cache ({cache['size_mb']:g} MB):"
+                f" {cache['hits']:,} hits, {cache['misses']:,} misses"
+                f" ({cache['hit_ratio']:.0%} of block reads).",
+            ]
         if key == "mixed":
             i = d["ingest"]
             out += [

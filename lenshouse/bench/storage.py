@@ -70,7 +70,7 @@ def run_storage(cfg: BenchConfig, workdir: Path) -> dict:
         seed=cfg.seed,
         exact=True,
     )
-    with BenchServer(data) as srv:
+    with BenchServer(data, block_cache_mb=cfg.block_cache_mb) as srv:
         with progress_bar() as progress:
             prep = write_dataset(srv.node, ds, progress=progress)
         backend = srv.node.backend

