@@ -267,13 +267,16 @@ def test_live_mode_refreshes_every_second_in_place(node, tab: Tab) -> None:
         PointBatch.from_columns("default", np.ones(len(ts), np.uint32), ts, np.full(len(ts), 9.0))
     )
     node.ingestor.wait_visible(lsn)
-    page.wait_for_timeout(3000)
+    # A refresh a second; a busy machine may stretch one, so allow up to 8 s.
+    page.wait_for_function("n => window.lenshouseStats.renders >= n", arg=renders + 2, timeout=8000)
+    page.wait_for_timeout(1000)
 
     live = tab.lens[sent:]
-    assert len(live) >= 2, f"only {len(live)} lens requests in 3 s of live mode"
+    assert len(live) >= 2, f"only {len(live)} lens requests in live mode"
     assert tab.renders() >= renders + 2
     ends = [r["end"] for r in live]
     assert ends == sorted(ends) and ends[-1] - ends[0] >= 900, ends
+    assert np.median(np.diff(ends)) < 2000, ends  # about one refresh a second
     assert all(r["end"] - r["start"] == 60_000 for r in live)
     # Updated in place: same chart object, no rebuild, so no flicker.
     assert page.evaluate("window.firstPlot === window.lenshouse.plot")
