@@ -16,6 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from lenshouse.node import DEFAULT_DATA_DIR, Node
+from lenshouse.storage.backend import BLOCK_CACHE_MB
 
 app = typer.Typer(
     help="lenshouse: a time-series store for high-frequency sensors on ClickHouse.",
@@ -164,7 +165,8 @@ def serve(
         2048, help="memory bound of the head; past it the head covers fewer seconds"
     ),
     block_cache_mb: float = typer.Option(
-        1024, help="ClickHouse's cache of decoded blocks that lenses read (0 turns it off)"
+        BLOCK_CACHE_MB,
+        help="ClickHouse's cache of decoded blocks that lenses read (0 turns it off)",
     ),
 ) -> None:
     """Run storage and the HTTP server."""

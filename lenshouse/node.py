@@ -6,7 +6,7 @@ from pathlib import Path
 
 from lenshouse.ingest.ingestor import Ingestor
 from lenshouse.lens.engine import LensEngine
-from lenshouse.storage.backend import Backend
+from lenshouse.storage.backend import BLOCK_CACHE_MB, Backend
 from lenshouse.storage.catalog import Catalog
 from lenshouse.storage.embedded import EmbeddedBackend
 from lenshouse.storage.head import Head
@@ -25,7 +25,7 @@ class Node:
         query_connections: int = 4,
         dedup_pages: int = 65_536,
         lens_cache_mb: float = 256,
-        block_cache_mb: float = 1024,
+        block_cache_mb: float = BLOCK_CACHE_MB,
         head_seconds: float = 65,
         head_max_mb: float = 2048,
     ) -> None:

@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from lenshouse.bench.common import BenchConfig, console, git_state, machine
+from lenshouse.storage.backend import BLOCK_CACHE_MB
 
 SCENARIOS = ("ingest", "lens", "mixed", "storage", "concurrency")
 
@@ -83,7 +84,7 @@ def bench(
     users: Annotated[int | None, typer.Option(help="mixed-run users (default 100)")] = None,
     block_cache_mb: Annotated[
         float, typer.Option(help="the bench server's uncompressed cache (0: off)")
-    ] = 1024,
+    ] = BLOCK_CACHE_MB,
 ) -> None:
     """Measure ingest, lens latency, mixed load, storage and concurrency; write a report."""
     if scenario == "all":

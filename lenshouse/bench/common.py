@@ -19,6 +19,8 @@ from typing import Any
 
 from rich.console import Console
 
+from lenshouse.storage.backend import BLOCK_CACHE_MB
+
 console = Console(stderr=True)
 
 HOUR_MS = 3_600_000
@@ -64,7 +66,7 @@ class BenchConfig:
     concurrency_duration: int = 30
     concurrency_window: str = "10m"
     points: int = 2500
-    block_cache_mb: float = 1024  # ClickHouse's uncompressed cache in the bench server
+    block_cache_mb: float = BLOCK_CACHE_MB  # ClickHouse's uncompressed cache in the bench server
     seed: int = 0
 
     @classmethod
@@ -176,7 +178,7 @@ class BenchServer:
         data_dir: Path,
         flush_interval: float = 1.0,
         lens_cache_mb: float = 256,
-        block_cache_mb: float = 1024,
+        block_cache_mb: float = BLOCK_CACHE_MB,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.flush_interval = flush_interval

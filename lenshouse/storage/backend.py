@@ -8,6 +8,10 @@ from typing import Protocol
 
 import pyarrow as pa
 
+# Default size of the engine's cache of decoded blocks (ClickHouse's
+# uncompressed cache), which lens queries read through.
+BLOCK_CACHE_MB = 1024.0
+
 
 class StorageError(RuntimeError):
     """A query or insert the storage refused or could not run."""

@@ -22,7 +22,7 @@ from pathlib import Path
 import chdb
 import pyarrow as pa
 
-from lenshouse.storage.backend import StorageError
+from lenshouse.storage.backend import BLOCK_CACHE_MB, StorageError
 
 _INSERT_SETTINGS = (
     "deduplicate_blocks_in_dependent_materialized_views = 1, "
@@ -34,7 +34,7 @@ class EmbeddedBackend:
     name = "chdb"
 
     def __init__(
-        self, path: Path, query_connections: int = 4, block_cache_mb: float = 1024
+        self, path: Path, query_connections: int = 4, block_cache_mb: float = BLOCK_CACHE_MB
     ) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
