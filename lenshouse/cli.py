@@ -75,6 +75,32 @@ def _open_node(data: Path, **kw) -> Node:
         raise typer.Exit(_fail(str(e))) from None
 
 
+def _cluster_store(addresses: str, cluster: str, database: str, quorum: int | None, wait: float):
+    """A store over an existing cluster; waits up to ``wait`` seconds for it."""
+    from lenshouse.storage.errors import FatalError, StorageError
+    from lenshouse.storage.replicated.connection import parse_address
+    from lenshouse.storage.replicated.store import ClusterStore
+
+    seeds = [a for a in addresses.split(",") if a.strip()]
+    try:
+        for a in seeds:
+            parse_address(a)
+    except ValueError as e:
+        raise typer.Exit(_fail(str(e))) from None
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return ClusterStore.connect(seeds, cluster, database, insert_quorum=quorum)
+        except FatalError as e:
+            raise typer.Exit(_fail(f"cluster {cluster!r} at {addresses}: {e}")) from None
+        except StorageError as e:
+            if time.monotonic() > deadline:
+                raise typer.Exit(
+                    _fail(f"no ClickHouse server of {addresses} answered in {wait:.0f} s: {e}")
+                ) from None
+            time.sleep(1.0)
+
+
 def _generator_process(url: str, sensors: int, rate_hz: int, seconds: int, start_ms: int) -> None:
     from lenshouse.generators.sender import run
     from lenshouse.generators.signals import Fleet
@@ -168,16 +194,31 @@ def serve(
         BLOCK_CACHE_MB,
         help="ClickHouse's cache of decoded blocks that lenses read (0 turns it off)",
     ),
+    clickhouse: str = typer.Option(
+        None,
+        help="native TCP addresses HOST:PORT[,HOST:PORT…] of a ClickHouse cluster's servers"
+        " (instead of the embedded engine); the data directory then holds only the log",
+    ),
+    cluster: str = typer.Option("lenshouse", help="the cluster's name in remote_servers"),
+    database: str = typer.Option("default", help="database of lenshouse's tables on the cluster"),
+    insert_quorum: int = typer.Option(
+        None, help="replicas each insert waits for (default: all replicas of a shard)"
+    ),
+    connect_wait: float = typer.Option(60, help="seconds to wait for the cluster at start"),
 ) -> None:
-    """Run storage and the HTTP server."""
+    """Run storage and the HTTP server (embedded chDB, or a ClickHouse cluster)."""
     if min(lens_cache_mb, head_seconds, head_max_mb, block_cache_mb) < 0:
         console.print(
             "[red]--lens-cache-mb, --head-seconds, --head-max-mb and --block-cache-mb"
             " must be 0 or more[/red]"
         )
         raise typer.Exit(2)
+    store = None
+    if clickhouse:
+        store = _cluster_store(clickhouse, cluster, database, insert_quorum, connect_wait)
     node = _open_node(
         data,
+        store=store,
         flush_interval=flush_interval,
         dedup_pages=dedup_pages,
         lens_cache_mb=lens_cache_mb,
@@ -187,7 +228,8 @@ def serve(
     )
     from lenshouse.api.app import create_app
 
-    console.print(f"lenshouse serving {data.resolve()} on http://{host}:{port}")
+    where = f"cluster {cluster} via {clickhouse}" if clickhouse else str(data.resolve())
+    console.print(f"lenshouse serving {where} on http://{host}:{port}")
     try:
         uvicorn.run(create_app(node), host=host, port=port, log_level="warning")
     finally:

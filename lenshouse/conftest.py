@@ -67,3 +67,48 @@ class LiveServer:
 def live_server(node: Node) -> Iterator[LiveServer]:
     with LiveServer(node) as s:
         yield s
+
+
+# -- the cluster store ----------------------------------------------------------
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """One real 2 shards × 2 replicas ClickHouse cluster with 3 ZooKeeper nodes
+    for the whole run (Debian's clickhouse-server and zookeeper, on loopback);
+    each test that uses it works in a database of its own."""
+    import json
+    import os
+
+    given = os.environ.get("LENSHOUSE_TEST_CLUSTER")
+    if given:  # the cluster.json of a cluster already running: tests use it as it is
+        doc = json.loads(Path(given).read_text())
+        doc.setdefault("dir", str(Path(given).parent))
+        yield doc
+        return
+    from lenshouse.cluster.testing import running_cluster
+
+    root = tmp_path_factory.mktemp("cluster")
+    with running_cluster(root, shards=2, replicas=2, keepers=3) as doc:
+        doc.setdefault("dir", str(root))
+        yield doc
+
+
+def cluster_store(doc: dict, database: str | None = None):
+    """A store on the test cluster, in a new database unless one is named."""
+    import uuid
+
+    from lenshouse.storage.replicated.store import ClusterStore
+
+    database = database or f"t_{uuid.uuid4().hex[:12]}"
+    hosts = [f"127.0.0.1:{n['ports']['tcp']}" for n in doc["nodes"] if n["role"] == "clickhouse"]
+    return ClusterStore.connect(hosts, doc["name"], database)
+
+
+STORES = ["chdb"]
+
+
+def store_node(kind: str, data_dir: Path, request: pytest.FixtureRequest, **kw) -> Node:
+    """A node on the embedded engine or on the test cluster (not started)."""
+    if kind == "chdb":
+        return Node(data_dir, **kw)
+    doc = request.getfixturevalue("cluster")
+    return Node(data_dir, store=cluster_store(doc), **kw)

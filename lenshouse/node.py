@@ -1,4 +1,7 @@
-"""A lenshouse node: storage, ingest and lenses over one data directory."""
+"""A lenshouse node: storage, ingest and lenses over one data directory.
+
+The data directory holds the write-ahead log and the loader's progress; the
+store is chDB inside it by default, or a ClickHouse cluster (``store=``)."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from lenshouse.storage.backend import BLOCK_CACHE_MB, Backend
 from lenshouse.storage.catalog import Catalog
 from lenshouse.storage.embedded import EmbeddedBackend
 from lenshouse.storage.head import Head
-from lenshouse.storage.schema import create_schema
+from lenshouse.storage.store import EmbeddedStore, Store
 
 DEFAULT_DATA_DIR = Path("lenshouse-data")
 
@@ -20,6 +23,7 @@ class Node:
         self,
         data_dir: Path = DEFAULT_DATA_DIR,
         backend: Backend | None = None,
+        store: Store | None = None,
         flush_interval: float = 1.0,
         fsync: bool = True,
         query_connections: int = 4,
@@ -31,15 +35,21 @@ class Node:
     ) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.backend = backend or EmbeddedBackend(
-            self.data_dir / "clickhouse",
-            query_connections=query_connections,
-            block_cache_mb=block_cache_mb,
-        )
-        self._upgrade = create_schema(self.backend)  # finished once the log is replayed
+        if store is None:
+            store = EmbeddedStore(
+                backend
+                or EmbeddedBackend(
+                    self.data_dir / "clickhouse",
+                    query_connections=query_connections,
+                    block_cache_mb=block_cache_mb,
+                )
+            )
+        self.store = store
+        self.backend = getattr(store, "backend", None)  # the SQL connection, for tests and bench
+        self._upgrade = store.open()  # finished once the log is replayed
         self.ingestor = Ingestor(
             self.data_dir,
-            self.backend,
+            store,
             flush_interval=flush_interval,
             fsync=fsync,
             dedup_pages=dedup_pages,
@@ -50,30 +60,29 @@ class Node:
         self.head = Head(head_seconds, max_bytes=int(head_max_mb * 2**20))
         self.ingestor.loader.on_loaded.append(self.head.add)
         self.lenses = LensEngine(
-            self.backend,
+            store,
             self.ingestor.visibility,
             cache_bytes=int(lens_cache_mb * 2**20),
             head=self.head,
         )
-        self.catalog = Catalog(self.backend)
+        self.catalog = Catalog(store)
         self._started = False
 
     def start(self) -> Node:
-        newest = self.backend.query("SELECT max(ts) AS ts, count() AS n FROM raw")
-        self.head.open(newest.column("ts")[0].as_py() if newest.column("n")[0].as_py() else None)
+        self.head.open(self.store.newest_ts())
         self.ingestor.start(after_recovery=self._finish_upgrade)
         self._started = True
         return self
 
     def _finish_upgrade(self) -> None:
-        self._upgrade.finish(self.backend)
+        self.store.finish_upgrade(self._upgrade)
         self.ingestor.loader.store_cells = True
 
     def stop(self) -> None:
         if self._started:
             self.ingestor.stop()
             self._started = False
-        self.backend.close()
+        self.store.close()
 
     def __enter__(self) -> Node:
         return self.start()

@@ -20,6 +20,7 @@ from lenshouse.lens.engine import parse_aggs, parse_sensors
 from lenshouse.node import Node
 from lenshouse.points import BadInput, check_tenant
 from lenshouse.storage.catalog import check_labels
+from lenshouse.storage.errors import RetryableError, StorageError
 
 MAX_BODY_BYTES = 256 << 20
 STATIC = Path(__file__).parent / "static"
@@ -60,6 +61,18 @@ def create_app(node: Node) -> FastAPI:
     @app.exception_handler(BadInput)
     async def bad_input(_: Request, exc: BadInput) -> ORJSON:
         return error(exc.status, str(exc))
+
+    @app.exception_handler(RetryableError)
+    async def unavailable(_: Request, exc: RetryableError) -> ORJSON:
+        # Storage away (a shard with no live replica, the keeper, the
+        # network): never a partial answer; the client retries.
+        response = error(503, f"storage unavailable: {exc}")
+        response.headers["Retry-After"] = "1"
+        return response
+
+    @app.exception_handler(StorageError)
+    async def storage_failed(_: Request, exc: StorageError) -> ORJSON:
+        return error(500, f"storage refused the request: {exc}")
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_: Request, exc: RequestValidationError) -> ORJSON:
@@ -146,10 +159,12 @@ def create_app(node: Node) -> FastAPI:
     @app.get("/healthz", summary="Liveness and ingest progress")
     def healthz() -> ORJSON:
         ing = node.ingestor
+        failure = ing.loader.failure
         return ORJSON(
             {
-                "status": "ok",
-                "storage": node.backend.name,
+                "status": "failed" if failure else "ok",
+                **({"error": failure} if failure else {}),
+                **node.store.health(),
                 "accepted_lsn": ing.wal.next_lsn - 1,
                 "loaded_lsn": ing.loader.loaded_lsn - 1,
                 "points_accepted": ing.points_accepted,
@@ -157,7 +172,9 @@ def create_app(node: Node) -> FastAPI:
                 "points_duplicate": ing.loader.stats.duplicates,
                 "points_conflicting": ing.loader.stats.conflicts,
                 "ingest_lag_seconds": round(ing.loader.lag_seconds(), 3),
-            }
+            },
+            # A stopped loader means no point is loaded until an operator acts.
+            status_code=503 if failure else 200,
         )
 
     @app.get("/metrics", summary="Prometheus metrics")

@@ -20,6 +20,7 @@ from typing import Any
 from rich.console import Console
 
 from lenshouse.storage.backend import BLOCK_CACHE_MB
+from lenshouse.storage.introspect import drop_block_cache, profile_events, wait_merges
 
 console = Console(stderr=True)
 
@@ -263,7 +264,7 @@ class BenchServer:
 
     def drop_block_cache(self) -> None:
         """Empty ClickHouse's uncompressed cache: the next read decodes from disk."""
-        self.node.backend.execute("SYSTEM DROP UNCOMPRESSED CACHE")
+        drop_block_cache(self.node.backend)
 
 
 def check_loader(node) -> None:
@@ -272,30 +273,6 @@ def check_loader(node) -> None:
     thread = getattr(node.ingestor.loader, "_thread", None)
     if thread is not None and not thread.is_alive():
         raise RuntimeError("the loader thread stopped; see the log above for its error")
-
-
-def profile_events(backend, names: tuple[str, ...]) -> dict[str, int]:
-    """ClickHouse's cumulative ProfileEvents (``system.events``) for this engine.
-
-    chDB has no ``system.query_log`` (it is not configured in the embedded
-    server); these counters are the same ones query_log copies per query, so a
-    delta around one query, with nothing else running, is that query's count.
-    """
-    quoted = ",".join(f"'{n}'" for n in names)
-    t = backend.query(f"SELECT event, value FROM system.events WHERE event IN ({quoted})")
-    got = dict(zip(t.column("event").to_pylist(), t.column("value").to_pylist()))
-    return {n: int(got.get(n, 0)) for n in names}
-
-
-def wait_merges(backend, timeout: float) -> float:
-    """Wait (up to ``timeout``) until no merge runs; returns the seconds waited."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        t = backend.query("SELECT count() AS n FROM system.merges")
-        if t.column("n")[0].as_py() == 0:
-            break
-        time.sleep(0.25)
-    return time.monotonic() - t0
 
 
 # -- other processes ------------------------------------------------------------

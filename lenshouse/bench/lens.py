@@ -42,6 +42,7 @@ from lenshouse.generators.load import (
     summarize,
 )
 from lenshouse.lens.steps import bucket_count
+from lenshouse.storage.introspect import parts_by_table
 
 # Fixed, so a re-run on the same --data finds its datasets again.
 LENS_END_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -213,12 +214,9 @@ def measure_windows(
     return {"windows": out, "counter_noise_rows": noise}
 
 
-def table_parts(backend) -> dict:
-    t = backend.query(
-        "SELECT table, count() AS parts, sum(rows) AS rows FROM system.parts"
-        " WHERE active AND database = currentDatabase() GROUP BY table ORDER BY table"
-    )
-    return {r["table"]: {"parts": r["parts"], "rows": r["rows"]} for r in t.to_pylist()}
+def _parts(srv: BenchServer) -> dict:
+    parts = parts_by_table(srv.node.backend)
+    return {t: {"parts": r["parts"], "rows": r["rows"]} for t, r in parts.items()}
 
 
 def prepare_lens(srv: BenchServer, cfg: BenchConfig, month: bool = True) -> dict:
@@ -234,7 +232,7 @@ def prepare_lens(srv: BenchServer, cfg: BenchConfig, month: bool = True) -> dict
                 f" ({doc['points_per_s']:,.0f} points/s through log + loader)"
             )
     waited = srv.wait_merges(30.0)
-    return {"datasets": prep, "merge_wait_s": waited, "parts": table_parts(srv.node.backend)}
+    return {"datasets": prep, "merge_wait_s": waited, "parts": _parts(srv)}
 
 
 def run_lens(cfg: BenchConfig, workdir: Path) -> dict:

@@ -15,29 +15,9 @@ from pathlib import Path
 from lenshouse.bench.common import BenchConfig, BenchServer, console
 from lenshouse.bench.prepare import Dataset, progress_bar, write_dataset
 from lenshouse.rollup.tiers import TIERS
+from lenshouse.storage.introspect import optimize_final, parts_by_table, raw_columns
 
 TABLES = ("raw", *(t.table for t in TIERS))
-
-
-def parts_by_table(backend) -> dict[str, dict]:
-    t = backend.query(
-        "SELECT table, count() AS parts, sum(rows) AS rows,"
-        " sum(bytes_on_disk) AS bytes_on_disk,"
-        " sum(data_compressed_bytes) AS compressed,"
-        " sum(data_uncompressed_bytes) AS uncompressed"
-        " FROM system.parts WHERE active AND database = currentDatabase()"
-        " GROUP BY table"
-    )
-    return {r["table"]: r for r in t.to_pylist()}
-
-
-def raw_columns(backend) -> dict[str, dict]:
-    t = backend.query(
-        "SELECT name, data_compressed_bytes AS compressed,"
-        " data_uncompressed_bytes AS uncompressed, compression_codec AS codec"
-        " FROM system.columns WHERE database = currentDatabase() AND table = 'raw'"
-    )
-    return {r["name"]: r for r in t.to_pylist()}
 
 
 def _per_point(parts: dict[str, dict], points: int) -> dict[str, dict]:
@@ -77,7 +57,7 @@ def run_storage(cfg: BenchConfig, workdir: Path) -> dict:
         srv.wait_merges(30.0)
         before = _per_point(parts_by_table(backend), ds.points)
         for name in TABLES:
-            backend.execute(f"OPTIMIZE TABLE {name} FINAL")
+            optimize_final(backend, name)
         srv.wait_merges(60.0)
         after = _per_point(parts_by_table(backend), ds.points)
         columns = raw_columns(backend)

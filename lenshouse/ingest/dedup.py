@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lenshouse.points import PointBatch
-from lenshouse.storage.backend import Backend
+from lenshouse.storage.store import Store
 
 PAGE_BITS = 12
 PAGE_MS = 1 << PAGE_BITS  # 4096 ms
@@ -49,8 +49,8 @@ class Duplicates:
 
 
 class SeenIndex:
-    def __init__(self, backend: Backend, capacity_pages: int = 65_536) -> None:
-        self.backend = backend
+    def __init__(self, store: Store, capacity_pages: int = 65_536) -> None:
+        self.store = store
         self.capacity = capacity_pages
         self._bits = np.zeros((min(capacity_pages, 4096), PAGE_BYTES), np.uint8)
         self._slot: dict[tuple[str, int, int], int] = {}
@@ -96,10 +96,7 @@ class SeenIndex:
         earlier loads stored (the tier may also hold part of a load in doubt,
         which only costs an extra query)."""
         self.before_read()
-        rows = self.backend.query(
-            "SELECT tenant, sensor, min(t) AS lo, max(t) AS hi FROM rollup_1h"
-            " GROUP BY tenant, sensor"
-        )
+        rows = self.store.extents()
         self._extent = {
             (t, s): (lo >> PAGE_BITS, (hi + 3_600_000) >> PAGE_BITS)
             for t, s, lo, hi in zip(
@@ -186,13 +183,9 @@ class SeenIndex:
 
     def _fill(self, tenant: str, missing: list[tuple[int, int, int]]) -> None:
         """Load the pages in ``missing`` from raw rows of earlier loads."""
-        conds = _page_conditions([(s, p) for s, p, _ in missing])
         self.before_read()
         self.fill_queries += 1
-        rows = self.backend.query(
-            f"SELECT sensor, ts FROM raw WHERE tenant = '{tenant}'"
-            f" AND seq < {self._seq} AND ({conds})"
-        )
+        rows = self.store.seen_keys(tenant, [(s, p) for s, p, _ in missing], PAGE_MS, self._seq)
         if rows.num_rows == 0:
             return
         self.fill_rows += rows.num_rows
@@ -207,45 +200,6 @@ class SeenIndex:
             slots[inv] * PAGE_BYTES + (off >> 3),
             (1 << (off & 7)).astype(np.uint8),
         )
-
-
-MAX_CONDITIONS = 2000
-
-
-def _page_conditions(pairs) -> str:
-    """A WHERE clause reading the (sensor, page) pairs of raw rows."""
-    return cell_conditions(pairs, PAGE_MS, "ts")
-
-
-def cell_conditions(pairs, unit_ms: int, column: str) -> str:
-    """A WHERE clause reading the (sensor, cell) pairs, cells being
-    ``unit_ms`` wide on ``column``: sensors that share a run of cells share one
-    range; when runs are many, nearby runs merge (reading a little more) so
-    that the query stays small."""
-    runs: dict[tuple[int, int], set[int]] = {}
-    by_sensor: dict[int, list[int]] = {}
-    for s, p in pairs:
-        by_sensor.setdefault(s, []).append(p)
-    gap = 1
-    while True:
-        runs.clear()
-        for s, cells in by_sensor.items():
-            cells.sort()
-            lo = hi = cells[0]
-            for p in cells[1:]:
-                if p - hi > gap:
-                    runs.setdefault((lo, hi), set()).add(s)
-                    lo = p
-                hi = p
-            runs.setdefault((lo, hi), set()).add(s)
-        if len(runs) <= MAX_CONDITIONS:
-            break
-        gap *= 4
-    return " OR ".join(
-        f"({column} >= {lo * unit_ms} AND {column} < {(hi + 1) * unit_ms}"
-        f" AND sensor IN ({','.join(map(str, sorted(ss)))}))"
-        for (lo, hi), ss in runs.items()
-    )
 
 
 def pair_groups(a: np.ndarray, b: np.ndarray) -> tuple[list[tuple[int, int]], np.ndarray]:
@@ -268,7 +222,7 @@ def _set_bits(flat: np.ndarray, byte: np.ndarray, bit: np.ndarray) -> None:
     flat[byte[starts]] |= np.bitwise_or.reduceat(mask, starts)
 
 
-def count_conflicts(backend: Backend, dups: Duplicates, max_seq: int) -> int:
+def count_conflicts(store: Store, dups: Duplicates, max_seq: int) -> int:
     """Refused duplicates whose value differs from the stored (first) value."""
     conflicts = 0
     for tenant in sorted(set(dups.tenant)):
@@ -276,11 +230,8 @@ def count_conflicts(backend: Backend, dups: Duplicates, max_seq: int) -> int:
         sensor = np.concatenate([dups.sensor[i] for i in idx]).astype(np.int64)
         ts = np.concatenate([dups.ts[i] for i in idx])
         value = np.concatenate([dups.value[i] for i in idx])
-        conds = _page_conditions(set(zip(sensor.tolist(), (ts >> PAGE_BITS).tolist())))
-        rows = backend.query(
-            f"SELECT sensor, ts, value FROM raw WHERE tenant = '{tenant}'"
-            f" AND seq <= {max_seq} AND ({conds})"
-        )
+        pairs = set(zip(sensor.tolist(), (ts >> PAGE_BITS).tolist()))
+        rows = store.stored_values(tenant, pairs, PAGE_MS, max_seq)
         conflicts += _differing(
             rows.column("sensor").to_numpy().astype(np.int64),
             rows.column("ts").to_numpy(),

@@ -12,7 +12,7 @@ from lenshouse.ingest.loader import Loader
 from lenshouse.ingest.visibility import Visibility
 from lenshouse.ingest.wal import WriteAheadLog
 from lenshouse.points import BadInput, PointBatch
-from lenshouse.storage.backend import Backend
+from lenshouse.storage.store import Store
 
 MAX_BATCH_IDS = 100_000
 
@@ -28,7 +28,7 @@ class Ingestor:
     def __init__(
         self,
         data_dir: Path,
-        backend: Backend,
+        store: Store,
         flush_interval: float = 1.0,
         max_load_rows: int = 4_000_000,
         max_queued_rows: int = 30_000_000,
@@ -39,7 +39,7 @@ class Ingestor:
         self.wal = WriteAheadLog(Path(data_dir) / "wal", fsync=fsync)
         self.loader = Loader(
             self.wal,
-            backend,
+            store,
             Path(data_dir) / "loader.json",
             self.visibility,
             flush_interval=flush_interval,

@@ -34,8 +34,9 @@ from lenshouse.ingest.dedup import Duplicates, SeenIndex, count_conflicts
 from lenshouse.ingest.reconcile import reconcile
 from lenshouse.ingest.visibility import LoadSpan, Visibility, footprint_keys, footprint_sensors
 from lenshouse.ingest.wal import Record, WriteAheadLog
-from lenshouse.rollup.cells import FIRST, cells, footprint_points
-from lenshouse.storage.backend import Backend, StorageError
+from lenshouse.rollup.cells import cells, footprint_points
+from lenshouse.storage.errors import FatalError, StorageError
+from lenshouse.storage.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +104,18 @@ class LoaderStats:
 
 
 class Loader:
+    """Ownership: the loader thread (and its one store thread, strictly after
+    it) owns ``state``, ``index``, ``_known_sensors`` and ``store_cells``;
+    ``stats`` counters are written only by them and read by anyone (single
+    ints, no lock). ``_queued_lock`` guards ``_acked`` and
+    ``stats.queued_rows``, which the log's writer thread feeds; ``_loaded``
+    guards the completion of ``state.next_lsn`` for waiters. ``failure`` is set
+    once, by the loader thread, when a fatal storage error stops it."""
+
     def __init__(
         self,
         wal: WriteAheadLog,
-        backend: Backend,
+        store: Store,
         state_path: Path,
         visibility: Visibility,
         flush_interval: float = 1.0,
@@ -116,7 +125,8 @@ class Loader:
         store_cells: bool = True,
     ) -> None:
         self.wal = wal
-        self.backend = backend
+        self.store = store
+        self.failure: str | None = None
         self.state_path = state_path
         self.state = LoaderState.load(state_path)
         self.visibility = visibility
@@ -136,7 +146,7 @@ class Loader:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._known_sensors: set[tuple[str, int]] = set()
-        self.index = SeenIndex(backend, capacity_pages=dedup_pages)
+        self.index = SeenIndex(store, capacity_pages=dedup_pages)
         # A filter's reads of raw wait for the load being stored: it must
         # see every earlier load, as a replay after a crash would.
         self._storing: Future | None = None
@@ -188,7 +198,9 @@ class Loader:
         """Stop; with ``drain``, load everything queued first."""
         if drain:
             deadline = time.monotonic() + 60
-            while self._thread and self.state.next_lsn < self.wal.next_lsn:
+            while (
+                self._thread and self._thread.is_alive() and self.state.next_lsn < self.wal.next_lsn
+            ):
                 if time.monotonic() > deadline:
                     break
                 time.sleep(0.02)
@@ -212,7 +224,13 @@ class Loader:
                 self._wait_stored()
             except LoaderStopped:
                 log.info("loader stopped with a load in doubt; it is replayed on restart")
-            except Exception:  # pragma: no cover - surfaced through /healthz
+            except FatalError as e:
+                # Retrying a statement the server refuses cannot help: stop, say
+                # why (/healthz too); the load in doubt is replayed on restart.
+                self.failure = f"storage refused a load: {e}"
+                log.error("loader stopped: %s", self.failure)
+            except Exception as e:  # pragma: no cover - surfaced through /healthz
+                self.failure = f"loader failed: {e!r}"
                 log.exception("loader stopped")
                 raise
 
@@ -247,6 +265,8 @@ class Loader:
         rows = 0
         deadline = None
         while not self._stop.is_set():
+            if self._storing is not None and self._storing.done():
+                self._wait_stored()  # raises what stopped it, without waiting for records
             timeout = 0.1 if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 rec, acked = self._queue.get(timeout=timeout)
@@ -291,16 +311,17 @@ class Loader:
         token = f"lh-{self.state.epoch}-{seq}-{first}-{last}"
         errors = self.stats.insert_errors
         if table.num_rows:
-            self._insert_with_retry("raw", table, token)
+            self._retry(lambda: self.store.insert_raw(table, token))
             if self.store_cells:
                 # Its views fill the coarser tiers; a replay after a crash
                 # between the two inserts stores only what is missing.
-                self._insert_with_retry(FIRST.table, cell_rows, token + "-cells")
+                self._retry(lambda: self.store.insert_cells(cell_rows, token + "-cells"))
         self._register_sensors(span, token)
-        if in_doubt or self.stats.insert_errors > errors:
+        doubt = in_doubt or self.stats.insert_errors > errors
+        if doubt and not self.store.atomic_dedup:
             self._retry(lambda: self._reconcile(seq, table, cell_rows, span))
         if len(dups):  # counted before completion so that readers see final counts
-            self.stats.conflicts += self._retry(lambda: count_conflicts(self.backend, dups, seq))
+            self.stats.conflicts += self._retry(lambda: count_conflicts(self.store, dups, seq))
             self.stats.duplicates += len(dups)
         self.stats.last_insert_seconds = time.perf_counter() - t0
         for callback in self.on_loaded:
@@ -329,7 +350,7 @@ class Loader:
 
     def _reconcile(self, seq: int, table: pa.Table, cell_rows: pa.Table, span: LoadSpan) -> None:
         """Add whatever of load ``seq`` ClickHouse lost, sensors included."""
-        repair = reconcile(self.backend, seq, table, cell_rows) if table.num_rows else None
+        repair = reconcile(self.store, seq, table, cell_rows) if table.num_rows else None
         self._known_sensors = self._read_known_sensors()
         sensors = self._register_sensors(span, f"lh-repair-{uuid.uuid4().hex}")
         self.stats.reconciled += 1
@@ -337,15 +358,15 @@ class Loader:
             self.stats.repaired += 1
             log.warning("load %d had lost rows, added again: %s; sensors %d", seq, repair, sensors)
 
-    def _insert_with_retry(self, table: str, data: pa.Table, token: str) -> None:
-        self._retry(lambda: self.backend.insert(table, data, token))
-
     def _retry(self, action, on_error=None):
-        """Run ``action`` until it succeeds; storage errors back off and retry."""
+        """Run ``action`` until it succeeds; storage errors back off and
+        retry, except a :class:`FatalError`, which stops the loader."""
         delay = 0.05
         while True:
             try:
                 return action()
+            except FatalError:
+                raise
             except StorageError as e:
                 self.stats.insert_errors += 1
                 log.warning("storage call failed, retrying in %.2fs: %s", delay, e)
@@ -371,8 +392,7 @@ class Loader:
 
     # -- the sensor catalog -----------------------------------------------------
     def _read_known_sensors(self) -> set[tuple[str, int]]:
-        rows = self.backend.query("SELECT DISTINCT tenant, sensor FROM sensors")
-        return set(zip(rows.column("tenant").to_pylist(), rows.column("sensor").to_pylist()))
+        return self.store.known_sensors()
 
     def _register_sensors(self, span: LoadSpan, token: str) -> int:
         """Sensors seen for the first time enter the catalog with no labels. The
@@ -396,7 +416,7 @@ class Loader:
                 "version": pa.array([0] * len(keys), pa.int64()),
             }
         )
-        self._insert_with_retry("sensors", table, token + "-sensors")
+        self._retry(lambda: self.store.insert_sensors(table, token + "-sensors"))
         self._known_sensors |= new
         return len(new)
 

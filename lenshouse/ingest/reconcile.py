@@ -17,7 +17,7 @@ to store with what is there, and adds only what is missing:
   row for the difference: sum and count the difference, min and max the
   source's, which is what folding the missing rows in gives.
 
-Rows are added without feeding views (:func:`~lenshouse.storage.attach.attach_rows`):
+Rows are added without feeding views (``Store.attach``):
 the tables downstream are checked in their turn. Every decision is taken
 from what is stored, so a crash during a repair is repaired by the next
 recovery.
@@ -32,10 +32,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lenshouse.ingest.dedup import PAGE_BITS, PAGE_MS, cell_conditions, key_lookup, pair_groups
+from lenshouse.ingest.dedup import PAGE_BITS, PAGE_MS, key_lookup, pair_groups
 from lenshouse.rollup import tiers
-from lenshouse.storage.attach import attach_rows
-from lenshouse.storage.backend import Backend
+from lenshouse.storage.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +51,19 @@ class Repair:
         return bool(self.raw_rows or self.cells)
 
 
-def reconcile(backend: Backend, seq: int, rows: pa.Table, cell_rows: pa.Table) -> Repair:
+def reconcile(store: Store, seq: int, rows: pa.Table, cell_rows: pa.Table) -> Repair:
     """Make load ``seq`` whole in raw and in every tier. ``rows`` are the raw
     rows it prepared, ``cell_rows`` their first-tier cells."""
     repair = Repair()
-    missing = missing_raw(backend, seq, rows)
+    missing = missing_raw(store, seq, rows)
     if missing.num_rows:
-        attach_rows(backend, "raw", missing)
+        store.attach(None, missing)
         repair.raw_rows = missing.num_rows
-    present = _present(backend)
+    present = store.tiers_present()
     for tier in present:
-        short, surplus = tier_shortfall(backend, tier, cell_rows, _source(tier, present))
+        short, surplus = tier_shortfall(store, tier, cell_rows, _source(tier, present))
         if short.num_rows:
-            attach_rows(backend, tier.table, short)
+            store.attach(tier, short)
             repair.cells[tier.table] = short.num_rows
         if surplus:
             repair.surplus[tier.table] = surplus
@@ -73,15 +72,7 @@ def reconcile(backend: Backend, seq: int, rows: pa.Table, cell_rows: pa.Table) -
     return repair
 
 
-def _present(backend: Backend) -> list[tiers.Tier]:
-    """The tiers this store has (an older one gets new tiers, filled from their
-    source, only after its load in doubt is replayed)."""
-    got = backend.query("SELECT name FROM system.tables WHERE database = currentDatabase()")
-    names = set(got.column("name").to_pylist())
-    return [t for t in tiers.TIERS if t.table in names]
-
-
-def missing_raw(backend: Backend, seq: int, rows: pa.Table) -> pa.Table:
+def missing_raw(store: Store, seq: int, rows: pa.Table) -> pa.Table:
     """The rows of load ``seq`` that raw lacks."""
     missing = np.zeros(rows.num_rows, bool)
     all_sensors = rows.column("sensor").to_numpy().astype(np.int64)
@@ -89,10 +80,7 @@ def missing_raw(backend: Backend, seq: int, rows: pa.Table) -> pa.Table:
     for tenant, where in _by_tenant(rows):
         sensor, ts = all_sensors[where], all_ts[where]
         pairs = pair_groups(sensor, ts >> PAGE_BITS)[0]
-        got = backend.query(
-            f"SELECT sensor, ts FROM raw WHERE tenant = '{tenant}' AND seq = {seq}"
-            f" AND ({cell_conditions(pairs, PAGE_MS, 'ts')})"
-        )
+        got = store.load_keys(tenant, seq, pairs, PAGE_MS)
         _, stored = key_lookup(
             got.column("sensor").to_numpy().astype(np.int64),
             got.column("ts").to_numpy(),
@@ -105,7 +93,9 @@ def missing_raw(backend: Backend, seq: int, rows: pa.Table) -> pa.Table:
 
 def _source(tier: tiers.Tier, present: list[tiers.Tier]) -> tiers.Tier | None:
     """The nearest finer tier the store has, or None for raw: any finer tier
-    holds the same points, and an older store may lack the one in between."""
+    holds the same points, and an older store may lack the one in between
+    (it gets new tiers, filled from their source, only after its load in
+    doubt is replayed)."""
     source = tiers.tier_source(tier)
     while source is not None and source not in present:
         source = tiers.tier_source(source)
@@ -113,7 +103,7 @@ def _source(tier: tiers.Tier, present: list[tiers.Tier]) -> tiers.Tier | None:
 
 
 def tier_shortfall(
-    backend: Backend, tier: tiers.Tier, cell_rows: pa.Table, source: tiers.Tier | None
+    store: Store, tier: tiers.Tier, cell_rows: pa.Table, source: tiers.Tier | None
 ) -> tuple[pa.Table, int]:
     """Rows that make ``tier`` agree with ``source`` (a finer tier, or raw for
     None) over the cells that ``cell_rows`` (first-tier cells) touch, and how
@@ -126,8 +116,8 @@ def tier_shortfall(
     for tenant, where in _by_tenant(cell_rows):
         sensor, cell = all_sensors[where], all_cells[where]
         pairs = pair_groups(sensor, cell)[0]
-        want = _folded(backend, source, tenant, r, pairs)
-        have = _folded(backend, tier, tenant, r, pairs)
+        want = _folded(store, source, tenant, r, pairs)
+        have = _folded(store, tier, tenant, r, pairs)
         _, touched = key_lookup(sensor, cell * r, want["sensor"], want["t"])
         want = {k: v[touched] for k, v in want.items()}
         pos, found = key_lookup(have["sensor"], have["t"], want["sensor"], want["t"])
@@ -159,21 +149,11 @@ def tier_shortfall(
 
 
 def _folded(
-    backend: Backend, table: tiers.Tier | None, tenant: str, r: int, pairs: list[tuple[int, int]]
+    store: Store, table: tiers.Tier | None, tenant: str, r: int, pairs: list[tuple[int, int]]
 ) -> dict[str, np.ndarray]:
     """Per (sensor, cell of ``r`` ms) of ``pairs``: sum, count, min and max
     folded from raw (``table`` None) or from a tier's rows."""
-    if table is None:
-        column, source = "ts", "raw"
-        folds = "sum(value) AS sum, count() AS cnt, min(value) AS min, max(value) AS max"
-    else:
-        column, source = "t", table.table
-        folds = "sum(sum) AS sum, sum(cnt) AS cnt, min(min) AS min, max(max) AS max"
-    got = backend.query(
-        f"SELECT sensor, intDiv({column}, {r}) * {r} AS c, {folds} FROM {source}"
-        f" WHERE tenant = '{tenant}' AND ({cell_conditions(pairs, r, column)})"
-        " GROUP BY sensor, c"
-    )
+    got = store.folded(table, tenant, r, pairs)
     return {
         "sensor": got.column("sensor").to_numpy().astype(np.int64),
         "t": got.column("c").to_numpy().astype(np.int64),

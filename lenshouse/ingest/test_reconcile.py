@@ -23,9 +23,9 @@ from lenshouse.points import PointBatch
 from lenshouse.rollup.cells import cells
 from lenshouse.rollup.tiers import TIERS
 from lenshouse.storage.attach import attach_rows
-from lenshouse.storage.backend import StorageError
 from lenshouse.storage.embedded import EmbeddedBackend
-from lenshouse.storage.schema import create_schema
+from lenshouse.storage.errors import RetryableError
+from lenshouse.storage.store import EmbeddedStore
 
 DAY = 86_400_000
 A0 = 1_700_000_000_000 // DAY * DAY  # the first load's day
@@ -129,7 +129,8 @@ def test_a_short_cell_gets_the_difference_and_a_surplus_is_reported(tmp_path: Pa
     exactly the source's cells, and a cell holding more than its source is
     counted, not changed."""
     backend = EmbeddedBackend(tmp_path / "clickhouse")
-    create_schema(backend)
+    store = EmbeddedStore(backend)
+    store.open()
     ts = A0 + np.arange(1000, dtype=np.int64)
     value = np.cos(ts / 3.0) * 100
     loads = [ts % 2 == k for k in (0, 1)]  # load 1 brings the odd milliseconds
@@ -155,7 +156,7 @@ def test_a_short_cell_gets_the_difference_and_a_surplus_is_reported(tmp_path: Pa
     attach_rows(backend, "raw", pa.concat_tables([rows(loads[0], 0), rows(loads[1], 1)]))
     first = TIERS[0]
     attach_rows(backend, first.table, cells_of(loads[0]))  # load 1's cells were lost
-    short, surplus = tier_shortfall(backend, first, cells_of(loads[1]), None)
+    short, surplus = tier_shortfall(store, first, cells_of(loads[1]), None)
     assert (short.num_rows, surplus) == (10, 0)
     attach_rows(backend, first.table, short)
     got = backend.query(
@@ -166,11 +167,11 @@ def test_a_short_cell_gets_the_difference_and_a_surplus_is_reported(tmp_path: Pa
     for col, name in (("n", "cnt"), ("lo", "min"), ("hi", "max"), ("t", "t")):
         assert got.column(col).to_pylist() == want.column(name).to_pylist()
     np.testing.assert_allclose(got.column("s").to_numpy(), want.column("sum").to_numpy(), 1e-12)
-    again, surplus = tier_shortfall(backend, first, cells_of(loads[1]), None)
+    again, surplus = tier_shortfall(store, first, cells_of(loads[1]), None)
     assert (again.num_rows, surplus) == (0, 0)
 
     attach_rows(backend, first.table, cells_of(ts < A0 + 100))  # cell 0 twice over
-    short, surplus = tier_shortfall(backend, first, cells_of(loads[1]), None)
+    short, surplus = tier_shortfall(store, first, cells_of(loads[1]), None)
     assert (short.num_rows, surplus) == (0, 1)
 
 
@@ -183,7 +184,7 @@ class LandsThenFails(EmbeddedBackend):
         super().insert(table, data, token)
         if table == "raw" and not self.failed:
             self.failed = True
-            raise StorageError("connection reset after the insert")
+            raise RetryableError("connection reset after the insert")
 
 
 def test_a_retried_insert_is_reconciled(tmp_path: Path) -> None:

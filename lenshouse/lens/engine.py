@@ -1,9 +1,12 @@
-"""The lens engine: plans a lens, runs it as one ClickHouse query, and checks
-that no load changed what it read while it ran."""
+"""The lens engine: plans a lens, runs it as one storage read, and checks
+that no load changed what it read while it ran.
+
+Ownership: ``cache`` and ``head`` are thread-safe objects of their own;
+``visibility`` is shared with the loader, which alone writes it. The engine
+keeps no other mutable state, so any number of request threads use it."""
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,8 +17,8 @@ from lenshouse.lens.cache import CHUNK_BUCKETS, Chunk, Key, LensCache, chunk_spa
 from lenshouse.lens.planner import Segment, plan, raw_span
 from lenshouse.lens.steps import bucket_count, choose_step, whole_buckets
 from lenshouse.points import BadInput, check_tenant
-from lenshouse.storage.backend import Backend
 from lenshouse.storage.head import Head, buckets
+from lenshouse.storage.store import Store
 
 AGGS = ("avg", "min", "max", "count")
 MAX_SENSORS = 10
@@ -26,13 +29,6 @@ MAX_HEAD_RAW_MS = 30_000
 # Reads that may race a load before a lens reads with loads held back.
 OPTIMISTIC_READS = 3
 MAX_EXPORT_ROWS = 50_000_000
-IN_ORDER_MIN_STEP = 20  # ms: raw buckets at least this wide are aggregated in key order
-# PREWHERE (on by default) measured 5-15% slower for a lens's narrow key
-# ranges: the filter columns are read anyway. Decoded blocks are kept in the
-# uncompressed cache: a 10-minute lens whose cells are cached costs 7 ms of
-# CPU instead of 10.5 (ClickHouse skips the cache for reads of over 1M rows).
-_ALONE = " SETTINGS optimize_move_to_prewhere = 0, use_uncompressed_cache = 1"
-_BUSY = _ALONE + ", max_threads = 1"
 
 
 @dataclass
@@ -118,17 +114,15 @@ def parse_aggs(text: str | None) -> tuple[str, ...]:
 class LensEngine:
     def __init__(
         self,
-        backend: Backend,
+        store: Store,
         visibility: Visibility,
         cache_bytes: int = 256 << 20,
         head: Head | None = None,
     ) -> None:
-        self.backend = backend
+        self.store = store
         self.visibility = visibility
         self.cache = LensCache(visibility, cache_bytes)
         self.head = head or Head(0)
-        self._running = 0  # lens queries in flight
-        self._running_lock = threading.Lock()
 
     def resolve_step(self, start: int, end: int, points: int | None, step: int | None) -> int:
         if end <= start:
@@ -212,24 +206,12 @@ class LensEngine:
         # Raw rows of a load in flight are hidden by their seq; with none in
         # flight, the cheaper unfiltered read is checked afterwards instead.
         max_seq = snap.committed_seq if cut is not None else None
-        table = self._query(*self._sql(tenant, step, groups, max_seq)) if groups else None
+        table = self.store.lens_rows(tenant, step, groups, max_seq) if groups else None
         read = _Read(tenant, step, snap, segments, cached, missing, _columns(table), head)
         read.valid = quiet or self._still_valid(
             snap, tenant, sensors, segments, cut is None, cached, step
         )
         return read
-
-    def _query(self, sql: str, settings: str = "") -> pa.Table:
-        """Run a lens query; while others run, on one thread: parallel reads of
-        small ranges cost more CPU than they save once the cores are busy."""
-        with self._running_lock:
-            busy = self._running > 0
-            self._running += 1
-        try:
-            return self.backend.query(sql + (_BUSY if busy else _ALONE) + settings)
-        finally:
-            with self._running_lock:
-                self._running -= 1
 
     def _cached(
         self, tenant: str, sensors: list[int], start: int, end: int, step: int, boundary: int
@@ -270,12 +252,9 @@ class LensEngine:
             raise BadInput(f"end ({end}) must be after start ({start})", 422)
         tenant = check_tenant(tenant)
         seq = self.visibility.snapshot().committed_seq
-        ids = ",".join(map(str, sensors))
-        return self.backend.query(
-            f"SELECT sensor, ts, value FROM raw WHERE tenant = '{tenant}' AND sensor IN ({ids})"
-            f" AND ts >= {start} AND ts < {end} AND seq <= {seq} ORDER BY sensor, ts"
-            f" LIMIT {MAX_EXPORT_ROWS + 1}"
-        ).select(["sensor", "ts", "value"])
+        return self.store.export_rows(tenant, sensors, start, end, seq, MAX_EXPORT_ROWS + 1).select(
+            ["sensor", "ts", "value"]
+        )
 
     @staticmethod
     def _head_cut(snap: Snapshot, tenant: str, start: int, end: int) -> int | None:
@@ -313,71 +292,6 @@ class LensEngine:
             for sensor, held in chunks.items()
             for n in held
         )
-
-    @staticmethod
-    def _sql(
-        tenant: str,
-        step: int,
-        groups: list[tuple[list[int], list[Segment]]],
-        max_seq: int | None,
-    ) -> tuple[str, str]:
-        """One query over each group's segments for its sensors, raw rows up to
-        ``max_seq`` when given; and the settings it needs."""
-
-        def where(col: str, pick) -> str | None:
-            terms = []
-            for ids, segs in groups:
-                ranges = " OR ".join(
-                    f"({col} >= {s.lo} AND {col} < {s.hi})" for s in segs if pick(s)
-                )
-                if ranges:
-                    terms.append(f"(sensor IN ({','.join(map(str, ids))}) AND ({ranges}))")
-            return f"tenant = '{tenant}' AND ({' OR '.join(terms)})" if terms else None
-
-        sources = []  # (table, time column, where, aggregates of its own columns)
-        raw = where("ts", lambda s: s.tier is None)
-        if raw and (max_seq is None or max_seq >= 0):
-            seq = "" if max_seq is None else f" AND seq <= {max_seq}"
-            sources.append(("raw", "ts", raw + seq, _RAW_AGGS))
-        tables = dict.fromkeys(s.tier.table for _, segs in groups for s in segs if s.tier)
-        for table in tables:
-            cond = where("t", lambda s, table=table: s.tier is not None and s.tier.table == table)
-            sources.append((table, "t", cond, _TIER_AGGS))
-        if len(sources) == 1:
-            # One source (the usual case): aggregated directly, which measured
-            # 15-25% faster than through a subquery.
-            table, t, cond, aggs = sources[0]
-            # Raw rows come in key order and buckets follow it: aggregating in
-            # that order measured faster for wide buckets (a minute at 40 ms
-            # steps) and slower for narrow ones (10 s at 5 ms steps).
-            in_order = table == "raw" and step >= IN_ORDER_MIN_STEP
-            return (
-                f"SELECT sensor, intDiv({t}, {step}) AS b, {aggs} FROM {table} WHERE {cond}"
-                " GROUP BY sensor, b ORDER BY sensor, b",  # measured: faster than unordered
-                ", optimize_aggregation_in_order = 1" if in_order else "",
-            )
-        parts = [
-            f"SELECT sensor, {t} AS t, {_AS_ROWS[table == 'raw']} FROM {table} WHERE {cond}"
-            for table, t, cond, _ in sources
-        ] or [
-            "SELECT toUInt32(0) AS sensor, toInt64(0) AS t, 0.0 AS s, toUInt64(0) AS c,"
-            " 0.0 AS mn, 0.0 AS mx WHERE 0"
-        ]
-        union = " UNION ALL ".join(parts)
-        return (
-            f"SELECT sensor, intDiv(t, {step}) AS b, {_ROW_AGGS} FROM ({union})"
-            " GROUP BY sensor, b ORDER BY sensor, b",
-            "",
-        )
-
-
-_RAW_AGGS = "sum(value) AS sum, count() AS cnt, min(value) AS min, max(value) AS max"
-_TIER_AGGS = "sum(sum) AS sum, sum(cnt) AS cnt, min(min) AS min, max(max) AS max"
-_ROW_AGGS = "sum(s) AS sum, sum(c) AS cnt, min(mn) AS min, max(mx) AS max"
-_AS_ROWS = {  # a source's columns as rows of (s, c, mn, mx), keyed by "is raw"
-    True: "value AS s, toUInt64(1) AS c, value AS mn, value AS mx",
-    False: "sum AS s, cnt AS c, min AS mn, max AS mx",
-}
 
 
 _COLUMNS = ("sensor", "b", "sum", "cnt", "min", "max")

@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lenshouse.bench.common import profile_events
 from lenshouse.lens.test_oracle import T0, check_lens, write_shuffled
 from lenshouse.node import Node
+from lenshouse.storage.introspect import profile_events
 
 EVENTS = ("UncompressedCacheHits", "UncompressedCacheMisses")
 

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lenshouse.conftest import STORES, store_node
 from lenshouse.lens.oracle import brute_force, mismatch
 from lenshouse.lens.steps import LADDER_MS
 from lenshouse.node import Node
@@ -25,9 +26,13 @@ SPAN = 4 * 3_600_000
 _tenants = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def shared_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    n = Node(tmp_path_factory.mktemp("oracle") / "data", flush_interval=0.02).start()
+@pytest.fixture(scope="module", params=STORES)
+def shared_node(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Node]:
+    """The same tests on each store: chDB, and the 2 × 2 cluster."""
+    data = tmp_path_factory.mktemp("oracle") / "data"
+    n = store_node(request.param, data, request, flush_interval=0.02).start()
     # "Now" is the middle of the data and the head holds an hour: windows read
     # the head, the cache and ClickHouse, and cross between them.
     n.head.clock = lambda: (T0 + SPAN // 2) / 1000
@@ -73,7 +78,7 @@ def write_shuffled(node: Node, tenant: str, data, seed: int) -> None:
                 PointBatch.from_columns(tenant, sensor[part], ts[part], value[part])
             )
     if lsn is not None:
-        assert node.ingestor.wait_visible(lsn, 30)
+        assert node.ingestor.wait_visible(lsn, 90)
 
 
 windows = st.tuples(st.integers(T0 - 60_000, T0 + SPAN), st.integers(1, SPAN + 120_000)).map(

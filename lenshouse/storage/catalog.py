@@ -8,7 +8,7 @@ import time
 import pyarrow as pa
 
 from lenshouse.points import BadInput, check_tenant
-from lenshouse.storage.backend import Backend
+from lenshouse.storage.store import Store
 
 MAX_LABELS = 32
 
@@ -27,8 +27,8 @@ def check_labels(labels: object) -> dict[str, str]:
 
 
 class Catalog:
-    def __init__(self, backend: Backend) -> None:
-        self.backend = backend
+    def __init__(self, store: Store) -> None:
+        self.store = store
 
     def put(self, tenant: str, sensor: int, labels: dict[str, str]) -> None:
         table = pa.table(
@@ -39,13 +39,10 @@ class Catalog:
                 "version": pa.array([time.time_ns()], pa.int64()),
             }
         )
-        self.backend.insert("sensors", table)
+        self.store.put_sensors(table)
 
     def list(self, tenant: str, match: dict[str, str] | None = None) -> list[dict]:
-        rows = self.backend.query(
-            "SELECT sensor, argMax(labels, version) AS labels FROM sensors"
-            f" WHERE tenant = '{check_tenant(tenant)}' GROUP BY sensor ORDER BY sensor"
-        )
+        rows = self.store.sensors_of(check_tenant(tenant))
         out = []
         for sensor, labels in zip(
             rows.column("sensor").to_pylist(), rows.column("labels").to_pylist()

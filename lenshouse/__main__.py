@@ -1,0 +1,5 @@
+"""``python -m lenshouse``: the command line."""
+
+from lenshouse.cli import app
+
+app()

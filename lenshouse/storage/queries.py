@@ -1,0 +1,211 @@
+"""Every query lenshouse reads ClickHouse with, built in one place.
+
+Both stores read the same tables by the same names: the embedded store's own
+MergeTree tables, or a cluster's ``Distributed`` tables over its shards. The
+tenant is checked against the tenant grammar and quoted as a literal (old
+servers have no query parameters); sensor ids, times and sequence numbers are
+integers, formatted as such.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from lenshouse.rollup.tiers import Tier
+
+_TENANT = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+MAX_CONDITIONS = 2000
+
+
+def tenant_literal(tenant: str) -> str:
+    """``tenant`` as a SQL string literal; anything outside the grammar is refused."""
+    if not _TENANT.match(tenant):
+        raise ValueError(f"not a tenant name: {tenant!r}")
+    return f"'{tenant}'"
+
+
+def identifier(name: str) -> str:
+    """A table or cluster name, checked (identifiers cannot be parameters)."""
+    if not _IDENT.match(name):
+        raise ValueError(f"not an identifier: {name!r}")
+    return name
+
+
+def string_literal(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _ints(values: Iterable[int]) -> str:
+    return ",".join(str(int(v)) for v in values)
+
+
+def cell_conditions(pairs: Iterable[tuple[int, int]], unit_ms: int, column: str) -> str:
+    """A WHERE clause reading the (sensor, cell) pairs, cells being
+    ``unit_ms`` wide on ``column``: sensors that share a run of cells share one
+    range; when runs are many, nearby runs merge (reading a little more) so
+    that the query stays small."""
+    runs: dict[tuple[int, int], set[int]] = {}
+    by_sensor: dict[int, list[int]] = {}
+    for s, p in pairs:
+        by_sensor.setdefault(int(s), []).append(int(p))
+    gap = 1
+    while True:
+        runs.clear()
+        for s, cells in by_sensor.items():
+            cells.sort()
+            lo = hi = cells[0]
+            for p in cells[1:]:
+                if p - hi > gap:
+                    runs.setdefault((lo, hi), set()).add(s)
+                    lo = p
+                hi = p
+            runs.setdefault((lo, hi), set()).add(s)
+        if len(runs) <= MAX_CONDITIONS:
+            break
+        gap *= 4
+    return " OR ".join(
+        f"({column} >= {lo * unit_ms} AND {column} < {(hi + 1) * unit_ms}"
+        f" AND sensor IN ({_ints(sorted(ss))}))"
+        for (lo, hi), ss in runs.items()
+    )
+
+
+# -- ingest: deduplication and reconciling -------------------------------------
+def seen_keys(tenant: str, pairs, unit_ms: int, below_seq: int) -> str:
+    """Keys of raw rows of earlier loads in the (sensor, cell) pairs."""
+    return (
+        f"SELECT sensor, ts FROM raw WHERE tenant = {tenant_literal(tenant)}"
+        f" AND seq < {int(below_seq)} AND ({cell_conditions(pairs, unit_ms, 'ts')})"
+    )
+
+
+def stored_values(tenant: str, pairs, unit_ms: int, max_seq: int) -> str:
+    return (
+        f"SELECT sensor, ts, value FROM raw WHERE tenant = {tenant_literal(tenant)}"
+        f" AND seq <= {int(max_seq)} AND ({cell_conditions(pairs, unit_ms, 'ts')})"
+    )
+
+
+def load_keys(tenant: str, seq: int, pairs, unit_ms: int) -> str:
+    """Keys of the raw rows load ``seq`` stored in the pairs."""
+    return (
+        f"SELECT sensor, ts FROM raw WHERE tenant = {tenant_literal(tenant)}"
+        f" AND seq = {int(seq)} AND ({cell_conditions(pairs, unit_ms, 'ts')})"
+    )
+
+
+def folded(tier: Tier | None, tenant: str, r: int, pairs) -> str:
+    """Per (sensor, cell of ``r`` ms): sum, count, min and max folded from
+    raw (``tier`` None) or a tier's rows."""
+    if tier is None:
+        column, source = "ts", "raw"
+        folds = "sum(value) AS sum, count() AS cnt, min(value) AS min, max(value) AS max"
+    else:
+        column, source = "t", identifier(tier.table)
+        folds = "sum(sum) AS sum, sum(cnt) AS cnt, min(min) AS min, max(max) AS max"
+    r = int(r)
+    return (
+        f"SELECT sensor, intDiv({column}, {r}) * {r} AS c, {folds} FROM {source}"
+        f" WHERE tenant = {tenant_literal(tenant)} AND ({cell_conditions(pairs, r, column)})"
+        " GROUP BY sensor, c"
+    )
+
+
+def extents(coarsest: Tier) -> str:
+    return (
+        f"SELECT tenant, sensor, min(t) AS lo, max(t) AS hi FROM {identifier(coarsest.table)}"
+        " GROUP BY tenant, sensor"
+    )
+
+
+NEWEST = "SELECT max(ts) AS ts, count() AS n FROM raw"
+KNOWN_SENSORS = "SELECT DISTINCT tenant, sensor FROM sensors"
+TABLES = "SELECT name FROM system.tables WHERE database = currentDatabase()"
+
+
+def sensors_of(tenant: str) -> str:
+    return (
+        "SELECT sensor, argMax(labels, version) AS labels FROM sensors"
+        f" WHERE tenant = {tenant_literal(tenant)} GROUP BY sensor ORDER BY sensor"
+    )
+
+
+def export(tenant: str, sensors: list[int], start: int, end: int, max_seq: int, limit: int) -> str:
+    return (
+        f"SELECT sensor, ts, value FROM raw WHERE tenant = {tenant_literal(tenant)}"
+        f" AND sensor IN ({_ints(sensors)}) AND ts >= {int(start)} AND ts < {int(end)}"
+        f" AND seq <= {int(max_seq)} ORDER BY sensor, ts LIMIT {int(limit)}"
+    )
+
+
+# -- lenses ------------------------------------------------------------------
+@dataclass(frozen=True)
+class LensQuery:
+    sql: str
+    raw_in_order: bool  # one raw source with wide buckets: aggregate in key order
+
+
+_RAW_AGGS = "sum(value) AS sum, count() AS cnt, min(value) AS min, max(value) AS max"
+_TIER_AGGS = "sum(sum) AS sum, sum(cnt) AS cnt, min(min) AS min, max(max) AS max"
+_ROW_AGGS = "sum(s) AS sum, sum(c) AS cnt, min(mn) AS min, max(mx) AS max"
+_AS_ROWS = {  # a source's columns as rows of (s, c, mn, mx), keyed by "is raw"
+    True: "value AS s, toUInt64(1) AS c, value AS mn, value AS mx",
+    False: "sum AS s, cnt AS c, min AS mn, max AS mx",
+}
+IN_ORDER_MIN_STEP = 20  # ms: raw buckets at least this wide are aggregated in key order
+
+
+def lens(tenant: str, step: int, groups, max_seq: int | None) -> LensQuery:
+    """One query over each group's segments for its sensors, raw rows up to
+    ``max_seq`` when given. ``groups`` are (sensor ids, segments) pairs; a
+    segment has ``tier`` (None for raw), ``lo`` and ``hi``."""
+    step = int(step)
+    who = f"tenant = {tenant_literal(tenant)}"
+
+    def where(col: str, pick) -> str | None:
+        terms = []
+        for ids, segs in groups:
+            ranges = " OR ".join(
+                f"({col} >= {int(s.lo)} AND {col} < {int(s.hi)})" for s in segs if pick(s)
+            )
+            if ranges:
+                terms.append(f"(sensor IN ({_ints(ids)}) AND ({ranges}))")
+        return f"{who} AND ({' OR '.join(terms)})" if terms else None
+
+    sources = []  # (table, time column, where, aggregates of its own columns)
+    raw = where("ts", lambda s: s.tier is None)
+    if raw and (max_seq is None or max_seq >= 0):
+        seq = "" if max_seq is None else f" AND seq <= {int(max_seq)}"
+        sources.append(("raw", "ts", raw + seq, _RAW_AGGS))
+    tables = dict.fromkeys(s.tier.table for _, segs in groups for s in segs if s.tier)
+    for table in tables:
+        cond = where("t", lambda s, table=table: s.tier is not None and s.tier.table == table)
+        sources.append((identifier(table), "t", cond, _TIER_AGGS))
+    if len(sources) == 1:
+        # One source (the usual case): aggregated directly, which measured
+        # 15-25% faster than through a subquery.
+        table, t, cond, aggs = sources[0]
+        return LensQuery(
+            f"SELECT sensor, intDiv({t}, {step}) AS b, {aggs} FROM {table} WHERE {cond}"
+            " GROUP BY sensor, b ORDER BY sensor, b",  # measured: faster than unordered
+            # Raw rows come in key order and buckets follow it: aggregating in
+            # that order measured faster for wide buckets (a minute at 40 ms
+            # steps) and slower for narrow ones (10 s at 5 ms steps).
+            table == "raw" and step >= IN_ORDER_MIN_STEP,
+        )
+    parts = [
+        f"SELECT sensor, {t} AS t, {_AS_ROWS[table == 'raw']} FROM {table} WHERE {cond}"
+        for table, t, cond, _ in sources
+    ] or [
+        "SELECT toUInt32(0) AS sensor, toInt64(0) AS t, 0.0 AS s, toUInt64(0) AS c,"
+        " 0.0 AS mn, 0.0 AS mx WHERE 0"
+    ]
+    union = " UNION ALL ".join(parts)
+    return LensQuery(
+        f"SELECT sensor, intDiv(t, {step}) AS b, {_ROW_AGGS} FROM ({union})"
+        " GROUP BY sensor, b ORDER BY sensor, b",
+        False,
+    )

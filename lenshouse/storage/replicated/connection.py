@@ -1,0 +1,242 @@
+"""Native-protocol connections to a ClickHouse cluster (clickhouse-driver).
+
+The cluster's layout is read from ``system.clusters`` on the first seed
+address that answers: which shards there are and which replicas each has.
+Reads and DDL go to any node, failing over to the next (``alt_hosts``); the
+``Distributed`` tables spread a read over the shards. Inserts go to one
+replica of the shard that owns the rows, failing over to its other replicas.
+
+Ownership: a clickhouse-driver ``Client`` runs one query at a time, so each
+sits in a pool (a queue) and a thread holds it for one call. ``layout`` is
+read once, at connection, and never changes after.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+from clickhouse_driver import Client
+from clickhouse_driver import errors as ch_errors
+
+from lenshouse.storage.backend import Settings
+from lenshouse.storage.errors import StorageError, classify
+from lenshouse.storage.queries import identifier, string_literal
+
+_NETWORK = (
+    ch_errors.NetworkError,
+    ch_errors.SocketTimeoutError,
+    ch_errors.UnexpectedPacketFromServerError,
+    EOFError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
+
+
+@dataclass(frozen=True)
+class Shard:
+    number: int  # 1-based, as in system.clusters
+    replicas: tuple[str, ...]  # "host:port" of each replica's native port
+
+    @property
+    def name(self) -> str:
+        return f"{self.number} ({', '.join(self.replicas)})"
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    host, _, port = address.strip().rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"{address!r} is not HOST:PORT (the native TCP port, e.g. 9000)")
+    return host, int(port)
+
+
+def _client(addresses: list[str], database: str, user: str, password: str) -> Client:
+    host, port = parse_address(addresses[0])
+    return Client(
+        host,
+        port=port,
+        alt_hosts=",".join(addresses[1:]) or None,
+        database=database,
+        user=user,
+        password=password,
+        connect_timeout=2,
+        send_receive_timeout=60,
+        sync_request_timeout=5,
+        compression=False,  # loopback and LAN: lz4 would cost more CPU than it saves
+        settings={"use_numpy": True},
+    )
+
+
+class _Pool:
+    def __init__(self, make, size: int) -> None:
+        self._free: queue.Queue[Client] = queue.Queue()
+        self._all = [make() for _ in range(size)]
+        for c in self._all:
+            self._free.put(c)
+
+    @contextmanager
+    def client(self) -> Iterator[Client]:
+        c = self._free.get()
+        try:
+            yield c
+        finally:
+            self._free.put(c)
+
+    def close(self) -> None:
+        for c in self._all:
+            with suppress(Exception):
+                c.disconnect()
+
+
+def _run(client: Client, *args, **kw):
+    try:
+        return client.execute(*args, **kw)
+    except ch_errors.ServerException as e:
+        raise classify(str(e), code=e.code) from None
+    except ch_errors.Error as e:
+        code = getattr(e, "code", None)
+        raise classify(
+            str(e), code=code, network=isinstance(e, _NETWORK) or code in (209, 210)
+        ) from None
+    except _NETWORK as e:
+        client.disconnect()
+        raise classify(f"{type(e).__name__}: {e}", network=True) from None
+
+
+class ClusterConnection:
+    name = "clickhouse-cluster"
+
+    def __init__(
+        self,
+        seeds: list[str],
+        cluster: str,
+        database: str = "default",
+        user: str = "default",
+        password: str = "",
+        pool_size: int = 6,
+    ) -> None:
+        self.cluster = identifier(cluster)
+        self.database = identifier(database)
+        self._auth = (user, password)
+        # DDL creates the database: the first connections use the default one.
+        boot = _Pool(lambda: _client(seeds, "default", user, password), 1)
+        try:
+            with boot.client() as c:
+                self.shards = self._read_layout(c)
+                self.version = str(_run(c, "SELECT version()")[0][0])
+                self._ensure_database(c)
+        finally:
+            boot.close()
+        every = [r for s in self.shards for r in s.replicas]
+        # Seeds first: the nodes the operator named are tried before the rest.
+        order = list(dict.fromkeys([*seeds, *every]))
+        db = self.database
+        self._any = _Pool(lambda: _client(order, db, user, password), pool_size)
+        self._shard_pools = {
+            s.number: _Pool(lambda s=s: _client(list(s.replicas), db, user, password), 1)
+            for s in self.shards
+        }
+
+    def _ensure_database(self, c: Client) -> None:
+        """Every node gets the database (the one place DDL runs outside the
+        schema: the connections themselves open in it)."""
+        got = _run(c, f"SELECT count() FROM system.databases WHERE name = '{self.database}'")
+        if not int(got[0][0]):
+            _run(
+                c,
+                f"CREATE DATABASE IF NOT EXISTS {self.database} ON CLUSTER {self.cluster}",
+                settings={"distributed_ddl_task_timeout": 120},
+            )
+
+    def _read_layout(self, c: Client) -> list[Shard]:
+        rows = _run(
+            c,
+            "SELECT shard_num, host_address, port FROM system.clusters"
+            f" WHERE cluster = {string_literal(self.cluster)} ORDER BY shard_num, replica_num",
+        )
+        if not len(rows):
+            raise StorageError(
+                f"the server knows no cluster named {self.cluster!r} (system.clusters)"
+            )
+        shards: dict[int, list[str]] = {}
+        for num, host, port in rows:
+            shards.setdefault(int(num), []).append(f"{host}:{int(port)}")
+        return [Shard(n, tuple(r)) for n, r in sorted(shards.items())]
+
+    # -- the Backend protocol -------------------------------------------------
+    def execute(self, sql: str, settings: Settings | None = None) -> None:
+        with self._any.client() as c:
+            _run(c, sql, settings=dict(settings or {}))
+
+    def query(self, sql: str, settings: Settings | None = None) -> pa.Table:
+        with self._any.client() as c:
+            return _to_arrow(
+                *_run(c, sql, settings=dict(settings or {}), columnar=True, with_column_types=True)
+            )
+
+    def insert(self, table: str, data: pa.Table, token: str | None = None) -> None:
+        raise NotImplementedError("a cluster insert names its shard: use insert_shard")
+
+    def insert_shard(
+        self, shard: int, table: str, data: pa.Table, settings: Settings | None = None
+    ) -> None:
+        """Insert ``data`` into the local ``table`` on a replica of ``shard``."""
+        cols = ", ".join(identifier(n) for n in data.column_names)
+        sql = f"INSERT INTO {self.database}.{identifier(table)} ({cols}) VALUES"
+        columns = [_column(data.column(i)) for i in range(data.num_columns)]
+        with self._shard_pools[shard].client() as c:
+            _run(c, sql, columns, columnar=True, settings=dict(settings or {}))
+
+    def query_replica(self, address: str, sql: str) -> list:
+        """Run ``sql`` on one named replica (no failover), e.g. to sync it."""
+        c = _client([address], "default", *self._auth)
+        try:
+            return _run(c, sql)
+        finally:
+            c.disconnect()
+
+    def close(self) -> None:
+        self._any.close()
+        for p in self._shard_pools.values():
+            p.close()
+
+
+def _column(col: pa.ChunkedArray) -> np.ndarray:
+    arr = col.combine_chunks()
+    if pa.types.is_dictionary(arr.type):  # the tenant: a few names, many rows
+        names = np.asarray(arr.dictionary.to_pylist(), dtype=object)
+        return names[arr.indices.to_numpy(zero_copy_only=False)]
+    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        return np.asarray(arr.to_pylist(), dtype=object)
+    return arr.to_numpy(zero_copy_only=False)
+
+
+def _to_arrow(columns, types) -> pa.Table:
+    out = {}
+    for (name, kind), values in zip(types, columns or [[] for _ in types]):
+        values = np.asarray(values)
+        kind_type = _arrow_type(kind)
+        if len(values) == 0:  # an empty result has no typed arrays
+            out[name] = pa.array([], type=kind_type or pa.null())
+        else:
+            out[name] = pa.array(values, type=kind_type)
+    return pa.table(out)
+
+
+_TYPES = {
+    "UInt8": pa.uint8(), "UInt16": pa.uint16(), "UInt32": pa.uint32(), "UInt64": pa.uint64(),
+    "Int8": pa.int8(), "Int16": pa.int16(), "Int32": pa.int32(), "Int64": pa.int64(),
+    "Float32": pa.float32(), "Float64": pa.float64(), "String": pa.string(),
+}  # fmt: skip
+
+
+def _arrow_type(kind: str) -> pa.DataType | None:
+    for wrapper in ("LowCardinality(", "SimpleAggregateFunction("):
+        if kind.startswith(wrapper):
+            kind = kind[len(wrapper) : -1].split(", ")[-1]
+    return _TYPES.get(kind)

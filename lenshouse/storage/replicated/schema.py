@@ -1,0 +1,161 @@
+"""The cluster's schema, rendered for the server it runs on.
+
+Every table lenshouse writes is a ``*_local`` replicated table on each shard,
+read through a ``Distributed`` table of the plain name (``raw``,
+``rollup_1s``, ``sensors``), so the queries of
+:mod:`lenshouse.storage.queries` run unchanged on either store. Rows are
+sharded by :func:`~lenshouse.storage.replicated.sharding.shard_key` of
+(tenant, sensor): one sensor's raw rows, every rollup tier of it and its
+catalog entry live on one shard, and each coarser tier's materialized view
+reads the local first tier, so no view ever crosses shards.
+
+Differences by server (see :class:`~lenshouse.storage.replicated.dialect.Dialect`):
+
+- codecs where the server has them (19.11+), none on 18.16;
+- tiers as ``ReplicatedAggregatingMergeTree`` of ``SimpleAggregateFunction``
+  columns (19.8+), or on 18.16 a ``ReplicatedMergeTree`` of plain columns whose
+  rows merge only when read (lenses fold them with sum/min/max either way);
+- ``LowCardinality(String)`` tenants where it is not experimental.
+
+Every tier row carries the ``seq`` of the load that made it. Without insert
+deduplication tokens (18.16), a replicated table drops a block whose hash it
+has seen; two loads could otherwise produce equal blocks of cells (a sparse
+sensor sending the same value twice in one cell, a load apart) and the second
+would be dropped. With ``seq`` in every row, blocks of different loads never
+hash alike, and a retried load's blocks always do.
+"""
+
+from __future__ import annotations
+
+from lenshouse.rollup.cells import FIRST
+from lenshouse.rollup.tiers import TIERS, Tier
+from lenshouse.storage.queries import identifier
+from lenshouse.storage.replicated.dialect import Dialect
+
+# Replicated tables remember this many recent block hashes (or tokens) per
+# table; ClickHouse's own default is 100 (1000 in current releases). A load
+# writes one block per (shard, day partition) per table, and a retry comes
+# within seconds of the first attempt, so any window of a few blocks covers
+# it; a larger one only costs keeper nodes.
+DEDUP_WINDOW = 1000
+DEDUP_WINDOW_SECONDS = 7 * 86400
+
+SHARDING_KEY = "bitXor(cityHash64(tenant), intHash64(sensor))"
+
+
+def _codec(d: Dialect, codec: str) -> str:
+    return f" CODEC({codec})" if d.codecs else ""
+
+
+def _tenant_type(d: Dialect) -> str:
+    return "LowCardinality(String)" if d.low_cardinality else "String"
+
+
+def _replicated(engine: str, database: str, table: str, args: str = "") -> str:
+    # {shard} and {replica} come from each server's macros.
+    path = f"'/clickhouse/tables/{{shard}}/{database}/{table}'"
+    extra = f", {args}" if args else ""
+    return f"Replicated{engine}({path}, '{{replica}}'{extra})"
+
+
+def _settings(d: Dialect, extra: str = "") -> str:
+    s = (
+        f"SETTINGS replicated_deduplication_window = {DEDUP_WINDOW},"
+        f" replicated_deduplication_window_seconds = {DEDUP_WINDOW_SECONDS}"
+    )
+    return s + (f", {extra}" if extra else "")
+
+
+def raw_local(d: Dialect, cluster: str, database: str) -> str:
+    c = _codec
+    merge = ", merge_selector_base = 30" if d.modern else ""  # see storage.schema
+    return f"""CREATE TABLE IF NOT EXISTS {database}.raw_local ON CLUSTER {cluster} (
+    tenant {_tenant_type(d)},
+    sensor UInt32{c(d, "Delta, ZSTD(3)")},
+    ts Int64{c(d, "Delta, ZSTD(3)")},
+    value Float64{c(d, "Delta, ZSTD(1)")},
+    seq UInt64{c(d, "Delta, ZSTD(3)")}
+) ENGINE = {_replicated("MergeTree", database, "raw_local")}
+PARTITION BY intDiv(ts, 86400000)
+ORDER BY (tenant, sensor, ts)
+{_settings(d)}{merge}"""
+
+
+def tier_local(d: Dialect, cluster: str, database: str, tier: Tier) -> str:
+    name = f"{tier.table}_local"
+    part = "intDiv(t, 86400000)" if tier.res_ms < 60_000 else "intDiv(t, 2592000000)"
+    c = _codec
+    if d.simple_aggregates:
+        engine = "AggregatingMergeTree"
+
+        def agg(fn: str, kind: str) -> str:
+            return f"SimpleAggregateFunction({fn}, {kind})"
+    else:
+        engine = "MergeTree"
+
+        def agg(fn: str, kind: str) -> str:
+            return kind
+
+    return f"""CREATE TABLE IF NOT EXISTS {database}.{name} ON CLUSTER {cluster} (
+    tenant {_tenant_type(d)},
+    sensor UInt32,
+    t Int64{c(d, "Delta, ZSTD(3)")},
+    sum {agg("sum", "Float64")}{c(d, "ZSTD(1)")},
+    cnt {agg("sum", "UInt64")}{c(d, "T64, ZSTD(1)")},
+    min {agg("min", "Float64")}{c(d, "ZSTD(1)")},
+    max {agg("max", "Float64")}{c(d, "ZSTD(1)")},
+    seq {agg("max", "UInt64")}
+) ENGINE = {_replicated(engine, database, name)}
+PARTITION BY {part}
+ORDER BY (tenant, sensor, t)
+{_settings(d, "index_granularity = 2048")}"""
+
+
+def tier_view(cluster: str, database: str, tier: Tier) -> str:
+    """The view feeding a coarser tier from the first tier's local table.
+
+    Every coarser tier reads the first tier (the cells the loader inserts),
+    not the tier below: 18.16 does not pass a view's output on to the views
+    of its target table, and a hundredth of the raw rows is cheap to fold
+    once per tier."""
+    r = tier.res_ms
+    view = f"{database}.{tier.table}_mv"
+    return f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {view} ON CLUSTER {cluster}
+TO {database}.{tier.table}_local AS
+SELECT tenant, sensor, intDiv(t, {r}) * {r} AS t,
+    sum(sum) AS sum, sum(cnt) AS cnt, min(min) AS min, max(max) AS max, max(seq) AS seq
+FROM {database}.{FIRST.table}_local GROUP BY tenant, sensor, t"""
+
+
+def sensors_local(d: Dialect, cluster: str, database: str) -> str:
+    # labels is a JSON object; the highest version wins (see storage.schema).
+    return f"""CREATE TABLE IF NOT EXISTS {database}.sensors_local ON CLUSTER {cluster} (
+    tenant {_tenant_type(d)},
+    sensor UInt32,
+    labels String,
+    version Int64
+) ENGINE = {_replicated("ReplacingMergeTree", database, "sensors_local", "version")}
+ORDER BY (tenant, sensor)
+{_settings(d)}"""
+
+
+def distributed(cluster: str, database: str, table: str) -> str:
+    return (
+        f"CREATE TABLE IF NOT EXISTS {database}.{table} ON CLUSTER {cluster}"
+        f" AS {database}.{table}_local"
+        f" ENGINE = Distributed({cluster}, {database}, {table}_local, {SHARDING_KEY})"
+    )
+
+
+def statements(d: Dialect, cluster: str, database: str) -> list[str]:
+    """Every statement that creates the schema in ``database`` (which exists),
+    in order; each is idempotent."""
+    cluster, database = identifier(cluster), identifier(database)
+    out = [raw_local(d, cluster, database)]
+    out += [tier_local(d, cluster, database, t) for t in TIERS]
+    out.append(sensors_local(d, cluster, database))
+    out += [distributed(cluster, database, name) for name in ("raw", "sensors")]
+    out += [distributed(cluster, database, t.table) for t in TIERS]
+    # Views last: a coarser tier fills only from cells stored after its view.
+    out += [tier_view(cluster, database, t) for t in TIERS[1:]]
+    return out

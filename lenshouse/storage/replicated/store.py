@@ -1,0 +1,250 @@
+"""The cluster store: lenshouse's tables sharded and replicated by ClickHouse.
+
+Writes. A load's rows are split by the shard that owns each (tenant, sensor)
+(:mod:`~lenshouse.storage.replicated.sharding`, the ``Distributed`` tables'
+own key) and inserted into that shard's ``*_local`` table on one of its
+replicas. Each insert is deduplicated by ClickHouse: by its token where the
+server has ``insert_deduplication_token``, else by the hash of its blocks; a
+retried load sends the very same rows in the same order, so either way the
+retry is dropped, in raw and in every tier its views feed. A replicated
+table commits a block's id in the keeper in the same transaction as the part,
+so unlike a single server's MergeTree no crash leaves an id without its rows
+(``atomic_dedup``): a load in doubt needs no reconciling.
+
+Reads see every completed load on every replica. Inserts wait for
+``insert_quorum`` replicas (all of a shard's, by default) before they count
+as done, so a load completes only once each replica of its shards holds it,
+and a read from any replica (a ``Distributed`` query picks one per shard,
+skipping those that do not answer) sees it. A quorum insert whose outcome
+was unknown (a timeout) is re-sent, and then each replica is synced before
+the load completes. The price: while a replica is down, loads to its shard
+wait (the log keeps acknowledging writes); with three replicas per shard a
+quorum of two keeps loading through one loss.
+
+A read that finds no live replica of some shard raises
+:class:`~lenshouse.storage.errors.ShardUnavailable` naming them: never a
+silently partial answer (``skip_unavailable_shards`` stays off).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lenshouse.rollup.cells import FIRST
+from lenshouse.rollup.tiers import TIERS, Tier
+from lenshouse.storage import queries
+from lenshouse.storage.backend import Settings
+from lenshouse.storage.errors import RetryableError, ShardUnavailable, StorageError
+from lenshouse.storage.replicated import schema
+from lenshouse.storage.replicated.connection import ClusterConnection, Shard
+from lenshouse.storage.replicated.dialect import Dialect
+from lenshouse.storage.replicated.sharding import shard_of
+from lenshouse.storage.schema import Upgrade
+from lenshouse.storage.store import SqlStore, check_token
+
+log = logging.getLogger(__name__)
+
+QUORUM_TIMEOUT_MS = 30_000
+DDL_TIMEOUT_S = 120
+
+
+class ClusterStore(SqlStore):
+    """Ownership: inserts come from the loader's one store thread at a time,
+    which fans each out to ``_pool`` (a thread per shard, each on its shard's
+    own connection); ``_doubt_lock`` guards ``_in_doubt``. Reads come from
+    any thread, each on a pooled connection."""
+
+    name = "clickhouse-cluster"
+    atomic_dedup = True
+
+    def __init__(self, conn: ClusterConnection, insert_quorum: int | None = None) -> None:
+        super().__init__(conn)
+        self.conn = conn
+        self.dialect = Dialect.parse(conn.version)
+        smallest = min(len(s.replicas) for s in conn.shards)
+        self.quorum = smallest if insert_quorum is None else insert_quorum
+        if not 1 <= self.quorum <= smallest:
+            raise StorageError(
+                f"insert quorum {self.quorum}: the smallest shard has {smallest} replicas"
+            )
+        self._in_doubt: set[str] = set()  # tokens of inserts that failed once
+        self._doubt_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(len(conn.shards), thread_name_prefix="shard-insert")
+
+    @classmethod
+    def connect(
+        cls, seeds: list[str], cluster: str, database: str = "default", **kw
+    ) -> ClusterStore:
+        quorum = kw.pop("insert_quorum", None)
+        return cls(ClusterConnection(seeds, cluster, database, **kw), insert_quorum=quorum)
+
+    # -- schema -------------------------------------------------------------
+    def open(self) -> Upgrade:
+        """Create what the cluster lacks (``ON CLUSTER``: every node at once)."""
+        names = set(self.backend.query(queries.TABLES).column("name").to_pylist())
+        wanted = {"raw", "raw_local", "sensors", "sensors_local"}
+        wanted |= {n for t in TIERS for n in (t.table, f"{t.table}_local")}
+        wanted |= {f"{t.table}_mv" for t in TIERS[1:]}
+        if wanted - names:
+            for sql in schema.statements(self.dialect, self.conn.cluster, self.conn.database):
+                self.backend.execute(sql, {"distributed_ddl_task_timeout": DDL_TIMEOUT_S})
+        return Upgrade()
+
+    def finish_upgrade(self, upgrade: Upgrade) -> None:
+        return None  # the cluster schema has no older versions to upgrade
+
+    # -- inserts --------------------------------------------------------------
+    def insert_raw(self, rows: pa.Table, token: str) -> None:
+        self._insert_sharded("raw_local", rows, token)
+
+    def insert_cells(self, cells: pa.Table, token: str) -> None:
+        # Every tier row carries its load's seq (see schema); the token ends
+        # in the load's numbers and the raw rows carry it too.
+        seq = _seq_of(token)
+        cells = cells.append_column("seq", pa.array(np.full(cells.num_rows, seq, np.uint64)))
+        self._insert_sharded(f"{FIRST.table}_local", cells, token)
+
+    def insert_sensors(self, rows: pa.Table, token: str) -> None:
+        self._insert_sharded("sensors_local", rows, token)
+
+    def put_sensors(self, rows: pa.Table) -> None:
+        self._insert_sharded("sensors_local", rows, None)
+
+    def attach(self, table: Tier | None, rows: pa.Table) -> None:
+        raise NotImplementedError("replicated deduplication is atomic: nothing to repair")
+
+    def _insert_sharded(self, table: str, rows: pa.Table, token: str | None) -> None:
+        """Each shard's rows to that shard, the shards in parallel (a quorum
+        insert spends most of its time waiting for the other replica)."""
+        if token is not None:
+            check_token(token)
+        parts = self._split(rows)
+        if len(parts) == 1:
+            self._insert_part(table, *parts[0], token)
+            return
+        futures = [self._pool.submit(self._insert_part, table, s, p, token) for s, p in parts]
+        errors = [f.exception() for f in futures]
+        for e in errors:
+            if e is not None:
+                raise e
+
+    def _insert_part(self, table: str, shard: Shard, part: pa.Table, token: str | None) -> None:
+        key = None if token is None else f"{token}-s{shard.number}"
+        try:
+            self.conn.insert_shard(shard.number, table, part, self._insert_settings(key))
+        except StorageError:
+            if key is not None:
+                with self._doubt_lock:
+                    self._in_doubt.add(key)
+            raise
+        with self._doubt_lock:
+            doubted = key in self._in_doubt
+        if doubted:
+            # The first attempt's outcome was unknown: it may have been
+            # dropped as a duplicate without waiting for its quorum.
+            self._sync_replicas(shard, table)
+            with self._doubt_lock:
+                self._in_doubt.discard(key)
+
+    def _split(self, rows: pa.Table) -> list[tuple[Shard, pa.Table]]:
+        """``rows`` by owning shard, each part in the rows' own order."""
+        shards = self.conn.shards
+        if len(shards) == 1:
+            return [(shards[0], rows)] if rows.num_rows else []
+        tenant = rows.column("tenant").combine_chunks()
+        if not pa.types.is_dictionary(tenant.type):
+            tenant = pc.dictionary_encode(tenant)
+        codes = tenant.indices.to_numpy(zero_copy_only=False)
+        sensor = rows.column("sensor").to_numpy()
+        owner = np.empty(rows.num_rows, np.int64)
+        for code, name in enumerate(tenant.dictionary.to_pylist()):
+            mine = codes == code
+            owner[mine] = shard_of(name, sensor[mine], len(shards))
+        out = []
+        for k, shard in enumerate(shards):
+            mask = owner == k
+            if mask.any():
+                out.append((shard, rows.filter(pa.array(mask))))
+        return out
+
+    def _insert_settings(self, token: str | None) -> Settings:
+        wanted: dict[str, int | str] = {"insert_deduplicate": 1}
+        if self.quorum > 1:
+            wanted |= {"insert_quorum": self.quorum, "insert_quorum_timeout": QUORUM_TIMEOUT_MS}
+        if token is not None:
+            wanted |= {
+                "insert_deduplication_token": token,
+                "deduplicate_blocks_in_dependent_materialized_views": 1,
+            }
+        return self.dialect.settings(wanted)
+
+    def _sync_replicas(self, shard: Shard, table: str) -> None:
+        if self.quorum == 1:
+            return  # reads may lag by design
+        tables = [table]
+        if table == f"{FIRST.table}_local":  # and what its views feed
+            tables += [f"{t.table}_local" for t in TIERS[1:]]
+        for address in shard.replicas:
+            for t in tables:
+                self.conn.query_replica(
+                    address, f"SYSTEM SYNC REPLICA {self.conn.database}.{queries.identifier(t)}"
+                )
+
+    # -- reads ------------------------------------------------------------------
+    def lens_rows(self, tenant: str, step: int, groups, max_seq: int | None) -> pa.Table:
+        try:
+            return super().lens_rows(tenant, step, groups, max_seq)
+        except RetryableError as e:
+            raise self._unavailable(e) from None
+
+    def export_rows(
+        self, tenant: str, sensors: list[int], start: int, end: int, max_seq: int, limit: int
+    ) -> pa.Table:
+        try:
+            return super().export_rows(tenant, sensors, start, end, max_seq, limit)
+        except RetryableError as e:
+            raise self._unavailable(e) from None
+
+    def lens_settings(self, busy: bool, raw_in_order: bool) -> Settings:
+        settings = dict(super().lens_settings(busy, raw_in_order))
+        settings["skip_unavailable_shards"] = 0
+        return self.dialect.settings(settings)
+
+    def _unavailable(self, error: RetryableError) -> RetryableError:
+        """Name the shards none of whose replicas answers, if that is why."""
+        down = [s.name for s in self.conn.shards if not any(self._alive(a) for a in s.replicas)]
+        return ShardUnavailable(down, str(error).splitlines()[0]) if down else error
+
+    def _alive(self, address: str) -> bool:
+        try:
+            self.conn.query_replica(address, "SELECT 1")
+            return True
+        except StorageError:
+            return False
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        super().close()
+
+    def health(self) -> dict:
+        return {
+            "storage": self.name,
+            "server_version": self.conn.version,
+            "cluster": self.conn.cluster,
+            "insert_quorum": self.quorum,
+            "shards": [{"shard": s.number, "replicas": list(s.replicas)} for s in self.conn.shards],
+        }
+
+
+def _seq_of(token: str) -> int:
+    """The load's seq from its token ``lh-EPOCH-SEQ-FIRST-LAST[-…]``."""
+    parts = token.split("-")
+    if len(parts) < 5 or parts[0] != "lh" or not parts[2].isdigit():
+        raise ValueError(f"not a load token: {token!r}")
+    return int(parts[2])

@@ -1,0 +1,111 @@
+"""What the cluster store sends a current server (25.8 / 26.3 LTS), checked
+on chDB's engine (26.x), since no such server runs here: every DDL statement
+and lens query is parsed (``formatQuery``), and the schema, with its
+replicated engines swapped for their plain counterparts and no
+``ON CLUSTER``, is executed for real: tables, views and a load fed through
+them, folding to the same cells as the raw rows."""
+
+from __future__ import annotations
+
+import re
+
+import chdb
+import numpy as np
+import pytest
+
+from lenshouse.lens.planner import plan
+from lenshouse.rollup.tiers import TIERS
+from lenshouse.storage import queries
+from lenshouse.storage.replicated import schema
+from lenshouse.storage.replicated.dialect import CURRENT_LTS, OLDEST, Dialect
+
+
+@pytest.fixture
+def engine(tmp_path):
+    # chDB runs one engine per process: open it for this test alone.
+    conn = chdb.connect(str(tmp_path / "ch"))
+    yield conn
+    conn.close()
+
+
+def parses(conn, sql: str) -> str:
+    quoted = sql.replace("\\", "\\\\").replace("'", "\\'")
+    return str(conn.query(f"SELECT formatQuery('{quoted}')", "TSV"))
+
+
+def test_every_modern_statement_parses(engine) -> None:
+    for sql in schema.statements(CURRENT_LTS, "lenshouse", "lh"):
+        assert parses(engine, sql).startswith("CREATE"), sql
+
+
+def test_lens_and_ingest_queries_parse(engine) -> None:
+    pairs = [(1, 5), (1, 6), (2, 9)]
+    step = 1000
+    groups = [([1, 2], plan(1_700_000_000_000, 1_700_000_600_000, step))]
+    sqls = [
+        queries.lens("default", step, groups, max_seq=7).sql,
+        queries.seen_keys("default", pairs, 4096, 3),
+        queries.stored_values("default", pairs, 4096, 3),
+        queries.extents(TIERS[-1]),
+        queries.export("default", [1, 2], 0, 10, 3, 100),
+        queries.sensors_of("default"),
+    ]
+    for sql in sqls:
+        assert parses(engine, sql).startswith("SELECT"), sql
+
+
+def plain(sql: str) -> str:
+    """A cluster statement for one non-replicated server."""
+    sql = sql.replace(" ON CLUSTER lenshouse", "")
+    sql = re.sub(r"Replicated(\w+)\('[^']*', '\{replica\}'(?:, (\w+))?\)", r"\1(\2)", sql)
+    sql = re.sub(r",\s*replicated_deduplication_window_seconds = \d+", "", sql)
+    return sql.replace("replicated_deduplication_window", "non_replicated_deduplication_window")
+
+
+def test_the_modern_schema_runs_and_its_views_fold_exactly(engine) -> None:
+    conn = engine
+    conn.query("CREATE DATABASE lh")
+    for sql in schema.statements(CURRENT_LTS, "lenshouse", "lh"):
+        if "ENGINE = Distributed" not in sql:
+            conn.query(
+                plain(sql).replace("SETTINGS index_granularity", "SETTINGS index_granularity")
+            )
+    rng = np.random.default_rng(1)
+    ts = 1_700_000_000_000 + np.sort(rng.integers(0, 7_200_000, 5000))
+    value = rng.normal(size=5000)
+    rows = ",".join(f"('t', 3, {t}, {v!r}, 1)" for t, v in zip(ts.tolist(), value.tolist()))
+    conn.query(f"INSERT INTO lh.raw_local VALUES {rows}")
+    # The loader's cells, as it stores them (with their load's seq).
+    conn.query(
+        "INSERT INTO lh.rollup_100ms_local SELECT tenant, sensor, intDiv(ts, 100) * 100,"
+        " sum(value), count(), min(value), max(value), 1 FROM lh.raw_local"
+        " GROUP BY tenant, sensor, intDiv(ts, 100) * 100"
+    )
+    for tier in TIERS[1:]:
+        r = tier.res_ms
+        want = str(
+            conn.query(
+                f"SELECT intDiv(ts, {r}) AS c, count(), round(sum(value), 9), min(value),"
+                f" max(value) FROM lh.raw_local GROUP BY c ORDER BY c",
+                "TSV",
+            )
+        )
+        got = str(
+            conn.query(
+                f"SELECT intDiv(t, {r}) AS c, sum(cnt), round(sum(sum), 9), min(min), max(max)"
+                f" FROM lh.{tier.table}_local GROUP BY c ORDER BY c",
+                "TSV",
+            )
+        )
+        assert got == want, tier
+
+
+def test_dialects() -> None:
+    assert Dialect.parse("18.16.1") == OLDEST and not OLDEST.codecs
+    assert Dialect.parse("26.3.2.1").dedup_token and CURRENT_LTS.simple_aggregates
+    settings = {"insert_deduplication_token": "x", "optimize_aggregation_in_order": 1, "a": 1}
+    assert OLDEST.settings(settings) == {"a": 1}
+    assert CURRENT_LTS.settings(settings) == settings
+    old = "\n".join(schema.statements(OLDEST, "lenshouse", "lh"))
+    assert "CODEC" not in old and "SimpleAggregateFunction" not in old
+    assert "LowCardinality" not in old
