@@ -368,5 +368,16 @@ def _register_bench() -> None:
 
 _register_bench()
 
+
+def _register_cluster() -> None:
+    from lenshouse.bench.cluster import bench_cluster
+    from lenshouse.cluster.cli import cluster_app
+
+    app.add_typer(cluster_app, name="cluster")
+    app.command("bench-cluster")(bench_cluster)
+
+
+_register_cluster()
+
 if __name__ == "__main__":
     app()

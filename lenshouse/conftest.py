@@ -103,7 +103,7 @@ def cluster_store(doc: dict, database: str | None = None):
     return ClusterStore.connect(hosts, doc["name"], database)
 
 
-STORES = ["chdb"]
+STORES = ["chdb", "cluster"]
 
 
 def store_node(kind: str, data_dir: Path, request: pytest.FixtureRequest, **kw) -> Node:

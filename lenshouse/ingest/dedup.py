@@ -193,11 +193,14 @@ class SeenIndex:
         ts = rows.column("ts").to_numpy()
         slot_of = {(s, p): slot for s, p, slot in missing}
         pairs, inv = pair_groups(sensor, ts >> PAGE_BITS)
-        slots = np.array([slot_of[pair] for pair in pairs])
-        off = ts & (PAGE_MS - 1)
+        # A read of many pages merges nearby ones and brings rows of pages
+        # not asked for: those are left alone (in memory already, or not at all).
+        slots = np.array([slot_of.get(pair, -1) for pair in pairs])[inv]
+        asked = slots >= 0
+        off = ts[asked] & (PAGE_MS - 1)
         np.bitwise_or.at(
             self._bits.reshape(-1),
-            slots[inv] * PAGE_BYTES + (off >> 3),
+            slots[asked] * PAGE_BYTES + (off >> 3),
             (1 << (off & 7)).astype(np.uint8),
         )
 

@@ -185,3 +185,48 @@ def test_random_replays_keep_lenses_exact(shared_node: Node, seed, sends, points
         assert (
             mismatch(series, brute_force(ts[m], value[m], lens.start, lens.end, lens.step)) is None
         )
+
+
+class WideReads(EmptyStore):
+    """Answers a page read with the page's stored points and, as a merged
+    range read does, points of a neighbouring page that was not asked for."""
+
+    def __init__(self, stored: dict[int, list[int]]) -> None:
+        super().__init__()
+        self.stored = stored  # sensor -> timestamps
+
+    def seen_keys(self, tenant, pairs, unit_ms, below_seq):
+        import pyarrow as pa
+
+        self.raw_reads += 1
+        lo = min(p for _, p in pairs) * unit_ms
+        hi = (max(p for _, p in pairs) + 2) * unit_ms  # one page beyond
+        s = [(k, t) for k, ts in self.stored.items() for t in ts if lo <= t < hi]
+        return pa.table(
+            {
+                "sensor": pa.array([k for k, _ in s], pa.uint32()),
+                "ts": pa.array([t for _, t in s], pa.int64()),
+            }
+        )
+
+    def extents(self):
+        import pyarrow as pa
+
+        return pa.table(
+            {"tenant": ["default"], "sensor": pa.array([1], pa.uint32()),
+             "lo": [T0 - PAGE_MS], "hi": [T0 + 10 * PAGE_MS]}
+        )  # fmt: skip
+
+
+def test_a_read_bringing_pages_not_asked_for_marks_only_those_asked() -> None:
+    base = T0 // PAGE_MS * PAGE_MS
+    store = WideReads({1: [base + 5, base + PAGE_MS + 7]})
+    idx = SeenIndex(store)
+    idx.begin_load(1)
+    # Only the first page is asked for; the read also returns the next page's point.
+    assert idx.new_points(batch(1, [base + 5, base + 6])).tolist() == [False, True]
+    # The next page, read on its own when first met, still knows its stored point.
+    assert idx.new_points(batch(1, [base + PAGE_MS + 7, base + PAGE_MS + 8])).tolist() == [
+        False,
+        True,
+    ]

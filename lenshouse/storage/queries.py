@@ -42,11 +42,14 @@ def _ints(values: Iterable[int]) -> str:
     return ",".join(str(int(v)) for v in values)
 
 
-def cell_conditions(pairs: Iterable[tuple[int, int]], unit_ms: int, column: str) -> str:
+def cell_conditions(
+    pairs: Iterable[tuple[int, int]], unit_ms: int, column: str, limit: int = MAX_CONDITIONS
+) -> str:
     """A WHERE clause reading the (sensor, cell) pairs, cells being
     ``unit_ms`` wide on ``column``: sensors that share a run of cells share one
     range; when runs are many, nearby runs merge (reading a little more) so
-    that the query stays small."""
+    that the query stays small (at most ``limit`` ranges: an old server's
+    index analysis slows down badly on thousands of them)."""
     runs: dict[tuple[int, int], set[int]] = {}
     by_sensor: dict[int, list[int]] = {}
     for s, p in pairs:
@@ -63,7 +66,7 @@ def cell_conditions(pairs: Iterable[tuple[int, int]], unit_ms: int, column: str)
                     lo = p
                 hi = p
             runs.setdefault((lo, hi), set()).add(s)
-        if len(runs) <= MAX_CONDITIONS:
+        if len(runs) <= limit:
             break
         gap *= 4
     return " OR ".join(
@@ -74,30 +77,32 @@ def cell_conditions(pairs: Iterable[tuple[int, int]], unit_ms: int, column: str)
 
 
 # -- ingest: deduplication and reconciling -------------------------------------
-def seen_keys(tenant: str, pairs, unit_ms: int, below_seq: int) -> str:
+def seen_keys(tenant: str, pairs, unit_ms: int, below_seq: int, limit: int = MAX_CONDITIONS) -> str:
     """Keys of raw rows of earlier loads in the (sensor, cell) pairs."""
     return (
         f"SELECT sensor, ts FROM raw WHERE tenant = {tenant_literal(tenant)}"
-        f" AND seq < {int(below_seq)} AND ({cell_conditions(pairs, unit_ms, 'ts')})"
+        f" AND seq < {int(below_seq)} AND ({cell_conditions(pairs, unit_ms, 'ts', limit)})"
     )
 
 
-def stored_values(tenant: str, pairs, unit_ms: int, max_seq: int) -> str:
+def stored_values(
+    tenant: str, pairs, unit_ms: int, max_seq: int, limit: int = MAX_CONDITIONS
+) -> str:
     return (
         f"SELECT sensor, ts, value FROM raw WHERE tenant = {tenant_literal(tenant)}"
-        f" AND seq <= {int(max_seq)} AND ({cell_conditions(pairs, unit_ms, 'ts')})"
+        f" AND seq <= {int(max_seq)} AND ({cell_conditions(pairs, unit_ms, 'ts', limit)})"
     )
 
 
-def load_keys(tenant: str, seq: int, pairs, unit_ms: int) -> str:
+def load_keys(tenant: str, seq: int, pairs, unit_ms: int, limit: int = MAX_CONDITIONS) -> str:
     """Keys of the raw rows load ``seq`` stored in the pairs."""
     return (
         f"SELECT sensor, ts FROM raw WHERE tenant = {tenant_literal(tenant)}"
-        f" AND seq = {int(seq)} AND ({cell_conditions(pairs, unit_ms, 'ts')})"
+        f" AND seq = {int(seq)} AND ({cell_conditions(pairs, unit_ms, 'ts', limit)})"
     )
 
 
-def folded(tier: Tier | None, tenant: str, r: int, pairs) -> str:
+def folded(tier: Tier | None, tenant: str, r: int, pairs, limit: int = MAX_CONDITIONS) -> str:
     """Per (sensor, cell of ``r`` ms): sum, count, min and max folded from
     raw (``tier`` None) or a tier's rows."""
     if tier is None:
@@ -109,7 +114,7 @@ def folded(tier: Tier | None, tenant: str, r: int, pairs) -> str:
     r = int(r)
     return (
         f"SELECT sensor, intDiv({column}, {r}) * {r} AS c, {folds} FROM {source}"
-        f" WHERE tenant = {tenant_literal(tenant)} AND ({cell_conditions(pairs, r, column)})"
+        f" WHERE tenant = {tenant_literal(tenant)} AND ({cell_conditions(pairs, r, column, limit)})"
         " GROUP BY sensor, c"
     )
 

@@ -82,6 +82,8 @@ class SqlStore:
 
     name = "clickhouse"
     atomic_dedup = False
+    # Ranges per key read (see queries.cell_conditions).
+    max_conditions = queries.MAX_CONDITIONS
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
@@ -113,16 +115,22 @@ class SqlStore:
         return self.backend.query(queries.extents(TIERS[-1]))
 
     def seen_keys(self, tenant: str, pairs: Pairs, unit_ms: int, below_seq: int) -> pa.Table:
-        return self.backend.query(queries.seen_keys(tenant, pairs, unit_ms, below_seq))
+        return self.backend.query(
+            queries.seen_keys(tenant, pairs, unit_ms, below_seq, self.max_conditions)
+        )
 
     def stored_values(self, tenant: str, pairs: Pairs, unit_ms: int, max_seq: int) -> pa.Table:
-        return self.backend.query(queries.stored_values(tenant, pairs, unit_ms, max_seq))
+        return self.backend.query(
+            queries.stored_values(tenant, pairs, unit_ms, max_seq, self.max_conditions)
+        )
 
     def load_keys(self, tenant: str, seq: int, pairs: Pairs, unit_ms: int) -> pa.Table:
-        return self.backend.query(queries.load_keys(tenant, seq, pairs, unit_ms))
+        return self.backend.query(
+            queries.load_keys(tenant, seq, pairs, unit_ms, self.max_conditions)
+        )
 
     def folded(self, tier: Tier | None, tenant: str, r: int, pairs: Pairs) -> pa.Table:
-        return self.backend.query(queries.folded(tier, tenant, r, pairs))
+        return self.backend.query(queries.folded(tier, tenant, r, pairs, self.max_conditions))
 
     def newest_ts(self) -> int | None:
         t = self.backend.query(queries.NEWEST)

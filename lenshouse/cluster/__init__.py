@@ -1,0 +1,39 @@
+"""A real local ClickHouse cluster (Debian's ClickHouse 18.16 + a ZooKeeper ensemble)
+on 127.0.0.1, for tests and the replicated backend: ``up``, ``stop``, ``start``,
+``down``, ``status`` over one directory, described by its ``cluster.json``."""
+
+from lenshouse.cluster.processes import (
+    ClusterError,
+    QueryError,
+    alive,
+    clickhouse_hosts,
+    down,
+    keeper_hosts,
+    load,
+    node,
+    query,
+    shard_replicas,
+    start,
+    status,
+    stop,
+    up,
+)
+from lenshouse.cluster.topology import Topology
+
+__all__ = [
+    "ClusterError",
+    "QueryError",
+    "Topology",
+    "alive",
+    "clickhouse_hosts",
+    "down",
+    "keeper_hosts",
+    "load",
+    "node",
+    "query",
+    "shard_replicas",
+    "start",
+    "status",
+    "stop",
+    "up",
+]

@@ -1,0 +1,566 @@
+"""Start, stop and watch the cluster's processes; cluster.json is the record of them.
+
+Every process is detached (its own session, output to a log file in its directory)
+and identified by its PID *and* its command line, so a recycled PID is never
+signalled. Every wait is bounded and fails with a sentence naming the node and the
+tail of its log."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import glob
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from lenshouse.cluster.config import HOST, write_node_files
+from lenshouse.cluster.topology import NodeSpec, Topology
+
+DOC_NAME = "cluster.json"
+KEEPER_TIMEOUT = 60.0
+CLICKHOUSE_TIMEOUT = 60.0
+SERVER_TIMEOUT = 60.0
+STOP_TIMEOUT = 20.0
+_POLL = 0.1
+# Children started by this process, so that their exit is reaped (no zombies that
+# would look alive) and no ResourceWarning is raised for a dropped Popen.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+Doc = dict[str, Any]
+Node = dict[str, Any]
+
+
+class ClusterError(RuntimeError):
+    """A sentence for the user: what failed, on which node, and why."""
+
+
+class QueryError(ClusterError):
+    def __init__(self, message: str, code: int | None) -> None:
+        super().__init__(message)
+        self.code = code  # ClickHouse's error code ("Code: 242. …"), if it gave one
+
+
+# ---------------------------------------------------------------- the document
+
+
+def load(root: str | Path) -> Doc:
+    path = Path(root) / DOC_NAME
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ClusterError(f"there is no cluster in {root} (no {DOC_NAME}): run up first") from None
+
+
+def _save(root: Path, doc: Doc) -> None:
+    tmp = root / f".{DOC_NAME}.tmp"
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp, root / DOC_NAME)
+
+
+@contextlib.contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    """One up/stop/start/down at a time per directory (they rewrite cluster.json)."""
+    with open(root / ".cluster.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def clickhouse_nodes(doc: Doc) -> list[Node]:
+    return [n for n in doc["nodes"] if n["role"] == "clickhouse"]
+
+
+def clickhouse_hosts(doc: Doc) -> list[str]:
+    """Native-protocol addresses of every ClickHouse server, "127.0.0.1:TCP"."""
+    return [f"{HOST}:{n['ports']['tcp']}" for n in clickhouse_nodes(doc)]
+
+
+def keeper_hosts(doc: Doc) -> list[str]:
+    """ZooKeeper client addresses, "127.0.0.1:PORT"."""
+    return [f"{HOST}:{n['ports']['client']}" for n in doc["nodes"] if n["role"] == "keeper"]
+
+
+def shard_replicas(doc: Doc) -> dict[int, list[str]]:
+    """Shard number → names of its replicas, in replica order."""
+    shards: dict[int, list[str]] = {}
+    for n in sorted(clickhouse_nodes(doc), key=lambda n: (n["shard"], n["replica"])):
+        shards.setdefault(n["shard"], []).append(n["name"])
+    return shards
+
+
+def node(doc: Doc, name: str) -> Node:
+    for n in doc["nodes"]:
+        if n["name"] == name:
+            return n
+    names = ", ".join(n["name"] for n in doc["nodes"])
+    raise ClusterError(f"the cluster has no node {name!r} (it has {names})")
+
+
+def _topology(doc: Doc) -> Topology:
+    return Topology(doc["name"], doc["shards"], doc["replicas"], doc["keepers"], doc["base_port"])
+
+
+# ---------------------------------------------------------------- processes
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    if stat.rpartition(")")[2].split()[0] in ("Z", "X"):  # exited, not yet reaped
+        return None
+    return raw.decode(errors="replace").split("\0")[:-1]
+
+
+def alive(n: Node) -> bool:
+    """Whether the node's recorded process runs, and is still that node's command."""
+    pid = n.get("pid")
+    if not pid:
+        return False
+    child = _CHILDREN.get(pid)
+    if child is not None and child.poll() is not None:
+        del _CHILDREN[pid]
+        return False
+    cmd = _cmdline(pid)
+    if cmd is None:
+        return False
+    return "argv" not in n or cmd == n["argv"]
+
+
+def _spawn(n: Node) -> None:
+    log = Path(n["log"])
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {n['name']}\n".encode())
+        out.flush()
+        proc = subprocess.Popen(
+            n["argv"],
+            cwd=n["dir"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    _CHILDREN[proc.pid] = proc
+    n["pid"] = proc.pid
+
+
+def _signal(n: Node, sig: signal.Signals) -> None:
+    pid = n["pid"]
+    with contextlib.suppress(ProcessLookupError):
+        # Its own session: the group also holds anything it started.
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+
+
+def _terminate(nodes: list[Node], kill: bool, timeout: float = STOP_TIMEOUT) -> None:
+    """SIGKILL, or SIGTERM then (after timeout) SIGKILL; waits until all are gone."""
+    running = [n for n in nodes if alive(n)]
+    for n in running:
+        _signal(n, signal.SIGKILL if kill else signal.SIGTERM)
+    for sig, wait in ((None, timeout), (signal.SIGKILL, 10.0)):
+        if sig is not None:
+            for n in running:
+                _signal(n, sig)
+        deadline = time.monotonic() + wait
+        for _ in range(int(wait / _POLL) + 1):
+            running = [n for n in running if alive(n)]
+            if not running or time.monotonic() > deadline:
+                break
+            time.sleep(_POLL)
+        if not running:
+            break
+    if running:
+        names = ", ".join(f"{n['name']} (pid {n['pid']})" for n in running)
+        raise ClusterError(f"{names} did not exit even after SIGKILL")
+    for n in nodes:
+        _CHILDREN.pop(n.get("pid") or 0, None)
+        n["pid"] = None
+
+
+def _log_tail(n: Node, lines: int = 8) -> str:
+    d = Path(n["dir"])
+    files = [d / "log" / "clickhouse-server.err.log", d / "log" / "zookeeper.log", Path(n["log"])]
+    parts = []
+    for f in files:
+        with contextlib.suppress(OSError):
+            text = f.read_text(errors="replace")
+            # Only this run's output of the process log (each start appends a marker).
+            text = text.rpartition("\n--- ")[2] if f == Path(n["log"]) else text
+            tail = text.strip().splitlines()[-lines:]
+            if tail:
+                parts.append(f"last lines of {f}:\n" + "\n".join(tail))
+    return "\n".join(parts) or f"no log in {d}"
+
+
+def _wait(n: Node, what: str, ready: Callable[[], bool], timeout: float) -> None:
+    """Poll ready() until it holds; `what` completes "exited before it …"."""
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / _POLL) + 1):
+        if ready():
+            return
+        if not alive(n):
+            raise ClusterError(f"{n['name']} exited before it {what}; {_log_tail(n)}")
+        if time.monotonic() > deadline:
+            break
+        time.sleep(_POLL)
+    raise ClusterError(f"{n['name']} had not {what} after {timeout:.0f} s; {_log_tail(n)}")
+
+
+# ---------------------------------------------------------------- probes
+
+
+def four_letter(port: int, command: str, timeout: float = 1.0) -> str:
+    """A ZooKeeper four-letter command (srvr, ruok, mntr, …); '' if it does not answer."""
+    chunks: list[bytes] = []
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout) as s:
+            s.sendall(command.encode())
+            for _ in range(256):
+                data = s.recv(65536)
+                if not data:
+                    break
+                chunks.append(data)
+    except OSError:
+        return ""
+    return b"".join(chunks).decode(errors="replace")
+
+
+def keeper_mode(n: Node) -> str | None:
+    """leader, follower or standalone once it serves clients; None before (no quorum)."""
+    m = re.search(r"^Mode: (\w+)", four_letter(n["ports"]["client"], "srvr"), re.M)
+    return m.group(1) if m else None
+
+
+def query(n: Node, sql: str, *, timeout: float = 30.0, **settings: Any) -> str:
+    """Run one query on a ClickHouse node over HTTP; its TSV answer. Settings go as
+    URL parameters (18.16 knows no `SETTINGS` clause on INSERT)."""
+    url = f"http://{HOST}:{n['ports']['http']}/"
+    try:
+        r = httpx.post(url, params=settings, content=sql.encode(), timeout=timeout, trust_env=False)
+    except httpx.HTTPError as e:
+        raise QueryError(f"{n['name']} did not answer ({type(e).__name__}: {e})", None) from e
+    if r.status_code != 200:
+        m = re.search(r"Code: (\d+)", r.text)
+        text = r.text.strip().splitlines()[0] if r.text.strip() else f"HTTP {r.status_code}"
+        raise QueryError(f"{n['name']}: {text}", int(m.group(1)) if m else None)
+    return r.text
+
+
+def _answers(n: Node, sql: str, expected: str) -> bool:
+    try:
+        return query(n, sql, timeout=2.0).strip() == expected
+    except QueryError:
+        return False
+
+
+def _pings(n: Node) -> bool:
+    try:
+        r = httpx.get(f"http://{HOST}:{n['ports']['http']}/ping", timeout=1.0, trust_env=False)
+    except httpx.HTTPError:
+        return False
+    return r.status_code == 200 and r.text.strip() == "Ok."
+
+
+def _healthy(n: Node) -> bool:
+    try:
+        url = f"http://{HOST}:{n['ports']['http']}/healthz"
+        return httpx.get(url, timeout=2.0, trust_env=False).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _wait_ready(n: Node, doc: Doc) -> None:
+    """Bounded wait until a (re)started node does its job."""
+    if n["role"] == "keeper":
+        _wait(n, "joined the ZooKeeper quorum", lambda: keeper_mode(n) is not None, KEEPER_TIMEOUT)
+    elif n["role"] == "clickhouse":
+        _wait(
+            n,
+            f"answered GET /ping on {HOST}:{n['ports']['http']}",
+            lambda: _pings(n),
+            CLICKHOUSE_TIMEOUT,
+        )
+        _wait(n, "answered SELECT 1", lambda: _answers(n, "SELECT 1", "1"), CLICKHOUSE_TIMEOUT)
+    elif n["role"] == "lenshouse":
+        _wait(
+            n,
+            f"answered GET /healthz with 200 at {doc['url']}",
+            lambda: _healthy(n),
+            SERVER_TIMEOUT,
+        )
+
+
+def _verify(doc: Doc) -> None:
+    """Every server sees the whole cluster and reaches ZooKeeper."""
+    total = doc["shards"] * doc["replicas"]
+    name = doc["name"]
+    for n in clickhouse_nodes(doc):
+        sql = f"SELECT count() FROM system.clusters WHERE cluster = '{name}'"
+        _wait(
+            n,
+            f"listed {total} hosts in system.clusters for {name!r}",
+            lambda n=n, sql=sql: _answers(n, sql, str(total)),
+            CLICKHOUSE_TIMEOUT,
+        )
+        zk = "SELECT count() > 0 FROM system.zookeeper WHERE path = '/'"
+        _wait(
+            n,
+            "reached ZooKeeper (system.zookeeper)",
+            lambda n=n, zk=zk: _answers(n, zk, "1"),
+            CLICKHOUSE_TIMEOUT,
+        )
+
+
+# ---------------------------------------------------------------- binaries
+
+
+def _clickhouse_server() -> list[str]:
+    path = shutil.which("clickhouse-server")
+    if path:
+        return [path]
+    path = shutil.which("clickhouse")
+    if path:
+        return [path, "server"]
+    raise ClusterError(
+        "clickhouse-server is not installed: run scripts/install-system-deps as root"
+    )
+
+
+def _zookeeper_java() -> list[str]:
+    java = shutil.which("java")
+    jars = []
+    # The zookeeper jar's manifest names its other dependencies; the log binding it
+    # needs (slf4j → log4j 1.2) it does not.
+    for pattern in ("zookeeper.jar", "slf4j-api*.jar", "slf4j-log4j12*.jar", "log4j-1.2*.jar"):
+        found = sorted(glob.glob(f"/usr/share/java/{pattern}"))
+        if not found:
+            jars = []
+            break
+        jars.append(found[0])
+    if not java or not jars:
+        raise ClusterError(
+            "ZooKeeper (java, zookeeper.jar, slf4j and log4j 1.2 jars) is not installed: "
+            "run scripts/install-system-deps as root"
+        )
+    return [
+        java,
+        "-Xms32m",
+        "-Xmx256m",
+        "-XX:+UseSerialGC",
+        "-XX:TieredStopAtLevel=1",
+        "-Djava.net.preferIPv4Stack=true",
+        "-cp",
+        ":".join(jars),
+    ]
+
+
+def _lenshouse_module() -> str:
+    # `python -m lenshouse` needs lenshouse/__main__.py; lenshouse.cli runs its app too.
+    return "lenshouse" if importlib.util.find_spec("lenshouse.__main__") else "lenshouse.cli"
+
+
+# ---------------------------------------------------------------- commands
+
+
+def _entry(doc: Doc, spec: NodeSpec, root: Path, argv: list[str]) -> Node:
+    d = root / spec.name
+    entry: Node = {"name": spec.name, "role": spec.role, "pid": None, "ports": spec.ports}
+    if spec.role == "clickhouse":
+        entry |= {"shard": spec.shard, "replica": spec.replica}
+    entry |= {"dir": str(d), "log": str(d / "stdout.log"), "argv": argv}
+    for old in doc["nodes"]:
+        if old["name"] == spec.name:
+            if alive(old):  # left alone, with the command line it was started with
+                entry["pid"], entry["argv"] = old["pid"], old.get("argv", argv)
+            old.clear()
+            old.update(entry)
+            return old
+    doc["nodes"].append(entry)
+    return entry
+
+
+def up(
+    root: str | Path,
+    shards: int = 2,
+    replicas: int = 2,
+    keepers: int = 3,
+    *,
+    name: str = "lenshouse",
+    server: bool = False,
+) -> Doc:
+    """Start whatever of the cluster in `root` is not running (creating it on first
+    use, on free ports that are then kept) and check that it works; the document."""
+    root = Path(root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    ch_argv, zk_argv = _clickhouse_server(), _zookeeper_java()
+    with _locked(root):
+        if (root / DOC_NAME).exists():
+            doc = load(root)
+            topo = _topology(doc)
+            wanted = Topology(name, shards, replicas, keepers, topo.base_port)
+            if wanted != topo:
+                raise ClusterError(
+                    f"{root} holds cluster {topo.name!r} of {topo.shards} shards × "
+                    f"{topo.replicas} replicas and {topo.keepers} keepers: "
+                    "ask for that, or use another directory"
+                )
+        else:
+            topo = Topology(name, shards, replicas, keepers).with_free_ports()
+            doc = {
+                "name": name,
+                "url": None,
+                "dir": str(root),
+                "shards": shards,
+                "replicas": replicas,
+                "keepers": keepers,
+                "base_port": topo.base_port,
+                "nodes": [],
+            }
+        doc["dir"] = str(root)  # where it is now, should the directory have moved
+        for group in (topo.keeper(), topo.clickhouse()):
+            entries = []
+            for spec in group:
+                cfg = write_node_files(topo, spec, root)
+                if spec.role == "keeper":
+                    log4j = f"-Dlog4j.configuration=file:{root / spec.name / 'log4j.properties'}"
+                    argv = [
+                        *zk_argv[:1],
+                        log4j,
+                        *zk_argv[1:],
+                        "org.apache.zookeeper.server.quorum.QuorumPeerMain",
+                        str(cfg),
+                    ]
+                else:
+                    argv = [*ch_argv, f"--config-file={cfg}"]
+                entries.append(_entry(doc, spec, root, argv))
+            for n in entries:
+                if not alive(n):
+                    _spawn(n)
+            _save(root, doc)  # PIDs on record at once, so that down can always stop them
+            for n in entries:
+                _wait_ready(n, doc)
+        _verify(doc)
+        if server:
+            _up_server(root, doc, topo)
+        _save(root, doc)
+    return doc
+
+
+def _up_server(root: Path, doc: Doc, topo: Topology) -> None:
+    port = next(
+        (n["ports"]["http"] for n in doc["nodes"] if n["role"] == "lenshouse"), topo.server_port
+    )
+    argv = [
+        sys.executable,
+        "-m",
+        _lenshouse_module(),
+        "serve",
+        "--clickhouse",
+        ",".join(clickhouse_hosts(doc)),
+        "--cluster",
+        doc["name"],
+        "--data",
+        str(root / "lenshouse"),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+    ]
+    spec = NodeSpec("lenshouse", "lenshouse", {"http": port})
+    (root / "lenshouse").mkdir(exist_ok=True)
+    n = _entry(doc, spec, root, argv)
+    n["log"] = str(root / "lenshouse.log")  # not inside its data directory
+    doc["url"] = f"http://{HOST}:{port}"
+    if not alive(n):
+        _spawn(n)
+        _save(root, doc)
+    _wait_ready(n, doc)
+
+
+def stop(root: str | Path, name: str, kill: bool = False) -> Doc:
+    """Stop one node: SIGKILL with kill, else SIGTERM and a bounded wait (then SIGKILL)."""
+    root = Path(root).resolve()
+    with _locked(root):
+        doc = load(root)
+        _terminate([node(doc, name)], kill)
+        _save(root, doc)
+    return doc
+
+
+def start(root: str | Path, name: str) -> Doc:
+    """Start one stopped node again with its recorded command line, and wait for it."""
+    root = Path(root).resolve()
+    with _locked(root):
+        doc = load(root)
+        n = node(doc, name)
+        if not alive(n):
+            if "argv" not in n:
+                raise ClusterError(f"{name} has no recorded command line to start it with")
+            _spawn(n)
+            _save(root, doc)
+        _wait_ready(n, doc)
+    return doc
+
+
+def down(root: str | Path) -> Doc:
+    """Stop every process the document lists (data is kept): first what uses
+    ClickHouse, then ClickHouse, then ZooKeeper."""
+    root = Path(root).resolve()
+    with _locked(root):
+        doc = load(root)
+        order = {"keeper": 2, "clickhouse": 1}
+        for rank in (0, 1, 2):
+            group = [n for n in doc["nodes"] if order.get(n["role"], 0) == rank]
+            try:
+                _terminate(group, kill=False)
+            finally:
+                _save(root, doc)
+    return doc
+
+
+def status(root: str | Path) -> list[dict[str, Any]]:
+    """One row a node: name, role, pid, alive, state (leader/follower, ok, down, …), ports."""
+    doc = load(root)
+    rows = []
+    for n in doc["nodes"]:
+        running = alive(n)
+        state = "stopped"
+        if running and n["role"] == "keeper":
+            state = keeper_mode(n) or "no quorum"
+        elif running and n["role"] == "clickhouse":
+            state = "ok" if _pings(n) else "not answering"
+        elif running and n["role"] == "lenshouse":
+            state = "ok" if _healthy(n) else "not answering"
+        elif running:
+            state = "running"
+        rows.append(
+            {
+                "name": n["name"],
+                "role": n["role"],
+                "pid": n.get("pid") if running else None,
+                "alive": running,
+                "state": state,
+                "ports": n.get("ports", {}),
+            }
+        )
+    return rows

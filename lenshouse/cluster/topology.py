@@ -1,0 +1,89 @@
+"""Who is in the cluster and on which ports."""
+
+from __future__ import annotations
+
+import random
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+PORTS_PER_NODE = 3
+# Below Linux's default ephemeral range (32768+), so outgoing connections made
+# between our own servers never grab a port that a node will later listen on.
+_PORT_LOW, _PORT_HIGH = 10_000, 32_000
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    role: str  # "clickhouse" or "keeper"
+    ports: dict[str, int]
+    shard: int | None = None
+    replica: int | None = None
+    index: int | None = None  # keeper id (ZooKeeper's myid)
+
+
+@dataclass(frozen=True)
+class Topology:
+    name: str = "lenshouse"
+    shards: int = 2
+    replicas: int = 2
+    keepers: int = 3
+    base_port: int = 0  # 0: not chosen yet, see with_free_ports()
+
+    def __post_init__(self) -> None:
+        if min(self.shards, self.replicas, self.keepers) < 1:
+            raise ValueError("shards, replicas and keepers must each be at least 1")
+
+    @property
+    def port_count(self) -> int:
+        """Ports of all nodes, plus one for the lenshouse server."""
+        return PORTS_PER_NODE * (self.shards * self.replicas + self.keepers) + 1
+
+    @property
+    def server_port(self) -> int:
+        return self.base_port + self.port_count - 1
+
+    def clickhouse(self) -> list[NodeSpec]:
+        nodes = []
+        for s in range(1, self.shards + 1):
+            for r in range(1, self.replicas + 1):
+                p = self.base_port + PORTS_PER_NODE * len(nodes)
+                ports = {"tcp": p, "http": p + 1, "interserver": p + 2}
+                nodes.append(NodeSpec(f"ch-s{s}-r{r}", "clickhouse", ports, shard=s, replica=r))
+        return nodes
+
+    def keeper(self) -> list[NodeSpec]:
+        first = self.base_port + PORTS_PER_NODE * self.shards * self.replicas
+        nodes = []
+        for k in range(1, self.keepers + 1):
+            p = first + PORTS_PER_NODE * (k - 1)
+            ports = {"client": p, "peer": p + 1, "election": p + 2}
+            nodes.append(NodeSpec(f"zk{k}", "keeper", ports, index=k))
+        return nodes
+
+    def nodes(self) -> list[NodeSpec]:
+        return [*self.keeper(), *self.clickhouse()]
+
+    def with_free_ports(self, attempts: int = 200) -> Topology:
+        """A copy on a random range of ports that are all free now. Random, so that
+        clusters started at the same time (parallel tests) rarely pick the same range."""
+        rng = random.Random()
+        for _ in range(attempts):
+            base = rng.randrange(_PORT_LOW, _PORT_HIGH - self.port_count)
+            if all(port_free(p) for p in range(base, base + self.port_count)):
+                return Topology(self.name, self.shards, self.replicas, self.keepers, base)
+        raise RuntimeError(f"found no {self.port_count} free consecutive ports on 127.0.0.1")
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def node_dir(root: Path, name: str) -> Path:
+    return root / name
