@@ -25,11 +25,12 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pyarrow as pa
 import typer
 
 from lenshouse.bench.common import console
-from lenshouse.ingest.formats import ARROW
+from lenshouse.generators.sender import SendStats, encode_arrow, post_batch
+from lenshouse.points import PointBatch
+from lenshouse.scenarios.server import ServerProcess, wait_loaded
 
 HZ = os.sysconf("SC_CLK_TCK")
 WINDOWS = {"10s": 10_000, "1h": 3_600_000, "1d": 86_400_000}
@@ -43,40 +44,17 @@ def _cpu_seconds(pid: int) -> float:
         return 0.0
 
 
-def _wait_loaded(url: str, timeout: float) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        h = httpx.get(url + "/healthz", timeout=10).json()
-        if h["loaded_lsn"] >= h["accepted_lsn"]:
-            return time.monotonic() - t0
-        time.sleep(0.1)
-    raise RuntimeError(f"{url}: loads did not finish in {timeout:.0f} s")
-
-
-def _post(url: str, sensor: np.ndarray, ts: np.ndarray, value: np.ndarray) -> None:
-    table = pa.table({"sensor": sensor, "ts": ts, "value": value})
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as w:
-        w.write_table(table)
-    body = sink.getvalue().to_pybytes()
-    for _ in range(100):  # a 503 (ingest far behind) asks to retry shortly
-        r = httpx.post(url + "/v1/write", content=body, headers={"Content-Type": ARROW}, timeout=60)
-        if r.status_code == 204:
-            return
-        if r.status_code != 503:
-            raise RuntimeError(f"write refused: {r.status_code} {r.text}")
-        time.sleep(0.5)
-    raise RuntimeError("writes kept being refused as overloaded")
-
-
 def _day(url: str, end_ms: int) -> int:
     """Sensors 1..10 at 1 Hz over the day before ``end_ms``."""
     t = np.arange(end_ms - 86_400_000, end_ms, 1000, dtype=np.int64)
-    for lo in range(0, len(t), 10_000):
-        part = t[lo : lo + 10_000]
-        sensor = np.repeat(np.arange(1, 11, dtype=np.uint32), len(part))
-        ts = np.tile(part, 10)
-        _post(url, sensor, ts, np.sin(ts / 6e4) + sensor)
+    stats = SendStats()
+    with httpx.Client(timeout=60) as client:
+        for lo in range(0, len(t), 10_000):
+            part = t[lo : lo + 10_000]
+            sensor = np.repeat(np.arange(1, 11, dtype=np.uint32), len(part))
+            ts = np.tile(part, 10)
+            batch = PointBatch("default", sensor, ts, np.sin(ts / 6e4) + sensor)
+            post_batch(client, url, encode_arrow(batch), "default", stats, time.monotonic() + 120)
     return len(t) * 10
 
 
@@ -93,7 +71,7 @@ def _ingest(url: str, pids: dict[str, list[int]], end_ms: int, seconds: int) -> 
     sent_s = time.monotonic() - t0
     if gen.returncode != 0:
         raise RuntimeError(f"generator failed: {gen.stderr[-500:]}")
-    loaded_s = sent_s + _wait_loaded(url, 600)
+    loaded_s = sent_s + wait_loaded(url, 600)
     cpu = {
         role: round(sum(_cpu_seconds(p) for p in ps) - before[role], 1) for role, ps in pids.items()
     }
@@ -130,26 +108,6 @@ def _lenses(url: str, end_ms: int, requests: int) -> dict:
     return out
 
 
-def _embedded(root: Path, port: int) -> subprocess.Popen:
-    p = subprocess.Popen(
-        [sys.executable, "-m", "lenshouse", "serve", "--data", str(root / "embedded"),
-         "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return p
-        except httpx.TransportError:
-            pass
-        if p.poll() is not None:
-            break
-        time.sleep(0.1)
-    p.kill()
-    raise RuntimeError("the embedded server did not start")
-
-
 def bench_cluster(
     dir: Path = typer.Option(None, help="cluster directory (default: a new temporary one)"),
     seconds: int = typer.Option(30, help="seconds of 100 sensors × 1 kHz to ingest"),
@@ -158,7 +116,6 @@ def bench_cluster(
 ) -> None:
     """The cluster store next to the embedded one: ingest, CPU, lenses."""
     from lenshouse.cluster import down, up
-    from lenshouse.conftest import free_port
 
     root = Path(tempfile.mkdtemp(prefix="lenshouse-bench-cluster-")) if dir is None else dir
     fresh = not (root / "cluster.json").exists()
@@ -166,15 +123,15 @@ def bench_cluster(
     doc = up(root, server=True)
     up_s = time.monotonic() - t0
     console.print(f"cluster up in {up_s:.1f} s ({'from nothing' if fresh else 'reused'})")
-    emb = _embedded(root, free_port())
-    emb_url = f"http://127.0.0.1:{emb.args[-1]}"
+    emb = ServerProcess(root / "embedded", flush_interval=1.0)
+    emb.start()
     targets = {
         "cluster": (doc["url"], {
             "clickhouse": [n["pid"] for n in doc["nodes"] if n["role"] == "clickhouse"],
             "keeper": [n["pid"] for n in doc["nodes"] if n["role"] == "keeper"],
             "lenshouse": [n["pid"] for n in doc["nodes"] if n["role"] == "lenshouse"],
         }),
-        "embedded": (emb_url, {"lenshouse": [emb.pid]}),
+        "embedded": (emb.url, {"lenshouse": [emb.proc.pid]}),
     }  # fmt: skip
     end_ms = (int(time.time()) - 3600) * 1000
     results: dict = {"cluster_up_seconds": round(up_s, 1), "cluster_up_fresh": fresh}
@@ -182,7 +139,7 @@ def bench_cluster(
         for name, (url, pids) in targets.items():
             console.print(f"[bold]{name}[/bold] {url}: a day of 10 sensors at 1 Hz …")
             _day(url, end_ms - seconds * 1000)
-            _wait_loaded(url, 600)
+            wait_loaded(url, 600)
             console.print(f"  ingest: 100 sensors × 1 kHz × {seconds} s from a separate process")
             ingest = _ingest(url, pids, end_ms, seconds)
             console.print(f"  {ingest}")
@@ -190,8 +147,7 @@ def bench_cluster(
             console.print(f"  lenses: {lens}")
             results[name] = {"ingest": ingest, "lens": lens}
     finally:
-        emb.terminate()
-        emb.wait(30)
+        emb.stop()
         if dir is None:
             down(root)
     out.write_text(json.dumps(results, indent=2))

@@ -182,7 +182,7 @@ class Loader:
     # -- running --------------------------------------------------------------
     def recover(self) -> None:
         """Finish the load in doubt, exactly as it was first attempted."""
-        self._known_sensors = self._read_known_sensors()
+        self._known_sensors = self.store.known_sensors()
         p = self.state.pending
         if p is not None:
             records = [r for r in self.wal.read(p.first_lsn) if r.lsn <= p.last_lsn]
@@ -315,7 +315,7 @@ class Loader:
             if self.store_cells:
                 # Its views fill the coarser tiers; a replay after a crash
                 # between the two inserts stores only what is missing.
-                self._retry(lambda: self.store.insert_cells(cell_rows, token + "-cells"))
+                self._retry(lambda: self.store.insert_cells(cell_rows, seq, token + "-cells"))
         self._register_sensors(span, token)
         doubt = in_doubt or self.stats.insert_errors > errors
         if doubt and not self.store.atomic_dedup:
@@ -351,7 +351,7 @@ class Loader:
     def _reconcile(self, seq: int, table: pa.Table, cell_rows: pa.Table, span: LoadSpan) -> None:
         """Add whatever of load ``seq`` ClickHouse lost, sensors included."""
         repair = reconcile(self.store, seq, table, cell_rows) if table.num_rows else None
-        self._known_sensors = self._read_known_sensors()
+        self._known_sensors = self.store.known_sensors()
         sensors = self._register_sensors(span, f"lh-repair-{uuid.uuid4().hex}")
         self.stats.reconciled += 1
         if repair or sensors:
@@ -391,9 +391,6 @@ class Loader:
         return (*_to_arrow(records, kept, seq), dups)
 
     # -- the sensor catalog -----------------------------------------------------
-    def _read_known_sensors(self) -> set[tuple[str, int]]:
-        return self.store.known_sensors()
-
     def _register_sensors(self, span: LoadSpan, token: str) -> int:
         """Sensors seen for the first time enter the catalog with no labels. The
         load's footprint names every sensor it stores; a sensor whose points

@@ -19,8 +19,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_loaded(url: str, timeout: float = 120.0) -> float:
+    """Seconds until every batch the server at ``url`` acknowledged is visible
+    to lenses."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        h = httpx.get(url + "/healthz", timeout=5.0).json()
+        if h["loaded_lsn"] >= h["accepted_lsn"]:
+            return time.monotonic() - t0
+        time.sleep(0.05)
+    raise TimeoutError(f"{url}: ingest did not catch up in {timeout:.0f} s")
+
+
 class ServerProcess:
-    def __init__(self, data: Path, flush_interval: float = 0.2, dedup_pages: int = 65_536) -> None:
+    def __init__(
+        self,
+        data: Path,
+        flush_interval: float = 0.2,
+        dedup_pages: int = 65_536,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.data = Path(data)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -28,6 +46,7 @@ class ServerProcess:
             sys.executable, "-m", "lenshouse.cli", "serve",
             "--data", str(self.data), "--port", str(self.port),
             "--flush-interval", str(flush_interval), "--dedup-pages", str(dedup_pages),
+            *extra_args,
         ]  # fmt: skip
         self.proc: subprocess.Popen | None = None
         self.log = self.data.parent / f"{self.data.name}-server.log"
@@ -73,13 +92,7 @@ class ServerProcess:
 
     def wait_loaded(self, timeout: float = 120.0) -> None:
         """Until every acknowledged batch is visible to lenses."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            h = self.health()
-            if h["loaded_lsn"] >= h["accepted_lsn"]:
-                return
-            time.sleep(0.05)
-        raise TimeoutError("ingest did not catch up")
+        wait_loaded(self.url, timeout)
 
     def __enter__(self) -> ServerProcess:
         self.start()

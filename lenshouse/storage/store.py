@@ -41,7 +41,9 @@ class Store(Protocol):
 
     # -- one load ---------------------------------------------------------
     def insert_raw(self, rows: pa.Table, token: str) -> None: ...
-    def insert_cells(self, cells: pa.Table, token: str) -> None: ...
+    def insert_cells(self, cells: pa.Table, seq: int, token: str) -> None:
+        """The first tier's cells of load ``seq``."""
+
     def insert_sensors(self, rows: pa.Table, token: str) -> None: ...
     def attach(self, table: Tier | None, rows: pa.Table) -> None:
         """Add rows to raw (None) or a tier without feeding its views (repairs)."""
@@ -97,7 +99,7 @@ class SqlStore:
     def insert_raw(self, rows: pa.Table, token: str) -> None:
         self.backend.insert("raw", rows, check_token(token))
 
-    def insert_cells(self, cells: pa.Table, token: str) -> None:
+    def insert_cells(self, cells: pa.Table, seq: int, token: str) -> None:
         self.backend.insert(FIRST.table, cells, check_token(token))
 
     def insert_sensors(self, rows: pa.Table, token: str) -> None:

@@ -106,10 +106,8 @@ class ClusterStore(SqlStore):
     def insert_raw(self, rows: pa.Table, token: str) -> None:
         self._insert_sharded("raw_local", rows, token)
 
-    def insert_cells(self, cells: pa.Table, token: str) -> None:
-        # Every tier row carries its load's seq (see schema); the token ends
-        # in the load's numbers and the raw rows carry it too.
-        seq = _seq_of(token)
+    def insert_cells(self, cells: pa.Table, seq: int, token: str) -> None:
+        # Every tier row carries its load's seq (see schema).
         cells = cells.append_column("seq", pa.array(np.full(cells.num_rows, seq, np.uint64)))
         self._insert_sharded(f"{FIRST.table}_local", cells, token)
 
@@ -243,11 +241,3 @@ class ClusterStore(SqlStore):
             "insert_quorum": self.quorum,
             "shards": [{"shard": s.number, "replicas": list(s.replicas)} for s in self.conn.shards],
         }
-
-
-def _seq_of(token: str) -> int:
-    """The load's seq from its token ``lh-EPOCH-SEQ-FIRST-LAST[-…]``."""
-    parts = token.split("-")
-    if len(parts) < 5 or parts[0] != "lh" or not parts[2].isdigit():
-        raise ValueError(f"not a load token: {token!r}")
-    return int(parts[2])

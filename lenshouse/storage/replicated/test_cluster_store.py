@@ -6,10 +6,6 @@ ingest, and a 503 naming the shard while no replica of it answers."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,12 +17,14 @@ from fastapi.testclient import TestClient
 
 from lenshouse.api.app import create_app
 from lenshouse.cluster import clickhouse_hosts, start, stop
-from lenshouse.conftest import cluster_store, free_port
+from lenshouse.conftest import cluster_store
+from lenshouse.generators.sender import SendStats, encode_arrow, post_batch
 from lenshouse.lens.oracle import brute_force, mismatch
 from lenshouse.lens.test_concurrent import check_during_ingest, make_batches
 from lenshouse.node import Node
 from lenshouse.points import PointBatch
 from lenshouse.rollup.tiers import TIERS
+from lenshouse.scenarios.server import ServerProcess
 from lenshouse.storage.errors import ShardUnavailable
 from lenshouse.storage.replicated.sharding import shard_of
 
@@ -207,63 +205,34 @@ def test_a_server_killed_during_loads_loses_and_doubles_nothing(
     cluster: dict, tmp_path: Path
 ) -> None:
     probe = cluster_store(cluster)
-    db = probe.conn.database
-    port = free_port()
-    argv = [
-        sys.executable, "-m", "lenshouse", "serve", "--data", str(tmp_path / "data"),
-        "--port", str(port), "--clickhouse", ",".join(clickhouse_hosts(cluster)),
-        "--cluster", cluster["name"], "--database", db, "--flush-interval", "0.2",
-    ]  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-
-    def serve() -> subprocess.Popen:
-        p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while True:
-            assert p.poll() is None and time.monotonic() < deadline, "server did not start"
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    return p
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-
+    server = ServerProcess(
+        tmp_path / "data",
+        extra_args=(
+            "--clickhouse", ",".join(clickhouse_hosts(cluster)),
+            "--cluster", cluster["name"], "--database", probe.conn.database,
+        ),
+    )  # fmt: skip
     batches = [points(100, 1000, seed=k) for k in range(8)]
     for k, b in enumerate(batches):
         b.ts[:] += k * 5_000
-    import pyarrow as pa
+    stats = SendStats()
 
-    from lenshouse.ingest.formats import ARROW
+    def send(client: httpx.Client, b: PointBatch) -> None:
+        post_batch(client, server.url, encode_arrow(b), "default", stats, time.monotonic() + 30)
 
-    def send(b: PointBatch) -> None:
-        table = pa.table({"sensor": b.sensor, "ts": b.ts, "value": b.value})
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, table.schema) as w:
-            w.write_table(table)
-        r = httpx.post(url + "/v1/write", content=sink.getvalue().to_pybytes(),
-                       headers={"Content-Type": ARROW}, timeout=30)  # fmt: skip
-        assert r.status_code == 204, r.text
-
-    server = serve()
     try:
-        for b in batches[:5]:
-            send(b)
-        time.sleep(0.3)  # loads under way
-        os.kill(server.pid, signal.SIGKILL)
-        server.wait(10)
-        server = serve()  # replays the load in doubt
-        for b in batches[3:]:  # the middle layer replays some batches
-            send(b)
-        deadline = time.monotonic() + 60
-        while True:
-            h = httpx.get(url + "/healthz", timeout=5).json()
-            if h["loaded_lsn"] >= h["accepted_lsn"]:
-                break
-            assert time.monotonic() < deadline, h
-            time.sleep(0.2)
+        server.start()
+        with httpx.Client(timeout=30) as client:
+            for b in batches[:5]:
+                send(client, b)
+            time.sleep(0.3)  # loads under way
+            server.kill9()
+            server.start()  # replays the load in doubt
+            for b in batches[3:]:  # the middle layer replays some batches
+                send(client, b)
+        server.wait_loaded(60)
     finally:
-        server.kill()
-        server.wait(10)
+        server.kill9()
     try:
         got = probe.backend.query("SELECT count() AS n, uniqExact(sensor, ts) AS k FROM raw")
         assert got.column("n")[0].as_py() == got.column("k")[0].as_py() == 8 * 100_000
