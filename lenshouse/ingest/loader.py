@@ -24,8 +24,9 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -43,6 +44,15 @@ log = logging.getLogger(__name__)
 
 class LoaderStopped(Exception):
     """Raised inside the loader thread when it is stopped mid-retry."""
+
+
+class Fenced(Exception):
+    """Another loader took this loader's partition over: it must not go on."""
+
+
+# A fill of the dedup index before a load's seq is allocated reads every
+# stored row: all of them belong to completed loads (see ``Progress``).
+UNALLOCATED = 2**62
 
 
 @dataclass
@@ -90,6 +100,48 @@ class LoaderState:
             os.close(fd)
 
 
+class Source(Protocol):
+    """Where records come from: the local write-ahead log, or a partition of
+    the replicated log. ``lsn`` is the source's own position."""
+
+    def read(self, from_lsn: int) -> Iterator[Record]: ...
+    def read_range(self, first: int, last: int) -> list[Record]: ...
+    def truncate_before(self, lsn: int) -> int | None: ...
+
+
+class Progress(Protocol):
+    """Where a loader's progress is kept, and who numbers its loads.
+
+    ``intent`` records a load before it writes (its records and seq) and
+    returns the seq it gets: the given one, or for loaders that share a
+    store one allocated for all of them; ``done`` records its completion.
+    Both raise :class:`Fenced` when the loader no longer owns its records."""
+
+    def load(self) -> LoaderState: ...
+    def intent(self, state: LoaderState, pending: Pending, span: LoadSpan) -> int: ...
+    def done(self, state: LoaderState) -> None: ...
+
+
+class FileProgress:
+    """``loader.json`` in the data directory (fsynced): one loader per log."""
+
+    allocates = False
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> LoaderState:
+        return LoaderState.load(self.path)
+
+    def intent(self, state: LoaderState, pending: Pending, span: LoadSpan) -> int:
+        state.pending = pending
+        state.save(self.path)
+        return pending.seq
+
+    def done(self, state: LoaderState) -> None:
+        state.save(self.path)
+
+
 @dataclass
 class LoaderStats:
     loads: int = 0
@@ -114,21 +166,26 @@ class Loader:
 
     def __init__(
         self,
-        wal: WriteAheadLog,
+        wal: WriteAheadLog | Source,
         store: Store,
-        state_path: Path,
+        state_path: Path | None,
         visibility: Visibility,
         flush_interval: float = 1.0,
         max_rows: int = 4_000_000,
         dedup_pages: int = 65_536,
         ready_rows: int = 1_000_000,
         store_cells: bool = True,
+        progress: Progress | None = None,
     ) -> None:
         self.wal = wal
         self.store = store
         self.failure: str | None = None
-        self.state_path = state_path
-        self.state = LoaderState.load(state_path)
+        self.fenced = False  # set once, by the loader thread, if another loader took over
+        if progress is None:
+            assert state_path is not None
+            progress = FileProgress(state_path)
+        self.progress = progress
+        self.state = progress.load()
         self.visibility = visibility
         self.flush_interval = flush_interval
         # A load waits up to flush_interval for more records, and grows up to
@@ -152,7 +209,8 @@ class Loader:
         self._storing: Future | None = None
         self.index.before_read = self._wait_stored
         self._loaded = threading.Condition()
-        self.backlog_end = wal.next_lsn  # records below this are read from disk
+        # Records below this are read from the source itself; later ones are submitted.
+        self.backlog_end = getattr(wal, "next_lsn", 0)
         # Called with (seq, rows) once a load is stored, before lenses may see it.
         self.on_loaded: list[Callable[[int, pa.Table], None]] = []
 
@@ -185,7 +243,7 @@ class Loader:
         self._known_sensors = self.store.known_sensors()
         p = self.state.pending
         if p is not None:
-            records = [r for r in self.wal.read(p.first_lsn) if r.lsn <= p.last_lsn]
+            records = self.wal.read_range(p.first_lsn, p.last_lsn)
             if len(records) != p.last_lsn - p.first_lsn + 1:
                 raise RuntimeError(f"log lacks records {p.first_lsn}..{p.last_lsn} of load {p.seq}")
             self._store(records, p.seq, self._prepared(records, p.seq), in_doubt=True)
@@ -215,15 +273,20 @@ class Loader:
         the GIL), and stores stay strictly one after another."""
         with ThreadPoolExecutor(1, thread_name_prefix="loader-store") as pool:
             try:
-                seq = self.state.next_seq
+                allocates = getattr(self.progress, "allocates", False)
+                seq: int | None = None if allocates else self.state.next_seq
                 for group in self._groups():
                     prepared = self._prepared(group, seq)
                     self._wait_stored()
                     self._storing = pool.submit(self._store, group, seq, prepared)
-                    seq += 1
+                    if seq is not None:
+                        seq += 1
                 self._wait_stored()
             except LoaderStopped:
                 log.info("loader stopped with a load in doubt; it is replayed on restart")
+            except Fenced as e:
+                self.fenced = True
+                log.warning("loader stopped: %s", e)
             except FatalError as e:
                 # Retrying a statement the server refuses cannot help: stop, say
                 # why (/healthz too); the load in doubt is replayed on restart.
@@ -245,7 +308,10 @@ class Loader:
         """Consecutive records, ~flush_interval or max_rows at a time."""
         group: list[Record] = []
         rows = 0
-        for rec in self.wal.read(self.state.next_lsn):
+        backlog = (
+            self.wal.read(self.state.next_lsn) if self.backlog_end > self.state.next_lsn else ()
+        )
+        for rec in backlog:
             if rec.lsn >= self.backlog_end:
                 break
             group.append(rec)
@@ -288,25 +354,35 @@ class Loader:
 
     # -- one load -------------------------------------------------------------
     def _prepared(
-        self, records: list[Record], seq: int
+        self, records: list[Record], seq: int | None
     ) -> tuple[pa.Table, pa.Table, LoadSpan, Duplicates]:
         return self._retry(lambda: self._prepare(records, seq), self.index.forget)
 
     def _store(
         self,
         records: list[Record],
-        seq: int,
+        seq: int | None,
         prepared: tuple[pa.Table, pa.Table, LoadSpan, Duplicates],
         in_doubt: bool = False,
     ) -> None:
         """Store a prepared load: intent, inserts, completion. A load replayed
         after a crash (``in_doubt``) or retried is checked against what is
-        stored before it completes."""
+        stored before it completes. A load prepared before its seq was
+        allocated (``seq`` None) gets it with its intent."""
         first, last = records[0].lsn, records[-1].lsn
-        self.state.pending = Pending(seq, first, last)
-        self.state.save(self.state_path)
-        t0 = time.perf_counter()
         table, cell_rows, span, dups = prepared
+        given = -1 if seq is None else seq
+        seq = self._retry(
+            lambda: self.progress.intent(self.state, Pending(given, first, last), span)
+        )
+        if seq != given:
+            table = table.set_column(
+                table.schema.get_field_index("seq"),
+                "seq",
+                pa.array(np.full(table.num_rows, seq, np.uint64)),
+            )
+            span = replace(span, seq=seq)
+        t0 = time.perf_counter()
         self.visibility.begin(span)
         token = f"lh-{self.state.epoch}-{seq}-{first}-{last}"
         errors = self.stats.insert_errors
@@ -333,7 +409,7 @@ class Loader:
             self.state.next_lsn = last + 1
             self.state.next_seq = seq + 1
             self.state.pending = None
-            self.state.save(self.state_path)
+            self._retry(lambda: self.progress.done(self.state))
             self._loaded.notify_all()
         self.stats.loads += 1
         self.stats.rows_loaded += table.num_rows
@@ -377,18 +453,19 @@ class Loader:
                 delay = min(delay * 2, 5.0)
 
     def _prepare(
-        self, records: list[Record], seq: int
+        self, records: list[Record], seq: int | None
     ) -> tuple[pa.Table, pa.Table, LoadSpan, Duplicates]:
         """The rows this load stores (each record's points not seen before),
         their first-tier cells, its span and the duplicates."""
-        self.index.begin_load(seq)
+        self.index.begin_load(UNALLOCATED if seq is None else seq)
         dups = Duplicates()
         kept = []
         for r in records:
             keep = self.index.new_points(r.batch)
             dups.add(r.batch, ~keep)
             kept.append(keep if not keep.all() else None)
-        return (*_to_arrow(records, kept, seq), dups)
+        # Unallocated: 0 until the intent gives the load its seq (see ``_store``).
+        return (*_to_arrow(records, kept, 0 if seq is None else seq), dups)
 
     # -- the sensor catalog -----------------------------------------------------
     def _register_sensors(self, span: LoadSpan, token: str) -> int:

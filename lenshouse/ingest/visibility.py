@@ -70,12 +70,22 @@ class LoadSpan:
 
 @dataclass(frozen=True)
 class Snapshot:
-    committed_seq: int  # raw rows with seq <= this are complete in every table
+    committed_seq: int  # raw rows with seq <= this are complete in every table …
     inflight: tuple[LoadSpan, ...]
     started: int  # loads begun so far
+    # … except these loads' (several loaders complete out of seq order).
+    hidden: tuple[int, ...] = ()
 
 
 class Visibility:
+    """One process's loads, told by its loader (``begin``/``end``).
+
+    Ownership: the loader thread calls ``begin`` and ``end``; any thread reads
+    snapshots; every field is guarded by ``_cond``."""
+
+    # Lenses that keep racing loads may hold new loads back (``quiet``).
+    can_hold = True
+
     def __init__(self, committed_seq: int = -1, history: int = 256) -> None:
         self._cond = threading.Condition()
         self._committed = committed_seq

@@ -268,6 +268,15 @@ class WriteAheadLog:
             if nxt is not None and off != len(buf):
                 raise CorruptLog(f"{path}: damaged record at offset {off}")
 
+    def read_range(self, first: int, last: int) -> list[Record]:
+        """Records ``first`` .. ``last`` that are on disk."""
+        out = []
+        for rec in self.read(first):
+            if rec.lsn > last:
+                break
+            out.append(rec)
+        return out
+
     def truncate_before(self, lsn: int) -> int:
         """Delete whole segments whose records are all below ``lsn``."""
         segs = self.segments()

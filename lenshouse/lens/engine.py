@@ -7,6 +7,7 @@ keeps no other mutable state, so any number of request threads use it."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,6 +18,7 @@ from lenshouse.lens.cache import CHUNK_BUCKETS, Chunk, Key, LensCache, chunk_spa
 from lenshouse.lens.planner import Segment, plan, raw_span
 from lenshouse.lens.steps import bucket_count, choose_step, whole_buckets
 from lenshouse.points import BadInput, check_tenant
+from lenshouse.storage.errors import RetryableError
 from lenshouse.storage.head import Head, buckets
 from lenshouse.storage.store import Store
 
@@ -28,6 +30,10 @@ MAX_BUCKETS = 20_000
 MAX_HEAD_RAW_MS = 30_000
 # Reads that may race a load before a lens reads with loads held back.
 OPTIMISTIC_READS = 3
+# Where loads cannot be held back (loaders in other processes), a lens keeps
+# reading optimistically, pausing between reads, for this long, then answers
+# 503: a load in flight for a minute means its shard or the keeper is away.
+RACE_PATIENCE_S = 20.0
 MAX_EXPORT_ROWS = 50_000_000
 
 
@@ -156,6 +162,8 @@ class LensEngine:
                 break  # cheaper to read with loads held back than to read that much raw
             if read.valid:
                 return self._finish(read, sensors, start, end, step, attempt)
+        if not self.visibility.can_hold:
+            return self._patient(tenant, sensors, start, end, step)
         with self.visibility.quiet() as snap:
             read = self._read(tenant, sensors, start, end, step, snap, quiet=True)
             assert read is not None
@@ -206,12 +214,28 @@ class LensEngine:
         # Raw rows of a load in flight are hidden by their seq; with none in
         # flight, the cheaper unfiltered read is checked afterwards instead.
         max_seq = snap.committed_seq if cut is not None else None
-        table = self.store.lens_rows(tenant, step, groups, max_seq) if groups else None
+        table = self.store.lens_rows(tenant, step, groups, max_seq, snap.hidden) if groups else None
         read = _Read(tenant, step, snap, segments, cached, missing, _columns(table), head)
         read.valid = quiet or self._still_valid(
             snap, tenant, sensors, segments, cut is None, cached, step
         )
         return read
+
+    def _patient(self, tenant: str, sensors: list[int], start: int, end: int, step: int) -> Lens:
+        """Reads until one is valid, with pauses that let the loads in the way
+        finish; a 503 once they have taken ``RACE_PATIENCE_S``."""
+        deadline = time.monotonic() + RACE_PATIENCE_S
+        attempt, pause = OPTIMISTIC_READS, 0.05
+        while time.monotonic() < deadline:
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
+            read = self._read(tenant, sensors, start, end, step, self.visibility.snapshot())
+            attempt += 1
+            if read is not None and read.valid:
+                return self._finish(read, sensors, start, end, step, attempt)
+        raise RetryableError(
+            f"loads in flight kept changing this lens's data for {RACE_PATIENCE_S:.0f} s"
+        )
 
     def _cached(
         self, tenant: str, sensors: list[int], start: int, end: int, step: int, boundary: int
@@ -251,10 +275,11 @@ class LensEngine:
         if end <= start:
             raise BadInput(f"end ({end}) must be after start ({start})", 422)
         tenant = check_tenant(tenant)
-        seq = self.visibility.snapshot().committed_seq
-        return self.store.export_rows(tenant, sensors, start, end, seq, MAX_EXPORT_ROWS + 1).select(
-            ["sensor", "ts", "value"]
+        snap = self.visibility.snapshot()
+        rows = self.store.export_rows(
+            tenant, sensors, start, end, snap.committed_seq, MAX_EXPORT_ROWS + 1, snap.hidden
         )
+        return rows.select(["sensor", "ts", "value"])
 
     @staticmethod
     def _head_cut(snap: Snapshot, tenant: str, start: int, end: int) -> int | None:

@@ -138,11 +138,26 @@ def sensors_of(tenant: str) -> str:
     )
 
 
-def export(tenant: str, sensors: list[int], start: int, end: int, max_seq: int, limit: int) -> str:
+def seq_filter(max_seq: int, hidden: tuple[int, ...] = ()) -> str:
+    """Rows of loads up to ``max_seq``, except the ``hidden`` ones (loads in
+    flight below it, when several loaders complete out of order)."""
+    cond = f" AND seq <= {int(max_seq)}"
+    return cond + (f" AND seq NOT IN ({_ints(sorted(hidden))})" if hidden else "")
+
+
+def export(
+    tenant: str,
+    sensors: list[int],
+    start: int,
+    end: int,
+    max_seq: int,
+    limit: int,
+    hidden: tuple[int, ...] = (),
+) -> str:
     return (
         f"SELECT sensor, ts, value FROM raw WHERE tenant = {tenant_literal(tenant)}"
         f" AND sensor IN ({_ints(sensors)}) AND ts >= {int(start)} AND ts < {int(end)}"
-        f" AND seq <= {int(max_seq)} ORDER BY sensor, ts LIMIT {int(limit)}"
+        f"{seq_filter(max_seq, hidden)} ORDER BY sensor, ts LIMIT {int(limit)}"
     )
 
 
@@ -163,10 +178,13 @@ _AS_ROWS = {  # a source's columns as rows of (s, c, mn, mx), keyed by "is raw"
 IN_ORDER_MIN_STEP = 20  # ms: raw buckets at least this wide are aggregated in key order
 
 
-def lens(tenant: str, step: int, groups, max_seq: int | None) -> LensQuery:
+def lens(
+    tenant: str, step: int, groups, max_seq: int | None, hidden: tuple[int, ...] = ()
+) -> LensQuery:
     """One query over each group's segments for its sensors, raw rows up to
-    ``max_seq`` when given. ``groups`` are (sensor ids, segments) pairs; a
-    segment has ``tier`` (None for raw), ``lo`` and ``hi``."""
+    ``max_seq`` (but not the ``hidden`` loads) when given. ``groups`` are
+    (sensor ids, segments) pairs; a segment has ``tier`` (None for raw),
+    ``lo`` and ``hi``."""
     step = int(step)
     who = f"tenant = {tenant_literal(tenant)}"
 
@@ -183,7 +201,7 @@ def lens(tenant: str, step: int, groups, max_seq: int | None) -> LensQuery:
     sources = []  # (table, time column, where, aggregates of its own columns)
     raw = where("ts", lambda s: s.tier is None)
     if raw and (max_seq is None or max_seq >= 0):
-        seq = "" if max_seq is None else f" AND seq <= {int(max_seq)}"
+        seq = "" if max_seq is None else seq_filter(max_seq, hidden)
         sources.append(("raw", "ts", raw + seq, _RAW_AGGS))
     tables = dict.fromkeys(s.tier.table for _, segs in groups for s in segs if s.tier)
     for table in tables:

@@ -63,9 +63,18 @@ class Store(Protocol):
     # -- catalog and reads for lenses --------------------------------------
     def put_sensors(self, rows: pa.Table) -> None: ...
     def sensors_of(self, tenant: str) -> pa.Table: ...
-    def lens_rows(self, tenant: str, step: int, groups, max_seq: int | None) -> pa.Table: ...
+    def lens_rows(
+        self, tenant: str, step: int, groups, max_seq: int | None, hidden: tuple[int, ...] = ()
+    ) -> pa.Table: ...
     def export_rows(
-        self, tenant: str, sensors: list[int], start: int, end: int, max_seq: int, limit: int
+        self,
+        tenant: str,
+        sensors: list[int],
+        start: int,
+        end: int,
+        max_seq: int,
+        limit: int,
+        hidden: tuple[int, ...] = (),
     ) -> pa.Table: ...
     def health(self) -> dict:
         """What /healthz reports about storage (its kind, reachable shards, …)."""
@@ -145,8 +154,10 @@ class SqlStore:
     def sensors_of(self, tenant: str) -> pa.Table:
         return self.backend.query(queries.sensors_of(tenant))
 
-    def lens_rows(self, tenant: str, step: int, groups, max_seq: int | None) -> pa.Table:
-        q = queries.lens(tenant, step, groups, max_seq)
+    def lens_rows(
+        self, tenant: str, step: int, groups, max_seq: int | None, hidden: tuple[int, ...] = ()
+    ) -> pa.Table:
+        q = queries.lens(tenant, step, groups, max_seq, hidden)
         with self._running_lock:
             busy = self._running > 0
             self._running += 1
@@ -172,9 +183,18 @@ class SqlStore:
         return settings
 
     def export_rows(
-        self, tenant: str, sensors: list[int], start: int, end: int, max_seq: int, limit: int
+        self,
+        tenant: str,
+        sensors: list[int],
+        start: int,
+        end: int,
+        max_seq: int,
+        limit: int,
+        hidden: tuple[int, ...] = (),
     ) -> pa.Table:
-        return self.backend.query(queries.export(tenant, sensors, start, end, max_seq, limit))
+        return self.backend.query(
+            queries.export(tenant, sensors, start, end, max_seq, limit, hidden)
+        )
 
     def close(self) -> None:
         self.backend.close()

@@ -198,17 +198,26 @@ class ClusterStore(SqlStore):
                 )
 
     # -- reads ------------------------------------------------------------------
-    def lens_rows(self, tenant: str, step: int, groups, max_seq: int | None) -> pa.Table:
+    def lens_rows(
+        self, tenant: str, step: int, groups, max_seq: int | None, hidden: tuple[int, ...] = ()
+    ) -> pa.Table:
         try:
-            return super().lens_rows(tenant, step, groups, max_seq)
+            return super().lens_rows(tenant, step, groups, max_seq, hidden)
         except RetryableError as e:
             raise self._unavailable(e) from None
 
     def export_rows(
-        self, tenant: str, sensors: list[int], start: int, end: int, max_seq: int, limit: int
+        self,
+        tenant: str,
+        sensors: list[int],
+        start: int,
+        end: int,
+        max_seq: int,
+        limit: int,
+        hidden: tuple[int, ...] = (),
     ) -> pa.Table:
         try:
-            return super().export_rows(tenant, sensors, start, end, max_seq, limit)
+            return super().export_rows(tenant, sensors, start, end, max_seq, limit, hidden)
         except RetryableError as e:
             raise self._unavailable(e) from None
 

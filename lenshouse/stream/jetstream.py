@@ -1,0 +1,243 @@
+"""NATS JetStream: the partition streams, and blocking access to them for the
+loader's threads (nats-py is asyncio; :class:`LoopThread` runs its loop).
+
+Every stream is replicated (``num_replicas``, file storage) and holds at most
+its share of the log's byte budget; past it, publishes are refused
+(``discard=new``) and the gateway answers 503 with ``Retry-After``: nothing
+accepted is ever dropped to make room. Loaders purge what they have loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import NotFoundError
+
+from lenshouse.ingest.wal import Record
+from lenshouse.stream import payload
+from lenshouse.stream.partitions import LogLayout
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# 10 minutes at 1M points/s: ~10 bytes a point in LZ4-compressed Arrow.
+DEFAULT_BUDGET_BYTES = 6 << 30
+DUPLICATE_WINDOW_S = 120.0  # a producer's retry within this is dropped by message id
+MAX_MESSAGE_BYTES = 8 << 20  # the servers' max_payload; gateways split larger batches
+FETCH_BATCH = 16
+
+
+class LogUnavailable(Exception):
+    """The log did not store a message (no quorum, no leader, not reachable)."""
+
+
+class LogFull(LogUnavailable):
+    """The log holds its whole byte budget: the sender must wait (503)."""
+
+
+async def connect(servers: list[str], name: str) -> NATS:
+    """A connection that reconnects by itself, forever, to any of ``servers``."""
+    return await nats.connect(
+        servers=servers,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.25,
+        connect_timeout=2,
+        allow_reconnect=True,
+    )
+
+
+def stream_config(layout: LogLayout, partition: int, replicas: int, budget: int) -> StreamConfig:
+    return StreamConfig(
+        name=layout.stream(partition),
+        subjects=[layout.subject(partition)],
+        description=json.dumps({"partition": partition, "partitions": layout.partitions}),
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        max_bytes=budget // layout.partitions,
+        discard=DiscardPolicy.NEW,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        max_msg_size=MAX_MESSAGE_BYTES,
+    )
+
+
+async def ensure_streams(
+    js: JetStreamContext, layout: LogLayout, replicas: int, budget: int = DEFAULT_BUDGET_BYTES
+) -> None:
+    """Create the partition streams the log lacks; a different partition count
+    than the existing streams' is refused (it would move sensors)."""
+    existing = await discover(js, layout.prefix)
+    if existing is not None and existing != layout.partitions:
+        raise ValueError(
+            f"the log {layout.prefix} has {existing} partitions, not {layout.partitions}"
+        )
+    for p in range(layout.partitions):
+        cfg = stream_config(layout, p, replicas, budget)
+        try:
+            await js.stream_info(cfg.name)
+            await js.update_stream(cfg)
+        except NotFoundError:
+            await js.add_stream(cfg)
+
+
+async def discover(js: JetStreamContext, prefix: str) -> int | None:
+    """How many partitions the log ``prefix`` has; None if it does not exist."""
+    try:
+        info = await js.stream_info(LogLayout(prefix).stream(0))
+    except NotFoundError:
+        return None
+    return int(json.loads(info.config.description or "{}")["partitions"])
+
+
+class LoopThread:
+    """An asyncio loop in a daemon thread, for code that blocks.
+
+    Ownership: coroutines run only on the loop's thread; callers wait on
+    futures."""
+
+    def __init__(self, name: str = "nats") -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = 30.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def spawn(self, coro: Awaitable[Any]) -> asyncio.Future:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+class PartitionStream:
+    """One partition's stream, read by the loader that owns it.
+
+    Positions are the stream's own sequence numbers (the records' ``lsn``),
+    so a load's boundaries mean the same to any loader on any host."""
+
+    def __init__(self, loop: LoopThread, js: JetStreamContext, layout: LogLayout, partition: int):
+        self.loop = loop
+        self.js = js
+        self.partition = partition
+        self.name = layout.stream(partition)
+        self.subject = layout.subject(partition)
+
+    # -- blocking, for the loader's threads ----------------------------------
+    def read_range(self, first: int, last: int, timeout: float = 60.0) -> list[Record]:
+        """Records ``first`` .. ``last``, every one of them (or an error)."""
+        return self.loop.run(self._read_range(first, last), timeout)
+
+    def purge_below(self, lsn: int) -> None:
+        """Drop records below ``lsn`` (they are loaded)."""
+        self.loop.run(self.js.purge_stream(self.name, seq=lsn), 30.0)
+
+    def last_lsn(self) -> int:
+        info = self.loop.run(self.js.stream_info(self.name), 10.0)
+        return int(info.state.last_seq)
+
+    def follow(
+        self,
+        from_lsn: int,
+        submit: Callable[[Record], None],
+        stopped: threading.Event,
+        wait: Callable[[], None],
+    ) -> None:
+        """Feed ``submit`` every record from ``from_lsn`` on, in order, until
+        ``stopped``; ``wait()`` is called before each fetch (back-pressure)."""
+        self.loop.run(self._follow(from_lsn, submit, stopped, wait), None)
+
+    # -- on the loop ------------------------------------------------------------
+    async def _consumer(self, start: int):
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=max(1, start),
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=30.0,
+        )
+        return await self.js.pull_subscribe(
+            self.subject, durable=None, stream=self.name, config=config
+        )
+
+    async def _read_range(self, first: int, last: int) -> list[Record]:
+        out: list[Record] = []
+        sub = await self._consumer(first)
+        try:
+            while not out or out[-1].lsn < last:
+                want = min(FETCH_BATCH, last - (out[-1].lsn if out else first - 1))
+                for msg in await sub.fetch(want, timeout=5):
+                    seq = msg.metadata.sequence.stream
+                    expected = out[-1].lsn + 1 if out else first
+                    if seq != expected:
+                        raise RuntimeError(
+                            f"{self.name} lacks record {expected} (next is {seq}): "
+                            "the log lost data it had acknowledged"
+                        )
+                    if seq <= last:
+                        out.append(_record(msg))
+        finally:
+            await sub.unsubscribe()
+        return out
+
+    async def _follow(
+        self,
+        start: int,
+        submit: Callable[[Record], None],
+        stopped: threading.Event,
+        wait: Callable[[], None],
+    ) -> None:
+        expected = start
+        sub = None
+        while not stopped.is_set():
+            try:
+                if sub is None:
+                    sub = await self._consumer(expected)
+                await asyncio.get_running_loop().run_in_executor(None, wait)
+                msgs = await sub.fetch(FETCH_BATCH, timeout=0.5)
+            except (asyncio.TimeoutError, nats.errors.TimeoutError):
+                continue
+            except Exception as e:  # connection lost, leader moving: a new consumer
+                log.warning("%s: reading failed (%s); resuming at %d", self.name, e, expected)
+                sub = None
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                seq = msg.metadata.sequence.stream
+                if seq < expected:
+                    continue
+                if seq > expected:
+                    raise RuntimeError(
+                        f"{self.name} lacks record {expected} (next is {seq}): "
+                        "the log lost data it had acknowledged"
+                    )
+                submit(_record(msg))
+                expected += 1
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+
+def _record(msg) -> Record:
+    tenant = (msg.headers or {}).get(payload.TENANT_HEADER, "default")
+    return Record(msg.metadata.sequence.stream, payload.decode(msg.data, tenant))
