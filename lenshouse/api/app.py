@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import orjson
 import pyarrow as pa
@@ -12,14 +14,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 
 from lenshouse.api.metrics import Metrics
 from lenshouse.ingest.formats import ARROW, decode
-from lenshouse.lens.engine import parse_aggs, parse_sensors
+from lenshouse.lens.engine import LensEngine, parse_aggs, parse_sensors
 from lenshouse.node import Node
-from lenshouse.points import BadInput, check_tenant
-from lenshouse.storage.catalog import check_labels
+from lenshouse.points import BadInput, PointBatch, check_tenant
+from lenshouse.storage.catalog import Catalog, check_labels
 from lenshouse.storage.errors import RetryableError, StorageError
 
 MAX_BODY_BYTES = 256 << 20
@@ -52,21 +54,90 @@ def error(status: int, message: str) -> ORJSON:
     return ORJSON({"error": message}, status_code=status)
 
 
+class Writer(Protocol):
+    """What ``POST /v1/write`` hands a validated batch to: the embedded
+    ingestor (local log), or a gateway (the replicated log). Returns headers
+    for the acknowledgement."""
+
+    async def write(
+        self, batch: PointBatch, batch_id: str | None, body: bytes
+    ) -> dict[str, str]: ...
+
+
+class Reader(Protocol):
+    """What the read routes use: lenses, export and the sensor catalog."""
+
+    lenses: LensEngine
+    catalog: Catalog
+
+
+class Unavailable(Exception):
+    """A dependency is away (the log, the keeper): 503 with Retry-After."""
+
+
 def create_app(node: Node) -> FastAPI:
-    app = FastAPI(title="lenshouse", version="0.1.0", default_response_class=ORJSON)
+    """The embedded server: every route over one node."""
     metrics = Metrics(node)
+    app = base_app(metrics.registry)
     app.state.node = node
     app.state.metrics = metrics
+    add_write_routes(app, _NodeWriter(node))
+    add_read_routes(app, node, metrics.lens_seconds)
+    add_health_route(app, lambda: _node_health(node))
+    add_page(app)
+    return app
+
+
+class _NodeWriter:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    async def write(self, batch: PointBatch, batch_id: str | None, body: bytes) -> dict[str, str]:
+        lsn = await self.node.ingestor.write(batch, batch_id)
+        return {"X-Lenshouse-Lsn": str(lsn)}
+
+
+def _node_health(node: Node) -> tuple[dict, bool]:
+    ing = node.ingestor
+    failure = ing.loader.failure
+    doc = {
+        "status": "failed" if failure else "ok",
+        **({"error": failure} if failure else {}),
+        **node.store.health(),
+        "accepted_lsn": ing.wal.next_lsn - 1,
+        "loaded_lsn": ing.loader.loaded_lsn - 1,
+        "points_accepted": ing.points_accepted,
+        "points_loaded": ing.loader.stats.rows_loaded,
+        "points_duplicate": ing.loader.stats.duplicates,
+        "points_conflicting": ing.loader.stats.conflicts,
+        "ingest_lag_seconds": round(ing.loader.lag_seconds(), 3),
+    }
+    # A stopped loader means no point is loaded until an operator acts.
+    return doc, failure is None
+
+
+def base_app(registry: CollectorRegistry) -> FastAPI:
+    """An app with lenshouse's error answers and ``/metrics``."""
+    app = FastAPI(title="lenshouse", version="0.1.0", default_response_class=ORJSON)
 
     @app.exception_handler(BadInput)
     async def bad_input(_: Request, exc: BadInput) -> ORJSON:
-        return error(exc.status, str(exc))
+        response = error(exc.status, str(exc))
+        if exc.status == 503:
+            response.headers["Retry-After"] = "1"
+        return response
 
     @app.exception_handler(RetryableError)
     async def unavailable(_: Request, exc: RetryableError) -> ORJSON:
         # Storage away (a shard with no live replica, the keeper, the
         # network): never a partial answer; the client retries.
         response = error(503, f"storage unavailable: {exc}")
+        response.headers["Retry-After"] = "1"
+        return response
+
+    @app.exception_handler(Unavailable)
+    async def log_unavailable(_: Request, exc: Unavailable) -> ORJSON:
+        response = error(503, str(exc))
         response.headers["Retry-After"] = "1"
         return response
 
@@ -80,6 +151,14 @@ def create_app(node: Node) -> FastAPI:
         problems = [f"{e['loc'][-1]}: {e['msg']}" for e in exc.errors()]
         return error(422, "; ".join(problems) or "invalid request")
 
+    @app.get("/metrics", summary="Prometheus metrics")
+    def prometheus() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def add_write_routes(app: FastAPI, writer: Writer) -> None:
     @app.post("/v1/write", status_code=204, summary="Write a batch of points")
     async def write(
         request: Request,
@@ -90,9 +169,11 @@ def create_app(node: Node) -> FastAPI:
         tenant = check_tenant(x_tenant)
         body = await _read_body(request)
         batch = decode(content_type, body, tenant).validate()
-        lsn = await node.ingestor.write(batch, x_batch_id)
-        return Response(status_code=204, headers={"X-Lenshouse-Lsn": str(lsn)})
+        headers = await writer.write(batch, x_batch_id, body)
+        return Response(status_code=204, headers=headers)
 
+
+def add_read_routes(app: FastAPI, reader: Reader, lens_seconds: Histogram) -> None:
     @app.get("/v1/lens", summary="Bucketed avg/min/max/count of 1-10 sensors")
     def lens(
         sensors: str = Query(..., description="comma-separated sensor ids, 1 to 10"),
@@ -111,13 +192,13 @@ def create_app(node: Node) -> FastAPI:
         ids = parse_sensors(sensors)
         aggs = parse_aggs(agg)
         arrow = answer_format(format, accept) == "arrow"
-        result = node.lenses.lens(ids, start, end, points=points, step=step, tenant=x_tenant)
+        result = reader.lenses.lens(ids, start, end, points=points, step=step, tenant=x_tenant)
         if arrow:
             response: Response = Response(_ipc(result.to_arrow(aggs)), media_type=ARROW)
         else:
             response = ORJSON(result.to_json(aggs))
         elapsed = time.perf_counter() - t0  # the answer encoded, as a client waits for it
-        metrics.lens_seconds.observe(elapsed)
+        lens_seconds.observe(elapsed)
         response.headers["X-Lens-Ms"] = f"{elapsed * 1000:.2f}"
         return response
 
@@ -128,7 +209,7 @@ def create_app(node: Node) -> FastAPI:
         end: int = Query(..., description="window end, epoch ms (exclusive)"),
         x_tenant: str | None = Header(None),
     ) -> Response:
-        table = node.lenses.export(parse_sensors(sensors), start, end, tenant=x_tenant)
+        table = reader.lenses.export(parse_sensors(sensors), start, end, tenant=x_tenant)
         return Response(_ipc(table), media_type=ARROW)
 
     @app.put("/v1/sensors/{sensor}", status_code=204, summary="Register a sensor with labels")
@@ -145,7 +226,7 @@ def create_app(node: Node) -> FastAPI:
             raise BadInput('body must be {"labels": {"name": "value", ...}}', 422)
         labels = doc.get("labels", {}) if isinstance(doc, dict) else doc
         await run_in_threadpool(
-            node.catalog.put, check_tenant(x_tenant), sensor, check_labels(labels)
+            reader.catalog.put, check_tenant(x_tenant), sensor, check_labels(labels)
         )
         return Response(status_code=204)
 
@@ -154,33 +235,19 @@ def create_app(node: Node) -> FastAPI:
         match = {
             k[len("label.") :]: v for k, v in request.query_params.items() if k.startswith("label.")
         }
-        return ORJSON({"sensors": node.catalog.list(check_tenant(x_tenant), match)})
+        return ORJSON({"sensors": reader.catalog.list(check_tenant(x_tenant), match)})
 
-    @app.get("/healthz", summary="Liveness and ingest progress")
+
+def add_health_route(app: FastAPI, health: Callable[[], tuple[dict, bool]]) -> None:
+    """``/healthz``: the role's document; 503 unless it can do its job."""
+
+    @app.get("/healthz", summary="Liveness and progress")
     def healthz() -> ORJSON:
-        ing = node.ingestor
-        failure = ing.loader.failure
-        return ORJSON(
-            {
-                "status": "failed" if failure else "ok",
-                **({"error": failure} if failure else {}),
-                **node.store.health(),
-                "accepted_lsn": ing.wal.next_lsn - 1,
-                "loaded_lsn": ing.loader.loaded_lsn - 1,
-                "points_accepted": ing.points_accepted,
-                "points_loaded": ing.loader.stats.rows_loaded,
-                "points_duplicate": ing.loader.stats.duplicates,
-                "points_conflicting": ing.loader.stats.conflicts,
-                "ingest_lag_seconds": round(ing.loader.lag_seconds(), 3),
-            },
-            # A stopped loader means no point is loaded until an operator acts.
-            status_code=503 if failure else 200,
-        )
+        doc, ok = health()
+        return ORJSON(doc, status_code=200 if ok else 503)
 
-    @app.get("/metrics", summary="Prometheus metrics")
-    def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+def add_page(app: FastAPI) -> None:
     if (STATIC / "assets").is_dir():
         app.mount("/assets", StaticFiles(directory=STATIC / "assets"), name="assets")
 
@@ -190,8 +257,6 @@ def create_app(node: Node) -> FastAPI:
         if page.exists():
             return FileResponse(page)
         return ORJSON({"lenshouse": "0.1.0", "api": ["/v1/write", "/v1/lens", "/v1/sensors"]})
-
-    return app
 
 
 async def _read_body(request: Request) -> bytes:

@@ -44,24 +44,35 @@ def up(
     shards: int = typer.Option(2, min=1),
     replicas: int = typer.Option(2, min=1),
     keepers: int = typer.Option(3, min=1),
-    server: bool = typer.Option(True, "--server/--no-server", help="also run lenshouse serve"),
+    roles: bool = typer.Option(
+        True,
+        "--roles/--storage-only",
+        help="also the replicated log (3 NATS servers) and 2 loaders, 2 gateways, 2 lens servers",
+    ),
+    server: bool = typer.Option(
+        False, "--server", help="also one lenshouse server over ClickHouse alone (local log)"
+    ),
 ) -> None:
     """Start the cluster in DIR (created on first use; what already runs is left alone)."""
     t0 = time.monotonic()
     try:
-        doc = processes.up(dir, shards, replicas, keepers, server=server)
+        doc = processes.up(dir, shards, replicas, keepers, server=server, roles=roles)
     except ClusterError as e:
         raise _fail(e) from None
     elapsed = time.monotonic() - t0
     _print_table(dir)
     hosts = ",".join(processes.clickhouse_hosts(doc))
     console.print(f"cluster {doc['name']!r} up in {elapsed:.1f} s; ClickHouse {hosts}")
-    console.print(f"url: {doc['url']}" if doc["url"] else "url: none (no lenshouse server)")
+    if doc.get("gateways"):
+        console.print(f"write to: {','.join(doc['gateways'])}")
+        console.print(f"lenses:   {','.join(doc['lens_servers'])}")
+    if doc["url"]:
+        console.print(f"server:   {doc['url']}")
 
 
 @cluster_app.command()
 def stop(
-    name: str = typer.Argument(..., help="a node: ch-s1-r1, zk2, lenshouse, …"),
+    name: str = typer.Argument(..., help="a node: ch-s1-r1, zk2, nats1, gw1, loader1, lens1, …"),
     kill: bool = typer.Option(False, "--kill", help="SIGKILL instead of SIGTERM"),
     dir: Path = DIR,
 ) -> None:
@@ -75,7 +86,8 @@ def stop(
 
 @cluster_app.command()
 def start(
-    name: str = typer.Argument(..., help="a node: ch-s1-r1, zk2, lenshouse, …"), dir: Path = DIR
+    name: str = typer.Argument(..., help="a node: ch-s1-r1, zk2, nats1, gw1, loader1, lens1, …"),
+    dir: Path = DIR,
 ) -> None:
     """Start one stopped node again, on its ports and data, and wait until it answers."""
     try:

@@ -172,6 +172,28 @@ log4j.appender.FILE.layout.ConversionPattern=%d{{ISO8601}} [myid:%X{{myid}}] %-5
 """
 
 
+def nats_conf(topo: Topology, node: NodeSpec, root: Path) -> str:
+    """A JetStream server of the log's cluster; payloads up to 8 MiB (the
+    gateways split batches below that)."""
+    routes = ", ".join(
+        f"nats-route://{HOST}:{n.ports['cluster']}" for n in topo.log_servers() if n != node
+    )
+    d = root / node.name
+    return (
+        f"server_name: {node.name}\n"
+        f"listen: {HOST}:{node.ports['client']}\n"
+        f"http: {HOST}:{node.ports['monitor']}\n"
+        "max_payload: 8MB\n"
+        f'jetstream {{ store_dir: "{d / "data"}" }}\n'
+        + (
+            f"cluster {{ name: {topo.name}-log, listen: {HOST}:{node.ports['cluster']},"
+            f" routes: [{routes}] }}\n"
+            if topo.nats > 1
+            else ""
+        )
+    )
+
+
 def _write(path: Path, text: str) -> None:
     # Only on change: a running ClickHouse reloads its config when the file is touched.
     if not path.exists() or path.read_text() != text:
@@ -184,6 +206,9 @@ def write_node_files(topo: Topology, node: NodeSpec, root: Path) -> Path:
     d = root / node.name
     for sub in ("log", "data", "tmp", "user_files", "format_schemas"):
         (d / sub).mkdir(parents=True, exist_ok=True)
+    if node.role == "nats":
+        _write(d / "nats.conf", nats_conf(topo, node, root))
+        return d / "nats.conf"
     if node.role == "keeper":
         _write(d / "data" / "myid", f"{node.index}\n")
         _write(d / "log4j.properties", log4j_properties(d))

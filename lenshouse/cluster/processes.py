@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,24 @@ def node(doc: Doc, name: str) -> Node:
 
 
 def _topology(doc: Doc) -> Topology:
-    return Topology(doc["name"], doc["shards"], doc["replicas"], doc["keepers"], doc["base_port"])
+    return Topology(
+        doc["name"],
+        doc["shards"],
+        doc["replicas"],
+        doc["keepers"],
+        doc["base_port"],
+        **{k: doc[k] for k in ("nats", "gateways", "loaders", "lenses") if k in doc},
+    )
+
+
+def log_urls(doc: Doc) -> list[str]:
+    """NATS client URLs of the log's servers."""
+    return [f"nats://{HOST}:{n['ports']['client']}" for n in doc["nodes"] if n["role"] == "nats"]
+
+
+def role_urls(doc: Doc, role: str) -> list[str]:
+    """HTTP URLs of every node of ``role`` (gateway, lens, loader)."""
+    return [n["url"] for n in doc["nodes"] if n["role"] == role]
 
 
 # ---------------------------------------------------------------- processes
@@ -282,11 +300,29 @@ def _pings(n: Node) -> bool:
 
 
 def _healthy(n: Node) -> bool:
+    return _get_ok(f"http://{HOST}:{n['ports']['http']}/healthz")
+
+
+def _get_ok(url: str) -> bool:
     try:
-        url = f"http://{HOST}:{n['ports']['http']}/healthz"
         return httpx.get(url, timeout=2.0, trust_env=False).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def _log_leader(doc: Doc) -> bool:
+    """Whether the log's servers have elected a JetStream meta leader."""
+    for n in doc["nodes"]:
+        if n["role"] != "nats" or not alive(n):
+            continue
+        try:
+            url = f"http://{HOST}:{n['ports']['monitor']}/jsz"
+            info = httpx.get(url, timeout=2.0, trust_env=False).json()
+        except (httpx.HTTPError, ValueError):
+            continue
+        if (info.get("meta_cluster") or {}).get("leader") or doc.get("nats", 3) == 1:
+            return True
+    return False
 
 
 def _wait_ready(n: Node, doc: Doc) -> None:
@@ -301,13 +337,12 @@ def _wait_ready(n: Node, doc: Doc) -> None:
             CLICKHOUSE_TIMEOUT,
         )
         _wait(n, "answered SELECT 1", lambda: _answers(n, "SELECT 1", "1"), CLICKHOUSE_TIMEOUT)
-    elif n["role"] == "lenshouse":
-        _wait(
-            n,
-            f"answered GET /healthz with 200 at {doc['url']}",
-            lambda: _healthy(n),
-            SERVER_TIMEOUT,
-        )
+    elif n["role"] == "nats":
+        url = f"http://{HOST}:{n['ports']['monitor']}/healthz"
+        _wait(n, f"answered GET {url} with 200", lambda: _get_ok(url), SERVER_TIMEOUT)
+    elif n["role"] in ("lenshouse", "gateway", "loader", "lens"):
+        url = n.get("url") or doc["url"]
+        _wait(n, f"answered GET /healthz with 200 at {url}", lambda: _healthy(n), SERVER_TIMEOUT)
 
 
 def _verify(doc: Doc) -> None:
@@ -374,6 +409,13 @@ def _zookeeper_java() -> list[str]:
     ]
 
 
+def _nats_server() -> list[str]:
+    path = shutil.which("nats-server")
+    if not path:
+        raise ClusterError("nats-server is not installed: run scripts/install-system-deps as root")
+    return [path]
+
+
 def _lenshouse_module() -> str:
     # `python -m lenshouse` needs lenshouse/__main__.py; lenshouse.cli runs its app too.
     return "lenshouse" if importlib.util.find_spec("lenshouse.__main__") else "lenshouse.cli"
@@ -407,17 +449,22 @@ def up(
     *,
     name: str = "lenshouse",
     server: bool = False,
+    roles: bool = False,
 ) -> Doc:
     """Start whatever of the cluster in `root` is not running (creating it on first
-    use, on free ports that are then kept) and check that it works; the document."""
+    use, on free ports that are then kept) and check that it works; the document.
+    With ``roles``, also the replicated log (NATS JetStream) and the loaders,
+    gateways and lens servers over it; with ``server``, one lenshouse server
+    that does all of it over the ClickHouse cluster alone."""
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     ch_argv, zk_argv = _clickhouse_server(), _zookeeper_java()
+    nats_argv = _nats_server() if roles else []
     with _locked(root):
         if (root / DOC_NAME).exists():
             doc = load(root)
             topo = _topology(doc)
-            wanted = Topology(name, shards, replicas, keepers, topo.base_port)
+            wanted = replace(topo, name=name, shards=shards, replicas=replicas, keepers=keepers)
             if wanted != topo:
                 raise ClusterError(
                     f"{root} holds cluster {topo.name!r} of {topo.shards} shards × "
@@ -433,6 +480,10 @@ def up(
                 "shards": shards,
                 "replicas": replicas,
                 "keepers": keepers,
+                "nats": topo.nats,
+                "gateways": topo.gateways,
+                "loaders": topo.loaders,
+                "lenses": topo.lenses,
                 "base_port": topo.base_port,
                 "nodes": [],
             }
@@ -462,8 +513,60 @@ def up(
         _verify(doc)
         if server:
             _up_server(root, doc, topo)
+        if roles:
+            _up_log(root, doc, topo, nats_argv)
+            _up_roles(root, doc, topo)
         _save(root, doc)
     return doc
+
+
+def _up_log(root: Path, doc: Doc, topo: Topology, argv: list[str]) -> None:
+    entries = []
+    for spec in topo.log_servers():
+        cfg = write_node_files(topo, spec, root)
+        entries.append(_entry(doc, spec, root, [*argv, "-c", str(cfg)]))
+    for n in entries:
+        if not alive(n):
+            _spawn(n)
+    _save(root, doc)
+    for n in entries:
+        _wait_ready(n, doc)
+    _wait(entries[0], "seen the log elect a leader", lambda: _log_leader(doc), SERVER_TIMEOUT)
+
+
+def role_argv(doc: Doc, spec: NodeSpec) -> list[str]:
+    """The command line of a role's process over this cluster."""
+    base = [sys.executable, "-m", _lenshouse_module()]
+    where = ["--host", HOST, "--port", str(spec.ports["http"])]
+    keeper = ["--keeper", ",".join(keeper_hosts(doc))]
+    storage = ["--clickhouse", ",".join(clickhouse_hosts(doc)), "--cluster", doc["name"]]
+    log = ["--nats", ",".join(log_urls(doc))]
+    if spec.role == "gateway":
+        return [*base, "gateway", *log, "--name", spec.name, *where]
+    if spec.role == "loader":
+        replicas = ["--log-replicas", str(min(3, doc.get("nats", 3)))]
+        return [*base, "loader", *log, *keeper, *storage, *replicas, "--member", spec.name, *where]
+    return [*base, "lens-server", *keeper, *storage, *where]
+
+
+def _up_roles(root: Path, doc: Doc, topo: Topology) -> None:
+    """Loaders first (they create the tables and the log's partitions), then
+    gateways and lens servers; each waits for the group before it."""
+    specs = topo.roles()
+    for role in ("loader", "gateway", "lens"):
+        entries = []
+        for spec in (s for s in specs if s.role == role):
+            n = _entry(doc, spec, root, role_argv(doc, spec))
+            n["url"] = f"http://{HOST}:{spec.ports['http']}"
+            entries.append(n)
+        for n in entries:
+            if not alive(n):
+                _spawn(n)
+        _save(root, doc)
+        for n in entries:
+            _wait_ready(n, doc)
+    doc["gateways"] = role_urls(doc, "gateway")
+    doc["lens_servers"] = role_urls(doc, "lens")
 
 
 def _up_server(root: Path, doc: Doc, topo: Topology) -> None:
@@ -528,8 +631,8 @@ def down(root: str | Path) -> Doc:
     root = Path(root).resolve()
     with _locked(root):
         doc = load(root)
-        order = {"keeper": 2, "clickhouse": 1}
-        for rank in (0, 1, 2):
+        order = {"keeper": 3, "clickhouse": 2, "nats": 1}
+        for rank in (0, 1, 2, 3):
             group = [n for n in doc["nodes"] if order.get(n["role"], 0) == rank]
             try:
                 _terminate(group, kill=False)
@@ -549,7 +652,10 @@ def status(root: str | Path) -> list[dict[str, Any]]:
             state = keeper_mode(n) or "no quorum"
         elif running and n["role"] == "clickhouse":
             state = "ok" if _pings(n) else "not answering"
-        elif running and n["role"] == "lenshouse":
+        elif running and n["role"] == "nats":
+            url = f"http://{HOST}:{n['ports']['monitor']}/healthz"
+            state = "ok" if _get_ok(url) else "not answering"
+        elif running and n["role"] in ("lenshouse", "gateway", "loader", "lens"):
             state = "ok" if _healthy(n) else "not answering"
         elif running:
             state = "running"

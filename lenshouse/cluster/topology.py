@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 PORTS_PER_NODE = 3
@@ -16,7 +16,7 @@ _PORT_LOW, _PORT_HIGH = 10_000, 32_000
 @dataclass(frozen=True)
 class NodeSpec:
     name: str
-    role: str  # "clickhouse" or "keeper"
+    role: str  # clickhouse, keeper, nats, gateway, loader, lens (or lenshouse: one server)
     ports: dict[str, int]
     shard: int | None = None
     replica: int | None = None
@@ -30,19 +30,54 @@ class Topology:
     replicas: int = 2
     keepers: int = 3
     base_port: int = 0  # 0: not chosen yet, see with_free_ports()
+    # The replicated log and the roles over it (cluster mode II).
+    nats: int = 3
+    gateways: int = 2
+    loaders: int = 2
+    lenses: int = 2
 
     def __post_init__(self) -> None:
         if min(self.shards, self.replicas, self.keepers) < 1:
             raise ValueError("shards, replicas and keepers must each be at least 1")
+        if min(self.nats, self.gateways, self.loaders, self.lenses) < 1:
+            raise ValueError("NATS servers, gateways, loaders and lens servers: at least 1 each")
+
+    @property
+    def _storage_ports(self) -> int:
+        return PORTS_PER_NODE * (self.shards * self.replicas + self.keepers)
 
     @property
     def port_count(self) -> int:
-        """Ports of all nodes, plus one for the lenshouse server."""
-        return PORTS_PER_NODE * (self.shards * self.replicas + self.keepers) + 1
+        """Ports of all nodes: storage, one lenshouse server, the log, the roles."""
+        roles = self.gateways + self.loaders + self.lenses
+        return self._storage_ports + 1 + PORTS_PER_NODE * self.nats + roles
 
     @property
     def server_port(self) -> int:
-        return self.base_port + self.port_count - 1
+        return self.base_port + self._storage_ports
+
+    def log_servers(self) -> list[NodeSpec]:
+        first = self.server_port + 1
+        nodes = []
+        for k in range(1, self.nats + 1):
+            p = first + PORTS_PER_NODE * (k - 1)
+            ports = {"client": p, "cluster": p + 1, "monitor": p + 2}
+            nodes.append(NodeSpec(f"nats{k}", "nats", ports, index=k))
+        return nodes
+
+    def roles(self) -> list[NodeSpec]:
+        """Loaders, gateways and lens servers, in the order they start."""
+        port = self.server_port + 1 + PORTS_PER_NODE * self.nats
+        nodes = []
+        for role, prefix, count in (
+            ("loader", "loader", self.loaders),
+            ("gateway", "gw", self.gateways),
+            ("lens", "lens", self.lenses),
+        ):
+            for k in range(1, count + 1):
+                nodes.append(NodeSpec(f"{prefix}{k}", role, {"http": port}, index=k))
+                port += 1
+        return nodes
 
     def clickhouse(self) -> list[NodeSpec]:
         nodes = []
@@ -72,7 +107,7 @@ class Topology:
         for _ in range(attempts):
             base = rng.randrange(_PORT_LOW, _PORT_HIGH - self.port_count)
             if all(port_free(p) for p in range(base, base + self.port_count)):
-                return Topology(self.name, self.shards, self.replicas, self.keepers, base)
+                return replace(self, base_port=base)
         raise RuntimeError(f"found no {self.port_count} free consecutive ports on 127.0.0.1")
 
 

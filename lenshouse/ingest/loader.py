@@ -215,9 +215,12 @@ class Loader:
         self.on_loaded: list[Callable[[int, pa.Table], None]] = []
 
     # -- feeding --------------------------------------------------------------
-    def submit(self, rec: Record) -> None:
-        """Called by the log once ``rec`` is durable."""
+    def submit(self, rec: Record, stored_at: float | None = None) -> None:
+        """Called by the log once ``rec`` is durable; ``stored_at`` (epoch
+        seconds) when that was earlier than now (a replicated log's message)."""
         now = time.monotonic()
+        if stored_at is not None:
+            now -= max(0.0, time.time() - stored_at)
         with self._queued_lock:
             self.stats.queued_rows += len(rec.batch)
             self._acked.append((rec.lsn, now))

@@ -160,12 +160,13 @@ class PartitionStream:
     def follow(
         self,
         from_lsn: int,
-        submit: Callable[[Record], None],
+        submit: Callable[[Record, float], None],
         stopped: threading.Event,
         wait: Callable[[], None],
     ) -> None:
-        """Feed ``submit`` every record from ``from_lsn`` on, in order, until
-        ``stopped``; ``wait()`` is called before each fetch (back-pressure)."""
+        """Feed ``submit(record, stored_at)`` every record from ``from_lsn`` on,
+        in order, until ``stopped``; ``wait()`` is called before each fetch
+        (back-pressure)."""
         self.loop.run(self._follow(from_lsn, submit, stopped, wait), None)
 
     # -- on the loop ------------------------------------------------------------
@@ -203,7 +204,7 @@ class PartitionStream:
     async def _follow(
         self,
         start: int,
-        submit: Callable[[Record], None],
+        submit: Callable[[Record, float], None],
         stopped: threading.Event,
         wait: Callable[[], None],
     ) -> None:
@@ -231,7 +232,7 @@ class PartitionStream:
                         f"{self.name} lacks record {expected} (next is {seq}): "
                         "the log lost data it had acknowledged"
                     )
-                submit(_record(msg))
+                submit(_record(msg), msg.metadata.timestamp.timestamp())
                 expected += 1
         if sub is not None:
             with contextlib.suppress(Exception):

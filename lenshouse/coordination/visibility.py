@@ -1,0 +1,85 @@
+"""What a lens server may see, read from the keeper: the loads of every loader.
+
+A snapshot reads the load counter and each partition's pending load. Every
+seq below the counter belongs to a load that is either complete or pending
+(allocation and intent are one transaction), so a lens sees exactly the
+completed loads by reading raw rows with ``seq`` below the counter except
+the pending ones, and keeps its rollup reads clear of the pending loads'
+spans. Loads that begin while a lens reads are found afterwards (seqs from
+the snapshot's counter on, in the partitions' pending loads and histories)
+and the lens reads again if they touched what it read.
+
+Reads go through ``sync`` first, so the keeper server this process talks to
+has caught up with the leader: no load whose insert a lens could see is
+missing from what it reads next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from kazoo.client import KazooClient
+
+from lenshouse.coordination import progress
+from lenshouse.coordination.zk import Paths, keeper_errors
+from lenshouse.ingest.visibility import LoadSpan, Snapshot
+
+
+class ClusterVisibility:
+    """Ownership: stateless between calls (each reads the keeper); any
+    request thread may use it."""
+
+    can_hold = False  # loads run in other processes and cannot be held back
+
+    def __init__(self, zk: KazooClient, paths: Paths, partitions: int) -> None:
+        self.zk = zk
+        self.paths = paths
+        self.partitions = partitions
+
+    def _read(self) -> tuple[int, list[progress.PartitionDoc]]:
+        with keeper_errors("reading which loads are complete"):
+            self.zk.sync(self.paths.root)
+            raw, _ = self.zk.get(self.paths.seq)
+            docs = [progress.read(self.zk, self.paths, p)[0] for p in range(self.partitions)]
+        return int(raw), docs
+
+    def snapshot(self) -> Snapshot:
+        counter, docs = self._read()
+        pending = [progress.span_of(d.span) for d in docs if d.pending and d.span]
+        return Snapshot(
+            committed_seq=counter - 1,
+            inflight=tuple(pending),
+            started=counter,
+            hidden=tuple(s.seq for s in pending),
+        )
+
+    def started_since(self, snap: Snapshot) -> list[LoadSpan] | None:
+        """Loads allocated since ``snap`` (pending or complete); None if some
+        of them are no longer on record."""
+        counter, docs = self._read()
+        if counter == snap.started:
+            return []
+        found: dict[int, LoadSpan] = {}
+        for d in docs:
+            if d.pending and d.span and d.span["seq"] >= snap.started:
+                found[d.span["seq"]] = progress.span_of(d.span)
+            for h in reversed(d.history or []):
+                if h["seq"] < snap.started:
+                    break
+                found[h["seq"]] = progress.span_of(h)
+        if len(found) < counter - snap.started:
+            return None
+        return list(found.values())
+
+    @property
+    def committed_seq(self) -> int:
+        return self.snapshot().committed_seq
+
+    def on_begin(self, callback: Callable[[LoadSpan], None]) -> None:
+        """Not told of loads as they begin: a lens server runs without a lens cache."""
+
+    @contextmanager
+    def quiet(self) -> Iterator[Snapshot]:
+        raise NotImplementedError("loads of other processes cannot be held back")
+        yield  # pragma: no cover

@@ -1,0 +1,109 @@
+"""``lenshouse gateway | loader | lens-server``: each role of cluster mode as
+its own process, against given NATS, keeper and ClickHouse addresses."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+import uvicorn
+
+HOST = typer.Option("127.0.0.1", help="address to listen on")
+NATS = typer.Option(..., "--nats", help="NATS servers, comma-separated (nats://host:port,…)")
+KEEPER = typer.Option(
+    ..., "--keeper", help="ZooKeeper / ClickHouse Keeper client addresses, host:port,…"
+)
+CLICKHOUSE = typer.Option(..., "--clickhouse", help="native-protocol addresses host:port,…")
+CLUSTER = typer.Option("lenshouse", help="the cluster's name in remote_servers")
+DATABASE = typer.Option("lenshouse", help="ClickHouse database (also names the keeper state)")
+PREFIX = typer.Option("LH", "--log", help="the log's stream prefix")
+WAIT = typer.Option(120, help="seconds to wait for ClickHouse at start")
+
+
+def _split(text: str) -> list[str]:
+    return [a.strip() for a in text.split(",") if a.strip()]
+
+
+def _run(app, host: str, port: int) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def gateway(
+    nats: str = NATS,
+    log: str = PREFIX,
+    host: str = HOST,
+    port: int = typer.Option(8080),
+    name: str = typer.Option("gateway", help="this gateway's name (in NATS connections)"),
+) -> None:
+    """Validate writes, publish them to the replicated log, acknowledge (stateless)."""
+    from lenshouse.roles.gateway import Gateway, create_gateway_app
+
+    _run(create_gateway_app(Gateway(_split(nats), log, name)), host, port)
+
+
+def loader(
+    nats: str = NATS,
+    keeper: str = KEEPER,
+    clickhouse: str = CLICKHOUSE,
+    cluster: str = CLUSTER,
+    database: str = DATABASE,
+    log: str = PREFIX,
+    log_replicas: int = typer.Option(3, help="replicas of each partition stream"),
+    log_budget_gb: float = typer.Option(
+        6.0, help="bytes the log may hold (all partitions), GiB; then writes get 503"
+    ),
+    insert_quorum: int = typer.Option(None, help="replicas each insert waits for (default: all)"),
+    member: str = typer.Option(None, help="this loader's name (default: random)"),
+    host: str = HOST,
+    port: int = typer.Option(8090, help="port of /healthz and /metrics"),
+    connect_wait: float = WAIT,
+) -> None:
+    """Own log partitions (leases in the keeper) and load them into ClickHouse."""
+    from contextlib import asynccontextmanager
+
+    from lenshouse.cli import _cluster_store
+    from lenshouse.roles.loader import LoaderRole, create_loader_app
+
+    store = _cluster_store(clickhouse, cluster, database, insert_quorum, connect_wait)
+    role = LoaderRole(
+        _split(nats),
+        _split(keeper),
+        store,
+        prefix=log,
+        log_replicas=log_replicas,
+        log_budget=int(log_budget_gb * 2**30),
+        member=member,
+    ).start()
+    app = create_loader_app(role)
+
+    @asynccontextmanager
+    async def lifespan(_):
+        yield
+        role.stop()
+
+    app.router.lifespan_context = lifespan
+    _run(app, host, port)
+
+
+def lens_server(
+    keeper: str = KEEPER,
+    clickhouse: str = CLICKHOUSE,
+    cluster: str = CLUSTER,
+    database: str = DATABASE,
+    host: str = HOST,
+    port: int = typer.Option(8100),
+    connect_wait: float = WAIT,
+) -> None:
+    """Answer lenses, export and the catalog from the cluster, exact as of completed loads."""
+    from lenshouse.cli import _cluster_store
+    from lenshouse.roles.lens_server import LensServer, create_lens_app
+
+    store = _cluster_store(clickhouse, cluster, database, None, connect_wait)
+    _run(create_lens_app(LensServer(_split(keeper), store)), host, port)
+
+
+def register(app: typer.Typer) -> None:
+    app.command(help=gateway.__doc__)(gateway)
+    app.command(help=loader.__doc__)(loader)
+    app.command("lens-server", help=lens_server.__doc__)(lens_server)

@@ -1,0 +1,70 @@
+"""The lens server: lenses, export and the catalog over the ClickHouse
+cluster, exact as of the loads every loader completed (read from the keeper,
+:mod:`lenshouse.coordination.visibility`).
+
+It keeps no lens cache and no head: both are exact only where every load's
+footprint is seen as it begins, which a process that loads nothing does not
+see. Its reads are ClickHouse's (with each server's block cache)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, Histogram
+
+from lenshouse.api.app import add_health_route, add_page, add_read_routes, base_app
+from lenshouse.api.metrics import LENS_BUCKETS
+from lenshouse.coordination.visibility import ClusterVisibility
+from lenshouse.coordination.zk import Paths, ensure_layout
+from lenshouse.coordination.zk import connect as zk_connect
+from lenshouse.lens.engine import LensEngine
+from lenshouse.storage.catalog import Catalog
+from lenshouse.storage.errors import StorageError
+from lenshouse.storage.replicated.store import ClusterStore
+
+
+class LensServer:
+    """Ownership: immutable after construction; the engine, the store and the
+    keeper client are used by any request thread."""
+
+    def __init__(self, keeper: list[str], store: ClusterStore) -> None:
+        self.store = store
+        self.paths = Paths(store.conn.database)
+        self.zk = zk_connect(keeper)
+        ensure_layout(self.zk, self.paths)
+        self.visibility = ClusterVisibility(self.zk, self.paths, len(store.conn.shards))
+        self.lenses = LensEngine(store, self.visibility, cache_bytes=0)  # type: ignore[arg-type]
+        self.catalog = Catalog(store)
+        self.registry = CollectorRegistry()
+        self.lens_seconds = Histogram(
+            "lenshouse_lens_seconds",
+            "Lens request latency.",
+            buckets=LENS_BUCKETS,
+            registry=self.registry,
+        )
+
+    def health(self) -> tuple[dict, bool]:
+        doc: dict = {"role": "lens", "keeper_connected": self.zk.connected, **self.store.health()}
+        try:
+            snap = self.visibility.snapshot()
+            doc["loads_started"] = snap.started
+            doc["loads_in_flight"] = len(snap.hidden)
+            ok = True
+        except StorageError as e:
+            doc["error"] = str(e)
+            ok = False
+        doc["status"] = "ok" if ok else "unavailable"
+        return doc, ok
+
+    def close(self) -> None:
+        self.zk.stop()
+        self.zk.close()
+        self.store.close()
+
+
+def create_lens_app(server: LensServer) -> FastAPI:
+    app = base_app(server.registry)
+    app.state.lens_server = server
+    add_read_routes(app, server, server.lens_seconds)
+    add_health_route(app, server.health)
+    add_page(app)
+    return app
