@@ -238,7 +238,10 @@ def serve(
 
 @app.command()
 def generate(
-    url: str = typer.Option("http://127.0.0.1:8080", help="lenshouse server"),
+    url: str = typer.Option(
+        "http://127.0.0.1:8080",
+        help="lenshouse server, or several gateways A,B,… (batches spread, failover)",
+    ),
     sensors: int = typer.Option(1000),
     rate_hz: int = typer.Option(1000),
     duration: str = typer.Option("60s", help="how much data to send"),
@@ -289,7 +292,8 @@ def generate(
             raise typer.Exit(_fail(str(e))) from None
     console.print(
         f"sent {stats.points:,} points in {stats.batches} batches over {stats.seconds:.1f} s "
-        f"({stats.points / max(stats.seconds, 1e-9):,.0f} pts/s, {stats.retries} retries)"
+        f"({stats.points / max(stats.seconds, 1e-9):,.0f} pts/s, {stats.retries} retries,"
+        f" {stats.failovers} to another server)"
     )
 
 

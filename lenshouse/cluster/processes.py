@@ -119,7 +119,7 @@ def _topology(doc: Doc) -> Topology:
         doc["replicas"],
         doc["keepers"],
         doc["base_port"],
-        **{k: doc[k] for k in ("nats", "gateways", "loaders", "lenses") if k in doc},
+        **doc.get("roles", {}),
     )
 
 
@@ -320,7 +320,7 @@ def _log_leader(doc: Doc) -> bool:
             info = httpx.get(url, timeout=2.0, trust_env=False).json()
         except (httpx.HTTPError, ValueError):
             continue
-        if (info.get("meta_cluster") or {}).get("leader") or doc.get("nats", 3) == 1:
+        if (info.get("meta_cluster") or {}).get("leader") or _topology(doc).nats == 1:
             return True
     return False
 
@@ -343,6 +343,58 @@ def _wait_ready(n: Node, doc: Doc) -> None:
     elif n["role"] in ("lenshouse", "gateway", "loader", "lens"):
         url = n.get("url") or doc["url"]
         _wait(n, f"answered GET /healthz with 200 at {url}", lambda: _healthy(n), SERVER_TIMEOUT)
+
+
+def log_streams(doc: Doc) -> dict[str, dict[str, Any]]:
+    """The log's streams as its servers report them (monitor ``/jsz``): per
+    stream its first and last record and its leader's server name."""
+    out: dict[str, dict[str, Any]] = {}
+    for n in doc["nodes"]:
+        if n["role"] != "nats" or not alive(n):
+            continue
+        try:
+            url = f"http://{HOST}:{n['ports']['monitor']}/jsz?streams=true"
+            info = httpx.get(url, timeout=2.0, trust_env=False).json()
+        except (httpx.HTTPError, ValueError):
+            continue
+        for account in info.get("account_details") or []:
+            for s in account.get("stream_detail") or []:
+                state, leader = s["state"], (s.get("cluster") or {}).get("leader")
+                seen = out.setdefault(s["name"], {"first": 0, "last": 0, "leader": None})
+                seen["last"] = max(seen["last"], int(state["last_seq"]))
+                seen["first"] = max(seen["first"], int(state["first_seq"]))
+                seen["leader"] = seen["leader"] or leader
+    return out
+
+
+def loader_partitions(doc: Doc) -> dict[int, dict[str, Any]]:
+    """Partition → its row in the /healthz of the loader owning it (with ``loader``)."""
+    out: dict[int, dict[str, Any]] = {}
+    for n in doc["nodes"]:
+        if n["role"] != "loader" or not alive(n):
+            continue
+        try:
+            r = httpx.get(f"{n['url']}/healthz", timeout=5.0, trust_env=False)
+            rows = r.json().get("partitions", [])
+        except (httpx.HTTPError, ValueError):
+            continue
+        for row in rows:
+            out[row["partition"]] = {**row, "loader": n["name"]}
+    return out
+
+
+def caught_up(doc: Doc, prefix: str = "LH") -> bool:
+    """Whether every record the log holds is loaded (each partition's owner
+    has loaded past its stream's last record)."""
+    streams = log_streams(doc)
+    parts = loader_partitions(doc)
+    if not streams or len(parts) < len(streams):
+        return False
+    for p, row in parts.items():
+        last = streams.get(f"{prefix}_P{p}", {}).get("last", 0)
+        if row["next_lsn"] is None or row["next_lsn"] <= last:
+            return False
+    return True
 
 
 def _verify(doc: Doc) -> None:
@@ -480,10 +532,12 @@ def up(
                 "shards": shards,
                 "replicas": replicas,
                 "keepers": keepers,
-                "nats": topo.nats,
-                "gateways": topo.gateways,
-                "loaders": topo.loaders,
-                "lenses": topo.lenses,
+                "roles": {
+                    "nats": topo.nats,
+                    "gateways": topo.gateways,
+                    "loaders": topo.loaders,
+                    "lenses": topo.lenses,
+                },
                 "base_port": topo.base_port,
                 "nodes": [],
             }
@@ -544,7 +598,7 @@ def role_argv(doc: Doc, spec: NodeSpec) -> list[str]:
     if spec.role == "gateway":
         return [*base, "gateway", *log, "--name", spec.name, *where]
     if spec.role == "loader":
-        replicas = ["--log-replicas", str(min(3, doc.get("nats", 3)))]
+        replicas = ["--log-replicas", str(min(3, _topology(doc).nats))]
         return [*base, "loader", *log, *keeper, *storage, *replicas, "--member", spec.name, *where]
     return [*base, "lens-server", *keeper, *storage, *where]
 

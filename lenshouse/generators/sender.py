@@ -74,39 +74,80 @@ class SendStats:
     batches: int = 0
     points: int = 0
     retries: int = 0
+    failovers: int = 0  # retries sent to another server than the failed attempt
     seconds: float = 0.0
+
+
+class Targets:
+    """The servers a sender writes to ("A,B,…": any gateway takes any batch).
+    Batches start round-robin; a batch whose attempt fails (no connection,
+    a timeout, 5xx) is retried on the next server.
+
+    Ownership: one sending thread."""
+
+    def __init__(self, urls: str | list[str]) -> None:
+        if isinstance(urls, str):
+            urls = [u.strip().rstrip("/") for u in urls.split(",") if u.strip()]
+        self.urls = urls or [""]
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self.urls)
+
+    def start(self) -> int:
+        i = self._next
+        self._next = (i + 1) % len(self.urls)
+        return i
 
 
 def post_batch(
     client: httpx.Client,
-    url: str,
+    url: str | Targets,
     body: bytes,
     tenant: str,
     stats: SendStats,
     deadline: float,
     content_type: str = ARROW,
+    batch_id: str | None = None,
 ) -> None:
-    """POST until acknowledged (2xx) or the deadline passes; 4xx is not retried."""
+    """POST until acknowledged (2xx) or the deadline passes; 4xx is not retried,
+    429 and 503 wait for their ``Retry-After``."""
+    targets = url if isinstance(url, Targets) else Targets([url])
     headers = {"Content-Type": content_type, "X-Tenant": tenant}
+    if batch_id is not None:
+        headers["X-Batch-Id"] = batch_id
     delay = 0.05
+    i = targets.start()
     while True:
+        wait = delay
         try:
-            r = client.post(url + "/v1/write", content=body, headers=headers)
+            r = client.post(targets.urls[i] + "/v1/write", content=body, headers=headers)
             if r.status_code < 300:
                 return
             if 400 <= r.status_code < 500 and r.status_code != 429:
                 raise RuntimeError(f"server refused a batch: {r.status_code} {r.text}")
+            wait = max(delay, _retry_after(r))
         except httpx.TransportError:
             pass
         if time.monotonic() > deadline:
             raise TimeoutError("server did not acknowledge a batch in time")
         stats.retries += 1
-        time.sleep(delay)
+        if len(targets) > 1:
+            i = (i + 1) % len(targets)
+            stats.failovers += 1
+        time.sleep(min(wait, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 2, 2.0)
 
 
+def _retry_after(r: httpx.Response) -> float:
+    try:
+        return min(10.0, float(r.headers.get("Retry-After", 0)))
+    except ValueError:
+        return 0.0
+
+
 def run(
-    url: str,
+    url: str | list[str],
     fleet: Fleet,
     seconds: int,
     tenant: str = "default",
@@ -115,15 +156,23 @@ def run(
     on_second: Callable[[int, SendStats], None] | None = None,
     give_up_after: float = 120.0,
 ) -> SendStats:
-    """Send ``seconds`` seconds of the fleet's data, one batch per second."""
+    """Send ``seconds`` seconds of the fleet's data, one batch per second, to
+    ``url`` (or spread over several: "A,B")."""
     stats = SendStats()
     middle = middle or MiddleLayer()
+    targets = Targets(url)
     t0 = time.monotonic()
-    with httpx.Client(timeout=60.0) as client:
+    # With somewhere else to go, a server that does not answer is left sooner.
+    with httpx.Client(timeout=60.0 if len(targets) == 1 else 15.0) as client:
 
         def send(batch: PointBatch) -> None:
             post_batch(
-                client, url, encode_arrow(batch), tenant, stats, time.monotonic() + give_up_after
+                client,
+                targets,
+                encode_arrow(batch),
+                tenant,
+                stats,
+                time.monotonic() + give_up_after,
             )
             stats.batches += 1
             stats.points += len(batch)

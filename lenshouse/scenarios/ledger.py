@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pyarrow as pa
 
-from lenshouse.generators.sender import SendStats, encode_arrow, post_batch
+from lenshouse.generators.sender import SendStats, Targets, encode_arrow, post_batch
 from lenshouse.lens.oracle import brute_force, mismatch
 from lenshouse.points import PointBatch
 
@@ -35,7 +35,9 @@ class Ledger:
     stats: SendStats = field(default_factory=SendStats)
     _distinct: tuple | None = None
 
-    def send(self, client: httpx.Client, url: str, batch: PointBatch, timeout: float = 180) -> None:
+    def send(
+        self, client: httpx.Client, url: str | Targets, batch: PointBatch, timeout: float = 180
+    ) -> None:
         """POST until acknowledged, then remember the batch as accepted."""
         self.sent_points += len(batch)
         post_batch(client, url, encode_arrow(batch), self.tenant, self.stats,

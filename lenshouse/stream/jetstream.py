@@ -149,8 +149,9 @@ class PartitionStream:
         """Records ``first`` .. ``last``, every one of them (or an error)."""
         return self.loop.run(self._read_range(first, last), timeout)
 
-    def purge_below(self, lsn: int) -> None:
-        """Drop records below ``lsn`` (they are loaded)."""
+    def truncate_before(self, lsn: int) -> None:
+        """Drop records below ``lsn`` (they are loaded); the log's byte budget
+        then holds only what is not."""
         self.loop.run(self.js.purge_stream(self.name, seq=lsn), 30.0)
 
     def last_lsn(self) -> int:

@@ -1,0 +1,257 @@
+"""Cluster mode II end to end, on the real thing: 3 NATS JetStream servers, 2
+loaders, 2 gateways and 2 lens servers (each its own process) over the 2 × 2
+ClickHouse 18.16 cluster and its 3 ZooKeeper nodes. A workload streams
+through the unreliable middle layer to both gateways while a fault is
+injected; afterwards every acknowledged point must be stored once (an export
+compared with what the client saw acknowledged) and random lenses from both
+lens servers must equal the numpy oracle."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import subprocess
+import time
+import uuid
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from lenshouse.cluster import processes
+from lenshouse.cluster.testing import cluster_available
+from lenshouse.coordination import progress
+from lenshouse.coordination.zk import SESSION_TIMEOUT_S, Paths
+from lenshouse.coordination.zk import connect as zk_connect
+from lenshouse.generators.sender import MiddleLayer
+from lenshouse.generators.signals import Fleet
+from lenshouse.scenarios.ledger import lens_checks, verdict
+from lenshouse.scenarios.workload import Workload
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not cluster_available(), reason="ClickHouse/ZooKeeper not installed"),
+]
+
+SENSORS, RATE_HZ = 20, 500  # 10,000 points a second, in one batch a second
+CATCH_UP_S = 120.0
+
+
+@pytest.fixture(scope="module")
+def topology(cluster: dict) -> Iterator[dict]:
+    root = Path(cluster["dir"])
+    doc = processes.up(root, cluster["shards"], cluster["replicas"], cluster["keepers"], roles=True)
+    try:
+        yield doc
+    finally:  # later tests use the storage alone
+        for n in reversed(doc["nodes"]):
+            if n["role"] in ("gateway", "lens", "loader", "nats"):
+                processes.stop(root, n["name"])
+
+
+def _root(doc: dict) -> Path:
+    return Path(doc["dir"])
+
+
+def _workload(doc: dict, name: str, seconds: int, **middle) -> Workload:
+    """A workload of a tenant of its own (new on every run: a cluster may be reused)."""
+    tenant = f"{name}-{uuid.uuid4().hex[:6]}"
+    fleet = Fleet(sensors=SENSORS, rate_hz=RATE_HZ, seed=zlib.crc32(name.encode()) % 1000,
+                  start_ms=1_700_000_000_000)  # fmt: skip
+    layer = MiddleLayer(reorder=True, duplicate=0.2, replay_after_s=(0.2, 3.0), seed=1, **middle)
+    return Workload(doc["gateways"], fleet, seconds, tenant=tenant, middle=layer)
+
+
+def _wait(what: str, ready, timeout: float, poll: float = 0.25) -> float:
+    """Seconds until ``ready()``; fails naming ``what`` after ``timeout``."""
+    t0 = time.monotonic()
+    for _ in range(int(timeout / poll) + 1):
+        if ready():
+            return time.monotonic() - t0
+        time.sleep(poll)
+    raise AssertionError(f"{what}: not after {timeout:.0f} s")
+
+
+def _check(doc: dict, w: Workload, checks: int = 25) -> None:
+    """Every acknowledged point stored once; lenses of both lens servers exact."""
+    root = _root(doc)
+    _wait(
+        "loaders caught up with the log",
+        lambda: processes.caught_up(processes.load(root)),
+        CATCH_UP_S,
+    )
+    rng = np.random.default_rng(7)
+    lens1, lens2 = doc["lens_servers"]
+    v = verdict(w.tenant, lens1, w.ledger, rng, checks)
+    assert v.ok, v.line() + " " + "; ".join(v.notes)
+    ok, problems = lens_checks(lens2, w.ledger, rng, checks)
+    assert ok == checks, problems[:3]
+
+
+def _fences_hold(doc: dict) -> None:
+    """From the progress kept in the keeper: each partition's loads cover its
+    records once, in order, and an owner's loads never come after a newer
+    owner's (no two loaders ever committed the same partition concurrently)."""
+    zk = zk_connect(processes.keeper_hosts(doc))
+    try:
+        for p in range(doc["shards"]):
+            state, _ = progress.read(zk, Paths("lenshouse"), p)
+            history = state.history or []
+            assert history, f"partition {p} has no loads on record"
+            for a, b in itertools.pairwise(history):
+                assert b["first"] == a["last"] + 1, f"partition {p}: gap or overlap {a} → {b}"
+                assert b["fence"] >= a["fence"], f"partition {p}: a stale owner committed {b}"
+                assert b["seq"] > a["seq"], f"partition {p}: seq not increasing {a} → {b}"
+            assert state.next_lsn == history[-1]["last"] + 1
+    finally:
+        zk.stop()
+        zk.close()
+
+
+def test_the_topology_is_on_record(topology: dict) -> None:
+    roles = {n["role"] for n in topology["nodes"]}
+    assert {"clickhouse", "keeper", "nats", "gateway", "loader", "lens"} <= roles
+    assert len(topology["gateways"]) == 2 and len(topology["lens_servers"]) == 2
+    root = _root(topology)
+    for n in topology["nodes"]:
+        assert processes.alive(n), n["name"]
+    parts = processes.loader_partitions(processes.load(root))
+    assert sorted(parts) == [0, 1]
+    assert len({row["loader"] for row in parts.values()}) == 2, "each loader owns one partition"
+
+
+def test_replays_through_both_gateways_are_stored_once(topology: dict) -> None:
+    w = _workload(topology, "replays", 8).start()
+    w.join(120)
+    _check(topology, w)
+    # The middle layer's replays carry the same bytes: the log itself dropped them.
+    dups = 0
+    for url in topology["gateways"]:
+        text = httpx.get(url + "/metrics", timeout=5).text
+        dups += sum(
+            float(line.split()[-1])
+            for line in text.splitlines()
+            if line.startswith("lenshouse_log_messages_duplicate")
+        )
+    assert dups > 0
+
+
+def test_a_gateway_killed_mid_stream(topology: dict) -> None:
+    root = _root(topology)
+    w = _workload(topology, "gateway-kill", 10).start()
+    time.sleep(3)
+    processes.stop(root, "gw1", kill=True)
+    time.sleep(3)
+    processes.start(root, "gw1")
+    w.join(120)
+    assert w.ledger.stats.failovers > 0, "the client moved to the other gateway"
+    _check(topology, w)
+
+
+def test_a_loader_killed_mid_load_is_taken_over(topology: dict) -> None:
+    root = _root(topology)
+    w = _workload(topology, "loader-kill", 14).start()
+    time.sleep(4)
+    victim = processes.loader_partitions(processes.load(root))[0]["loader"]
+    processes.stop(root, victim, kill=True)
+    t_kill = time.monotonic()
+    other = next(
+        n["name"] for n in topology["nodes"] if n["role"] == "loader" and n["name"] != victim
+    )
+    took = _wait(
+        "the other loader took partition 0",
+        lambda: processes.loader_partitions(processes.load(root)).get(0, {}).get("loader") == other,
+        SESSION_TIMEOUT_S + 20,
+    )
+    assert took <= SESSION_TIMEOUT_S + 5, f"takeover took {took:.1f} s"
+    w.join(120)
+    _check(topology, w)
+    _fences_hold(topology)
+    processes.start(root, victim)
+    _wait(
+        "the restarted loader took a partition back",
+        lambda: (
+            len({r["loader"] for r in processes.loader_partitions(processes.load(root)).values()})
+            == 2
+        ),
+        30 + time.monotonic() - t_kill,
+    )
+
+
+def test_the_log_leader_killed(topology: dict) -> None:
+    root = _root(topology)
+    w = _workload(topology, "log-leader", 12).start()
+    time.sleep(3)
+    leader = processes.log_streams(processes.load(root))["LH_P0"]["leader"]
+    processes.stop(root, leader, kill=True)
+    time.sleep(4)
+    processes.start(root, leader)
+    w.join(120)
+    gaps = np.diff([a.acked for a in w.acks])
+    assert gaps.max() < 15, f"acknowledgements paused {gaps.max():.1f} s"
+    _check(topology, w)
+
+
+def test_a_clickhouse_replica_killed(topology: dict) -> None:
+    root = _root(topology)
+    w = _workload(topology, "replica-kill", 12).start()
+    time.sleep(3)
+    processes.stop(root, "ch-s1-r2", kill=True)
+    time.sleep(5)
+    processes.start(root, "ch-s1-r2")
+    w.join(120)
+    _check(topology, w)
+
+
+@contextlib.contextmanager
+def _cut_off(ports: list[int]) -> Iterator[None]:
+    """Drop every packet to these loopback ports while the servers keep running."""
+    rules = [["INPUT", "-i", "lo", "-p", "tcp", "--dport", str(p), "-j", "DROP"] for p in ports]
+    added = []
+    try:
+        for r in rules:
+            subprocess.run(["iptables", "-I", *r], check=True)
+            added.append(r)
+        yield
+    finally:
+        for r in added:
+            subprocess.run(["iptables", "-D", *r], check=True)
+
+
+def _iptables_works() -> bool:
+    try:
+        subprocess.run(["iptables", "-L", "INPUT", "-n"], check=True, capture_output=True)
+        return True
+    except (OSError, subprocess.CalledProcessError):
+        return False
+
+
+@pytest.mark.skipif(not _iptables_works(), reason="needs iptables (root)")
+def test_clickhouse_unreachable_for_20_seconds(topology: dict) -> None:
+    """The network to every ClickHouse server cut for 20 s: writes are still
+    acknowledged at once, lenses answer 503 (never a wrong answer), and the
+    loaders catch up afterwards."""
+    w = _workload(topology, "clickhouse-cut", 30).start()
+    time.sleep(4)
+    tcp = [n["ports"]["tcp"] for n in processes.clickhouse_nodes(topology)]
+    lens_url = topology["lens_servers"][0]
+    statuses = []
+    with _cut_off(tcp):
+        t0 = time.monotonic()
+        acked_before = len(w.acks)
+        while time.monotonic() - t0 < 20:
+            with contextlib.suppress(httpx.TimeoutException):
+                params = {"sensors": "1", "start": 1_700_000_000_000, "end": 1_700_000_100_000}
+                r = httpx.get(
+                    lens_url + "/v1/lens", params=params, headers={"X-Tenant": w.tenant}, timeout=3
+                )
+                statuses.append(r.status_code)
+            time.sleep(1)
+        acked_during = len(w.acks) - acked_before
+    assert acked_during >= 15, f"only {acked_during} batches acknowledged during the outage"
+    assert all(s in (200, 503) for s in statuses), statuses
+    w.join(120)
+    _check(topology, w)
