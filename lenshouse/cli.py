@@ -375,11 +375,13 @@ _register_bench()
 
 def _register_cluster() -> None:
     from lenshouse.bench.cluster import bench_cluster
+    from lenshouse.bench.pipeline import bench_pipeline
     from lenshouse.cluster.cli import cluster_app
     from lenshouse.roles.cli import register
 
     app.add_typer(cluster_app, name="cluster")
     app.command("bench-cluster")(bench_cluster)
+    app.command("bench-pipeline")(bench_pipeline)
     register(app)
 
 

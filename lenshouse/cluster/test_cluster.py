@@ -35,7 +35,12 @@ def test_topology_names_and_distinct_ports() -> None:
     topo = Topology().with_free_ports()
     names = [n.name for n in topo.nodes()]
     assert names == ["zk1", "zk2", "zk3", "ch-s1-r1", "ch-s1-r2", "ch-s2-r1", "ch-s2-r2"]
-    ports = [p for n in topo.nodes() for p in n.ports.values()] + [topo.server_port]
+    roles = [(n.name, n.role) for n in topo.roles()]
+    assert roles == [("loader1", "loader"), ("loader2", "loader"), ("gw1", "gateway"),
+                     ("gw2", "gateway"), ("lens1", "lens"), ("lens2", "lens")]  # fmt: skip
+    assert [n.name for n in topo.log_servers()] == ["nats1", "nats2", "nats3"]
+    every = [*topo.nodes(), *topo.log_servers(), *topo.roles()]
+    ports = [p for n in every for p in n.ports.values()] + [topo.server_port]
     assert len(set(ports)) == len(ports) == topo.port_count
     assert min(ports) == topo.base_port and max(ports) == topo.base_port + topo.port_count - 1
 

@@ -51,6 +51,7 @@ class PartitionWorker:
         self.loader: Loader | None = None
         self.progress: PartitionProgress | None = None
         self.error: str | None = None
+        self.stream: PartitionStream | None = None
         self._stopped = threading.Event()
         self._feeder: threading.Thread | None = None
         self._thread = threading.Thread(target=self._start, name=f"p{partition}-start", daemon=True)
@@ -61,6 +62,7 @@ class PartitionWorker:
         try:
             self.progress = PartitionProgress(role.zk, role.paths, self.partition, role.member)
             stream = PartitionStream(role.loop, role.js, role.layout, self.partition)
+            self.stream = stream
             loader = Loader(
                 stream,
                 role.store,
@@ -110,12 +112,25 @@ class PartitionWorker:
         return loader._thread is not None and loader._thread.is_alive()
 
     def stop(self) -> None:
+        """Stop at once (a load in doubt is the next owner's to replay); a
+        recovery waiting for storage is interrupted too."""
         self._stopped.set()
-        self._thread.join(60)
         if self.loader is not None:
             self.loader.stop(drain=False)
+        self._thread.join(60)
+        if self.loader is not None:
+            self.loader.stop(drain=False)  # in case it started meanwhile
         if self._feeder is not None:
             self._feeder.join(10)
+
+    def records_behind(self) -> int | None:
+        """Records the log holds for this partition that are not loaded yet."""
+        if self.loader is None or self.stream is None:
+            return None
+        try:
+            return max(0, self.stream.last_lsn() - self.loader.state.next_lsn + 1)
+        except Exception:
+            return None
 
 
 class LoaderRole:
@@ -201,6 +216,7 @@ class LoaderRole:
                     "next_lsn": ld.state.next_lsn if ld else None,
                     "lag_seconds": round(ld.lag_seconds(), 3) if ld else None,
                     "queued_points": ld.stats.queued_rows if ld else None,
+                    "records_behind": w.records_behind(),
                     "loads": ld.stats.loads if ld else 0,
                     "points_loaded": ld.stats.rows_loaded if ld else 0,
                     "insert_errors": ld.stats.insert_errors if ld else 0,
@@ -240,7 +256,12 @@ class _LoaderCollector:
         )
         lag = GaugeMetricFamily(
             "lenshouse_log_lag_seconds",
-            "Age of the oldest record of the partition not yet loaded.",
+            "Age of the oldest record read from the log, not yet loaded.",
+            labels=["partition"],
+        )
+        behind = GaugeMetricFamily(
+            "lenshouse_log_behind_records",
+            "Records the log holds for the partition that are not loaded yet.",
             labels=["partition"],
         )
         queued = GaugeMetricFamily(
@@ -260,10 +281,11 @@ class _LoaderCollector:
             owned.add_metric(key, 1)
             lag.add_metric(key, p["lag_seconds"] or 0.0)
             queued.add_metric(key, p["queued_points"] or 0)
+            behind.add_metric(key, p["records_behind"] or 0)
             loads.add_metric(key, p["loads"])
             points.add_metric(key, p["points_loaded"])
             retries.add_metric(key, p["insert_errors"])
-        yield from (owned, lag, queued, loads, points, retries)
+        yield from (owned, lag, behind, queued, loads, points, retries)
         yield CounterMetricFamily(
             "lenshouse_partition_takeovers", "Partitions taken.", self.role.ownership.takeovers
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import subprocess
+import threading
 import time
 import uuid
 import zlib
@@ -23,13 +24,17 @@ import pytest
 
 from lenshouse.cluster import processes
 from lenshouse.cluster.testing import cluster_available
+from lenshouse.conftest import cluster_store
 from lenshouse.coordination import progress
 from lenshouse.coordination.zk import SESSION_TIMEOUT_S, Paths
 from lenshouse.coordination.zk import connect as zk_connect
 from lenshouse.generators.sender import MiddleLayer
 from lenshouse.generators.signals import Fleet
-from lenshouse.scenarios.ledger import lens_checks, verdict
+from lenshouse.lens.oracle import brute_force, mismatch
+from lenshouse.scenarios.ledger import JsonSeries, lens_checks, verdict
 from lenshouse.scenarios.workload import Workload
+from lenshouse.storage.introspect import raw_with_seq
+from lenshouse.stream.partitions import partition_of
 
 pytestmark = [
     pytest.mark.slow,
@@ -137,6 +142,108 @@ def test_replays_through_both_gateways_are_stored_once(topology: dict) -> None:
             if line.startswith("lenshouse_log_messages_duplicate")
         )
     assert dups > 0
+
+
+class _Reader(threading.Thread):
+    """Random lenses from both lens servers while a workload streams in, most
+    of them over the newest seconds acknowledged: where loads are in flight."""
+
+    def __init__(self, doc: dict, w: Workload, until: threading.Event, seed: int) -> None:
+        super().__init__(daemon=True)
+        self.doc, self.w, self.until, self.seed = doc, w, until, seed
+        self.answers: list[dict] = []
+        self.errors: list[str] = []
+
+    def run(self) -> None:
+        rng = np.random.default_rng(self.seed)
+        lo = self.w.fleet.start_ms
+        with httpx.Client(timeout=30) as client:
+            for k in range(5000):  # bounded; stops when the workload is done
+                if self.until.is_set():
+                    return
+                newest = lo + 1000 * len(self.w.acks)
+                end = newest + int(rng.integers(-1500, 1500))
+                start = end - int(rng.integers(150, 5000))
+                params = {
+                    "sensors": ",".join(map(str, rng.choice(np.arange(1, SENSORS + 1), 3, False))),
+                    "start": start,
+                    "end": end,
+                    "points": int(rng.integers(5, 400)),
+                }
+                url = self.doc["lens_servers"][k % 2]
+                r = client.get(url + "/v1/lens", params=params, headers={"X-Tenant": self.w.tenant})
+                if r.status_code == 200:
+                    self.answers.append(r.json())
+                else:
+                    self.errors.append(f"{r.status_code} {r.text[:200]}")
+
+
+def _explained(doc: dict, rows, partitions: int) -> str | None:
+    """None if, for each partition, the answer's series equal the oracle over
+    that partition's points of loads with seq <= k, for one k (the loads it
+    had completed); else what no k explains."""
+    sensor = rows.column("sensor").to_numpy().astype(np.int64)
+    ts, value, seq = (rows.column(c).to_numpy() for c in ("ts", "value", "seq"))
+    by_part: dict[int, list[dict]] = {}
+    for series in doc["series"]:
+        p = int(partition_of(doc["tenant"], np.array([series["sensor"]]), partitions)[0])
+        by_part.setdefault(p, []).append(series)
+    for p, group in by_part.items():
+        mine = np.isin(sensor, [g["sensor"] for g in group])
+        candidates = [-1, *np.unique(seq[mine]).tolist()]
+        if not any(
+            all(
+                mismatch(
+                    JsonSeries(g),
+                    brute_force(
+                        ts[(sensor == g["sensor"]) & (seq <= k)],
+                        value[(sensor == g["sensor"]) & (seq <= k)],
+                        doc["start"],
+                        doc["end"],
+                        doc["step"],
+                    ),
+                )
+                is None
+                for g in group
+            )
+            for k in candidates
+        ):
+            return f"partition {p}: no set of completed loads gives {[g['sensor'] for g in group]}"
+    return None
+
+
+def test_lenses_during_ingest_reflect_completed_loads(topology: dict, cluster: dict) -> None:
+    """While loaders of both partitions load concurrently, every lens from
+    either lens server equals the oracle over exactly the loads completed at
+    some moment (per partition, a prefix of its loads): never a load half
+    seen, never a load of one tier and not of another."""
+    w = _workload(topology, "during", 15).start()
+    done = threading.Event()
+    readers = [_Reader(topology, w, done, seed) for seed in range(2)]
+    for r in readers:
+        r.start()
+    w.join(120)
+    _wait("loaders caught up", lambda: processes.caught_up(processes.load(_root(topology))), 120)
+    done.set()
+    for r in readers:
+        r.join(60)
+    answers = [a for r in readers for a in r.answers]
+    errors = [e for r in readers for e in r.errors]
+    assert len(answers) >= 100, (len(answers), errors[:3])
+    assert not errors, errors[:3]
+    store = cluster_store(cluster, database="lenshouse")
+    try:
+        rows = raw_with_seq(store.backend, w.tenant)
+    finally:
+        store.close()
+    problems = []
+    for answer in answers:
+        bad = _explained({**answer, "tenant": w.tenant}, rows, topology["shards"])
+        if bad:
+            problems.append(
+                f"{bad} in lens {answer['start']}..{answer['end']} step {answer['step']}"
+            )
+    assert not problems, problems[:3]
 
 
 def test_a_gateway_killed_mid_stream(topology: dict) -> None:
@@ -255,3 +362,47 @@ def test_clickhouse_unreachable_for_20_seconds(topology: dict) -> None:
     assert all(s in (200, 503) for s in statuses), statuses
     w.join(120)
     _check(topology, w)
+
+
+def test_a_full_log_answers_503_and_keeps_what_it_acknowledged(topology: dict) -> None:
+    """Past its byte budget the log refuses new batches (503 with Retry-After)
+    and drops none of those it acknowledged."""
+    from fastapi.testclient import TestClient
+
+    from lenshouse.generators.sender import ARROW, encode_arrow
+    from lenshouse.points import PointBatch
+    from lenshouse.roles.gateway import Gateway, create_gateway_app
+    from lenshouse.stream import jetstream
+    from lenshouse.stream.partitions import LogLayout
+
+    prefix = f"FULL{uuid.uuid4().hex[:6].upper()}"
+    urls = processes.log_urls(topology)
+    loop = jetstream.LoopThread()
+    try:
+        nc = loop.run(jetstream.connect(urls, "test"))
+        js = nc.jetstream()
+        layout = LogLayout(prefix, 1)
+        loop.run(jetstream.ensure_streams(js, layout, 3, budget=1 << 20))  # 1 MiB
+        rng = np.random.default_rng(0)
+        acknowledged, refused = 0, None
+        with TestClient(create_gateway_app(Gateway(urls, prefix))) as client:
+            _wait("the gateway is ready", lambda: client.get("/healthz").status_code == 200, 30)
+            for k in range(200):  # ~100 KB each: the budget is reached well before
+                ts = 1_700_000_000_000 + k * 10_000 + np.arange(10_000, dtype=np.int64)
+                batch = PointBatch("full", np.ones(10_000, np.uint32), ts, rng.normal(size=10_000))
+                r = client.post("/v1/write", content=encode_arrow(batch),
+                                headers={"Content-Type": ARROW})  # fmt: skip
+                if r.status_code == 204:
+                    acknowledged += 1
+                    continue
+                refused = r
+                break
+        assert refused is not None, "the log never said it was full"
+        assert refused.status_code == 503 and refused.headers["Retry-After"]
+        assert "full" in refused.json()["error"]
+        info = loop.run(js.stream_info(layout.stream(0)))
+        assert info.state.messages == acknowledged > 0
+        loop.run(js.delete_stream(layout.stream(0)))
+        loop.run(nc.close())
+    finally:
+        loop.close()

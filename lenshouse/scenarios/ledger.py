@@ -15,7 +15,7 @@ from lenshouse.lens.oracle import brute_force, mismatch
 from lenshouse.points import PointBatch
 
 
-class _Series:
+class JsonSeries:
     """A lens series from JSON, shaped like the engine's for the oracle check."""
 
     def __init__(self, doc: dict) -> None:
@@ -122,7 +122,7 @@ def lens_checks(
         for series in doc["series"]:
             m = s == series["sensor"]
             expected = brute_force(t[m], v[m], doc["start"], doc["end"], doc["step"])
-            bad = mismatch(_Series(series), expected)
+            bad = mismatch(JsonSeries(series), expected)
             if bad:
                 problems.append(f"lens {params} sensor {series['sensor']}: {bad}")
                 break

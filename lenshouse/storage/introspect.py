@@ -65,3 +65,12 @@ def raw_columns(backend: Backend) -> dict[str, dict]:
         " FROM system.columns WHERE database = currentDatabase() AND table = 'raw'"
     )
     return {r["name"]: r for r in t.to_pylist()}
+
+
+def raw_with_seq(backend: Backend, tenant: str):
+    """Every raw row of a tenant with the seq of the load that stored it: how
+    tests tell which loads a lens answered from."""
+    return backend.query(
+        "SELECT sensor, ts, value, seq FROM raw"
+        f" WHERE tenant = {string_literal(tenant)} ORDER BY sensor, ts"
+    )
