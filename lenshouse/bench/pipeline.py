@@ -91,7 +91,13 @@ def _generators(doc: dict, sensors: int, rate_hz: int, seconds: int, start_ms: i
                 "--rate-hz", str(rate_hz), "--duration", f"{seconds}s", "--realtime",
                 "--start-ms", str(start_ms), "--seed", str(k), "--tenant", f"bench{k}"]  # fmt: skip
         gens.append(
-            subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            subprocess.Popen(
+                argv,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env={**os.environ, "COLUMNS": "300"},  # its summary on one line
+            )
         )
     return gens
 
@@ -245,7 +251,10 @@ def bench_pipeline(
     seconds: int = typer.Option(60, help="seconds of sustained sending"),
     generators: int = typer.Option(2, help="generator processes"),
     outage: int = typer.Option(60, help="seconds ClickHouse is cut off (0: skip)"),
-    outage_sensors: int = typer.Option(100, help="sensors (× rate-hz) sent during the outage"),
+    outage_sensors: int = typer.Option(500, help="sensors (× rate-hz) sent during the outage"),
+    steps: str = typer.Option(
+        "sustained,takeover,log_leader,outage", help="which measurements, comma-separated"
+    ),
     out: Path = typer.Option(Path("bench-pipeline.json"), help="where the figures go"),
 ) -> None:
     """Cluster mode's write path end to end: sustained rate, lag, takeover, log leader loss,
@@ -261,6 +270,8 @@ def bench_pipeline(
             ("log_leader", lambda: _log_leader(root)),
             ("outage", lambda: _outage(root, outage, outage_sensors, rate_hz) if outage else None),
         ):
+            if name not in steps.split(","):
+                continue
             console.print(f"[bold]{name}[/bold] …")
             results[name] = step()
             console.print(f"  {results[name]}")

@@ -1,4 +1,5 @@
-"""``lenshouse cluster …``: a local ClickHouse 18.16 + ZooKeeper cluster on 127.0.0.1."""
+"""``lenshouse cluster …``: a local cluster on 127.0.0.1 (ClickHouse, ZooKeeper, NATS,
+loaders, gateways, lens servers)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from lenshouse.cluster import processes
 from lenshouse.cluster.processes import ClusterError
 
 cluster_app = typer.Typer(
-    help="A local ClickHouse cluster (Debian's ClickHouse 18.16 + ZooKeeper) on 127.0.0.1.",
+    help="A local cluster on 127.0.0.1: ClickHouse 18.16 + ZooKeeper (Debian), NATS JetStream,"
+    " loaders, gateways and lens servers.",
     no_args_is_help=True,
     add_completion=False,
 )

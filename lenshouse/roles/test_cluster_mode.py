@@ -406,3 +406,27 @@ def test_a_full_log_answers_503_and_keeps_what_it_acknowledged(topology: dict) -
         loop.run(nc.close())
     finally:
         loop.close()
+
+
+def test_a_reader_whose_consumer_the_log_dropped_renews_it(topology: dict) -> None:
+    """The log may drop a loader's consumer (idle too long, while loading waited
+    for ClickHouse): the loader notices, reads on from where it was, loses nothing."""
+    from lenshouse.stream import jetstream
+
+    w = _workload(topology, "consumer-gone", 12).start()
+    time.sleep(4)
+    loop = jetstream.LoopThread()
+    try:
+        nc = loop.run(jetstream.connect(processes.log_urls(topology), "test"))
+        jsm = nc.jsm()
+        dropped = 0
+        for p in range(topology["shards"]):
+            for c in loop.run(jsm.consumers_info(f"LH_P{p}")):
+                loop.run(jsm.delete_consumer(f"LH_P{p}", c.name))
+                dropped += 1
+        loop.run(nc.close())
+    finally:
+        loop.close()
+    assert dropped >= topology["shards"]
+    w.join(120)
+    _check(topology, w)

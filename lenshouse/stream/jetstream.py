@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -44,6 +45,11 @@ DEFAULT_BUDGET_BYTES = 6 << 30
 DUPLICATE_WINDOW_S = 120.0  # a producer's retry within this is dropped by message id
 MAX_MESSAGE_BYTES = 8 << 20  # the servers' max_payload; gateways split larger batches
 FETCH_BATCH = 16
+# A reader's consumer outlives this much idleness (back-pressure while loading
+# waits for ClickHouse); the server drops consumers of loaders that died.
+CONSUMER_IDLE_S = 600.0
+# Without a message for this long, a reader checks that its consumer still exists.
+CHECK_AFTER_S = 5.0
 
 
 class LogUnavailable(Exception):
@@ -176,7 +182,7 @@ class PartitionStream:
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=max(1, start),
             ack_policy=AckPolicy.NONE,
-            inactive_threshold=30.0,
+            inactive_threshold=CONSUMER_IDLE_S,
         )
         return await self.js.pull_subscribe(
             self.subject, durable=None, stream=self.name, config=config
@@ -211,13 +217,26 @@ class PartitionStream:
     ) -> None:
         expected = start
         sub = None
+        last_message = time.monotonic()
         while not stopped.is_set():
             try:
                 if sub is None:
                     sub = await self._consumer(expected)
                 await asyncio.get_running_loop().run_in_executor(None, wait)
                 msgs = await sub.fetch(FETCH_BATCH, timeout=0.5)
+                last_message = time.monotonic()
             except (asyncio.TimeoutError, nats.errors.TimeoutError):
+                if time.monotonic() - last_message > CHECK_AFTER_S:
+                    # A fetch from a consumer the server dropped (idle too long,
+                    # its leader lost) only ever times out: check, and renew.
+                    last_message = time.monotonic()
+                    try:
+                        await sub.consumer_info()
+                    except Exception as e:
+                        log.warning(
+                            "%s: consumer gone (%s); resuming at %d", self.name, e, expected
+                        )
+                        sub = None
                 continue
             except Exception as e:  # connection lost, leader moving: a new consumer
                 log.warning("%s: reading failed (%s); resuming at %d", self.name, e, expected)
