@@ -236,6 +236,11 @@ class Loader:
         """Records below this LSN are visible to lenses."""
         return self.state.next_lsn
 
+    @property
+    def running(self) -> bool:
+        """Whether the loader thread runs (it ends when stopped, fenced or failed)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def wait_loaded(self, lsn: int, timeout: float) -> bool:
         with self._loaded:
             return self._loaded.wait_for(lambda: self.state.next_lsn > lsn, timeout)

@@ -13,8 +13,9 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -75,6 +76,22 @@ class Snapshot:
     started: int  # loads begun so far
     # … except these loads' (several loaders complete out of seq order).
     hidden: tuple[int, ...] = ()
+
+
+class Loads(Protocol):
+    """What lenses ask about loads: :class:`Visibility` in the process that
+    loads, or the keeper's record of every loader's loads in cluster mode
+    (:class:`lenshouse.coordination.visibility.ClusterVisibility`)."""
+
+    can_hold: bool
+
+    def snapshot(self) -> Snapshot: ...
+    def started_since(self, snap: Snapshot) -> list[LoadSpan] | None: ...
+    def on_begin(self, callback: Callable[[LoadSpan], None]) -> None: ...
+    def quiet(self) -> AbstractContextManager[Snapshot]: ...
+
+    @property
+    def committed_seq(self) -> int: ...
 
 
 class Visibility:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lenshouse.ingest.visibility import LoadSpan, Snapshot, Visibility
+from lenshouse.ingest.visibility import Loads, LoadSpan, Snapshot
 
 CHUNK_BUCKETS = 64
 ENTRY_OVERHEAD = 400  # bytes of Python objects per entry, besides its arrays
@@ -61,7 +61,7 @@ def chunk_span(step: int) -> int:
 
 
 class LensCache:
-    def __init__(self, visibility: Visibility, max_bytes: int = 256 << 20) -> None:
+    def __init__(self, visibility: Loads, max_bytes: int = 256 << 20) -> None:
         self.visibility = visibility
         self.max_bytes = max_bytes
         self._lock = threading.Lock()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from lenshouse.ingest.visibility import Snapshot, Visibility
+from lenshouse.ingest.visibility import Loads, Snapshot
 from lenshouse.lens.cache import CHUNK_BUCKETS, Chunk, Key, LensCache, chunk_span
 from lenshouse.lens.planner import Segment, plan, raw_span
 from lenshouse.lens.steps import bucket_count, choose_step, whole_buckets
@@ -121,7 +121,7 @@ class LensEngine:
     def __init__(
         self,
         store: Store,
-        visibility: Visibility,
+        visibility: Loads,
         cache_bytes: int = 256 << 20,
         head: Head | None = None,
     ) -> None:

@@ -32,7 +32,7 @@ class LensServer:
         self.zk = zk_connect(keeper)
         ensure_layout(self.zk, self.paths)
         self.visibility = ClusterVisibility(self.zk, self.paths, len(store.conn.shards))
-        self.lenses = LensEngine(store, self.visibility, cache_bytes=0)  # type: ignore[arg-type]
+        self.lenses = LensEngine(store, self.visibility, cache_bytes=0)
         self.catalog = Catalog(store)
         self.registry = CollectorRegistry()
         self.lens_seconds = Histogram(

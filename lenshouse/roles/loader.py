@@ -109,7 +109,7 @@ class PartitionWorker:
         loader = self.loader
         if self.error or loader is None or loader.fenced or loader.failure:
             return False
-        return loader._thread is not None and loader._thread.is_alive()
+        return loader.running
 
     def stop(self) -> None:
         """Stop at once (a load in doubt is the next owner's to replay); a
