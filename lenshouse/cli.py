@@ -343,16 +343,32 @@ def lens(
 
 @app.command()
 def scenario(
-    name: str = typer.Argument(..., help="replay, crash or late"),
+    name: str = typer.Argument(..., help="replay, crash or late (one server), or cluster"),
     data: Path = typer.Option(None, help="data directory (default: a new temporary one)"),
     small: bool = typer.Option(False, help="a quick, smaller run (as in the test suite)"),
     seed: int = typer.Option(0),
+    fault: str = typer.Option(None, help="cluster: the fault(s), comma-separated"),
+    all_faults: bool = typer.Option(False, "--all", help="cluster: every fault, one after another"),
+    dir: Path = typer.Option(
+        Path("lenshouse-cluster"), help="cluster: the directory of cluster up"
+    ),
+    duration: str = typer.Option("60s", help="cluster: how long each fault is held"),
+    sensors: int = typer.Option(200, help="cluster: sensors streamed"),
+    rate_hz: int = typer.Option(1000, help="cluster: samples per sensor per second"),
+    users: int = typer.Option(20, help="cluster: closed-loop lens users"),
+    out: Path = typer.Option(Path("scenario-report"), help="cluster: where the report goes"),
 ) -> None:
-    """Run a fault-injection scenario against a real server process and print a verdict."""
+    """Run a fault-injection scenario against real server processes and print a verdict."""
     import tempfile
 
     from lenshouse.scenarios.runner import SCENARIOS, run
 
+    if name == "cluster":
+        raise typer.Exit(
+            _cluster_scenario(
+                fault, all_faults, dir, duration, sensors, rate_hz, users, out, small, seed
+            )
+        )
     if name not in SCENARIOS:
         raise typer.Exit(_fail(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}"))
     with tempfile.TemporaryDirectory(prefix=f"lenshouse-{name}-") as tmp:
@@ -361,6 +377,56 @@ def scenario(
         console.print(f"  {note}", soft_wrap=True)
     print(v.line())
     raise typer.Exit(0 if v.ok else 1)
+
+
+def _cluster_scenario(
+    fault: str | None,
+    all_faults: bool,
+    dir: Path,
+    duration: str,
+    sensors: int,
+    rate_hz: int,
+    users: int,
+    out: Path,
+    small: bool,
+    seed: int,
+) -> int:
+    import dataclasses
+
+    from lenshouse.cluster.processes import ClusterError
+    from lenshouse.scenarios import cluster, cluster_report
+    from lenshouse.scenarios.faults import FAULTS, iptables_works
+
+    names = list(FAULTS) if all_faults else [f for f in (fault or "").split(",") if f]
+    if not names:
+        return _fail(f"name a --fault ({', '.join(FAULTS)}) or ask for --all")
+    unknown = [n for n in names if n not in FAULTS]
+    if unknown:
+        return _fail(f"unknown fault {unknown[0]!r}; choose from {', '.join(FAULTS)}")
+    if not iptables_works():
+        skipped = [n for n in names if FAULTS[n].needs_iptables]
+        if skipped:
+            console.print(f"skipping {', '.join(skipped)}: needs iptables and cgroup v2 (root)")
+            names = [n for n in names if n not in skipped]
+    cfg = cluster.SMALL if small else cluster.ClusterConfig()
+    if not small:
+        cfg = dataclasses.replace(
+            cfg,
+            fault_s=parse_duration_ms(duration) / 1000,
+            sensors=sensors,
+            rate_hz=rate_hz,
+            users=users,
+        )
+    cfg = dataclasses.replace(cfg, seed=seed)
+    try:
+        verdicts = cluster.run(dir, names, cfg, say=console.print)
+    except (ClusterError, RuntimeError) as e:
+        return _fail(str(e))
+    report = cluster_report.write(verdicts, cfg, out)
+    for v in verdicts:
+        print(v.line())
+    console.print(f"report: {report}")
+    return 0 if all(v.ok for v in verdicts) else 1
 
 
 def _register_bench() -> None:

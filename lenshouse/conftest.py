@@ -112,3 +112,20 @@ def store_node(kind: str, data_dir: Path, request: pytest.FixtureRequest, **kw) 
         return Node(data_dir, **kw)
     doc = request.getfixturevalue("cluster")
     return Node(data_dir, store=cluster_store(doc), **kw)
+
+
+@pytest.fixture(scope="module")
+def topology(cluster: dict) -> Iterator[dict]:
+    """The whole cluster-mode topology over the test cluster: 3 NATS servers,
+    2 loaders, 2 gateways, 2 lens servers, each its own process; stopped at
+    the end of the module (later tests use the storage alone)."""
+    from lenshouse.cluster import processes
+
+    root = Path(cluster["dir"])
+    doc = processes.up(root, cluster["shards"], cluster["replicas"], cluster["keepers"], roles=True)
+    try:
+        yield doc
+    finally:
+        for n in reversed(processes.load(root)["nodes"]):
+            if n["role"] in ("gateway", "lens", "loader", "nats"):
+                processes.stop(root, n["name"])

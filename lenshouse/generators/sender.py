@@ -76,6 +76,7 @@ class SendStats:
     retries: int = 0
     failovers: int = 0  # retries sent to another server than the failed attempt
     seconds: float = 0.0
+    failed_at: list[float] = field(default_factory=list)  # monotonic times of failed attempts
 
 
 class Targets:
@@ -132,6 +133,8 @@ def post_batch(
         if time.monotonic() > deadline:
             raise TimeoutError("server did not acknowledge a batch in time")
         stats.retries += 1
+        if len(stats.failed_at) < 100_000:
+            stats.failed_at.append(time.monotonic())
         if len(targets) > 1:
             i = (i + 1) % len(targets)
             stats.failovers += 1

@@ -48,7 +48,8 @@ FETCH_BATCH = 16
 # A reader's consumer outlives this much idleness (back-pressure while loading
 # waits for ClickHouse); the server drops consumers of loaders that died.
 CONSUMER_IDLE_S = 600.0
-# Without a message for this long, a reader checks that its consumer still exists.
+# Without a message for this long while the stream holds later records, a
+# reader renews its consumer.
 CHECK_AFTER_S = 5.0
 
 
@@ -188,6 +189,14 @@ class PartitionStream:
             self.subject, durable=None, stream=self.name, config=config
         )
 
+    async def _holds(self, lsn: int) -> bool:
+        """Whether the stream holds record ``lsn`` (False when it cannot tell)."""
+        try:
+            info = await self.js.stream_info(self.name)
+        except Exception:
+            return False
+        return int(info.state.last_seq) >= lsn
+
     async def _read_range(self, first: int, last: int) -> list[Record]:
         out: list[Record] = []
         sub = await self._consumer(first)
@@ -217,25 +226,28 @@ class PartitionStream:
     ) -> None:
         expected = start
         sub = None
-        last_message = time.monotonic()
+        progress = time.monotonic()  # of the last message (or the end of a wait)
         while not stopped.is_set():
             try:
                 if sub is None:
                     sub = await self._consumer(expected)
+                t = time.monotonic()
                 await asyncio.get_running_loop().run_in_executor(None, wait)
+                if time.monotonic() - t > 0.25:  # held back: not the consumer's fault
+                    progress = time.monotonic()
                 msgs = await sub.fetch(FETCH_BATCH, timeout=0.5)
-                last_message = time.monotonic()
+                progress = time.monotonic()
             except (asyncio.TimeoutError, nats.errors.TimeoutError):
-                if time.monotonic() - last_message > CHECK_AFTER_S:
-                    # A fetch from a consumer the server dropped (idle too long,
-                    # its leader lost) only ever times out: check, and renew.
-                    last_message = time.monotonic()
-                    try:
-                        await sub.consumer_info()
-                    except Exception as e:
+                if time.monotonic() - progress > CHECK_AFTER_S:
+                    # A consumer the server dropped (idle too long) or lost (its
+                    # server killed) answers fetches with nothing, forever.
+                    progress = time.monotonic()
+                    if await self._holds(expected):
                         log.warning(
-                            "%s: consumer gone (%s); resuming at %d", self.name, e, expected
+                            "%s: no record from the consumer; renewing at %d", self.name, expected
                         )
+                        with contextlib.suppress(Exception):
+                            await sub.unsubscribe()
                         sub = None
                 continue
             except Exception as e:  # connection lost, leader moving: a new consumer

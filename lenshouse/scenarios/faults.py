@@ -1,0 +1,206 @@
+"""The faults of the cluster scenarios, each on this machine's own processes.
+
+A fault is injected, held for the scenario's fault window (or instantaneous),
+then lifted: whatever it stopped is started again on its data. A network
+partition cuts one ClickHouse server off from every other process while it
+keeps running: its process is moved into a cgroup of its own whose every
+outgoing packet is dropped (iptables ``-m cgroup --path``), and packets to its
+ports are dropped too; lifting deletes the rules and the cgroup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from lenshouse.cluster import processes
+from lenshouse.cluster.processes import Doc
+
+CGROUP_ROOT = Path("/sys/fs/cgroup/unified")  # cgroup v2 (hybrid mode: mounted here)
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    what: str
+    inject: Callable[[Path], dict]  # returns what lift needs
+    lift: Callable[[Path, dict], None]
+    instant: bool = False  # nothing to hold: lifted as soon as injected
+    needs_iptables: bool = False
+
+
+def _doc(root: Path) -> Doc:
+    return processes.load(root)
+
+
+def _kill(root: Path, names: list[str]) -> dict:
+    for n in names:
+        processes.stop(root, n, kill=True)
+    return {"stopped": names}
+
+
+def _start(root: Path, state: dict) -> None:
+    for n in state.get("stopped", []):
+        processes.start(root, n)
+
+
+def _keeper_leader(root: Path) -> str:
+    for n in _doc(root)["nodes"]:
+        if n["role"] == "keeper" and processes.alive(n) and processes.keeper_mode(n) == "leader":
+            return n["name"]
+    raise RuntimeError("no ZooKeeper node says it leads")
+
+
+def _stream_leader(root: Path, partition: int = 0) -> str:
+    for _ in range(100):  # bounded: a leader may be in election
+        leader = processes.log_streams(_doc(root)).get(f"LH_P{partition}", {}).get("leader")
+        if leader:
+            return leader
+        time.sleep(0.1)
+    raise RuntimeError(f"stream LH_P{partition} has no leader")
+
+
+def _log_follower(root: Path) -> str:
+    leader = _stream_leader(root)
+    return next(
+        n["name"] for n in _doc(root)["nodes"] if n["role"] == "nats" and n["name"] != leader
+    )
+
+
+def _loader_of(root: Path, partition: int = 0) -> str:
+    return processes.loader_partitions(_doc(root))[partition]["loader"]
+
+
+def _names(root: Path, role: str) -> list[str]:
+    return [n["name"] for n in _doc(root)["nodes"] if n["role"] == role]
+
+
+# -- the network partition -------------------------------------------------------
+def iptables_works() -> bool:
+    try:
+        subprocess.run(["iptables", "-L", "OUTPUT", "-n"], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        return False
+    return (CGROUP_ROOT / "cgroup.procs").exists()
+
+
+def _rules(group: str, ports: list[int]) -> list[list[str]]:
+    out = [["OUTPUT", "-m", "cgroup", "--path", group, "-j", "DROP"]]
+    out += [["INPUT", "-i", "lo", "-p", "tcp", "--dport", str(p), "-j", "DROP"] for p in ports]
+    return out
+
+
+def _partition(root: Path, name: str = "ch-s1-r1") -> dict:
+    node = processes.node(_doc(root), name)
+    group = f"lenshouse-cut-{name}"
+    path = CGROUP_ROOT / group
+    path.mkdir(exist_ok=True)
+    (path / "cgroup.procs").write_text(str(node["pid"]))  # the process, all its threads
+    added = []
+    for rule in _rules(group, list(node["ports"].values())):
+        subprocess.run(["iptables", "-I", *rule], check=True)
+        added.append(rule)
+    return {"group": group, "rules": added, "pid": node["pid"]}
+
+
+def _heal(root: Path, state: dict) -> None:
+    for rule in state["rules"]:
+        subprocess.run(["iptables", "-D", *rule], check=False)
+    path = CGROUP_ROOT / state["group"]
+    with contextlib.suppress(OSError):
+        # Back to the root group, then the group can go.
+        (CGROUP_ROOT / "cgroup.procs").write_text(str(state["pid"]))
+    with contextlib.suppress(OSError):
+        path.rmdir()
+
+
+# -- rolling restarts ---------------------------------------------------------------
+def _rolling(root: Path, role: str, pause: float = 5.0) -> dict:
+    for name in _names(root, role):
+        processes.stop(root, name)  # SIGTERM, as an upgrade would
+        processes.start(root, name)
+        time.sleep(pause)
+    return {}
+
+
+def _nothing(root: Path, state: dict) -> None:
+    return None
+
+
+FAULTS: dict[str, Fault] = {
+    f.name: f
+    for f in (
+        Fault(
+            "replica-kill",
+            "kill -9 of one ClickHouse replica, restarted after the window",
+            lambda r: _kill(r, ["ch-s1-r2"]),
+            _start,
+        ),
+        Fault(
+            "shard-down",
+            "both replicas of one shard killed for the window",
+            lambda r: _kill(r, ["ch-s2-r1", "ch-s2-r2"]),
+            _start,
+        ),
+        Fault(
+            "keeper-leader",
+            "the ZooKeeper leader killed (restarted after the window)",
+            lambda r: _kill(r, [_keeper_leader(r)]),
+            _start,
+        ),
+        Fault(
+            "keeper-quorum",
+            "two of three ZooKeeper nodes killed: no quorum for the window",
+            lambda r: _kill(r, [n for n in _names(r, "keeper") if n != _keeper_leader(r)]),
+            _start,
+        ),
+        Fault(
+            "log-leader",
+            "the NATS stream leader of partition 0 killed (restarted after the window)",
+            lambda r: _kill(r, [_stream_leader(r)]),
+            _start,
+        ),
+        Fault(
+            "log-follower",
+            "a NATS follower of partition 0 down for the window",
+            lambda r: _kill(r, [_log_follower(r)]),
+            _start,
+        ),
+        Fault(
+            "partition",
+            "one ClickHouse server cut off from every other process, its process running",
+            _partition,
+            _heal,
+            needs_iptables=True,
+        ),
+        Fault(
+            "gateway-kill",
+            "a gateway killed mid-request (restarted after the window)",
+            lambda r: _kill(r, [_names(r, "gateway")[0]]),
+            _start,
+        ),
+        Fault(
+            "loader-kill",
+            "the loader of partition 0 killed mid-insert (restarted after the window)",
+            lambda r: _kill(r, [_loader_of(r)]),
+            _start,
+        ),
+        Fault(
+            "rolling-restart",
+            "every ClickHouse server restarted, one at a time",
+            lambda r: _rolling(r, "clickhouse"),
+            _nothing,
+            instant=True,
+        ),
+        Fault(
+            "lens-restart",
+            "every lens server killed, restarted after the window",
+            lambda r: _kill(r, _names(r, "lens")),
+            _start,
+        ),
+    )
+}
