@@ -24,7 +24,7 @@ from lenshouse.cluster import (
     up,
 )
 from lenshouse.cluster.cli import cluster_app
-from lenshouse.cluster.config import clickhouse_server_xml, clickhouse_users_xml, zoo_cfg
+from lenshouse.cluster.config import clickhouse_server_xml, clickhouse_users_xml, nats_conf, zoo_cfg
 from lenshouse.cluster.processes import alive, node
 from lenshouse.cluster.testing import cluster_available, running_cluster
 
@@ -60,6 +60,11 @@ def test_configs_render(tmp_path: Path) -> None:
     ET.fromstring(clickhouse_users_xml())
     cfg = zoo_cfg(topo, topo.keeper()[1], tmp_path)
     assert "clientPortAddress=127.0.0.1" in cfg and "server.3=127.0.0.1:" in cfg
+    nats2 = topo.log_servers()[1]
+    conf = nats_conf(topo, nats2, tmp_path)
+    assert f"listen: 127.0.0.1:{nats2.ports['client']}" in conf and "max_payload: 8MB" in conf
+    routes = [f"127.0.0.1:{n.ports['cluster']}" for n in topo.log_servers()]
+    assert routes[0] in conf and routes[2] in conf and f"route://{routes[1]}" not in conf
 
 
 def test_cli_without_cluster(tmp_path: Path) -> None:

@@ -44,10 +44,12 @@ def test_lens_and_ingest_queries_parse(engine) -> None:
     groups = [([1, 2], plan(1_700_000_000_000, 1_700_000_600_000, step))]
     sqls = [
         queries.lens("default", step, groups, max_seq=7).sql,
+        queries.lens("default", step, groups, max_seq=7, hidden=(3, 5)).sql,  # cluster mode
         queries.seen_keys("default", pairs, 4096, 3),
         queries.stored_values("default", pairs, 4096, 3),
         queries.extents(TIERS[-1]),
         queries.export("default", [1, 2], 0, 10, 3, 100),
+        queries.export("default", [1, 2], 0, 10, 3, 100, hidden=(2,)),
         queries.sensors_of("default"),
     ]
     for sql in sqls:
