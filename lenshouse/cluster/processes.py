@@ -349,9 +349,12 @@ def _wait_ready(n: Node, doc: Doc) -> None:
 
 
 def log_streams(doc: Doc) -> dict[str, dict[str, Any]]:
-    """The log's streams as its servers report them (monitor ``/jsz``): per
-    stream its first and last record and its leader's server name."""
+    """The log's streams as their leaders report them (monitor ``/jsz``): per
+    stream its first and last record and its leader's server name. A
+    follower may briefly hold entries the leader never committed (after a
+    leader was killed): its count is used only while no leader answers."""
     out: dict[str, dict[str, Any]] = {}
+    led: set[str] = set()
     for n in doc["nodes"]:
         if n["role"] != "nats" or not alive(n):
             continue
@@ -364,9 +367,13 @@ def log_streams(doc: Doc) -> dict[str, dict[str, Any]]:
             for s in account.get("stream_detail") or []:
                 state, leader = s["state"], (s.get("cluster") or {}).get("leader")
                 seen = out.setdefault(s["name"], {"first": 0, "last": 0, "leader": None})
-                seen["last"] = max(seen["last"], int(state["last_seq"]))
-                seen["first"] = max(seen["first"], int(state["first_seq"]))
                 seen["leader"] = seen["leader"] or leader
+                if leader == n["name"]:
+                    seen["first"], seen["last"] = int(state["first_seq"]), int(state["last_seq"])
+                    led.add(s["name"])
+                elif s["name"] not in led:
+                    seen["last"] = max(seen["last"], int(state["last_seq"]))
+                    seen["first"] = max(seen["first"], int(state["first_seq"]))
     return out
 
 
