@@ -313,16 +313,21 @@ def _get_ok(url: str) -> bool:
         return False
 
 
-def _log_leader(doc: Doc) -> bool:
-    """Whether the log's servers have elected a JetStream meta leader."""
+def _jsz(doc: Doc, query: str = "") -> Iterator[tuple[Node, dict[str, Any]]]:
+    """Each running log server with its JetStream report (monitor ``/jsz``)."""
     for n in doc["nodes"]:
         if n["role"] != "nats" or not alive(n):
             continue
         try:
-            url = f"http://{HOST}:{n['ports']['monitor']}/jsz"
-            info = httpx.get(url, timeout=2.0, trust_env=False).json()
+            url = f"http://{HOST}:{n['ports']['monitor']}/jsz{query}"
+            yield n, httpx.get(url, timeout=2.0, trust_env=False).json()
         except (httpx.HTTPError, ValueError):
             continue
+
+
+def _log_leader(doc: Doc) -> bool:
+    """Whether the log's servers have elected a JetStream meta leader."""
+    for _, info in _jsz(doc):
         if (info.get("meta_cluster") or {}).get("leader") or _topology(doc).nats == 1:
             return True
     return False
@@ -355,14 +360,7 @@ def log_streams(doc: Doc) -> dict[str, dict[str, Any]]:
     leader was killed): its count is used only while no leader answers."""
     out: dict[str, dict[str, Any]] = {}
     led: set[str] = set()
-    for n in doc["nodes"]:
-        if n["role"] != "nats" or not alive(n):
-            continue
-        try:
-            url = f"http://{HOST}:{n['ports']['monitor']}/jsz?streams=true"
-            info = httpx.get(url, timeout=2.0, trust_env=False).json()
-        except (httpx.HTTPError, ValueError):
-            continue
+    for n, info in _jsz(doc, "?streams=true"):
         for account in info.get("account_details") or []:
             for s in account.get("stream_detail") or []:
                 state, leader = s["state"], (s.get("cluster") or {}).get("leader")
