@@ -197,12 +197,12 @@ class LensEngine:
                 wanted.setdefault(ranges, []).append(sensor)
         cut = None
         if wanted and not quiet:
-            cut = self._head_cut(snap, tenant, *_bounds(wanted))
+            cut = self._head_cut(snap, tenant, sensors, *_bounds(wanted))
             if cut is not None and self.cache.enabled:
                 # Whole chunks would be read from raw past the cut, beyond the
                 # window: read only the window, cache only chunks it holds whole.
                 wanted, missing = _clip(wanted, missing, start, stored_end, step)
-                cut = self._head_cut(snap, tenant, *_bounds(wanted)) if wanted else None
+                cut = self._head_cut(snap, tenant, sensors, *_bounds(wanted)) if wanted else None
         groups = [
             (ids, [g for a, b in rs for g in plan(a, b, step, cut)]) for rs, ids in wanted.items()
         ]
@@ -282,8 +282,17 @@ class LensEngine:
         return rows.select(["sensor", "ts", "value"])
 
     @staticmethod
-    def _head_cut(snap: Snapshot, tenant: str, start: int, end: int) -> int | None:
-        cuts = [s.min_ts for s in snap.inflight if s.touches(tenant, start, end)]
+    def _head_cut(
+        snap: Snapshot, tenant: str, sensors: list[int], start: int, end: int
+    ) -> int | None:
+        """Where the loads in flight that write the lens's sensors begin: a load
+        of other sensors (another shard's, say, stuck while it is away) cannot
+        change this lens."""
+        cuts = [
+            s.min_ts
+            for s in snap.inflight
+            if any(s.touches_sensor(tenant, sensor, start, end) for sensor in sensors)
+        ]
         return min(cuts) if cuts else None
 
     def _still_valid(
@@ -304,10 +313,11 @@ class LensEngine:
         if not newer:
             return True
         if any(
-            span.touches(tenant, seg.lo, seg.hi)
+            span.touches_sensor(tenant, sensor, seg.lo, seg.hi)
             for span in newer
             for seg in segments
             if seg.tier is not None or raw_checked
+            for sensor in sensors
         ):
             return False
         span_ms = chunk_span(step)

@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 
-from lenshouse.ingest.visibility import LoadSpan
+from lenshouse.ingest.visibility import CELL_BITS, LoadSpan
 from lenshouse.lens.test_oracle import T0, check_lens, write_shuffled
 from lenshouse.node import Node
 
@@ -48,5 +48,41 @@ def test_lens_beside_a_load_in_flight(tmp_path, cache_mb: float) -> None:
         # Asked again after the load: cached chunks (whole ones only) and the rest.
         for _ in range(2):
             check_lens(node.lenses.lens([1, 2], start, end, step=2_000), data, start, end, 2)
+    finally:
+        node.stop()
+
+
+def _footprint(sensor: int, lo: int, hi: int) -> np.ndarray:
+    cells = np.arange(lo >> CELL_BITS, ((hi - 1) >> CELL_BITS) + 1, dtype=np.uint64)
+    return (np.uint64(sensor) << np.uint64(32)) | cells
+
+
+def test_a_load_in_flight_cuts_only_the_lenses_of_its_sensors(tmp_path) -> None:
+    """A load whose footprint holds other sensors (another shard's, stuck while
+    that shard is away) leaves a lens of these sensors to its rollups; a load
+    that writes one of them cuts the lens at its oldest point."""
+    node = Node(tmp_path / "data", flush_interval=0.02, lens_cache_mb=0).start()
+    try:
+        rng = np.random.default_rng(7)
+        ts = np.unique(rng.integers(T0, T0 + 600_000, 100_000)).astype(np.int64)
+        data = {1: (ts, rng.normal(0, 50, len(ts))), 2: (ts[::2], rng.normal(0, 5, len(ts[::2])))}
+        write_shuffled(node, "default", data, 3)
+        cut = T0 + 300_123
+        start, end = T0 + 1_500, cut + 20_000
+        for sensor, expect_cut in ((9, False), (2, True)):
+            seq = node.ingestor.loader.state.next_seq
+            foot = {"default": _footprint(sensor, cut, cut + 1_000)}
+            span = LoadSpan(seq, frozenset(["default"]), cut, cut + 1_000, foot)
+            node.ingestor.visibility.begin(span)
+            try:
+                lens = node.lenses.lens([1, 2], start, end, step=2_000)
+            finally:
+                node.ingestor.visibility.end(seq)
+            assert lens.retries == 0
+            raw = [s for s in lens.segments if s.tier is None]
+            assert bool(raw) == expect_cut, (sensor, lens.segments)
+            if expect_cut:
+                assert min(s.lo for s in raw) <= cut
+            check_lens(lens, data, start, end, 2)
     finally:
         node.stop()

@@ -9,6 +9,13 @@ acknowledged with an export of the raw data (lost, doubled, wrong values)
 and random lenses of both lens servers with the numpy oracle; it reads
 nothing of the store's own bookkeeping. The timeline (acknowledged points
 per second, ingest lag, lens latency and errors) goes to the report.
+
+Lenses are also checked while the fault is on. A live lens reflects the
+loads completed by the time it was read, which an outside checker cannot
+know; so before the run a *settled* tenant's data (late and replayed batches
+too) is written and loaded, and every few queries each lens user asks a
+random lens of it and compares the answer with the oracle on the spot. Any
+answer during a fault is then either an error (503) or exact.
 """
 
 from __future__ import annotations
@@ -26,7 +33,14 @@ from lenshouse.cluster import processes
 from lenshouse.generators.sender import MiddleLayer
 from lenshouse.generators.signals import Fleet
 from lenshouse.scenarios.faults import FAULTS, Fault
-from lenshouse.scenarios.ledger import Verdict, lens_checks, verdict
+from lenshouse.scenarios.ledger import (
+    Ledger,
+    Verdict,
+    check_answer,
+    lens_checks,
+    random_lens,
+    verdict,
+)
 from lenshouse.scenarios.workload import Workload
 
 LAG_OK_S = 2.0  # recovered: ingest lag back under this, for good
@@ -43,11 +57,15 @@ class ClusterConfig:
     checks: int = 100
     catch_up_s: float = 600.0
     seed: int = 0
+    settled_sensors: int = 10  # the settled tenant's data, checked during the fault
+    settled_s: int = 20
+    settled_every: int = 3  # every 3rd query of each lens user asks a settled lens
 
 
 SMALL = ClusterConfig(
-    fault_s=5, sensors=20, rate_hz=500, users=4, before_s=4, after_s=4, checks=20, catch_up_s=180
-)
+    fault_s=5, sensors=20, rate_hz=500, users=4, before_s=4, after_s=4, checks=20, catch_up_s=180,
+    settled_sensors=5, settled_s=5,
+)  # fmt: skip
 
 
 @dataclass
@@ -57,6 +75,7 @@ class Timeline:
     lag: list[tuple[float, float]] = field(default_factory=list)  # (t, max lag over partitions)
     lens: list[tuple[float, float, int]] = field(default_factory=list)  # (t, seconds, status)
     acks: list[tuple[float, int]] = field(default_factory=list)  # (t acknowledged, points)
+    checks: list[tuple[float, bool]] = field(default_factory=list)  # (t, settled lens exact)
     write_failures: list[float] = field(default_factory=list)
     fault: tuple[float, float] = (0.0, 0.0)  # injected, lifted
 
@@ -69,11 +88,25 @@ class ClusterVerdict(Verdict):
     recovery_s: float = 0.0
     timeline: Timeline = field(default_factory=Timeline)
 
+    @property
+    def live(self) -> tuple[int, int, int]:
+        """Settled lenses checked while streaming: (exact, checked, within the fault)."""
+        tl = self.timeline
+        inside = sum(tl.fault[0] <= t <= tl.fault[1] for t, _ in tl.checks)
+        return sum(ok for _, ok in tl.checks), len(tl.checks), inside
+
+    @property
+    def ok(self) -> bool:
+        exact, checked, _ = self.live
+        return super().ok and checked > 0 and exact == checked
+
     def line(self) -> str:
+        exact, checked, inside = self.live
         return (
             f"scenario cluster/{self.name}: sent={self.sent} distinct={self.distinct}"
             f" stored={self.stored} lost={self.lost} dup={self.dup} wrong={self.wrong}"
-            f" lens_checks={self.checks_ok}/{self.checks} {'exact' if self.ok else 'FAILED'}"
+            f" lens_checks={self.checks_ok}/{self.checks} live_checks={exact}/{checked}"
+            f" in_fault={inside} {'exact' if self.ok else 'FAILED'}"
             f" write_errors_s={self.write_errors_s} lens_errors_s={self.lens_errors_s}"
             f" max_lag_s={self.max_lag_s:.1f} recovery_s={self.recovery_s:.1f}"
         )
@@ -81,12 +114,18 @@ class ClusterVerdict(Verdict):
 
 class _LensUsers:
     """Closed-loop lens users over every lens server: each asks, waits for the
-    answer, asks again. Ownership: each thread appends to ``samples`` (a list
-    append is atomic); read after ``stop``."""
+    answer, asks again; every ``every``-th query is a random lens of the
+    settled data, checked against the oracle at once. Ownership: each thread
+    appends to ``samples``, ``checks`` and ``problems`` (a list append is
+    atomic); read them after ``stop``."""
 
-    def __init__(self, urls: list[str], tenant: str, fleet: Fleet, users: int, t0: float) -> None:
+    def __init__(self, urls: list[str], tenant: str, fleet: Fleet, users: int, t0: float,
+                 settled: Ledger, every: int) -> None:  # fmt: skip
         self.urls, self.tenant, self.fleet, self.t0 = urls, tenant, fleet, t0
+        self.settled, self.every = settled, every
         self.samples: list[tuple[float, float, int]] = []
+        self.checks: list[tuple[float, bool]] = []
+        self.problems: list[str] = []
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._run, args=(k,), daemon=True) for k in range(users)
@@ -105,26 +144,41 @@ class _LensUsers:
     def _run(self, k: int) -> None:
         rng = np.random.default_rng(1000 + k)
         url = self.urls[k % len(self.urls)]
+        s, ts, _ = self.settled.distinct()
+        settled_ids, lo, hi = np.unique(s), int(ts.min()), int(ts.max()) + 1
         with httpx.Client(timeout=60) as client:
-            for _ in range(100_000):  # bounded; stops with the scenario
+            for i in range(100_000):  # bounded; stops with the scenario
                 if self._stop.is_set():
                     return
-                newest = self.fleet.start_ms + int((time.monotonic() - self.t0) * 1000)
-                width = int(rng.choice([10_000, 60_000, 600_000]))
-                end = newest - int(rng.integers(0, 5_000))
-                ids = rng.choice(np.arange(1, self.fleet.sensors + 1), min(3, self.fleet.sensors))
-                params = {"sensors": ",".join(map(str, set(ids.tolist()))), "start": end - width,
-                          "end": end, "points": 2500}  # fmt: skip
+                check = i % self.every == self.every - 1
+                tenant = self.settled.tenant if check else self.tenant
+                params = random_lens(rng, settled_ids, lo, hi) if check else self._live(rng)
                 t = time.monotonic()
                 try:
-                    r = client.get(url + "/v1/lens", params=params,
-                                   headers={"X-Tenant": self.tenant})  # fmt: skip
+                    r = client.get(url + "/v1/lens", params=params, headers={"X-Tenant": tenant})
                     status = r.status_code
                 except httpx.HTTPError:
                     status = 0
                 self.samples.append((t - self.t0, time.monotonic() - t, status))
                 if status != 200:
                     self._stop.wait(0.2)
+                elif check:
+                    self._check(t - self.t0, params, r.json())
+
+    def _live(self, rng: np.random.Generator) -> dict:
+        """A lens a dashboard would ask: up to 3 sensors, the last 10 s–10 min."""
+        newest = self.fleet.start_ms + int((time.monotonic() - self.t0) * 1000)
+        width = int(rng.choice([10_000, 60_000, 600_000]))
+        end = newest - int(rng.integers(0, 5_000))
+        ids = rng.choice(np.arange(1, self.fleet.sensors + 1), min(3, self.fleet.sensors))
+        return {"sensors": ",".join(map(str, set(ids.tolist()))), "start": end - width,
+                "end": end, "points": 2500}  # fmt: skip
+
+    def _check(self, t: float, params: dict, doc: dict) -> None:
+        bad = check_answer(doc, *self.settled.distinct())
+        self.checks.append((t, bad is None))
+        if bad:
+            self.problems.append(f"settled lens at {t:.1f} s {params}: {bad}")
 
 
 def _max_lag(doc: dict) -> float | None:
@@ -142,12 +196,14 @@ def run_fault(root: Path, fault: Fault, cfg: ClusterConfig, say=print) -> Cluste
     tenant = f"scn-{fault.name}-{uuid.uuid4().hex[:6]}"
     middle = MiddleLayer(delay_s=0.3, reorder=True, duplicate=0.1, replay_after_s=(0.5, 5.0),
                          seed=cfg.seed)  # fmt: skip
+    settled = _settle(root, doc, cfg, middle, tenant + "-settled")
     w = Workload(doc["gateways"], fleet, seconds, tenant=tenant, middle=middle,
                  give_up_after=max(300.0, 3 * cfg.fault_s))  # fmt: skip
     t0 = time.monotonic()
     tl = Timeline()
     w.start()
-    users = _LensUsers(doc["lens_servers"], tenant, fleet, cfg.users, t0).start()
+    users = _LensUsers(doc["lens_servers"], tenant, fleet, cfg.users, t0, settled,
+                       cfg.settled_every).start()  # fmt: skip
     sampling = threading.Event()
 
     def sample() -> None:
@@ -173,18 +229,13 @@ def run_fault(root: Path, fault: Fault, cfg: ClusterConfig, say=print) -> Cluste
         tl.fault = (t_in - t0, t_out - t0)
         say(f"  lifted after {t_out - t_in:.1f} s; streaming on")
         w.join(seconds + cfg.catch_up_s)
-        deadline = time.monotonic() + cfg.catch_up_s
-        while not processes.caught_up(processes.load(root)):
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"loaders had not caught up {cfg.catch_up_s:.0f} s after the run"
-                )
-            time.sleep(0.5)
+        _wait_caught_up(root, cfg.catch_up_s)
     finally:
         users.stop()
         sampling.set()
         sampler.join(10)
     tl.lens = users.samples
+    tl.checks = users.checks
     tl.acks = [(a.acked - t0, a.points) for a in w.acks]
     tl.write_failures = [t - t0 for t in w.ledger.stats.failed_at]
     say("  checking: export against the acknowledged points, lenses against the oracle")
@@ -194,13 +245,35 @@ def run_fault(root: Path, fault: Fault, cfg: ClusterConfig, say=print) -> Cluste
     ok2, problems2 = lens_checks(others[0] if others else lens1, w.ledger, rng, cfg.checks // 2)
     return ClusterVerdict(
         fault.name, v.sent, v.distinct, v.stored, v.lost, v.dup, v.wrong,
-        v.checks_ok + ok2, v.checks + cfg.checks // 2, (v.notes + problems2)[:5],
+        v.checks_ok + ok2, v.checks + cfg.checks // 2, (users.problems + v.notes + problems2)[:5],
         write_errors_s=len({int(t) for t in tl.write_failures}),
         lens_errors_s=len({int(t) for t, _, s in tl.lens if s != 200}),
         max_lag_s=max((lag for _, lag in tl.lag), default=0.0),
         recovery_s=_recovery(tl),
         timeline=tl,
     )  # fmt: skip
+
+
+def _settle(root: Path, doc: dict, cfg: ClusterConfig, middle: MiddleLayer,
+            tenant: str) -> Ledger:  # fmt: skip
+    """Write the settled tenant's data (an hour old, through the middle layer)
+    and wait until it is loaded; returns what was acknowledged."""
+    fleet = Fleet(sensors=cfg.settled_sensors, rate_hz=cfg.rate_hz, seed=cfg.seed + 1,
+                  start_ms=(int(time.time()) - 3600) * 1000)  # fmt: skip
+    w = Workload(doc["gateways"], fleet, cfg.settled_s, tenant=tenant, middle=middle,
+                 realtime=False).start()  # fmt: skip
+    w.join(cfg.catch_up_s)
+    _wait_caught_up(root, cfg.catch_up_s)
+    w.ledger.distinct()  # computed once, before the lens users share it
+    return w.ledger
+
+
+def _wait_caught_up(root: Path, limit_s: float) -> None:
+    deadline = time.monotonic() + limit_s
+    while not processes.caught_up(processes.load(root)):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"loaders had not caught up {limit_s:.0f} s after the run")
+        time.sleep(0.5)
 
 
 def _recovery(tl: Timeline) -> float:

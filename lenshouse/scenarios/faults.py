@@ -31,6 +31,7 @@ class Fault:
     lift: Callable[[Path, dict], None]
     instant: bool = False  # nothing to hold: lifted as soon as injected
     needs_iptables: bool = False
+    lenses_answer: bool = True  # some lens server still answers while it is on
 
 
 def _doc(root: Path) -> Doc:
@@ -201,6 +202,7 @@ FAULTS: dict[str, Fault] = {
             "every lens server killed, restarted after the window",
             lambda r: _kill(r, _names(r, "lens")),
             _start,
+            lenses_answer=False,
         ),
     )
 }

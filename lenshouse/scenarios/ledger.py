@@ -107,27 +107,39 @@ def lens_checks(
     lo, hi = int(t.min()), int(t.max()) + 1
     ok, problems = 0, []
     for _ in range(n):
-        a = int(rng.integers(lo - 1000, hi))
-        b = int(rng.integers(a + 1, hi + 2000))
-        pick = rng.choice(sensors, size=min(len(sensors), int(rng.integers(1, 11))), replace=False)
-        params = {"sensors": ",".join(map(str, pick)), "start": a, "end": b,
-                  "points": int(rng.integers(10, 3000))}  # fmt: skip
+        params = random_lens(rng, sensors, lo, hi)
         r = httpx.get(url + "/v1/lens", params=params, headers={"X-Tenant": ledger.tenant},
                       timeout=60)  # fmt: skip
         if r.status_code != 200:
             problems.append(f"lens {params}: HTTP {r.status_code} {r.text[:200]}")
             continue
-        doc = r.json()
-        bad = None
-        for series in doc["series"]:
-            m = s == series["sensor"]
-            expected = brute_force(t[m], v[m], doc["start"], doc["end"], doc["step"])
-            bad = mismatch(JsonSeries(series), expected)
-            if bad:
-                problems.append(f"lens {params} sensor {series['sensor']}: {bad}")
-                break
+        bad = check_answer(r.json(), s, t, v)
+        if bad:
+            problems.append(f"lens {params} {bad}")
         ok += bad is None
     return ok, problems
+
+
+def random_lens(rng: np.random.Generator, sensors: np.ndarray, lo: int, hi: int) -> dict:
+    """Query parameters of a random lens: 1–10 sensors, a window around
+    [lo, hi), 10–3000 points."""
+    a = int(rng.integers(lo - 1000, hi))
+    b = int(rng.integers(a + 1, hi + 2000))
+    pick = rng.choice(sensors, size=min(len(sensors), int(rng.integers(1, 11))), replace=False)
+    return {"sensors": ",".join(map(str, pick)), "start": a, "end": b,
+            "points": int(rng.integers(10, 3000))}  # fmt: skip
+
+
+def check_answer(doc: dict, s: np.ndarray, t: np.ndarray, v: np.ndarray) -> str | None:
+    """What is wrong with a lens answer against the oracle over the distinct
+    points (s, t, v), or None if every series is exact."""
+    for series in doc["series"]:
+        m = s == series["sensor"]
+        expected = brute_force(t[m], v[m], doc["start"], doc["end"], doc["step"])
+        bad = mismatch(JsonSeries(series), expected)
+        if bad:
+            return f"sensor {series['sensor']}: {bad}"
+    return None
 
 
 def verdict(name: str, url: str, ledger: Ledger, rng: np.random.Generator, checks: int) -> Verdict:

@@ -31,6 +31,11 @@ def test_fault(name: str, topology: dict) -> None:
     assert v.ok, v.line() + " " + "; ".join(v.notes)
     assert v.lost == v.dup == v.wrong == 0 and v.stored == v.distinct
     assert v.timeline.acks and v.timeline.fault[1] >= v.timeline.fault[0]
+    exact, checked, inside = v.live  # lenses of settled data, checked while it ran
+    assert checked > 0 and exact == checked
+    fault = FAULTS[name]
+    if not fault.instant and fault.lenses_answer:
+        assert inside > 0, "no lens was checked while the fault was on"
 
 
 def test_report(tmp_path: Path) -> None:

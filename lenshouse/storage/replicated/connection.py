@@ -6,6 +6,15 @@ Reads and DDL go to any node, failing over to the next (``alt_hosts``); the
 ``Distributed`` tables spread a read over the shards. Inserts go to one
 replica of the shard that owns the rows, failing over to its other replicas.
 
+Timeouts. A node cut off by the network does not refuse connections: its
+packets just vanish, and a socket waits for its timeout. Reads therefore
+give up after ``READ_TIMEOUT_S`` of silence (a running query sends progress
+packets, so a long lens is not cut short), and tell the server to wait no
+longer than ``REMOTE_TIMEOUT_S`` for a remote shard's replica (the setting
+reaches the ``Distributed`` table's own connections), so a read from the cut
+node fails in seconds and the next one goes elsewhere. Inserts and DDL may
+legitimately wait longer (a quorum, a task queued on every node).
+
 Ownership: a clickhouse-driver ``Client`` runs one query at a time, so each
 sits in a pool (a queue) and a thread holds it for one call. ``layout`` is
 read once, at connection, and never changes after.
@@ -55,7 +64,14 @@ def parse_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _client(addresses: list[str], database: str, user: str, password: str) -> Client:
+READ_TIMEOUT_S = 15  # client side: silence on a read's socket
+REMOTE_TIMEOUT_S = 10  # server side: a Distributed read's wait on a remote replica
+WRITE_TIMEOUT_S = 60  # inserts (a quorum wait is silent) and DDL
+
+
+def _client(
+    addresses: list[str], database: str, user: str, password: str, timeout: float
+) -> Client:
     host, port = parse_address(addresses[0])
     return Client(
         host,
@@ -65,7 +81,7 @@ def _client(addresses: list[str], database: str, user: str, password: str) -> Cl
         user=user,
         password=password,
         connect_timeout=2,
-        send_receive_timeout=60,
+        send_receive_timeout=timeout,
         sync_request_timeout=5,
         compression=False,  # loopback and LAN: lz4 would cost more CPU than it saves
         settings={"use_numpy": True},
@@ -124,7 +140,7 @@ class ClusterConnection:
         self.database = identifier(database)
         self._auth = (user, password)
         # DDL creates the database: the first connections use the default one.
-        boot = _Pool(lambda: _client(seeds, "default", user, password), 1)
+        boot = _Pool(lambda: _client(seeds, "default", user, password, WRITE_TIMEOUT_S), 1)
         try:
             with boot.client() as c:
                 self.shards = self._read_layout(c)
@@ -136,9 +152,12 @@ class ClusterConnection:
         # Seeds first: the nodes the operator named are tried before the rest.
         order = list(dict.fromkeys([*seeds, *every]))
         db = self.database
-        self._any = _Pool(lambda: _client(order, db, user, password), pool_size)
+        self._order = order
+        self._any = _Pool(lambda: _client(order, db, user, password, READ_TIMEOUT_S), pool_size)
         self._shard_pools = {
-            s.number: _Pool(lambda s=s: _client(list(s.replicas), db, user, password), 1)
+            s.number: _Pool(
+                lambda s=s: _client(list(s.replicas), db, user, password, WRITE_TIMEOUT_S), 1
+            )
             for s in self.shards
         }
 
@@ -170,13 +189,25 @@ class ClusterConnection:
 
     # -- the Backend protocol -------------------------------------------------
     def execute(self, sql: str, settings: Settings | None = None) -> None:
-        with self._any.client() as c:
+        """DDL and maintenance: rare, and may wait silently (a task on every
+        node), so on a connection of its own with the long timeout."""
+        c = _client(self._order, self.database, *self._auth, WRITE_TIMEOUT_S)
+        try:
             _run(c, sql, settings=dict(settings or {}))
+        finally:
+            c.disconnect()
 
     def query(self, sql: str, settings: Settings | None = None) -> pa.Table:
+        wanted = {"receive_timeout": REMOTE_TIMEOUT_S, "send_timeout": REMOTE_TIMEOUT_S}
         with self._any.client() as c:
             return _to_arrow(
-                *_run(c, sql, settings=dict(settings or {}), columnar=True, with_column_types=True)
+                *_run(
+                    c,
+                    sql,
+                    settings=wanted | dict(settings or {}),
+                    columnar=True,
+                    with_column_types=True,
+                )
             )
 
     def insert(self, table: str, data: pa.Table, token: str | None = None) -> None:
@@ -194,7 +225,7 @@ class ClusterConnection:
 
     def query_replica(self, address: str, sql: str) -> list:
         """Run ``sql`` on one named replica (no failover), e.g. to sync it."""
-        c = _client([address], "default", *self._auth)
+        c = _client([address], "default", *self._auth, WRITE_TIMEOUT_S)
         try:
             return _run(c, sql)
         finally:

@@ -21,15 +21,19 @@ the load completes. The price: while a replica is down, loads to its shard
 wait (the log keeps acknowledging writes); with three replicas per shard a
 quorum of two keeps loading through one loss.
 
-A read that finds no live replica of some shard raises
-:class:`~lenshouse.storage.errors.ShardUnavailable` naming them: never a
-silently partial answer (``skip_unavailable_shards`` stays off).
+A read that fails for a reason a retry can outlive (a replica that went
+silent, a connection reset) is read again, from the same snapshot, for up to
+``READ_PATIENCE_S``: ClickHouse counts the replica's error and the next read
+prefers its sibling. Then a read that finds no live replica of some shard
+raises :class:`~lenshouse.storage.errors.ShardUnavailable` naming them:
+never a silently partial answer (``skip_unavailable_shards`` stays off).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -52,6 +56,8 @@ log = logging.getLogger(__name__)
 
 QUORUM_TIMEOUT_MS = 30_000
 DDL_TIMEOUT_S = 120
+READ_PATIENCE_S = 25.0  # a failed read is tried again until this much time has passed
+READ_TRIES = 4
 
 
 class ClusterStore(SqlStore):
@@ -201,10 +207,8 @@ class ClusterStore(SqlStore):
     def lens_rows(
         self, tenant: str, step: int, groups, max_seq: int | None, hidden: tuple[int, ...] = ()
     ) -> pa.Table:
-        try:
-            return super().lens_rows(tenant, step, groups, max_seq, hidden)
-        except RetryableError as e:
-            raise self._unavailable(e) from None
+        return self._read(lambda: super(ClusterStore, self).lens_rows(
+            tenant, step, groups, max_seq, hidden))  # fmt: skip
 
     def export_rows(
         self,
@@ -216,10 +220,21 @@ class ClusterStore(SqlStore):
         limit: int,
         hidden: tuple[int, ...] = (),
     ) -> pa.Table:
-        try:
-            return super().export_rows(tenant, sensors, start, end, max_seq, limit, hidden)
-        except RetryableError as e:
-            raise self._unavailable(e) from None
+        return self._read(lambda: super(ClusterStore, self).export_rows(
+            tenant, sensors, start, end, max_seq, limit, hidden))  # fmt: skip
+
+    def _read(self, run):
+        """``run()``, tried again while it fails retryably, within the patience."""
+        deadline = time.monotonic() + READ_PATIENCE_S
+        for attempt in range(1, READ_TRIES + 1):
+            try:
+                return run()
+            except RetryableError as e:
+                if attempt == READ_TRIES or time.monotonic() > deadline:
+                    raise self._unavailable(e) from None
+                log.info("read failed (%s); reading again", str(e).splitlines()[0][:200])
+                time.sleep(0.1 * attempt)
+        raise AssertionError("unreachable")
 
     def lens_settings(self, busy: bool, raw_in_order: bool) -> Settings:
         settings = dict(super().lens_settings(busy, raw_in_order))
