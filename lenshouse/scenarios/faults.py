@@ -3,9 +3,12 @@
 A fault is injected, held for the scenario's fault window (or instantaneous),
 then lifted: whatever it stopped is started again on its data. A network
 partition cuts one ClickHouse server off from every other process while it
-keeps running: its process is moved into a cgroup of its own whose every
-outgoing packet is dropped (iptables ``-m cgroup --path``), and packets to its
-ports are dropped too; lifting deletes the rules and the cgroup.
+keeps running. A socket belongs to the cgroup its process was in when the
+socket was made, so the cut has two halves: the connections the server
+already holds (its keeper session, replication, clients) are dropped both ways
+by their local ports, and the process is moved into a cgroup of its own whose
+every new outgoing packet is dropped (iptables ``-m cgroup --path``), as is
+every packet to its listening ports. Lifting deletes the rules and the cgroup.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from lenshouse.cluster import processes
 from lenshouse.cluster.processes import Doc
@@ -89,9 +94,17 @@ def iptables_works() -> bool:
     return (CGROUP_ROOT / "cgroup.procs").exists()
 
 
-def _rules(group: str, ports: list[int]) -> list[list[str]]:
+def _local_ports(pid: int) -> set[int]:
+    """The local TCP ports of every socket the process holds (listening too)."""
+    conns = psutil.Process(pid).net_connections("tcp")
+    return {c.laddr.port for c in conns if c.laddr}
+
+
+def _rules(group: str, ports: set[int]) -> list[list[str]]:
     out = [["OUTPUT", "-m", "cgroup", "--path", group, "-j", "DROP"]]
-    out += [["INPUT", "-i", "lo", "-p", "tcp", "--dport", str(p), "-j", "DROP"] for p in ports]
+    for p in sorted(ports):
+        out.append(["INPUT", "-i", "lo", "-p", "tcp", "--dport", str(p), "-j", "DROP"])
+        out.append(["OUTPUT", "-o", "lo", "-p", "tcp", "--sport", str(p), "-j", "DROP"])
     return out
 
 
@@ -101,8 +114,9 @@ def _partition(root: Path, name: str = "ch-s1-r1") -> dict:
     path = CGROUP_ROOT / group
     path.mkdir(exist_ok=True)
     (path / "cgroup.procs").write_text(str(node["pid"]))  # the process, all its threads
+    ports = set(node["ports"].values()) | _local_ports(node["pid"])
     added = []
-    for rule in _rules(group, list(node["ports"].values())):
+    for rule in _rules(group, ports):
         subprocess.run(["iptables", "-I", *rule], check=True)
         added.append(rule)
     return {"group": group, "rules": added, "pid": node["pid"]}
