@@ -75,7 +75,15 @@ def _open_node(data: Path, **kw) -> Node:
         raise typer.Exit(_fail(str(e))) from None
 
 
-def _cluster_store(addresses: str, cluster: str, database: str, quorum: int | None, wait: float):
+def _cluster_store(
+    addresses: str,
+    cluster: str,
+    database: str,
+    quorum: int | None,
+    wait: float,
+    user: str = "default",
+    password: str = "",
+):
     """A store over an existing cluster; waits up to ``wait`` seconds for it."""
     from lenshouse.storage.errors import FatalError, StorageError
     from lenshouse.storage.replicated.connection import parse_address
@@ -90,7 +98,9 @@ def _cluster_store(addresses: str, cluster: str, database: str, quorum: int | No
     deadline = time.monotonic() + wait
     while True:
         try:
-            return ClusterStore.connect(seeds, cluster, database, insert_quorum=quorum)
+            return ClusterStore.connect(
+                seeds, cluster, database, insert_quorum=quorum, user=user, password=password
+            )
         except FatalError as e:
             raise typer.Exit(_fail(f"cluster {cluster!r} at {addresses}: {e}")) from None
         except StorageError as e:
@@ -443,9 +453,11 @@ def _register_cluster() -> None:
     from lenshouse.bench.cluster import bench_cluster
     from lenshouse.bench.pipeline import bench_pipeline
     from lenshouse.cluster.cli import cluster_app
+    from lenshouse.deploy.cli import deploy_app
     from lenshouse.roles.cli import register
 
     app.add_typer(cluster_app, name="cluster")
+    app.add_typer(deploy_app, name="deploy")
     app.command("bench-cluster")(bench_cluster)
     app.command("bench-pipeline")(bench_pipeline)
     register(app)

@@ -23,20 +23,36 @@ ZK_TICK_MS = 500
 DDL_PATH = "/clickhouse/task_queue/ddl"
 
 
+def remote_servers_xml(name: str, shards: list[list[tuple[str, int]]], auth: str = "") -> str:
+    """The cluster in ``remote_servers``: each shard's replicas (host, native
+    port); ``auth`` (user and password elements) is how servers reach each other."""
+    out = []
+    for replicas in shards:
+        rs = "".join(
+            f"<replica><host>{h}</host><port>{p}</port>{auth}</replica>" for h, p in replicas
+        )
+        out.append(f"<shard><internal_replication>true</internal_replication>{rs}</shard>")
+    return f"<remote_servers><{escape(name)}>{''.join(out)}</{escape(name)}></remote_servers>"
+
+
+def zookeeper_xml(keepers: list[tuple[str, int]]) -> str:
+    nodes = "".join(
+        f'<node index="{k}"><host>{h}</host><port>{p}</port></node>'
+        for k, (h, p) in enumerate(keepers, 1)
+    )
+    return (
+        f"<zookeeper>{nodes}<session_timeout_ms>{ZK_SESSION_MS}</session_timeout_ms>"
+        "<operation_timeout_ms>5000</operation_timeout_ms></zookeeper>"
+    )
+
+
 def clickhouse_server_xml(topo: Topology, node: NodeSpec, root: Path) -> str:
     d = root / node.name
-    shards = []
-    for s in range(1, topo.shards + 1):
-        replicas = "".join(
-            f"<replica><host>{HOST}</host><port>{n.ports['tcp']}</port></replica>"
-            for n in topo.clickhouse()
-            if n.shard == s
-        )
-        shards.append(f"<shard><internal_replication>true</internal_replication>{replicas}</shard>")
-    keepers = "\n".join(
-        f'    <node index="{k.index}"><host>{HOST}</host><port>{k.ports["client"]}</port></node>'
-        for k in topo.keeper()
-    )
+    shards = [
+        [(HOST, n.ports["tcp"]) for n in topo.clickhouse() if n.shard == s]
+        for s in range(1, topo.shards + 1)
+    ]
+    keepers = [(HOST, k.ports["client"]) for k in topo.keeper()]
     return f"""<?xml version="1.0"?>
 <yandex>
   <logger>
@@ -66,14 +82,8 @@ def clickhouse_server_xml(topo: Topology, node: NodeSpec, root: Path) -> str:
   <mark_cache_size>{MARK_CACHE}</mark_cache_size>
   <uncompressed_cache_size>{UNCOMPRESSED_CACHE}</uncompressed_cache_size>
   <mlock_executable>false</mlock_executable>
-  <remote_servers>
-    <{escape(topo.name)}>{"".join(shards)}</{escape(topo.name)}>
-  </remote_servers>
-  <zookeeper>
-{keepers}
-    <session_timeout_ms>{ZK_SESSION_MS}</session_timeout_ms>
-    <operation_timeout_ms>5000</operation_timeout_ms>
-  </zookeeper>
+  {remote_servers_xml(topo.name, shards)}
+  {zookeeper_xml(keepers)}
   <macros>
     <cluster>{escape(topo.name)}</cluster>
     <shard>{node.shard}</shard>

@@ -9,15 +9,31 @@ import typer
 import uvicorn
 
 HOST = typer.Option("127.0.0.1", help="address to listen on")
-NATS = typer.Option(..., "--nats", help="NATS servers, comma-separated (nats://host:port,…)")
-KEEPER = typer.Option(
-    ..., "--keeper", help="ZooKeeper / ClickHouse Keeper client addresses, host:port,…"
+# Addresses may come from the environment (a ConfigMap in Kubernetes).
+NATS = typer.Option(
+    ...,
+    "--nats",
+    envvar="LENSHOUSE_NATS",
+    help="NATS servers, comma-separated (nats://host:port,…)",
 )
-CLICKHOUSE = typer.Option(..., "--clickhouse", help="native-protocol addresses host:port,…")
+KEEPER = typer.Option(
+    ...,
+    "--keeper",
+    envvar="LENSHOUSE_KEEPER",
+    help="ZooKeeper / ClickHouse Keeper client addresses, host:port,…",
+)
+CLICKHOUSE = typer.Option(
+    ..., "--clickhouse", envvar="LENSHOUSE_CLICKHOUSE", help="native-protocol addresses host:port,…"
+)
 CLUSTER = typer.Option("lenshouse", help="the cluster's name in remote_servers")
 DATABASE = typer.Option("lenshouse", help="ClickHouse database (also names the keeper state)")
 PREFIX = typer.Option("LH", "--log", help="the log's stream prefix")
 WAIT = typer.Option(120, help="seconds to wait for ClickHouse at start")
+# Credentials come from the environment too, so a Secret can hold them.
+CH_USER = typer.Option("default", envvar="LENSHOUSE_CLICKHOUSE_USER", help="ClickHouse user")
+CH_PASSWORD = typer.Option(
+    "", envvar="LENSHOUSE_CLICKHOUSE_PASSWORD", show_default=False, help="ClickHouse password"
+)
 
 
 def _split(text: str) -> list[str]:
@@ -49,15 +65,21 @@ def loader(
     cluster: str = CLUSTER,
     database: str = DATABASE,
     log: str = PREFIX,
-    log_replicas: int = typer.Option(3, help="replicas of each partition stream"),
+    log_replicas: int = typer.Option(
+        3, envvar="LENSHOUSE_LOG_REPLICAS", help="replicas of each partition stream"
+    ),
     log_budget_gb: float = typer.Option(
         6.0, help="bytes the log may hold (all partitions), GiB; then writes get 503"
     ),
     insert_quorum: int = typer.Option(None, help="replicas each insert waits for (default: all)"),
-    member: str = typer.Option(None, help="this loader's name (default: random)"),
+    member: str = typer.Option(
+        None, envvar="LENSHOUSE_MEMBER", help="this loader's name (default: random)"
+    ),
     host: str = HOST,
     port: int = typer.Option(8090, help="port of /healthz and /metrics"),
     connect_wait: float = WAIT,
+    clickhouse_user: str = CH_USER,
+    clickhouse_password: str = CH_PASSWORD,
 ) -> None:
     """Own log partitions (leases in the keeper) and load them into ClickHouse."""
     from contextlib import asynccontextmanager
@@ -65,7 +87,8 @@ def loader(
     from lenshouse.cli import _cluster_store
     from lenshouse.roles.loader import LoaderRole, create_loader_app
 
-    store = _cluster_store(clickhouse, cluster, database, insert_quorum, connect_wait)
+    store = _cluster_store(clickhouse, cluster, database, insert_quorum, connect_wait,
+                           clickhouse_user, clickhouse_password)  # fmt: skip
     role = LoaderRole(
         _split(nats),
         _split(keeper),
@@ -94,12 +117,15 @@ def lens_server(
     host: str = HOST,
     port: int = typer.Option(8100),
     connect_wait: float = WAIT,
+    clickhouse_user: str = CH_USER,
+    clickhouse_password: str = CH_PASSWORD,
 ) -> None:
     """Answer lenses, export and the catalog from the cluster, exact as of completed loads."""
     from lenshouse.cli import _cluster_store
     from lenshouse.roles.lens_server import LensServer, create_lens_app
 
-    store = _cluster_store(clickhouse, cluster, database, None, connect_wait)
+    store = _cluster_store(clickhouse, cluster, database, None, connect_wait,
+                           clickhouse_user, clickhouse_password)  # fmt: skip
     _run(create_lens_app(LensServer(_split(keeper), store)), host, port)
 
 

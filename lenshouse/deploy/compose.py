@@ -1,0 +1,180 @@
+"""The compose stack: the whole topology of ``cluster up`` as containers on an
+internal network, only the gateways and lens servers published, on 127.0.0.1."""
+
+from __future__ import annotations
+
+from lenshouse.cluster.topology import Topology
+from lenshouse.deploy.spec import (
+    CH_USER,
+    PASSWORD_ENV,
+    ROLE_PORTS,
+    Addresses,
+    Images,
+    role_args,
+)
+
+# Host ports of the published roles: gw1 18080, gw2 18081, …; lens1 18100, …
+HOST_PORTS = {"gateway": 18080, "lens": 18100}
+_PREFIX = {"gateway": "gw", "loader": "loader", "lens": "lens"}
+
+
+def addresses(topo: Topology) -> Addresses:
+    return Addresses(
+        clickhouse=[
+            [f"ch-s{s}-r{r}" for r in range(1, topo.replicas + 1)]
+            for s in range(1, topo.shards + 1)
+        ],
+        keepers=[f"zk{k}" for k in range(1, topo.keepers + 1)],
+        nats=[f"nats{k}" for k in range(1, topo.nats + 1)],
+    )
+
+
+def _image(var: str, default: str) -> str:
+    return f"${{{var}:-{default}}}"
+
+
+def _healthy(names: list[str]) -> dict:
+    return {n: {"condition": "service_healthy"} for n in names}
+
+
+def _check(test: list[str], start: str = "10s") -> dict:
+    return {"test": test, "interval": "3s", "timeout": "5s", "retries": 40, "start_period": start}
+
+
+def _http_check(port: int) -> list[str]:
+    url = f"http://127.0.0.1:{port}/healthz"
+    code = f"import urllib.request; urllib.request.urlopen('{url}', timeout=3)"
+    return ["CMD", "python", "-c", code]
+
+
+def compose(topo: Topology, images: Images = Images()) -> dict:
+    where = addresses(topo)
+    password = {PASSWORD_ENV: f"${{{PASSWORD_ENV}:-lenshouse}}"}
+    services: dict[str, dict] = {}
+    for k, name in enumerate(where.keepers, 1):
+        services[name] = {
+            "image": _image("ZOOKEEPER_IMAGE", images.keeper),
+            "hostname": name,
+            "environment": {
+                "ZOO_MY_ID": str(k),
+                "ZOO_SERVERS": where.zoo_servers(),
+                "ZOO_TICK_TIME": "500",
+                "ZOO_4LW_COMMANDS_WHITELIST": "ruok,srvr,mntr",
+            },
+            "volumes": [f"{name}-data:/data", f"{name}-log:/datalog"],
+            "networks": ["backend"],
+            "healthcheck": _check(["CMD", "zkServer.sh", "status"]),
+        }
+    for s, shard in enumerate(where.clickhouse, 1):
+        for name in shard:
+            services[name] = {
+                "image": _image("CLICKHOUSE_IMAGE", images.clickhouse),
+                "hostname": name,
+                "environment": {
+                    "CH_SHARD": str(s),
+                    "CH_REPLICA": name,
+                    "CH_INTERSERVER_HOST": name,
+                    **password,
+                },
+                "volumes": [
+                    "./clickhouse/cluster.xml:/etc/clickhouse-server/config.d/lenshouse.xml:ro",
+                    "./clickhouse/users.xml:/etc/clickhouse-server/users.d/lenshouse.xml:ro",
+                    f"{name}-data:/var/lib/clickhouse",
+                ],
+                "ulimits": {"nofile": {"soft": 262144, "hard": 262144}},
+                "networks": ["backend"],
+                "depends_on": _healthy(where.keepers),
+                "healthcheck": _check(["CMD", "clickhouse-client", "--query", "SELECT 1"]),
+            }
+    for name in where.nats:
+        services[name] = {
+            "image": _image("NATS_IMAGE", images.nats),
+            "hostname": name,
+            "command": ["--config", "/etc/nats/nats.conf"],
+            "environment": {"NATS_NAME": name},
+            "volumes": ["./nats/nats.conf:/etc/nats/nats.conf:ro", f"{name}-data:/data"],
+            "networks": ["backend"],
+            "healthcheck": _check(
+                ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8222/healthz"], "5s"
+            ),
+        }
+    lenshouse = _image("LENSHOUSE_IMAGE", images.lenshouse)
+    storage = [*where.keepers, *(h for shard in where.clickhouse for h in shard), *where.nats]
+    loaders = []
+    for role, count in (
+        ("loader", topo.loaders),
+        ("gateway", topo.gateways),
+        ("lens", topo.lenses),
+    ):
+        for k in range(1, count + 1):
+            name = f"{_PREFIX[role]}{k}"
+            svc = {
+                "image": lenshouse,
+                "hostname": name,
+                "command": role_args(role, topo, where, member=name),
+                "environment": {"LENSHOUSE_CLICKHOUSE_USER": CH_USER, **password},
+                "networks": ["backend"],
+                # Loaders make the tables and the log's streams: the rest wait for one.
+                "depends_on": _healthy(storage if role == "loader" else [*storage, "loader1"]),
+                "healthcheck": _check(_http_check(ROLE_PORTS[role])),
+                "restart": "unless-stopped",
+            }
+            if role == "gateway":
+                svc["environment"] = {}
+            if role in HOST_PORTS:
+                svc["networks"] = ["backend", "edge"]
+                svc["ports"] = [f"127.0.0.1:{HOST_PORTS[role] + k - 1}:{ROLE_PORTS[role]}"]
+            services[name] = svc
+            if role == "loader":
+                loaders.append(name)
+    gateways = ",".join(
+        f"http://gw{k}:{ROLE_PORTS['gateway']}" for k in range(1, topo.gateways + 1)
+    )
+    ready = _healthy(
+        [f"gw{k}" for k in range(1, topo.gateways + 1)]
+        + [f"lens{k}" for k in range(1, topo.lenses + 1)]
+    )
+    services["generator"] = {
+        "image": lenshouse,
+        "profiles": ["jobs"],
+        "command": [
+            "generate",
+            "--url",
+            gateways,
+            "--sensors",
+            "${GENERATOR_SENSORS:-100}",
+            "--duration",
+            "${GENERATOR_DURATION:-60s}",
+        ],
+        "networks": ["backend"],
+        "depends_on": ready,
+    }
+    services["load"] = {
+        "image": lenshouse,
+        "profiles": ["jobs"],
+        "command": [
+            "load",
+            "--url",
+            f"http://lens1:{ROLE_PORTS['lens']}",
+            "--users",
+            "${LOAD_USERS:-20}",
+            "--duration",
+            "${LOAD_DURATION:-60}",
+            "--sensors",
+            "1-${GENERATOR_SENSORS:-100}",
+        ],
+        "networks": ["backend"],
+        "depends_on": ready,
+    }
+    volumes = {}
+    for name in services:
+        for v in services[name].get("volumes", []):
+            if not v.startswith("./"):
+                volumes[v.split(":")[0]] = {}
+    return {
+        "version": "2.4",
+        "services": services,
+        # Nothing inside reaches out; only the edge network carries the published ports.
+        "networks": {"backend": {"internal": True}, "edge": {}},
+        "volumes": volumes,
+    }
