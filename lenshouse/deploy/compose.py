@@ -100,7 +100,6 @@ def compose(topo: Topology, images: Images = Images()) -> dict:
         }
     lenshouse = _image("LENSHOUSE_IMAGE", images.lenshouse)
     storage = [*where.keepers, *(h for shard in where.clickhouse for h in shard), *where.nats]
-    loaders = []
     for role, count in (
         ("loader", topo.loaders),
         ("gateway", topo.gateways),
@@ -125,15 +124,12 @@ def compose(topo: Topology, images: Images = Images()) -> dict:
                 svc["networks"] = ["backend", "edge"]
                 svc["ports"] = [f"127.0.0.1:{HOST_PORTS[role] + k - 1}:{ROLE_PORTS[role]}"]
             services[name] = svc
-            if role == "loader":
-                loaders.append(name)
     gateways = ",".join(
         f"http://gw{k}:{ROLE_PORTS['gateway']}" for k in range(1, topo.gateways + 1)
     )
-    ready = _healthy(
-        [f"gw{k}" for k in range(1, topo.gateways + 1)]
-        + [f"lens{k}" for k in range(1, topo.lenses + 1)]
-    )
+    ready = [f"gw{k}" for k in range(1, topo.gateways + 1)] + [
+        f"lens{k}" for k in range(1, topo.lenses + 1)
+    ]
     services["generator"] = {
         "image": lenshouse,
         "profiles": ["jobs"],
@@ -147,7 +143,7 @@ def compose(topo: Topology, images: Images = Images()) -> dict:
             "${GENERATOR_DURATION:-60s}",
         ],
         "networks": ["backend"],
-        "depends_on": ready,
+        "depends_on": _healthy(ready),
     }
     services["load"] = {
         "image": lenshouse,
@@ -164,7 +160,7 @@ def compose(topo: Topology, images: Images = Images()) -> dict:
             "1-${GENERATOR_SENSORS:-100}",
         ],
         "networks": ["backend"],
-        "depends_on": ready,
+        "depends_on": _healthy(ready),
     }
     volumes = {}
     for name in services:
@@ -172,7 +168,6 @@ def compose(topo: Topology, images: Images = Images()) -> dict:
             if not v.startswith("./"):
                 volumes[v.split(":")[0]] = {}
     return {
-        "version": "2.4",
         "services": services,
         # Nothing inside reaches out; only the edge network carries the published ports.
         "networks": {"backend": {"internal": True}, "edge": {}},
