@@ -81,7 +81,6 @@ def compose(topo: Topology, images: Images = Images()) -> dict:
                     "./clickhouse/users.xml:/etc/clickhouse-server/users.d/lenshouse.xml:ro",
                     f"{name}-data:/var/lib/clickhouse",
                 ],
-                "ulimits": {"nofile": {"soft": 262144, "hard": 262144}},
                 "networks": ["backend"],
                 "depends_on": _healthy(where.keepers),
                 "healthcheck": _check(["CMD", "clickhouse-client", "--query", "SELECT 1"]),

@@ -175,7 +175,9 @@ class ClusterConnection:
     def _read_layout(self, c: Client) -> list[Shard]:
         rows = _run(
             c,
-            "SELECT shard_num, host_address, port FROM system.clusters"
+            # Names, not the addresses they resolved to: a restarted container or
+            # pod comes back under its name at a new address.
+            "SELECT shard_num, host_name, port FROM system.clusters"
             f" WHERE cluster = {string_literal(self.cluster)} ORDER BY shard_num, replica_num",
         )
         if not len(rows):
