@@ -74,6 +74,24 @@ def stack():
         pytest.skip(f"needs root and {', '.join(TOOLS)} (scripts/install-system-deps)")
     t0 = time.monotonic()
     try:
+        # Always from this checkout (the layers of unchanged packages are cached).
+        daemon = subprocess.run(
+            [str(REPO / "scripts/container-daemon"), "start"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        built = subprocess.run(
+            [str(REPO / "scripts/build-images"), "local"],
+            cwd=REPO,
+            env={**os.environ, "DOCKER_HOST": daemon.stdout.strip()},
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=1500,
+        )
+        print(built.stdout)
         up = _compose("up")
         print(up.stdout, up.stderr, f"stack up in {time.monotonic() - t0:.0f} s", sep="\n")
         _wait_ready(GATEWAYS + LENS, 300)
