@@ -144,6 +144,13 @@ def compose(topo: Topology, images: Images = Images()) -> dict:
         "networks": ["backend"],
         "depends_on": _healthy(ready),
     }
+    services["scenario"] = {
+        "image": lenshouse,
+        "profiles": ["jobs"],
+        # replay, crash or late: each runs a server process of its own in the container.
+        "command": ["scenario", "${SCENARIO:-replay}"],
+        "networks": ["backend"],
+    }
     services["load"] = {
         "image": lenshouse,
         "profiles": ["jobs"],

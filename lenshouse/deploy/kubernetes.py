@@ -29,6 +29,7 @@ from lenshouse.deploy.spec import (
 APP = "lenshouse"
 COMPONENT = "app.kubernetes.io/component"
 SHARD = "lenshouse.io/shard"
+SCENARIOS = ("replay", "crash", "late")  # those that run within one container
 TOPOLOGY_CM = "lenshouse-topology"  # addresses, as the roles' environment
 SECRET = "lenshouse-clickhouse"
 
@@ -461,7 +462,9 @@ def network_policies() -> list[dict]:
 
 
 def jobs(image: str, sensors: int = 100) -> list[dict]:
-    """One-shot Jobs: the generator (into the gateways) and the lens load."""
+    """One-shot Jobs: the generator (into the gateways), the lens load, and the
+    image's self-contained fault scenarios (each runs a server process of its
+    own inside the pod: replay, crash, late)."""
 
     def job(name: str, component: str, args: list[str]) -> dict:
         return {
@@ -504,6 +507,7 @@ def jobs(image: str, sensors: int = 100) -> list[dict]:
                 f"1-{sensors}",
             ],
         ),
+        *(job(f"scenario-{name}", "scenario", ["scenario", name]) for name in SCENARIOS),
     ]
 
 
