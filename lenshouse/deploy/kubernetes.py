@@ -131,6 +131,18 @@ def _claim(size: str) -> dict:
     }
 
 
+def _http_probes(ready: str, alive: str, port: int, delay: int, failures: int = 3) -> dict:
+    return {
+        "readinessProbe": {"httpGet": {"path": ready, "port": port}, "periodSeconds": 5},
+        "livenessProbe": {
+            "httpGet": {"path": alive, "port": port},
+            "initialDelaySeconds": delay,
+            "periodSeconds": 10,
+            "failureThreshold": failures,
+        },
+    }
+
+
 def _ports(ports: dict[str, int]) -> list[dict]:
     return [{"name": n, "containerPort": p} for n, p in ports.items()]
 
@@ -159,16 +171,7 @@ def clickhouse_shard(shard: int, replicas: int, image: str, storage: str) -> lis
         ],
         "ports": _ports(CH_PORTS),
         "resources": RESOURCES["clickhouse"],
-        "readinessProbe": {
-            "httpGet": {"path": "/ping", "port": CH_PORTS["http"]},
-            "periodSeconds": 5,
-        },
-        "livenessProbe": {
-            "httpGet": {"path": "/ping", "port": CH_PORTS["http"]},
-            "initialDelaySeconds": 30,
-            "periodSeconds": 10,
-            "failureThreshold": 6,
-        },
+        **_http_probes("/ping", "/ping", CH_PORTS["http"], delay=30, failures=6),
         "volumeMounts": [
             {"name": "data", "mountPath": "/var/lib/clickhouse"},
             {
@@ -250,15 +253,9 @@ def log(image: str, replicas: int) -> list[dict]:
         "env": [_pod_name_env("NATS_NAME")],
         "ports": _ports(NATS_PORTS),
         "resources": RESOURCES["nats"],
-        "readinessProbe": {
-            "httpGet": {"path": "/healthz", "port": NATS_PORTS["monitor"]},
-            "periodSeconds": 5,
-        },
-        "livenessProbe": {
-            "httpGet": {"path": "/healthz?js-enabled-only=true", "port": NATS_PORTS["monitor"]},
-            "initialDelaySeconds": 10,
-            "periodSeconds": 10,
-        },
+        **_http_probes(
+            "/healthz", "/healthz?js-enabled-only=true", NATS_PORTS["monitor"], delay=10
+        ),
         "volumeMounts": [
             {"name": "data", "mountPath": "/data"},
             {"name": "config", "mountPath": "/etc/nats"},
