@@ -110,15 +110,16 @@ def compose(topo: Topology, images: Images = Images()) -> dict:
                 "image": lenshouse,
                 "hostname": name,
                 "command": role_args(role, topo, where, member=name),
-                "environment": {"LENSHOUSE_CLICKHOUSE_USER": CH_USER, **password},
+                # Gateways never reach ClickHouse: no credentials for them.
+                "environment": {}
+                if role == "gateway"
+                else {"LENSHOUSE_CLICKHOUSE_USER": CH_USER, **password},
                 "networks": ["backend"],
                 # Loaders make the tables and the log's streams: the rest wait for one.
                 "depends_on": _healthy(storage if role == "loader" else [*storage, "loader1"]),
                 "healthcheck": _check(_http_check(ROLE_PORTS[role])),
                 "restart": "unless-stopped",
             }
-            if role == "gateway":
-                svc["environment"] = {}
             if role in HOST_PORTS:
                 svc["networks"] = ["backend", "edge"]
                 svc["ports"] = [f"127.0.0.1:{HOST_PORTS[role] + k - 1}:{ROLE_PORTS[role]}"]

@@ -18,6 +18,8 @@ from lenshouse.deploy.nats import nats_conf
 from lenshouse.deploy.spec import (
     CH_PORTS,
     CH_USER,
+    CLUSTER,
+    DATABASE,
     NATS_PORTS,
     PASSWORD_ENV,
     ROLE_PORTS,
@@ -317,10 +319,11 @@ def _role_container(role: str, image: str, args: list[str]) -> dict:
     }
 
 
+_STORAGE_ARGS = ["--cluster", CLUSTER, "--database", DATABASE]
 _ROLE_ARGS = {
     "gateway": ["gateway"],
-    "loader": ["loader", "--cluster", "lenshouse", "--database", "lenshouse"],
-    "lens": ["lens-server", "--cluster", "lenshouse", "--database", "lenshouse"],
+    "loader": ["loader", *_STORAGE_ARGS],
+    "lens": ["lens-server", *_STORAGE_ARGS],
 }
 
 
