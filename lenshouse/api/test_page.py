@@ -33,7 +33,6 @@ CHROMIUM_ARGS = [
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 HOUR = 3_600_000
 KINDS = ("vibration", "temperature", "pressure")
-RENDER_BUDGET_MS = 100.0
 
 
 @pytest.fixture(scope="module")
@@ -359,7 +358,7 @@ def test_empty_window_and_server_errors_are_shown(node, tab: Tab) -> None:
     assert "HTTP 503: storage is unavailable (test)" in text
 
 
-def test_ten_sensors_of_2500_points_render_within_budget(node, tab: Tab) -> None:
+def test_ten_sensors_of_2500_points_draw_and_redraw_in_place(node, tab: Tab) -> None:
     last = fill(node, sensors=10, hours=1.0)
     # 2500 one-second buckets, each holding one point of every sensor.
     end = last + 1000
@@ -379,14 +378,8 @@ def test_ten_sensors_of_2500_points_render_within_budget(node, tab: Tab) -> None
         tab.page.evaluate("window.lenshouse.refresh()")
         tab.wait_renders(2 + i)
         in_place.append(tab.stats()["lastRender"])
+    assert first["rebuilt"]
     assert not any(r["rebuilt"] for r in in_place)
-    worst = max(r["ms"] + r["prepareMs"] for r in in_place)
-    print(
-        f"\nlens page render, 10 sensors x 2500 points: first draw (new chart) "
-        f"{first['ms']:.1f} ms + align {first['prepareMs']:.1f} ms; in-place redraws "
-        + ", ".join(f"{r['ms']:.1f}" for r in in_place)
-        + f" ms (align {in_place[-1]['prepareMs']:.1f} ms)"
-    )
-    assert first["ms"] + first["prepareMs"] < RENDER_BUDGET_MS
-    assert worst < RENDER_BUDGET_MS
+    assert all(r["points"] == 2500 and r["series"] == 10 for r in in_place)
+    # How long drawing takes is measured by `lenshouse bench page`, not here.
     assert_no_console_errors(tab)

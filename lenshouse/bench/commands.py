@@ -18,6 +18,8 @@ from lenshouse.bench.common import BenchConfig, console, git_state, machine
 from lenshouse.storage.backend import BLOCK_CACHE_MB
 
 SCENARIOS = ("ingest", "lens", "mixed", "storage", "concurrency")
+# Asked for by name only: it needs Chromium and playwright (the test extra).
+EXTRA_SCENARIOS = ("page",)
 
 
 def run_bench(
@@ -27,6 +29,7 @@ def run_bench(
     from lenshouse.bench.ingest import run_ingest
     from lenshouse.bench.lens import run_concurrency, run_lens
     from lenshouse.bench.mixed import run_mixed
+    from lenshouse.bench.page import run_page
     from lenshouse.bench.report import write_report
     from lenshouse.bench.storage import run_storage
 
@@ -36,6 +39,7 @@ def run_bench(
         "concurrency": run_concurrency,
         "storage": run_storage,
         "mixed": run_mixed,
+        "page": run_page,
     }
     own = data is None
     workdir = Path(tempfile.mkdtemp(prefix="lenshouse-bench-")) if own else Path(data)
@@ -68,7 +72,11 @@ def run_bench(
 
 def bench(
     scenario: Annotated[
-        str, typer.Argument(help="ingest, lens, mixed, storage, concurrency, or all")
+        str,
+        typer.Argument(
+            help="ingest, lens, mixed, storage, concurrency, page (the lens page in"
+            " Chromium), or all (all but page)"
+        ),
     ] = "all",
     data: Annotated[
         Path | None,
@@ -91,9 +99,10 @@ def bench(
         chosen = list(SCENARIOS)
     else:
         chosen = [s.strip() for s in scenario.split(",") if s.strip()]
-        bad = [s for s in chosen if s not in SCENARIOS]
+        bad = [s for s in chosen if s not in SCENARIOS + EXTRA_SCENARIOS]
         if bad or not chosen:
-            console.print(f"[red]unknown scenario {scenario!r}; use {', '.join(SCENARIOS)}, all")
+            names = ", ".join(SCENARIOS + EXTRA_SCENARIOS)
+            console.print(f"[red]unknown scenario {scenario!r}; use {names}, all")
             raise typer.Exit(2)
     if scale not in ("full", "tiny"):
         console.print("[red]--scale is full or tiny")

@@ -67,6 +67,8 @@ class BenchConfig:
     concurrency_duration: int = 30
     concurrency_window: str = "10m"
     points: int = 2500
+    # page (the lens page in Chromium)
+    page_rounds: int = 20  # fresh tabs, each a first draw and 5 in-place redraws
     block_cache_mb: float = BLOCK_CACHE_MB  # ClickHouse's uncompressed cache in the bench server
     seed: int = 0
 
@@ -102,6 +104,7 @@ class BenchConfig:
             concurrency_users=3,
             concurrency_duration=1,
             concurrency_window="1m",
+            page_rounds=2,
         )
 
     def to_dict(self) -> dict:

@@ -29,6 +29,7 @@ RAW_MAX_BYTES_PER_POINT = 1.7
 ROLLUP_MAX_SHARE = 0.10
 FLAT_FACTOR = 2.0  # "latency does not grow with the window": 31 d within 2× of 1 h
 CONCURRENCY_P50_MS = 100.0
+PAGE_DRAW_MS = 100.0  # the lens page: 10 sensors x 2500 points, drawn
 
 
 def _fmt_rate(x: float) -> str:
@@ -191,6 +192,20 @@ def evaluate(results: dict) -> list[dict]:
                 "pass": cc["errors"] == 0 and lat["p50"] <= CONCURRENCY_P50_MS,
             }
         )
+    pg = results.get("page")
+    if pg:
+        for key, label in (("first_draw_ms", "first draw (new chart)"), ("redraw_ms", "redraw")):
+            d = pg[key]
+            rows.append(
+                {
+                    "id": "page",
+                    "name": f"lens page, 10 sensors × 2500 points: {label}",
+                    "target": f"p95 < {PAGE_DRAW_MS:.0f} ms",
+                    "measured": f"p50 {_ms(d['p50'])} p95 {_ms(d['p95'])} max {_ms(d['max'])}"
+                    f" ({d['n']} draws)",
+                    "pass": d["p95"] < PAGE_DRAW_MS,
+                }
+            )
     return rows
 
 
