@@ -113,3 +113,17 @@ def test_mixed_concurrency_storage(report) -> None:
     assert 0 < st["raw_bytes_per_point"] < st["total_bytes_per_point"]
     for tier, next_tier in zip(list(st["after_optimize"])[1:], list(st["after_optimize"])[2:]):
         assert st["after_optimize"][tier]["rows"] >= st["after_optimize"][next_tier]["rows"] > 0
+
+
+def test_page_scenario_reports_the_pages_own_draw_times(tmp_path) -> None:
+    out = tmp_path / "out"
+    run_bench(["page"], BenchConfig.tiny(1), data=tmp_path / "data", out=out)
+    doc = json.loads((out / "bench-report.json").read_text())
+    pg = doc["page"]
+    assert pg["first_draw_ms"]["n"] == 2 and pg["redraw_ms"]["n"] == 2 * 5
+    for key in ("first_draw_ms", "redraw_ms"):
+        d = pg[key]
+        assert 0 < d["p50"] <= d["p95"] <= d["max"], key
+    rows = [t for t in doc["targets"] if t["id"] == "page"]
+    assert len(rows) == 2 and all(isinstance(t["pass"], bool) for t in rows)
+    assert "lens page, 10 sensors × 2500 points" in (out / "bench-report.md").read_text()
