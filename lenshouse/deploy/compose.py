@@ -15,6 +15,17 @@ from lenshouse.deploy.spec import (
 
 # Host ports of the published roles: gw1 18080, gw2 18081, …; lens1 18100, …
 HOST_PORTS = {"gateway": 18080, "lens": 18100}
+
+# The storage services keep one address on the backend network for good. Docker
+# gives a restarted or reconnected container whatever address is free, often the
+# one another container held; a ClickHouse server that cached a replica's address
+# (18.16 caches names for good; current servers refresh every 15 s) would then
+# fetch parts from the wrong server, and a quorum insert waits on it forever.
+# Stateless roles take addresses from the upper half of the subnet.
+DEFAULT_BACKEND_NET = "172.30.57"  # the first three octets of a /24
+BACKEND_NET = f"${{LENSHOUSE_BACKEND_NET:-{DEFAULT_BACKEND_NET}}}"
+_FIRST_HOST = {"keeper": 10, "nats": 20, "clickhouse": 32}
+_LAST_PINNED = 127
 _PREFIX = {"gateway": "gw", "loader": "loader", "lens": "lens"}
 
 
@@ -27,6 +38,31 @@ def addresses(topo: Topology) -> Addresses:
         keepers=[f"zk{k}" for k in range(1, topo.keepers + 1)],
         nats=[f"nats{k}" for k in range(1, topo.nats + 1)],
     )
+
+
+def pinned(topo: Topology, net: str = BACKEND_NET) -> dict[str, str]:
+    """The backend address of every keeper, NATS server and ClickHouse server
+    (``net``: the subnet's first three octets, or the variable that holds them)."""
+    where = addresses(topo)
+    groups = {
+        "keeper": where.keepers,
+        "nats": where.nats,
+        "clickhouse": [h for shard in where.clickhouse for h in shard],
+    }
+    out: dict[str, str] = {}
+    for kind, names in groups.items():
+        first = _FIRST_HOST[kind]
+        limit = {"keeper": _FIRST_HOST["nats"], "nats": _FIRST_HOST["clickhouse"]}.get(
+            kind, _LAST_PINNED + 1
+        )
+        if first + len(names) > limit:
+            raise ValueError(f"{len(names)} {kind} servers do not fit the backend's plan")
+        out |= {n: f"{net}.{first + k}" for k, n in enumerate(names)}
+    return out
+
+
+def _backend(address: str) -> dict:
+    return {"backend": {"ipv4_address": address}}
 
 
 def _image(var: str, default: str) -> str:
@@ -49,6 +85,7 @@ def _http_check(port: int) -> list[str]:
 
 def compose(topo: Topology, images: Images = Images()) -> dict:
     where = addresses(topo)
+    at = pinned(topo)
     password = {PASSWORD_ENV: f"${{{PASSWORD_ENV}:-lenshouse}}"}
     services: dict[str, dict] = {}
     for k, name in enumerate(where.keepers, 1):
@@ -62,7 +99,7 @@ def compose(topo: Topology, images: Images = Images()) -> dict:
                 "ZOO_4LW_COMMANDS_WHITELIST": "ruok,srvr,mntr",
             },
             "volumes": [f"{name}-data:/data", f"{name}-log:/datalog"],
-            "networks": ["backend"],
+            "networks": _backend(at[name]),
             "healthcheck": _check(["CMD", "zkServer.sh", "status"]),
         }
     for s, shard in enumerate(where.clickhouse, 1):
@@ -81,7 +118,7 @@ def compose(topo: Topology, images: Images = Images()) -> dict:
                     "./clickhouse/users.xml:/etc/clickhouse-server/users.d/lenshouse.xml:ro",
                     f"{name}-data:/var/lib/clickhouse",
                 ],
-                "networks": ["backend"],
+                "networks": _backend(at[name]),
                 "depends_on": _healthy(where.keepers),
                 "healthcheck": _check(["CMD", "clickhouse-client", "--query", "SELECT 1"]),
             }
@@ -92,7 +129,7 @@ def compose(topo: Topology, images: Images = Images()) -> dict:
             "command": ["--config", "/etc/nats/nats.conf"],
             "environment": {"NATS_NAME": name},
             "volumes": ["./nats/nats.conf:/etc/nats/nats.conf:ro", f"{name}-data:/data"],
-            "networks": ["backend"],
+            "networks": _backend(at[name]),
             "healthcheck": _check(
                 ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8222/healthz"], "5s"
             ),
@@ -177,6 +214,16 @@ def compose(topo: Topology, images: Images = Images()) -> dict:
     return {
         "services": services,
         # Nothing inside reaches out; only the edge network carries the published ports.
-        "networks": {"backend": {"internal": True}, "edge": {}},
+        "networks": {
+            "backend": {
+                "internal": True,
+                "ipam": {
+                    "config": [
+                        {"subnet": f"{BACKEND_NET}.0/24", "ip_range": f"{BACKEND_NET}.128/25"}
+                    ]
+                },
+            },
+            "edge": {},
+        },
         "volumes": volumes,
     }

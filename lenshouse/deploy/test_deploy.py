@@ -6,6 +6,7 @@ names, ports, config keys, shard layout)."""
 from __future__ import annotations
 
 import copy
+import ipaddress
 import re
 import shutil
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lenshouse.deploy import render
+from lenshouse.deploy import compose, render
 from lenshouse.deploy.spec import CH_PORTS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -206,14 +207,26 @@ def test_only_the_roles_that_need_them_reach_clickhouse_keeper_and_log() -> None
 
 def test_compose_publishes_only_on_loopback_and_keeps_storage_internal() -> None:
     doc = yaml.safe_load((DEPLOY / "compose/docker-compose.yml").read_text())
-    assert doc["networks"]["backend"] == {"internal": True}
+    backend = doc["networks"]["backend"]
+    assert backend["internal"] is True
+    (pool,) = backend["ipam"]["config"]
+    net = compose.DEFAULT_BACKEND_NET
+    subnet = ipaddress.ip_network(pool["subnet"].replace(compose.BACKEND_NET, net))
+    dynamic = ipaddress.ip_network(pool["ip_range"].replace(compose.BACKEND_NET, net))
+    pinned = []
     for name, svc in doc["services"].items():
         for port in svc.get("ports", []):
             assert port.startswith("127.0.0.1:"), (name, port)
         for dep in svc.get("depends_on", {}):
             assert dep in doc["services"], (name, dep)
         if name.startswith(("ch-", "zk", "nats")):
-            assert svc["networks"] == ["backend"] and "ports" not in svc
+            # Storage keeps one address for good, outside the range others draw from.
+            assert list(svc["networks"]) == ["backend"] and "ports" not in svc
+            at = svc["networks"]["backend"]["ipv4_address"].replace(compose.BACKEND_NET, net)
+            address = ipaddress.ip_address(at)
+            assert address in subnet and address not in dynamic, (name, address)
+            pinned.append(address)
+    assert len(set(pinned)) == len(pinned) == 4 + 3 + 3
     ch = [n for n in doc["services"] if n.startswith("ch-")]
     xml = (DEPLOY / "compose/clickhouse/cluster.xml").read_text().split("<zookeeper>")[0]
     assert sorted(re.findall(r"<host>([^<]+)</host>", xml)) == sorted(ch) and len(ch) == 4
