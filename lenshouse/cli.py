@@ -45,10 +45,10 @@ def parse_seconds(text: str) -> int:
     return ms // 1000
 
 
-def _serve_in_thread(node: Node, host: str, port: int) -> uvicorn.Server:
+def _serve_in_thread(node: Node, host: str, port: int, auth=None) -> uvicorn.Server:
     from lenshouse.api.app import create_app
 
-    config = uvicorn.Config(create_app(node), host=host, port=port, log_level="warning")
+    config = uvicorn.Config(create_app(node, auth), host=host, port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="http", daemon=True)
     thread.start()
@@ -133,7 +133,8 @@ def demo(
         raise typer.Exit(_fail("--rate-hz must be between 1 and 1000"))
     node = _open_node(data)
     try:
-        server = _serve_in_thread(node, host, port)
+        # The demo's generator writes without a token: the demo runs without auth.
+        server = _serve_in_thread(node, host, port, _auth(data, host, False))
     except BaseException:
         node.stop()
         raise
@@ -182,6 +183,31 @@ def demo(
     console.print(f"stopped; {node.ingestor.loader.stats.rows_loaded:,} points loaded this run")
 
 
+def _is_loopback(host: str) -> bool:
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
+def _auth(data: Path, host: str, wanted: bool | None):
+    """The server's auth: tokens from ``<data>/tenants.json``, or none (said aloud)."""
+    from lenshouse.api.auth import Auth
+    from lenshouse.tenancy.registry import FileRegistry
+
+    on = not _is_loopback(host) if wanted is None else wanted
+    if not on:
+        console.print(
+            "[yellow]auth is off: any client on this machine picks any tenant with X-Tenant"
+            " (serve --auth turns tokens on)[/yellow]"
+        )
+        return Auth(None)
+    registry = FileRegistry(data)
+    tenants = [t for t in registry.tenants() if not t.startswith("*")]
+    console.print(
+        f"auth is on: {len(tenants)} tenant(s) in {registry.path}"
+        " (lenshouse tenant create NAME adds one)"
+    )
+    return Auth(registry)
+
+
 @app.command()
 def serve(
     data: Path = typer.Option(DEFAULT_DATA_DIR, help="data directory"),
@@ -215,6 +241,13 @@ def serve(
         None, help="replicas each insert waits for (default: all replicas of a shard)"
     ),
     connect_wait: float = typer.Option(60, help="seconds to wait for the cluster at start"),
+    auth: bool = typer.Option(
+        None,
+        "--auth/--no-auth",
+        help="bearer tokens per tenant (lenshouse tenant create); default: on unless the"
+        " server listens on loopback only",
+        show_default=False,
+    ),
 ) -> None:
     """Run storage and the HTTP server (embedded chDB, or a ClickHouse cluster)."""
     if min(lens_cache_mb, head_seconds, head_max_mb, block_cache_mb) < 0:
@@ -241,7 +274,8 @@ def serve(
     where = f"cluster {cluster} via {clickhouse}" if clickhouse else str(data.resolve())
     console.print(f"lenshouse serving {where} on http://{host}:{port}")
     try:
-        uvicorn.run(create_app(node), host=host, port=port, log_level="warning")
+        app = create_app(node, _auth(data, host, auth))
+        uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
         node.stop()
 
@@ -455,8 +489,10 @@ def _register_cluster() -> None:
     from lenshouse.cluster.cli import cluster_app
     from lenshouse.deploy.cli import deploy_app
     from lenshouse.roles.cli import register
+    from lenshouse.tenancy.cli import tenant_app
 
     app.add_typer(cluster_app, name="cluster")
+    app.add_typer(tenant_app, name="tenant")
     app.add_typer(deploy_app, name="deploy")
     app.command("bench-cluster")(bench_cluster)
     app.command("bench-pipeline")(bench_pipeline)

@@ -9,18 +9,19 @@ from typing import Protocol
 
 import orjson
 import pyarrow as pa
-from fastapi import FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 
+from lenshouse.api.auth import Auth, add_admin_routes, request_tenant
 from lenshouse.api.metrics import Metrics
 from lenshouse.ingest.formats import ARROW, decode
 from lenshouse.lens.engine import LensEngine, parse_aggs, parse_sensors
 from lenshouse.node import Node
-from lenshouse.points import BadInput, PointBatch, check_tenant
+from lenshouse.points import BadInput, PointBatch
 from lenshouse.storage.catalog import Catalog, check_labels
 from lenshouse.storage.errors import RetryableError, StorageError
 
@@ -75,15 +76,17 @@ class Unavailable(Exception):
     """A dependency is away (the log, the keeper): 503 with Retry-After."""
 
 
-def create_app(node: Node) -> FastAPI:
-    """The embedded server: every route over one node."""
+def create_app(node: Node, auth: Auth | None = None) -> FastAPI:
+    """The embedded server: every route over one node. ``auth``: None (or an
+    :class:`Auth` without a registry) takes the tenant from ``X-Tenant``."""
     metrics = Metrics(node)
-    app = base_app(metrics.registry)
+    app = base_app(metrics.registry, auth)
     app.state.node = node
     app.state.metrics = metrics
     add_write_routes(app, _NodeWriter(node))
     add_read_routes(app, node, metrics.lens_seconds)
     add_health_route(app, lambda: _node_health(node))
+    add_admin_routes(app)
     add_page(app)
     return app
 
@@ -116,15 +119,18 @@ def _node_health(node: Node) -> tuple[dict, bool]:
     return doc, failure is None
 
 
-def base_app(registry: CollectorRegistry) -> FastAPI:
-    """An app with lenshouse's error answers and ``/metrics``."""
+def base_app(registry: CollectorRegistry, auth: Auth | None = None) -> FastAPI:
+    """An app with lenshouse's error answers, its auth and ``/metrics``."""
     app = FastAPI(title="lenshouse", version="0.1.0", default_response_class=ORJSON)
+    app.state.auth = auth or Auth(None)
 
     @app.exception_handler(BadInput)
     async def bad_input(_: Request, exc: BadInput) -> ORJSON:
         response = error(exc.status, str(exc))
         if exc.status == 503:
             response.headers["Retry-After"] = "1"
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="lenshouse"'
         return response
 
     @app.exception_handler(RetryableError)
@@ -163,10 +169,9 @@ def add_write_routes(app: FastAPI, writer: Writer) -> None:
     async def write(
         request: Request,
         content_type: str | None = Header(None),
-        x_tenant: str | None = Header(None),
+        tenant: str = Depends(request_tenant),
         x_batch_id: str | None = Header(None, max_length=128),
     ) -> Response:
-        tenant = check_tenant(x_tenant)
         body = await _read_body(request)
         batch = decode(content_type, body, tenant).validate()
         headers = await writer.write(batch, x_batch_id, body)
@@ -185,14 +190,14 @@ def add_read_routes(app: FastAPI, reader: Reader, lens_seconds: Histogram) -> No
         format: str | None = Query(
             None, description="json (default) or arrow; or send Accept: " + ARROW
         ),
-        x_tenant: str | None = Header(None),
+        tenant: str = Depends(request_tenant),
         accept: str | None = Header(None),
     ) -> Response:
         t0 = time.perf_counter()
         ids = parse_sensors(sensors)
         aggs = parse_aggs(agg)
         arrow = answer_format(format, accept) == "arrow"
-        result = reader.lenses.lens(ids, start, end, points=points, step=step, tenant=x_tenant)
+        result = reader.lenses.lens(ids, start, end, points=points, step=step, tenant=tenant)
         if arrow:
             response: Response = Response(_ipc(result.to_arrow(aggs)), media_type=ARROW)
         else:
@@ -207,13 +212,13 @@ def add_read_routes(app: FastAPI, reader: Reader, lens_seconds: Histogram) -> No
         sensors: str = Query(..., description="comma-separated sensor ids, 1 to 10"),
         start: int = Query(..., description="window start, epoch ms (inclusive)"),
         end: int = Query(..., description="window end, epoch ms (exclusive)"),
-        x_tenant: str | None = Header(None),
+        tenant: str = Depends(request_tenant),
     ) -> Response:
-        table = reader.lenses.export(parse_sensors(sensors), start, end, tenant=x_tenant)
+        table = reader.lenses.export(parse_sensors(sensors), start, end, tenant=tenant)
         return Response(_ipc(table), media_type=ARROW)
 
     @app.put("/v1/sensors/{sensor}", status_code=204, summary="Register a sensor with labels")
-    async def put_sensor(sensor: int, request: Request, x_tenant: str | None = Header(None)):
+    async def put_sensor(sensor: int, request: Request, tenant: str = Depends(request_tenant)):
         if not 0 <= sensor < 2**32:
             raise BadInput("sensor ids are 0 .. 2^32-1", 422)
         raw = await request.body()
@@ -225,17 +230,15 @@ def add_read_routes(app: FastAPI, reader: Reader, lens_seconds: Histogram) -> No
             # e.g. {"kind": "x"}: without this, the labels would silently be wiped.
             raise BadInput('body must be {"labels": {"name": "value", ...}}', 422)
         labels = doc.get("labels", {}) if isinstance(doc, dict) else doc
-        await run_in_threadpool(
-            reader.catalog.put, check_tenant(x_tenant), sensor, check_labels(labels)
-        )
+        await run_in_threadpool(reader.catalog.put, tenant, sensor, check_labels(labels))
         return Response(status_code=204)
 
     @app.get("/v1/sensors", summary="List sensors and their labels")
-    def sensors(request: Request, x_tenant: str | None = Header(None)) -> ORJSON:
+    def sensors(request: Request, tenant: str = Depends(request_tenant)) -> ORJSON:
         match = {
             k[len("label.") :]: v for k, v in request.query_params.items() if k.startswith("label.")
         }
-        return ORJSON({"sensors": reader.catalog.list(check_tenant(x_tenant), match)})
+        return ORJSON({"sensors": reader.catalog.list(tenant, match)})
 
 
 def add_health_route(app: FastAPI, health: Callable[[], tuple[dict, bool]]) -> None:
