@@ -17,6 +17,7 @@ from rich.table import Table
 
 from lenshouse.node import DEFAULT_DATA_DIR, Node
 from lenshouse.storage.backend import BLOCK_CACHE_MB
+from lenshouse.tenancy.client import tenant_headers
 
 app = typer.Typer(
     help="lenshouse: a time-series store for high-frequency sensors on ClickHouse.",
@@ -358,7 +359,7 @@ def lens(
     params = {"sensors": sensors, "start": start, "end": end, "points": points}
     try:
         t0 = time.perf_counter()
-        r = httpx.get(url + "/v1/lens", params=params, headers={"X-Tenant": tenant}, timeout=60)
+        r = httpx.get(url + "/v1/lens", params=params, headers=tenant_headers(tenant), timeout=60)
         ms = (time.perf_counter() - t0) * 1000
     except httpx.TransportError as e:
         raise typer.Exit(_fail(f"cannot reach {url}: {e}")) from None

@@ -23,9 +23,15 @@ from fastapi import Depends, FastAPI, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from lenshouse.points import BadInput, check_tenant
-from lenshouse.tenancy.registry import ADMIN, Registry, TenancyError, check_name, digest
-
-ADMIN_TOKEN_ENV = "LENSHOUSE_ADMIN_TOKEN"
+from lenshouse.tenancy.registry import (
+    ADMIN,
+    ADMIN_MIN_CHARS,
+    ADMIN_TOKEN_ENV,
+    Registry,
+    TenancyError,
+    check_name,
+    digest,
+)
 
 
 class Auth:
@@ -34,6 +40,12 @@ class Auth:
     def __init__(self, registry: Registry | None, admin_token: str | None = None) -> None:
         self.registry = registry
         admin_token = admin_token if admin_token is not None else os.environ.get(ADMIN_TOKEN_ENV)
+        if admin_token and len(admin_token) < ADMIN_MIN_CHARS:
+            raise TenancyError(
+                f"{ADMIN_TOKEN_ENV} has {len(admin_token)} characters: a placeholder, not a"
+                f" secret (use at least {ADMIN_MIN_CHARS}, e.g. python -c"
+                " 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
         self._admin_digest = digest(admin_token) if admin_token else None
 
     @property

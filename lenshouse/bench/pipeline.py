@@ -37,6 +37,7 @@ from lenshouse.bench.common import console
 from lenshouse.cluster import processes
 from lenshouse.generators.sender import SendStats, Targets, encode_arrow, post_batch
 from lenshouse.points import PointBatch
+from lenshouse.tenancy.client import TOKEN_ENV
 
 HZ = os.sysconf("SC_CLK_TCK")
 
@@ -96,7 +97,8 @@ def _generators(doc: dict, sensors: int, rate_hz: int, seconds: int, start_ms: i
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
-                env={**os.environ, "COLUMNS": "300"},  # its summary on one line
+                # its summary on one line; the operator's token for the gateways' auth
+                env={**os.environ, "COLUMNS": "300", TOKEN_ENV: doc.get("admin_token") or ""},
             )
         )
     return gens
@@ -160,7 +162,8 @@ def _small_batches(doc: dict, seconds: float, tenant: str) -> list[float]:
         while time.monotonic() - t0 < seconds:
             ts = base + k * 1000 + np.arange(1000, dtype=np.int64)
             batch = PointBatch(tenant, np.full(1000, 7, np.uint32), ts, np.sin(ts / 1e3))
-            post_batch(client, targets, encode_arrow(batch), tenant, stats, time.monotonic() + 60)
+            post_batch(client, targets, encode_arrow(batch), tenant, stats, time.monotonic() + 60,
+                       token=doc.get("admin_token"))  # fmt: skip
             acks.append(time.monotonic())
             k += 1
     return acks

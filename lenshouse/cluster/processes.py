@@ -31,6 +31,7 @@ from lenshouse.cluster.config import HOST, write_node_files
 from lenshouse.cluster.topology import NodeSpec, Topology
 
 DOC_NAME = "cluster.json"
+ROLE_DATABASE = "lenshouse"  # the roles' --database (and keeper state), as they are started
 KEEPER_TIMEOUT = 60.0
 CLICKHOUSE_TIMEOUT = 60.0
 SERVER_TIMEOUT = 60.0
@@ -67,7 +68,10 @@ def load(root: str | Path) -> Doc:
 
 def _save(root: Path, doc: Doc) -> None:
     tmp = root / f".{DOC_NAME}.tmp"
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    # It may hold the admin token: the owner's alone.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(doc, indent=2) + "\n")
     os.replace(tmp, root / DOC_NAME)
 
 
@@ -576,10 +580,30 @@ def up(
         if server:
             _up_server(root, doc, topo)
         if roles:
+            _admin_token(doc)
             _up_log(root, doc, topo, nats_argv)
             _up_roles(root, doc, topo)
         _save(root, doc)
     return doc
+
+
+def _admin_token(doc: Doc) -> None:
+    """An admin token of the roles' auth, on record in the document (mode 0600):
+    the cluster's operator (scenarios, checkers) acts for any tenant with it;
+    ``lenshouse tenant create --keeper …`` gives tenants their own."""
+    from lenshouse.coordination.zk import Paths
+    from lenshouse.coordination.zk import connect as zk_connect
+    from lenshouse.tenancy.keeper import KeeperRegistry
+    from lenshouse.tenancy.registry import ADMIN
+
+    zk = zk_connect(keeper_hosts(doc))
+    try:
+        tokens = KeeperRegistry(zk, Paths(ROLE_DATABASE))
+        if doc.get("admin_token") is None or tokens.grant(doc["admin_token"]) != ADMIN:
+            doc["admin_token"] = tokens.create(ADMIN)
+    finally:
+        zk.stop()
+        zk.close()
 
 
 def _up_log(root: Path, doc: Doc, topo: Topology, argv: list[str]) -> None:
@@ -604,7 +628,7 @@ def role_argv(doc: Doc, spec: NodeSpec) -> list[str]:
     storage = ["--clickhouse", ",".join(clickhouse_hosts(doc)), "--cluster", doc["name"]]
     log = ["--nats", ",".join(log_urls(doc))]
     if spec.role == "gateway":
-        return [*base, "gateway", *log, "--name", spec.name, *where]
+        return [*base, "gateway", *log, *keeper, "--name", spec.name, *where]
     if spec.role == "loader":
         replicas = ["--log-replicas", str(min(3, _topology(doc).nats))]
         return [*base, "loader", *log, *keeper, *storage, *replicas, "--member", spec.name, *where]

@@ -12,6 +12,8 @@ from lenshouse.deploy.spec import (
     Images,
     role_args,
 )
+from lenshouse.tenancy.client import TOKEN_ENV
+from lenshouse.tenancy.registry import ADMIN_TOKEN_ENV
 
 # Host ports of the published roles: gw1 18080, gw2 18081, …; lens1 18100, …
 HOST_PORTS = {"gateway": 18080, "lens": 18100}
@@ -87,6 +89,10 @@ def compose(topo: Topology, images: Images = Images()) -> dict:
     where = addresses(topo)
     at = pinned(topo)
     password = {PASSWORD_ENV: f"${{{PASSWORD_ENV}:-lenshouse}}"}
+    # No default: the roles' admin token is a secret (scripts/compose-local makes one).
+    admin_token = f"${{{ADMIN_TOKEN_ENV}:?set {ADMIN_TOKEN_ENV} to a long random token}}"
+    admin = {ADMIN_TOKEN_ENV: admin_token}
+    operator = {TOKEN_ENV: admin_token}  # the one-shot jobs write and read as any tenant
     services: dict[str, dict] = {}
     for k, name in enumerate(where.keepers, 1):
         services[name] = {
@@ -148,9 +154,11 @@ def compose(topo: Topology, images: Images = Images()) -> dict:
                 "hostname": name,
                 "command": role_args(role, topo, where, member=name),
                 # Gateways never reach ClickHouse: no credentials for them.
-                "environment": {}
-                if role == "gateway"
-                else {"LENSHOUSE_CLICKHOUSE_USER": CH_USER, **password},
+                "environment": {
+                    "gateway": admin,
+                    "lens": {"LENSHOUSE_CLICKHOUSE_USER": CH_USER, **password, **admin},
+                    "loader": {"LENSHOUSE_CLICKHOUSE_USER": CH_USER, **password},
+                }[role],
                 "networks": ["backend"],
                 # Loaders make the tables and the log's streams: the rest wait for one.
                 "depends_on": _healthy(storage if role == "loader" else [*storage, "loader1"]),
@@ -179,6 +187,7 @@ def compose(topo: Topology, images: Images = Images()) -> dict:
             "--duration",
             "${GENERATOR_DURATION:-60s}",
         ],
+        "environment": operator,
         "networks": ["backend"],
         "depends_on": _healthy(ready),
     }
@@ -203,6 +212,7 @@ def compose(topo: Topology, images: Images = Images()) -> dict:
             "--sensors",
             "1-${GENERATOR_SENSORS:-100}",
         ],
+        "environment": operator,
         "networks": ["backend"],
         "depends_on": _healthy(ready),
     }

@@ -27,6 +27,8 @@ from lenshouse.deploy.spec import (
     Addresses,
     Images,
 )
+from lenshouse.tenancy.client import TOKEN_ENV
+from lenshouse.tenancy.registry import ADMIN_TOKEN_ENV
 
 APP = "lenshouse"
 COMPONENT = "app.kubernetes.io/component"
@@ -34,6 +36,7 @@ SHARD = "lenshouse.io/shard"
 SCENARIOS = ("replay", "crash", "late")  # those that run within one container
 TOPOLOGY_CM = "lenshouse-topology"  # addresses, as the roles' environment
 SECRET = "lenshouse-clickhouse"
+AUTH_SECRET = "lenshouse-auth"  # key admin-token: the roles' admin token
 
 
 def addresses(topo: Topology) -> Addresses:
@@ -153,8 +156,12 @@ def _pod_name_env(name: str) -> dict:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
 
 
-def _secret_env(name: str, key: str) -> dict:
-    return {"name": name, "valueFrom": {"secretKeyRef": {"name": SECRET, "key": key}}}
+def _secret_env(name: str, key: str, secret: str = SECRET) -> dict:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def _admin_env(name: str = ADMIN_TOKEN_ENV) -> dict:
+    return _secret_env(name, "admin-token", AUTH_SECRET)
 
 
 def clickhouse_shard(shard: int, replicas: int, image: str, storage: str) -> list[dict]:
@@ -300,12 +307,15 @@ def _role_container(role: str, image: str, args: list[str]) -> dict:
     ]
     if role == "loader":
         env.append(_pod_name_env("LENSHOUSE_MEMBER"))
+    if role == "lens":
+        env.append(_admin_env())
     return {
         "name": role,
         "image": image,
         "args": [*args, "--host", "0.0.0.0", "--port", str(port)],
         "envFrom": [{"configMapRef": {"name": TOPOLOGY_CM}}],
-        "env": [] if role == "gateway" else env,
+        # Gateways never reach ClickHouse: only the admin token for them.
+        "env": [_admin_env()] if role == "gateway" else env,
         "ports": [{"name": "http", "containerPort": port}],
         "resources": RESOURCES[role],
         # Ready only with its dependencies; alive as long as it answers at all
@@ -321,7 +331,7 @@ def _role_container(role: str, image: str, args: list[str]) -> dict:
 
 _STORAGE_ARGS = ["--cluster", CLUSTER, "--database", DATABASE]
 _ROLE_ARGS = {
-    "gateway": ["gateway"],
+    "gateway": ["gateway", "--database", DATABASE],
     "loader": ["loader", *_STORAGE_ARGS],
     "lens": ["lens-server", *_STORAGE_ARGS],
 }
@@ -443,7 +453,7 @@ def network_policies() -> list[dict]:
             "keeper",
             "keeper",
             [
-                (["clickhouse", "loader", "lens"], [zk["client"]]),
+                (["clickhouse", "loader", "lens", "gateway"], [zk["client"]]),
                 (["keeper"], [zk["client"], zk["peer"], zk["election"]]),
             ],
         ),
@@ -478,7 +488,15 @@ def jobs(image: str, sensors: int = 100) -> list[dict]:
                     "metadata": {"labels": _labels(component)},
                     "spec": {
                         "restartPolicy": "Never",
-                        "containers": [{"name": name, "image": image, "args": args}],
+                        "containers": [
+                            # The operator's token: they write and read as any tenant.
+                            {
+                                "name": name,
+                                "image": image,
+                                "args": args,
+                                "env": [_admin_env(TOKEN_ENV)],
+                            }
+                        ],
                     },
                 },
             },
@@ -581,7 +599,16 @@ def overlay(topo: Topology, namespace: str, storage: str, images: Images = Image
         ],
         # Replace before use: kubectl create secret generic lenshouse-clickhouse
         # --from-literal=password=… (docs/deploy.md).
-        "secretGenerator": [{"name": SECRET, "literals": ["password=change-me"]}],
+        "secretGenerator": [
+            {"name": SECRET, "literals": ["password=change-me"]},
+            # A fixed name: the Jobs (applied on their own) refer to it. The
+            # roles refuse a token this short: set a real one (docs/deploy.md).
+            {
+                "name": AUTH_SECRET,
+                "literals": ["admin-token=change-me"],
+                "options": {"disableNameSuffixHash": True},
+            },
+        ],
         "patches": patches,
     }
     files = {

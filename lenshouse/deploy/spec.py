@@ -65,8 +65,9 @@ def role_args(role: str, topo: Topology, where: Addresses, member: str | None = 
         "--database",
         DATABASE,
     ]
-    if role == "gateway":
-        return ["gateway", "--nats", where.nats_urls(), *listen]
+    keeper = ["--keeper", where.keeper_clients(), "--database", DATABASE]
+    if role == "gateway":  # the keeper holds the tokens it checks
+        return ["gateway", "--nats", where.nats_urls(), *keeper, *listen]
     if role == "loader":
         replicas = ["--log-replicas", str(min(3, topo.nats))]
         name = ["--member", member] if member else []

@@ -33,6 +33,7 @@ PROJECT = f"lhtest{os.getpid()}"
 GATEWAYS = ["http://127.0.0.1:18080", "http://127.0.0.1:18081"]
 LENS = ["http://127.0.0.1:18100", "http://127.0.0.1:18101"]
 ARTIFACTS = REPO / "test-artifacts"
+ADMIN_TOKEN = Path("/var/lib/lenshouse-docker/admin-token")
 PINNED = compose.pinned(render.FULL, compose.DEFAULT_BACKEND_NET)
 TOOLS = ("dockerd", "docker-compose", "debootstrap")
 
@@ -110,6 +111,10 @@ def stack():
 
 
 def test_compose_stack_keeps_every_point_through_a_kill_and_a_cut(stack) -> None:
+    # Auth is on in the stack: without the token nothing is written or read.
+    r = httpx.post(GATEWAYS[0] + "/v1/write", content=b"", headers={"X-Tenant": "x"}, timeout=10)
+    assert r.status_code == 401, r.text
+    assert httpx.get(LENS[0] + "/v1/sensors", timeout=10).status_code == 401
     fleet = Fleet(sensors=20, rate_hz=1000, seed=3, start_ms=(int(time.time()) - 5) * 1000)
     middle = MiddleLayer(
         delay_s=0.3, reorder=True, duplicate=0.1, replay_after_s=(0.5, 5.0), seed=3
@@ -119,6 +124,7 @@ def test_compose_stack_keeps_every_point_through_a_kill_and_a_cut(stack) -> None
         fleet,
         30,
         tenant=f"compose-{uuid.uuid4().hex[:6]}",
+        token=ADMIN_TOKEN.read_text().strip(),  # compose-local made it
         middle=middle,
         give_up_after=300,
     )
@@ -145,8 +151,9 @@ def test_compose_stack_keeps_every_point_through_a_kill_and_a_cut(stack) -> None
     deadline = time.monotonic() + 300
     while True:
         stored = fetch_stored(
-            LENS[0], w.ledger.tenant, np.unique(s).tolist(), int(t.min()), int(t.max()) + 1
-        )
+            LENS[0], w.ledger.tenant, np.unique(s).tolist(), int(t.min()), int(t.max()) + 1,
+            w.ledger.token,
+        )  # fmt: skip
         if len(stored[0]) >= len(t) or time.monotonic() > deadline:
             break
         time.sleep(2)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lenshouse.deploy import compose, render
+from lenshouse.deploy import compose, kubernetes, render
 from lenshouse.deploy.spec import CH_PORTS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -115,6 +115,9 @@ def test_selectors_services_and_references_agree(built) -> None:
         assert _matches(svc["spec"]["selector"], _pod_labels(sts))
     configmaps = {n: d.get("data", {}) for n, d in _by_name(docs, "ConfigMap").items()}
     secrets = {n: d.get("data", {}) for n, d in _by_name(docs, "Secret").items()}
+    if not secrets:  # the Jobs are applied beside an overlay and use its fixed-name Secret
+        prod = _by_name(_kustomize("overlays/prod"), "Secret")
+        secrets = {n: d.get("data", {}) for n, d in prod.items() if n == kubernetes.AUTH_SECRET}
     for w in workloads:
         spec = w["spec"]["template"]["spec"]
         for v in spec.get("volumes", []):
@@ -200,7 +203,8 @@ def test_only_the_roles_that_need_them_reach_clickhouse_keeper_and_log() -> None
 
     assert sources("clickhouse", CH_PORTS["tcp"]) == {"loader", "lens", "clickhouse"}
     assert sources("clickhouse", CH_PORTS["interserver"]) == {"clickhouse"}
-    assert sources("keeper", 2181) == {"clickhouse", "loader", "lens", "keeper"}
+    # Gateways read the tenants' tokens from the keeper.
+    assert sources("keeper", 2181) == {"clickhouse", "loader", "lens", "gateway", "keeper"}
     assert sources("nats", 4222) == {"gateway", "loader", "nats"}
     assert "gateway" not in sources("clickhouse", CH_PORTS["tcp"])
 

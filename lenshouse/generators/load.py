@@ -29,6 +29,8 @@ import httpx
 import orjson
 import pyarrow as pa
 
+from lenshouse.tenancy.client import tenant_headers
+
 SECOND = 1_000
 MINUTE = 60 * SECOND
 HOUR = 60 * MINUTE
@@ -86,6 +88,7 @@ class LoadConfig:
     span: tuple[int, int] | None = None  # place windows inside [lo, hi) ms; None: end now
     seed: int = 0
     tenant: str = "default"
+    token: str | None = None  # bearer token (None: LENSHOUSE_TOKEN, if set)
     timeout: float = 30.0
     parse: bool = False  # decode every body and count buckets (costs client CPU)
     answer: str = "json"  # or "arrow": the lens answer's format
@@ -240,7 +243,7 @@ async def _user(
     rng = random.Random(cfg.seed * 1_000_003 + uid)
     if cfg.ramp > 0 and cfg.users > 1:
         await asyncio.sleep(cfg.ramp * uid / cfg.users)
-    headers = {"X-Tenant": cfg.tenant}
+    headers = tenant_headers(cfg.tenant, cfg.token)
     while time.monotonic() < stop_at:
         window, sensors, start, end = choose_request(rng, cfg, int(time.time() * 1000))
         params = {

@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from lenshouse.generators.signals import Fleet
 from lenshouse.points import PointBatch
+from lenshouse.tenancy.client import tenant_headers
 
 ARROW = "application/vnd.apache.arrow.stream"
 _SCHEMA = pa.schema([("sensor", pa.uint32()), ("ts", pa.int64()), ("value", pa.float64())])
@@ -110,11 +111,12 @@ def post_batch(
     deadline: float,
     content_type: str = ARROW,
     batch_id: str | None = None,
+    token: str | None = None,
 ) -> None:
     """POST until acknowledged (2xx) or the deadline passes; 4xx is not retried,
     429 and 503 wait for their ``Retry-After``."""
     targets = url if isinstance(url, Targets) else Targets([url])
-    headers = {"Content-Type": content_type, "X-Tenant": tenant}
+    headers = {"Content-Type": content_type, **tenant_headers(tenant, token)}
     if batch_id is not None:
         headers["X-Batch-Id"] = batch_id
     delay = 0.05

@@ -47,6 +47,8 @@ def _run(app, host: str, port: int) -> None:
 
 def gateway(
     nats: str = NATS,
+    keeper: str = KEEPER,
+    database: str = DATABASE,
     log: str = PREFIX,
     host: str = HOST,
     port: int = typer.Option(8080),
@@ -55,7 +57,19 @@ def gateway(
     """Validate writes, publish them to the replicated log, acknowledge (stateless)."""
     from lenshouse.roles.gateway import Gateway, create_gateway_app
 
-    _run(create_gateway_app(Gateway(_split(nats), log, name)), host, port)
+    zk, auth = _keeper_auth(keeper, database)
+    _run(create_gateway_app(Gateway(_split(nats), log, name, zk), auth), host, port)
+
+
+def _keeper_auth(keeper: str, database: str):
+    """The keeper client and the tokens it holds (cluster mode: auth is always on)."""
+    from lenshouse.api.auth import Auth
+    from lenshouse.coordination.zk import Paths
+    from lenshouse.coordination.zk import connect as zk_connect
+    from lenshouse.tenancy.keeper import KeeperRegistry
+
+    zk = zk_connect(_split(keeper))
+    return zk, Auth(KeeperRegistry(zk, Paths(database)))
 
 
 def loader(

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from lenshouse.api.app import Unavailable, add_health_route, add_write_routes, base_app
+from lenshouse.api.auth import Auth
 from lenshouse.points import PointBatch
 from lenshouse.stream.jetstream import LogFull, LogUnavailable, connect, discover
 from lenshouse.stream.partitions import LogLayout
@@ -32,8 +33,11 @@ ACK_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.
 class Gateway:
     """Ownership: everything here runs on the app's event loop."""
 
-    def __init__(self, servers: list[str], prefix: str = "LH", name: str = "gateway") -> None:
+    def __init__(
+        self, servers: list[str], prefix: str = "LH", name: str = "gateway", zk=None
+    ) -> None:
         self.servers = servers
+        self.zk = zk  # the keeper client its tokens come from (None in tests without auth)
         self.prefix = prefix
         self.name = name
         self.publisher: Publisher | None = None
@@ -79,6 +83,9 @@ class Gateway:
             self._task.cancel()
         if self._nc is not None:
             await self._nc.close()
+        if self.zk is not None:
+            self.zk.stop()
+            self.zk.close()
 
     async def write(self, batch: PointBatch, batch_id: str | None, body: bytes) -> dict[str, str]:
         if self.publisher is None:
@@ -105,6 +112,7 @@ class Gateway:
         doc = {
             "status": "ok" if ok else "unavailable",
             "role": "gateway",
+            **({"keeper_connected": self.zk.connected} if self.zk is not None else {}),
             **({"error": self.problem or "not connected to the log"} if not ok else {}),
             "log": self.prefix,
             "partitions": self.publisher.layout.partitions if self.publisher else None,
@@ -155,8 +163,8 @@ class _GatewayCollector:
         )
 
 
-def create_gateway_app(gateway: Gateway) -> FastAPI:
-    app = base_app(gateway.registry)
+def create_gateway_app(gateway: Gateway, auth: Auth | None = None) -> FastAPI:
+    app = base_app(gateway.registry, auth)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Histogram
 
 from lenshouse.api.app import add_health_route, add_page, add_read_routes, base_app
+from lenshouse.api.auth import Auth, add_admin_routes
 from lenshouse.api.metrics import LENS_BUCKETS
 from lenshouse.coordination.visibility import ClusterVisibility
 from lenshouse.coordination.zk import Paths, ensure_layout
@@ -20,6 +21,7 @@ from lenshouse.lens.engine import LensEngine
 from lenshouse.storage.catalog import Catalog
 from lenshouse.storage.errors import StorageError
 from lenshouse.storage.replicated.store import ClusterStore
+from lenshouse.tenancy.keeper import KeeperRegistry
 
 
 class LensServer:
@@ -34,6 +36,7 @@ class LensServer:
         self.visibility = ClusterVisibility(self.zk, self.paths, len(store.conn.shards))
         self.lenses = LensEngine(store, self.visibility, cache_bytes=0)
         self.catalog = Catalog(store)
+        self.auth = Auth(KeeperRegistry(self.zk, self.paths))  # auth is always on here
         self.registry = CollectorRegistry()
         self.lens_seconds = Histogram(
             "lenshouse_lens_seconds",
@@ -62,9 +65,10 @@ class LensServer:
 
 
 def create_lens_app(server: LensServer) -> FastAPI:
-    app = base_app(server.registry)
+    app = base_app(server.registry, server.auth)
     app.state.lens_server = server
     add_read_routes(app, server, server.lens_seconds)
     add_health_route(app, server.health)
+    add_admin_routes(app)
     add_page(app)
     return app

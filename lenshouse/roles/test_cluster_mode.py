@@ -36,6 +36,7 @@ from lenshouse.scenarios.ledger import JsonSeries, lens_checks, verdict
 from lenshouse.scenarios.workload import Workload
 from lenshouse.storage.introspect import raw_with_seq
 from lenshouse.stream.partitions import partition_of
+from lenshouse.tenancy.client import tenant_headers
 
 pytestmark = [
     pytest.mark.slow,
@@ -56,7 +57,8 @@ def _workload(doc: dict, name: str, seconds: int, **middle) -> Workload:
     fleet = Fleet(sensors=SENSORS, rate_hz=RATE_HZ, seed=zlib.crc32(name.encode()) % 1000,
                   start_ms=1_700_000_000_000)  # fmt: skip
     layer = MiddleLayer(reorder=True, duplicate=0.2, replay_after_s=(0.2, 3.0), seed=1, **middle)
-    return Workload(doc["gateways"], fleet, seconds, tenant=tenant, middle=layer)
+    return Workload(doc["gateways"], fleet, seconds, tenant=tenant, middle=layer,
+                    token=doc["admin_token"])  # fmt: skip
 
 
 def _wait(what: str, ready, timeout: float, poll: float = 0.25) -> float:
@@ -160,7 +162,11 @@ class _Reader(threading.Thread):
                     "points": int(rng.integers(5, 400)),
                 }
                 url = self.doc["lens_servers"][k % 2]
-                r = client.get(url + "/v1/lens", params=params, headers={"X-Tenant": self.w.tenant})
+                r = client.get(
+                    url + "/v1/lens",
+                    params=params,
+                    headers=tenant_headers(self.w.tenant, self.w.token),
+                )
                 if r.status_code == 200:
                     self.answers.append(r.json())
                 else:
@@ -316,9 +322,8 @@ def test_clickhouse_unreachable_for_20_seconds(topology: dict) -> None:
         while time.monotonic() - t0 < 20:
             with contextlib.suppress(httpx.TimeoutException):
                 params = {"sensors": "1", "start": 1_700_000_000_000, "end": 1_700_000_100_000}
-                r = httpx.get(
-                    lens_url + "/v1/lens", params=params, headers={"X-Tenant": w.tenant}, timeout=3
-                )
+                headers = tenant_headers(w.tenant, w.token)
+                r = httpx.get(lens_url + "/v1/lens", params=params, headers=headers, timeout=3)
                 statuses.append(r.status_code)
             time.sleep(1)
         acked_during = len(w.acks) - acked_before
@@ -394,3 +399,63 @@ def test_a_reader_whose_consumer_the_log_dropped_renews_it(topology: dict) -> No
     assert dropped >= topology["shards"]
     w.join(120)
     _check(topology, w)
+
+
+def test_tenants_of_the_cluster_see_only_their_own_data(topology: dict) -> None:
+    """Auth is always on in cluster mode: tokens made through a lens server's
+    admin API hold at every gateway and lens server (the keeper shares them);
+    a tenant's token writes and reads its own data only."""
+    from lenshouse.generators.sender import ARROW, encode_arrow
+    from lenshouse.points import PointBatch
+
+    admin = {"Authorization": f"Bearer {topology['admin_token']}"}
+    lens1, lens2 = topology["lens_servers"]
+    gw1, gw2 = topology["gateways"]
+    names = [f"tn-{k}-{uuid.uuid4().hex[:6]}" for k in range(2)]
+    tokens = {}
+    for name in names:
+        r = httpx.post(f"{lens1}/v1/admin/tenants/{name}/tokens", headers=admin, timeout=10)
+        assert r.status_code == 201, r.text
+        tokens[name] = {"Authorization": f"Bearer {r.json()['token']}"}
+    ts = 1_700_000_000_000 + np.arange(1000, dtype=np.int64)
+    for k, name in enumerate(names):
+        body = encode_arrow(PointBatch(name, np.ones(1000, np.uint32), ts, np.full(1000, k + 1.0)))
+        for url, headers in ((gw2, {}), (gw1, {"Authorization": "Bearer lh_0_x"})):
+            r = httpx.post(url + "/v1/write", content=body, timeout=10,
+                           headers={"Content-Type": ARROW, **headers})  # fmt: skip
+            assert r.status_code == 401, r.text
+        r = httpx.post(gw1 + "/v1/write", content=body, timeout=30,
+                       headers={"Content-Type": ARROW, **tokens[name]})  # fmt: skip
+        assert r.status_code == 204, r.text
+    params = {"sensors": "1", "start": int(ts[0]), "end": int(ts[-1]) + 1, "step": 100}
+    for k, name in enumerate(names):
+
+        def sees_own(name=name, k=k) -> bool:
+            r = httpx.get(lens2 + "/v1/lens", params=params, headers=tokens[name], timeout=10)
+            assert r.status_code == 200, r.text
+            series = r.json()["series"][0]
+            assert set(series["avg"]) <= {k + 1.0}, f"{name} sees another tenant's points"
+            return sum(series["count"]) == 1000
+
+        _wait(f"{name}'s points loaded", sees_own, CATCH_UP_S)
+    other = {**tokens[names[0]], "X-Tenant": names[1]}
+    assert httpx.get(lens1 + "/v1/lens", params=params, headers=other).status_code == 403
+    assert httpx.get(lens1 + "/v1/lens", params=params).status_code == 401
+    r = httpx.get(lens1 + "/v1/admin/tenants", headers=tokens[names[0]])
+    assert r.status_code == 403
+    listed = httpx.get(lens2 + "/v1/admin/tenants", headers=admin).json()["tenants"]
+    assert set(names) <= set(listed)
+    # Revoked at one lens server: refused by the other and by the gateways.
+    r = httpx.delete(f"{lens1}/v1/admin/tenants/{names[0]}", headers=admin)
+    assert r.json() == {"revoked": 1}
+    _wait(
+        "the revocation seen by the other lens server",
+        lambda: (
+            httpx.get(lens2 + "/v1/lens", params=params, headers=tokens[names[0]]).status_code
+            == 401
+        ),
+        10,
+    )
+    r = httpx.post(gw2 + "/v1/write", content=b"", timeout=10,
+                   headers={"Content-Type": ARROW, **tokens[names[0]]})  # fmt: skip
+    assert r.status_code == 401

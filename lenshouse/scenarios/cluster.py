@@ -42,6 +42,7 @@ from lenshouse.scenarios.ledger import (
     verdict,
 )
 from lenshouse.scenarios.workload import Workload
+from lenshouse.tenancy.client import tenant_headers
 
 LAG_OK_S = 2.0  # recovered: ingest lag back under this, for good
 
@@ -120,8 +121,9 @@ class _LensUsers:
     atomic); read them after ``stop``."""
 
     def __init__(self, urls: list[str], tenant: str, fleet: Fleet, users: int, t0: float,
-                 settled: Ledger, every: int) -> None:  # fmt: skip
+                 settled: Ledger, every: int, token: str | None) -> None:  # fmt: skip
         self.urls, self.tenant, self.fleet, self.t0 = urls, tenant, fleet, t0
+        self.token = token
         self.settled, self.every = settled, every
         self.samples: list[tuple[float, float, int]] = []
         self.checks: list[tuple[float, bool]] = []
@@ -155,7 +157,8 @@ class _LensUsers:
                 params = random_lens(rng, settled_ids, lo, hi) if check else self._live(rng)
                 t = time.monotonic()
                 try:
-                    r = client.get(url + "/v1/lens", params=params, headers={"X-Tenant": tenant})
+                    headers = tenant_headers(tenant, self.token)
+                    r = client.get(url + "/v1/lens", params=params, headers=headers)
                     status = r.status_code
                 except httpx.HTTPError:
                     status = 0
@@ -198,12 +201,13 @@ def run_fault(root: Path, fault: Fault, cfg: ClusterConfig, say=print) -> Cluste
                          seed=cfg.seed)  # fmt: skip
     settled = _settle(root, doc, cfg, middle, tenant + "-settled")
     w = Workload(doc["gateways"], fleet, seconds, tenant=tenant, middle=middle,
-                 give_up_after=max(300.0, 3 * cfg.fault_s))  # fmt: skip
+                 give_up_after=max(300.0, 3 * cfg.fault_s),
+                 token=doc.get("admin_token"))  # fmt: skip
     t0 = time.monotonic()
     tl = Timeline()
     w.start()
     users = _LensUsers(doc["lens_servers"], tenant, fleet, cfg.users, t0, settled,
-                       cfg.settled_every).start()  # fmt: skip
+                       cfg.settled_every, doc.get("admin_token")).start()  # fmt: skip
     sampling = threading.Event()
 
     def sample() -> None:
@@ -261,7 +265,7 @@ def _settle(root: Path, doc: dict, cfg: ClusterConfig, middle: MiddleLayer,
     fleet = Fleet(sensors=cfg.settled_sensors, rate_hz=cfg.rate_hz, seed=cfg.seed + 1,
                   start_ms=(int(time.time()) - 3600) * 1000)  # fmt: skip
     w = Workload(doc["gateways"], fleet, cfg.settled_s, tenant=tenant, middle=middle,
-                 realtime=False).start()  # fmt: skip
+                 realtime=False, token=doc.get("admin_token")).start()  # fmt: skip
     w.join(cfg.catch_up_s)
     _wait_caught_up(root, cfg.catch_up_s)
     w.ledger.distinct()  # computed once, before the lens users share it

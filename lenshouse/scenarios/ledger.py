@@ -13,6 +13,7 @@ import pyarrow as pa
 from lenshouse.generators.sender import SendStats, Targets, encode_arrow, post_batch
 from lenshouse.lens.oracle import brute_force, mismatch
 from lenshouse.points import PointBatch
+from lenshouse.tenancy.client import tenant_headers
 
 
 class JsonSeries:
@@ -30,6 +31,7 @@ class JsonSeries:
 @dataclass
 class Ledger:
     tenant: str = "default"
+    token: str | None = None  # the bearer token its requests carry (tenant's or admin's)
     sent_points: int = 0
     acked: list[PointBatch] = field(default_factory=list)
     stats: SendStats = field(default_factory=SendStats)
@@ -41,7 +43,7 @@ class Ledger:
         """POST until acknowledged, then remember the batch as accepted."""
         self.sent_points += len(batch)
         post_batch(client, url, encode_arrow(batch), self.tenant, self.stats,
-                   time.monotonic() + timeout)  # fmt: skip
+                   time.monotonic() + timeout, token=self.token)  # fmt: skip
         self.acked.append(batch)
         self._distinct = None
 
@@ -85,12 +87,14 @@ class Verdict:
         )
 
 
-def fetch_stored(url: str, tenant: str, sensors: list[int], start: int, end: int):
+def fetch_stored(
+    url: str, tenant: str, sensors: list[int], start: int, end: int, token: str | None = None
+):
     parts = []
     for i in range(0, len(sensors), 10):
         ids = ",".join(map(str, sensors[i : i + 10]))
         r = httpx.get(url + "/v1/export", params={"sensors": ids, "start": start, "end": end},
-                      headers={"X-Tenant": tenant}, timeout=120)  # fmt: skip
+                      headers=tenant_headers(tenant, token), timeout=120)  # fmt: skip
         r.raise_for_status()
         parts.append(pa.ipc.open_stream(io.BytesIO(r.content)).read_all())
     t = pa.concat_tables(parts)
@@ -108,8 +112,8 @@ def lens_checks(
     ok, problems = 0, []
     for _ in range(n):
         params = random_lens(rng, sensors, lo, hi)
-        r = httpx.get(url + "/v1/lens", params=params, headers={"X-Tenant": ledger.tenant},
-                      timeout=60)  # fmt: skip
+        r = httpx.get(url + "/v1/lens", params=params,
+                      headers=tenant_headers(ledger.tenant, ledger.token), timeout=60)  # fmt: skip
         if r.status_code != 200:
             problems.append(f"lens {params}: HTTP {r.status_code} {r.text[:200]}")
             continue
@@ -145,7 +149,7 @@ def check_answer(doc: dict, s: np.ndarray, t: np.ndarray, v: np.ndarray) -> str 
 def verdict(name: str, url: str, ledger: Ledger, rng: np.random.Generator, checks: int) -> Verdict:
     s, t, v = ledger.distinct()
     ss, st, sv = fetch_stored(url, ledger.tenant, np.unique(s).tolist(), int(t.min()),
-                              int(t.max()) + 1)  # fmt: skip
+                              int(t.max()) + 1, ledger.token)  # fmt: skip
     ids = np.unique(np.concatenate([s, ss]))
     key = (np.searchsorted(ids, s) << 42) + t
     skey = (np.searchsorted(ids, ss) << 42) + st

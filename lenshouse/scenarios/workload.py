@@ -32,6 +32,7 @@ class Workload:
     fleet: Fleet
     seconds: int
     tenant: str = "default"
+    token: str | None = None  # bearer token of its writes and checks (None: LENSHOUSE_TOKEN)
     middle: MiddleLayer = field(default_factory=MiddleLayer)
     realtime: bool = True
     give_up_after: float = 180.0
@@ -41,7 +42,7 @@ class Workload:
     _thread: threading.Thread | None = None
 
     def __post_init__(self) -> None:
-        self.ledger = Ledger(self.tenant)
+        self.ledger = Ledger(self.tenant, self.token)
 
     def start(self) -> Workload:
         self._thread = threading.Thread(target=self._run, name="workload", daemon=True)

@@ -24,6 +24,8 @@ from typing import Protocol
 
 from lenshouse.points import TENANT_RE
 
+ADMIN_TOKEN_ENV = "LENSHOUSE_ADMIN_TOKEN"  # an admin token given to a role (a Secret)
+ADMIN_MIN_CHARS = 24  # shorter is a placeholder ("change-me"), not a secret
 ADMIN = "*admin*"  # the grant of an admin token: not a tenant name (TENANT_RE refuses it)
 TOKEN_PREFIX = "lh_"
 FILE_NAME = "tenants.json"
