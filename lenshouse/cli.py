@@ -249,6 +249,12 @@ def serve(
         " server listens on loopback only",
         show_default=False,
     ),
+    quota_points_per_s: float = typer.Option(
+        0, help="each tenant's write quota, points a second (0: none); then 429"
+    ),
+    quota_lens_per_s: float = typer.Option(
+        0, help="each tenant's lens and export requests a second (0: none); then 429"
+    ),
 ) -> None:
     """Run storage and the HTTP server (embedded chDB, or a ClickHouse cluster)."""
     if min(lens_cache_mb, head_seconds, head_max_mb, block_cache_mb) < 0:
@@ -256,6 +262,9 @@ def serve(
             "[red]--lens-cache-mb, --head-seconds, --head-max-mb and --block-cache-mb"
             " must be 0 or more[/red]"
         )
+        raise typer.Exit(2)
+    if min(quota_points_per_s, quota_lens_per_s) < 0:
+        console.print("[red]--quota-points-per-s and --quota-lens-per-s must be 0 or more[/red]")
         raise typer.Exit(2)
     store = None
     if clickhouse:
@@ -275,7 +284,11 @@ def serve(
     where = f"cluster {cluster} via {clickhouse}" if clickhouse else str(data.resolve())
     console.print(f"lenshouse serving {where} on http://{host}:{port}")
     try:
-        app = create_app(node, _auth(data, host, auth))
+        from lenshouse.tenancy.quotas import Quotas
+
+        app = create_app(
+            node, _auth(data, host, auth), Quotas(quota_points_per_s, quota_lens_per_s)
+        )
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
         node.stop()

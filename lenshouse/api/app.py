@@ -19,11 +19,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from lenshouse.api.auth import Auth, add_admin_routes, request_tenant
 from lenshouse.api.metrics import Metrics
 from lenshouse.ingest.formats import ARROW, decode
-from lenshouse.lens.engine import LensEngine, parse_aggs, parse_sensors
+from lenshouse.lens.engine import (
+    MAX_EXPORT_POINTS,
+    MAX_SENSORS,
+    LensEngine,
+    parse_aggs,
+    parse_sensors,
+)
 from lenshouse.node import Node
 from lenshouse.points import BadInput, PointBatch
 from lenshouse.storage.catalog import Catalog, check_labels
 from lenshouse.storage.errors import RetryableError, StorageError
+from lenshouse.storage.matchers import parse_matchers
+from lenshouse.tenancy.quotas import Limiter, Quotas
 
 MAX_BODY_BYTES = 256 << 20
 STATIC = Path(__file__).parent / "static"
@@ -72,15 +80,34 @@ class Reader(Protocol):
     catalog: Catalog
 
 
+class TooMany(BadInput):
+    """A tenant over its quota: 429 with the seconds to wait."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message, 429)
+        self.retry_after = retry_after
+
+
+def _within(limiter: Limiter, tenant: str, n: float, what: str) -> None:
+    wait = limiter.take(tenant, n)
+    if wait:
+        raise TooMany(
+            f"tenant {tenant!r} is over its quota of {limiter.rate:g} {what} a second;"
+            f" retry in {wait} s",
+            wait,
+        )
+
+
 class Unavailable(Exception):
     """A dependency is away (the log, the keeper): 503 with Retry-After."""
 
 
-def create_app(node: Node, auth: Auth | None = None) -> FastAPI:
+def create_app(node: Node, auth: Auth | None = None, quotas: Quotas | None = None) -> FastAPI:
     """The embedded server: every route over one node. ``auth``: None (or an
-    :class:`Auth` without a registry) takes the tenant from ``X-Tenant``."""
+    :class:`Auth` without a registry) takes the tenant from ``X-Tenant``;
+    ``quotas``: per-tenant rates (none by default)."""
     metrics = Metrics(node)
-    app = base_app(metrics.registry, auth)
+    app = base_app(metrics.registry, auth, quotas)
     app.state.node = node
     app.state.metrics = metrics
     add_write_routes(app, _NodeWriter(node))
@@ -119,10 +146,15 @@ def _node_health(node: Node) -> tuple[dict, bool]:
     return doc, failure is None
 
 
-def base_app(registry: CollectorRegistry, auth: Auth | None = None) -> FastAPI:
-    """An app with lenshouse's error answers, its auth and ``/metrics``."""
+def base_app(
+    registry: CollectorRegistry, auth: Auth | None = None, quotas: Quotas | None = None
+) -> FastAPI:
+    """An app with lenshouse's error answers, its auth, quotas and ``/metrics``."""
     app = FastAPI(title="lenshouse", version="0.1.0", default_response_class=ORJSON)
     app.state.auth = auth or Auth(None)
+    quotas = quotas or Quotas()
+    app.state.points_quota = Limiter(quotas.points_per_s)
+    app.state.lens_quota = Limiter(quotas.lens_per_s)
 
     @app.exception_handler(BadInput)
     async def bad_input(_: Request, exc: BadInput) -> ORJSON:
@@ -131,6 +163,8 @@ def base_app(registry: CollectorRegistry, auth: Auth | None = None) -> FastAPI:
             response.headers["Retry-After"] = "1"
         if exc.status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="lenshouse"'
+        if isinstance(exc, TooMany):
+            response.headers["Retry-After"] = str(exc.retry_after)
         return response
 
     @app.exception_handler(RetryableError)
@@ -174,6 +208,7 @@ def add_write_routes(app: FastAPI, writer: Writer) -> None:
     ) -> Response:
         body = await _read_body(request)
         batch = decode(content_type, body, tenant).validate()
+        _within(request.app.state.points_quota, tenant, len(batch), "points")
         headers = await writer.write(batch, x_batch_id, body)
         return Response(status_code=204, headers=headers)
 
@@ -181,7 +216,9 @@ def add_write_routes(app: FastAPI, writer: Writer) -> None:
 def add_read_routes(app: FastAPI, reader: Reader, lens_seconds: Histogram) -> None:
     @app.get("/v1/lens", summary="Bucketed avg/min/max/count of 1-10 sensors")
     def lens(
-        sensors: str = Query(..., description="comma-separated sensor ids, 1 to 10"),
+        request: Request,
+        sensors: str | None = Query(None, description="comma-separated sensor ids, 1 to 10"),
+        match: str | None = Query(None, description='label matchers: {kind="x",site=~"A|B"}'),
         start: int = Query(..., description="window start, epoch ms (inclusive)"),
         end: int = Query(..., description="window end, epoch ms (exclusive)"),
         points: int | None = Query(None, description="about how many buckets (default 2500)"),
@@ -194,7 +231,8 @@ def add_read_routes(app: FastAPI, reader: Reader, lens_seconds: Histogram) -> No
         accept: str | None = Header(None),
     ) -> Response:
         t0 = time.perf_counter()
-        ids = parse_sensors(sensors)
+        _within(request.app.state.lens_quota, tenant, 1, "lens requests")
+        ids = _sensors(reader, tenant, sensors, match)
         aggs = parse_aggs(agg)
         arrow = answer_format(format, accept) == "arrow"
         result = reader.lenses.lens(ids, start, end, points=points, step=step, tenant=tenant)
@@ -209,13 +247,28 @@ def add_read_routes(app: FastAPI, reader: Reader, lens_seconds: Histogram) -> No
 
     @app.get("/v1/export", summary="Raw points of 1-10 sensors, as an Arrow IPC stream")
     def export(
-        sensors: str = Query(..., description="comma-separated sensor ids, 1 to 10"),
+        request: Request,
+        sensors: str | None = Query(None, description="comma-separated sensor ids, 1 to 10"),
+        match: str | None = Query(None, description='label matchers: {kind="x",site=~"A|B"}'),
         start: int = Query(..., description="window start, epoch ms (inclusive)"),
         end: int = Query(..., description="window end, epoch ms (exclusive)"),
+        limit: int = Query(MAX_EXPORT_POINTS, description="at most this many points"),
+        after: str | None = Query(
+            None, description="SENSOR:TS: continue past this key (X-Lenshouse-Next-After)"
+        ),
         tenant: str = Depends(request_tenant),
     ) -> Response:
-        table = reader.lenses.export(parse_sensors(sensors), start, end, tenant=tenant)
-        return Response(_ipc(table), media_type=ARROW)
+        _within(request.app.state.lens_quota, tenant, 1, "lens requests")
+        table, more = reader.lenses.export(
+            _sensors(reader, tenant, sensors, match),
+            start,
+            end,
+            tenant=tenant,
+            limit=limit,
+            after=_key(after),
+        )
+        headers = {"X-Lenshouse-Next-After": f"{more[0]}:{more[1]}"} if more else {}
+        return Response(_ipc(table), media_type=ARROW, headers=headers)
 
     @app.put("/v1/sensors/{sensor}", status_code=204, summary="Register a sensor with labels")
     async def put_sensor(sensor: int, request: Request, tenant: str = Depends(request_tenant)):
@@ -233,12 +286,45 @@ def add_read_routes(app: FastAPI, reader: Reader, lens_seconds: Histogram) -> No
         await run_in_threadpool(reader.catalog.put, tenant, sensor, check_labels(labels))
         return Response(status_code=204)
 
+    @app.get("/v1/labels", summary="The label names of the tenant's sensors")
+    def labels(tenant: str = Depends(request_tenant)) -> ORJSON:
+        return ORJSON({"labels": reader.catalog.label_names(tenant)})
+
+    @app.get("/v1/labels/{name}/values", summary="The values one label takes")
+    def label_values(name: str, tenant: str = Depends(request_tenant)) -> ORJSON:
+        return ORJSON({"label": name, "values": reader.catalog.label_values(tenant, name)})
+
     @app.get("/v1/sensors", summary="List sensors and their labels")
     def sensors(request: Request, tenant: str = Depends(request_tenant)) -> ORJSON:
         match = {
             k[len("label.") :]: v for k, v in request.query_params.items() if k.startswith("label.")
         }
         return ORJSON({"sensors": reader.catalog.list(tenant, match)})
+
+
+def _sensors(reader: Reader, tenant: str, sensors: str | None, match: str | None) -> list[int]:
+    """Explicit ids and the sensors the matchers select, together: 1 to 10."""
+    if sensors is None and match is None:
+        raise BadInput('name the sensors: sensors=1,2 and/or match={label="value"}', 422)
+    ids = parse_sensors(sensors) if sensors is not None else []
+    if match is not None:
+        matched = reader.catalog.select(tenant, parse_matchers(match))
+        if not matched and not ids:
+            raise BadInput(f"match {match} selects none of this tenant's sensors", 422)
+        ids = list(dict.fromkeys([*ids, *matched]))
+    if len(ids) > MAX_SENSORS:
+        raise BadInput(f"a lens takes 1 to {MAX_SENSORS} sensors; these select {len(ids)}", 422)
+    return ids
+
+
+def _key(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    sensor, _, ts = text.partition(":")
+    try:
+        return int(sensor), int(ts)
+    except ValueError:
+        raise BadInput(f"after must be SENSOR:TS (integers), got {text!r}", 422) from None
 
 
 def add_health_route(app: FastAPI, health: Callable[[], tuple[dict, bool]]) -> None:

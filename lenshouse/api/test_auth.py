@@ -24,6 +24,8 @@ from lenshouse.generators.sender import encode_arrow
 from lenshouse.ingest.formats import ARROW
 from lenshouse.node import Node
 from lenshouse.points import PointBatch
+from lenshouse.tenancy.quotas import BURST_S as BURST
+from lenshouse.tenancy.quotas import Quotas
 from lenshouse.tenancy.registry import ADMIN, FileRegistry
 
 T0 = 1_700_000_000_000
@@ -245,3 +247,64 @@ def _beta_untouched(world: World) -> None:
         headers={**bearer(world.admin), "X-Tenant": "beta"},
     )
     assert pa.ipc.open_stream(r2.content).read_all().num_rows == 0
+
+
+def test_an_export_is_bounded_and_continues_where_it_stopped(world: World) -> None:
+    """Every part at most ``limit`` points; the parts, followed through
+    ``X-Lenshouse-Next-After``, are the whole export once, in order."""
+    headers = bearer(world.token["alpha"])
+    r = world.c.post(
+        "/v1/write", content=_body("alpha", 2), headers={"Content-Type": ARROW, **headers}
+    )
+    assert r.status_code == 204
+    assert world.node.ingestor.wait_visible(world.node.ingestor.wal.next_lsn - 1, 30)
+    params = {"sensors": "2,1", "start": T0, "end": T0 + 100 * N, "limit": 450}
+    parts = []
+    for _ in range(10):
+        r = world.c.get("/v1/export", params=params, headers=headers)
+        assert r.status_code == 200, r.text
+        part = pa.ipc.open_stream(r.content).read_all()
+        assert part.num_rows <= 250
+        parts.append(part)
+        after = r.headers.get("X-Lenshouse-Next-After")
+        if after is None:
+            break
+        params["after"] = after
+    assert [p.num_rows for p in parts] == [450, 450, 300]  # the second crosses sensors
+    whole = pa.concat_tables(parts)
+    one = T0 + 100 * np.arange(N)
+    assert (whole.column("sensor").to_numpy() == np.repeat([1, 2], N)).all()
+    assert (whole.column("ts").to_numpy() == np.concatenate([one, one])).all()
+    for bad, message in ((0, "limit"), (10**9, "limit")):
+        r = world.c.get("/v1/export", params={**params, "limit": bad}, headers=headers)
+        assert r.status_code == 422 and message in r.json()["error"]
+    r = world.c.get("/v1/export", params={**params, "after": "x"}, headers=headers)
+    assert r.status_code == 422 and "SENSOR:TS" in r.json()["error"]
+
+
+def test_quotas_answer_429_with_retry_after_and_refill(tmp_path: Path) -> None:
+    """Each tenant has its own buckets: one over its quota does not slow another."""
+    node = Node(tmp_path / "data", flush_interval=0.05).start()
+    try:
+        app = create_app(node, quotas=Quotas(points_per_s=N / BURST, lens_per_s=1 / BURST))
+        with TestClient(app) as c:
+
+            def write(tenant: str):
+                return c.post("/v1/write", content=_body(tenant),
+                              headers={"Content-Type": ARROW, "X-Tenant": tenant})  # fmt: skip
+
+            assert write("alpha").status_code == 204  # the whole bucket: N points
+            r = write("alpha")
+            assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1, r.text
+            assert "quota" in r.json()["error"] and "alpha" in r.json()["error"]
+            assert write("beta").status_code == 204  # beta's bucket is its own
+            lens = {"sensors": "1", "start": T0, "end": T0 + 1000}
+            h = {"X-Tenant": "alpha"}
+            assert c.get("/v1/lens", params=lens, headers=h).status_code == 200
+            r = c.get("/v1/export", params=lens, headers=h)
+            assert r.status_code == 429 and r.headers["Retry-After"]
+            time.sleep(BURST + 0.2)  # refilled
+            assert c.get("/v1/lens", params=lens, headers=h).status_code == 200
+            assert write("alpha").status_code == 204
+    finally:
+        node.stop()

@@ -383,3 +383,21 @@ def test_ten_sensors_of_2500_points_draw_and_redraw_in_place(node, tab: Tab) -> 
     assert all(r["points"] == 2500 and r["series"] == 10 for r in in_place)
     # How long drawing takes is measured by `lenshouse bench page`, not here.
     assert_no_console_errors(tab)
+
+
+def test_a_window_the_page_cannot_take_is_said_on_the_page(node, tab: Tab) -> None:
+    fill(node, sensors=2, hours=2.0)
+    tab.open("?sensors=1&window=10m")  # "window" is a synonym of "last"
+    tab.wait_renders(1)
+    assert tab.page.locator("#notice").is_hidden()
+    v = tab.view()
+    assert v["end"] - v["start"] >= 10 * 60_000 and v["end"] - v["start"] < 11 * 60_000
+    tab.open("?sensors=1&last=tenminutes")
+    tab.wait_renders(1)
+    notice = tab.page.locator("#notice")
+    assert notice.is_visible()
+    assert "last=tenminutes is not a duration" in notice.inner_text()
+    assert "showing the last 1 h instead" in notice.inner_text()
+    tab.page.click("[data-last='1d']")  # choosing a window clears it
+    assert notice.is_hidden()
+    assert_no_console_errors(tab)

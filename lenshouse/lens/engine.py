@@ -34,7 +34,9 @@ OPTIMISTIC_READS = 3
 # reading optimistically, pausing between reads, for this long, then answers
 # 503: a load in flight for a minute means its shard or the keeper is away.
 RACE_PATIENCE_S = 20.0
-MAX_EXPORT_ROWS = 50_000_000
+# An export answers at most this many points; the rest through its continuation
+# (``after``), so no request holds a month of every sensor in memory at once.
+MAX_EXPORT_POINTS = 2_000_000
 
 
 @dataclass
@@ -269,17 +271,34 @@ class LensEngine:
         return Lens(start, end, step, series, read.segments, retries)
 
     def export(
-        self, sensors: list[int], start: int, end: int, tenant: str | None = None
-    ) -> pa.Table:
-        """Raw points of completed loads in [start, end), ordered by sensor and time."""
+        self,
+        sensors: list[int],
+        start: int,
+        end: int,
+        tenant: str | None = None,
+        limit: int = MAX_EXPORT_POINTS,
+        after: tuple[int, int] | None = None,
+    ) -> tuple[pa.Table, tuple[int, int] | None]:
+        """Raw points of completed loads in [start, end), ordered by sensor and
+        time, at most ``limit`` of them past ``after``; and the key to continue
+        after if there are more (None: this was the last part)."""
         if end <= start:
             raise BadInput(f"end ({end}) must be after start ({start})", 422)
+        if not 1 <= limit <= MAX_EXPORT_POINTS:
+            raise BadInput(f"limit must be 1..{MAX_EXPORT_POINTS} points", 422)
         tenant = check_tenant(tenant)
         snap = self.visibility.snapshot()
         rows = self.store.export_rows(
-            tenant, sensors, start, end, snap.committed_seq, MAX_EXPORT_ROWS + 1, snap.hidden
+            tenant, sensors, start, end, snap.committed_seq, limit + 1, snap.hidden, after
+        ).select(["sensor", "ts", "value"])
+        if rows.num_rows <= limit:
+            return rows, None
+        rows = rows.slice(0, limit)
+        last = rows.num_rows - 1
+        return rows, (
+            int(rows.column("sensor")[last].as_py()),
+            int(rows.column("ts")[last].as_py()),
         )
-        return rows.select(["sensor", "ts", "value"])
 
     @staticmethod
     def _head_cut(

@@ -53,12 +53,19 @@ def gateway(
     host: str = HOST,
     port: int = typer.Option(8080),
     name: str = typer.Option("gateway", help="this gateway's name (in NATS connections)"),
+    quota_points_per_s: float = typer.Option(
+        0, help="each tenant's writes through this gateway, points a second (0: none)"
+    ),
 ) -> None:
     """Validate writes, publish them to the replicated log, acknowledge (stateless)."""
     from lenshouse.roles.gateway import Gateway, create_gateway_app
+    from lenshouse.tenancy.quotas import Quotas
 
     zk, auth = _keeper_auth(keeper, database)
-    _run(create_gateway_app(Gateway(_split(nats), log, name, zk), auth), host, port)
+    app = create_gateway_app(
+        Gateway(_split(nats), log, name, zk), auth, Quotas(points_per_s=quota_points_per_s)
+    )
+    _run(app, host, port)
 
 
 def _keeper_auth(keeper: str, database: str):
@@ -133,14 +140,19 @@ def lens_server(
     connect_wait: float = WAIT,
     clickhouse_user: str = CH_USER,
     clickhouse_password: str = CH_PASSWORD,
+    quota_lens_per_s: float = typer.Option(
+        0, help="each tenant's lens and export requests to this server a second (0: none)"
+    ),
 ) -> None:
     """Answer lenses, export and the catalog from the cluster, exact as of completed loads."""
     from lenshouse.cli import _cluster_store
     from lenshouse.roles.lens_server import LensServer, create_lens_app
+    from lenshouse.tenancy.quotas import Quotas
 
     store = _cluster_store(clickhouse, cluster, database, None, connect_wait,
                            clickhouse_user, clickhouse_password)  # fmt: skip
-    _run(create_lens_app(LensServer(_split(keeper), store)), host, port)
+    server = LensServer(_split(keeper), store)
+    _run(create_lens_app(server, Quotas(lens_per_s=quota_lens_per_s)), host, port)
 
 
 def register(app: typer.Typer) -> None:

@@ -24,6 +24,7 @@ from lenshouse.points import PointBatch
 from lenshouse.stream.jetstream import LogFull, LogUnavailable, connect, discover
 from lenshouse.stream.partitions import LogLayout
 from lenshouse.stream.publisher import Publisher, batch_key
+from lenshouse.tenancy.quotas import Quotas
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +164,10 @@ class _GatewayCollector:
         )
 
 
-def create_gateway_app(gateway: Gateway, auth: Auth | None = None) -> FastAPI:
-    app = base_app(gateway.registry, auth)
+def create_gateway_app(
+    gateway: Gateway, auth: Auth | None = None, quotas: Quotas | None = None
+) -> FastAPI:
+    app = base_app(gateway.registry, auth, quotas)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):

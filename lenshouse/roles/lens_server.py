@@ -22,6 +22,7 @@ from lenshouse.storage.catalog import Catalog
 from lenshouse.storage.errors import StorageError
 from lenshouse.storage.replicated.store import ClusterStore
 from lenshouse.tenancy.keeper import KeeperRegistry
+from lenshouse.tenancy.quotas import Quotas
 
 
 class LensServer:
@@ -64,8 +65,8 @@ class LensServer:
         self.store.close()
 
 
-def create_lens_app(server: LensServer) -> FastAPI:
-    app = base_app(server.registry, server.auth)
+def create_lens_app(server: LensServer, quotas: Quotas | None = None) -> FastAPI:
+    app = base_app(server.registry, server.auth, quotas)
     app.state.lens_server = server
     add_read_routes(app, server, server.lens_seconds)
     add_health_route(app, server.health)

@@ -93,10 +93,16 @@ def fetch_stored(
     parts = []
     for i in range(0, len(sensors), 10):
         ids = ",".join(map(str, sensors[i : i + 10]))
-        r = httpx.get(url + "/v1/export", params={"sensors": ids, "start": start, "end": end},
-                      headers=tenant_headers(tenant, token), timeout=120)  # fmt: skip
-        r.raise_for_status()
-        parts.append(pa.ipc.open_stream(io.BytesIO(r.content)).read_all())
+        params = {"sensors": ids, "start": start, "end": end}
+        for _ in range(100_000):  # each answer is at most the server's limit: follow on
+            r = httpx.get(url + "/v1/export", params=params,
+                          headers=tenant_headers(tenant, token), timeout=120)  # fmt: skip
+            r.raise_for_status()
+            parts.append(pa.ipc.open_stream(io.BytesIO(r.content)).read_all())
+            after = r.headers.get("X-Lenshouse-Next-After")
+            if after is None:
+                break
+            params = {**params, "after": after}
     t = pa.concat_tables(parts)
     return (t.column("sensor").to_numpy().astype(np.int64), t.column("ts").to_numpy(),
             t.column("value").to_numpy())  # fmt: skip

@@ -8,6 +8,7 @@ import time
 import pyarrow as pa
 
 from lenshouse.points import BadInput, check_tenant
+from lenshouse.storage.matchers import Matcher
 from lenshouse.storage.store import Store
 
 MAX_LABELS = 32
@@ -40,6 +41,18 @@ class Catalog:
             }
         )
         self.store.put_sensors(table)
+
+    def select(self, tenant: str, matchers: list[Matcher]) -> list[int]:
+        """The ids of the tenant's sensors whose labels satisfy every matcher."""
+        return [
+            s["sensor"] for s in self.list(tenant) if all(m.matches(s["labels"]) for m in matchers)
+        ]
+
+    def label_names(self, tenant: str) -> list[str]:
+        return sorted({k for s in self.list(tenant) for k in s["labels"]})
+
+    def label_values(self, tenant: str, name: str) -> list[str]:
+        return sorted({s["labels"][name] for s in self.list(tenant) if name in s["labels"]})
 
     def list(self, tenant: str, match: dict[str, str] | None = None) -> list[dict]:
         rows = self.store.sensors_of(check_tenant(tenant))

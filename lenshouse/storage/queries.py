@@ -153,11 +153,18 @@ def export(
     max_seq: int,
     limit: int,
     hidden: tuple[int, ...] = (),
+    after: tuple[int, int] | None = None,
 ) -> str:
+    """Raw points in (sensor, ts) order; ``after``: only those past that key
+    (the continuation of an export cut at its limit)."""
+    past = ""
+    if after is not None:
+        s, t = int(after[0]), int(after[1])
+        past = f" AND (sensor > {s} OR (sensor = {s} AND ts > {t}))"
     return (
         f"SELECT sensor, ts, value FROM raw WHERE tenant = {tenant_literal(tenant)}"
         f" AND sensor IN ({_ints(sensors)}) AND ts >= {int(start)} AND ts < {int(end)}"
-        f"{seq_filter(max_seq, hidden)} ORDER BY sensor, ts LIMIT {int(limit)}"
+        f"{past}{seq_filter(max_seq, hidden)} ORDER BY sensor, ts LIMIT {int(limit)}"
     )
 
 

@@ -75,6 +75,7 @@ class Store(Protocol):
         max_seq: int,
         limit: int,
         hidden: tuple[int, ...] = (),
+        after: tuple[int, int] | None = None,
     ) -> pa.Table: ...
     def health(self) -> dict:
         """What /healthz reports about storage (its kind, reachable shards, …)."""
@@ -191,9 +192,10 @@ class SqlStore:
         max_seq: int,
         limit: int,
         hidden: tuple[int, ...] = (),
+        after: tuple[int, int] | None = None,
     ) -> pa.Table:
         return self.backend.query(
-            queries.export(tenant, sensors, start, end, max_seq, limit, hidden)
+            queries.export(tenant, sensors, start, end, max_seq, limit, hidden, after)
         )
 
     def close(self) -> None:

@@ -219,9 +219,10 @@ class ClusterStore(SqlStore):
         max_seq: int,
         limit: int,
         hidden: tuple[int, ...] = (),
+        after: tuple[int, int] | None = None,
     ) -> pa.Table:
         return self._read(lambda: super(ClusterStore, self).export_rows(
-            tenant, sensors, start, end, max_seq, limit, hidden))  # fmt: skip
+            tenant, sensors, start, end, max_seq, limit, hidden, after))  # fmt: skip
 
     def _read(self, run):
         """``run()``, tried again while it fails retryably, within the patience."""

@@ -50,6 +50,7 @@ def test_lens_and_ingest_queries_parse(engine) -> None:
         queries.extents(TIERS[-1]),
         queries.export("default", [1, 2], 0, 10, 3, 100),
         queries.export("default", [1, 2], 0, 10, 3, 100, hidden=(2,)),
+        queries.export("default", [1, 2], 0, 10, 3, 100, after=(1, 5)),  # a continuation
         queries.sensors_of("default"),
     ]
     for sql in sqls:

@@ -26,7 +26,7 @@
   const $ = (id) => document.getElementById(id);
   const el = {
     wrap: $("chart-wrap"), chart: $("chart"), message: $("message"), legend: $("legend"),
-    status: $("status"), windowLabel: $("window-label"), live: $("live"),
+    status: $("status"), windowLabel: $("window-label"), live: $("live"), notice: $("notice"),
     presets: $("presets"), customToggle: $("custom-toggle"), customForm: $("custom-form"),
     customStart: $("custom-start"), customEnd: $("custom-end"),
     search: $("sensor-search"), list: $("sensor-list"), picked: $("picked-count"),
@@ -85,17 +85,31 @@
     return Number.isInteger(n) && n >= 0 && n < 2 ** 32;
   }
 
+  // What the URL asked for that the page could not take, said on the page.
+  const urlProblems = [];
+
   function readUrl() {
     const q = new URLSearchParams(location.search);
     const s = { sensors: null, last: null, start: null, end: null, live: false, points: null };
     if (q.has("sensors")) s.sensors = parseIds(q.get("sensors"));
     const start = parseTime(q.get("start"));
     const end = parseTime(q.get("end"));
+    // "window" is taken as a synonym of "last" (?window=10m).
+    const lastText = q.has("last") ? q.get("last") : q.get("window");
+    const lastName = q.has("last") ? "last" : "window";
     if (start != null && end != null && end > start) {
       s.start = start;
       s.end = end;
     } else {
-      s.last = parseDuration(q.get("last")) || parseDuration(DEFAULT_LAST);
+      if (q.has("start") || q.has("end")) {
+        urlProblems.push(`start=${q.get("start") ?? ""}&end=${q.get("end") ?? ""} is not a window` +
+          " (epoch ms or ISO times, end after start)");
+      }
+      const asked = parseDuration(lastText);
+      if (lastText != null && asked == null) {
+        urlProblems.push(`${lastName}=${lastText} is not a duration like 10s, 10m, 6h, 7d, 1mo`);
+      }
+      s.last = asked || parseDuration(DEFAULT_LAST);
     }
     s.live = q.get("live") === "1";
     if (s.live && s.last == null) s.last = s.end - s.start;
@@ -151,6 +165,7 @@
   }
 
   function navigated() {
+    el.notice.hidden = true; // the user chose a window: the URL's problem is past
     writeUrl();
     renderWindowControls();
     refresh();
@@ -810,6 +825,11 @@
   async function init() {
     bindControls();
     renderWindowControls();
+    if (urlProblems.length) {
+      el.notice.textContent = `${urlProblems.join("; ")}: showing the last ` +
+        `${humanDuration(state.last)} instead.`;
+      el.notice.hidden = false;
+    }
     const defaultPick = state.sensors == null; // no sensors= in the URL at all
     if (!defaultPick) refresh();
     await loadCatalog();

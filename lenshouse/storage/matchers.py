@@ -1,0 +1,76 @@
+"""Label matchers, as Prometheus writes them: ``{kind="vibration",site=~"A|B",line!="3"}``.
+
+``=`` and ``!=`` compare the whole value, ``=~`` and ``!~`` match a regular
+expression against the whole value (anchored, as in Prometheus). A sensor
+without a label has the empty value for it, so ``line!="3"`` also selects
+sensors with no ``line`` at all, and ``line=""`` selects exactly those.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from lenshouse.points import BadInput
+
+_NAME = r"[A-Za-z_][A-Za-z0-9_.\-]*"
+_ONE = re.compile(rf'\s*({_NAME})\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*(,|$)')
+MAX_MATCHERS = 16
+
+
+@dataclass(frozen=True)
+class Matcher:
+    name: str
+    op: str
+    value: str
+    _regex: re.Pattern | None = None
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        got = labels.get(self.name, "")
+        if self.op == "=":
+            return got == self.value
+        if self.op == "!=":
+            return got != self.value
+        assert self._regex is not None
+        hit = self._regex.fullmatch(got) is not None
+        return hit if self.op == "=~" else not hit
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)), text)
+
+
+def parse_matchers(text: str) -> list[Matcher]:
+    """``{a="x",b=~"y|z"}`` (the braces are optional) → matchers; 422 naming
+    the part that is not a matcher."""
+    body = text.strip()
+    if body.startswith("{"):
+        if not body.endswith("}"):
+            raise BadInput(f"match {text!r}: missing the closing '}}'", 422)
+        body = body[1:-1]
+    out: list[Matcher] = []
+    pos = 0
+    while pos < len(body):
+        m = _ONE.match(body, pos)
+        if m is None:
+            raise BadInput(
+                f'match {text!r}: expected name="value" (or !=, =~, !~) at {body[pos:][:30]!r}',
+                422,
+            )
+        name, op, raw, _ = m.groups()
+        value = _unescape(raw)
+        regex = None
+        if op in ("=~", "!~"):
+            try:
+                regex = re.compile(value)
+            except re.error as e:
+                raise BadInput(
+                    f"match {text!r}: {name}{op}{raw!r} is not a regex: {e}", 422
+                ) from None
+        out.append(Matcher(name, op, value, regex))
+        pos = m.end()
+    if not out:
+        raise BadInput(f"match {text!r}: no matcher", 422)
+    if len(out) > MAX_MATCHERS:
+        raise BadInput(f"match: at most {MAX_MATCHERS} matchers, got {len(out)}", 422)
+    return out
