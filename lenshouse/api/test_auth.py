@@ -264,7 +264,7 @@ def test_an_export_is_bounded_and_continues_where_it_stopped(world: World) -> No
         r = world.c.get("/v1/export", params=params, headers=headers)
         assert r.status_code == 200, r.text
         part = pa.ipc.open_stream(r.content).read_all()
-        assert part.num_rows <= 250
+        assert part.num_rows <= 450
         parts.append(part)
         after = r.headers.get("X-Lenshouse-Next-After")
         if after is None:

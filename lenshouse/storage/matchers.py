@@ -50,7 +50,7 @@ def parse_matchers(text: str) -> list[Matcher]:
         body = body[1:-1]
     out: list[Matcher] = []
     pos = 0
-    while pos < len(body):
+    while body[pos:].strip():
         m = _ONE.match(body, pos)
         if m is None:
             raise BadInput(

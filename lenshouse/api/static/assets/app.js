@@ -42,6 +42,8 @@
   /* sensors: ids in pick order (the order also fixes each sensor's colour).
    * last: window length in ms when the window is relative to now, else null
    * and start/end hold an absolute window. live implies a relative window. */
+  // What the URL asked for that the page could not take, said on the page.
+  const urlProblems = [];
   const state = readUrl();
   let catalog = []; // [{sensor, labels, text}] from /v1/sensors
   let plot = null; // the uPlot instance; rebuilt only when the sensor set changes
@@ -84,9 +86,6 @@
   function isSensorId(n) {
     return Number.isInteger(n) && n >= 0 && n < 2 ** 32;
   }
-
-  // What the URL asked for that the page could not take, said on the page.
-  const urlProblems = [];
 
   function readUrl() {
     const q = new URLSearchParams(location.search);
