@@ -191,7 +191,7 @@ def _is_loopback(host: str) -> bool:
 def _auth(data: Path, host: str, wanted: bool | None):
     """The server's auth: tokens from ``<data>/tenants.json``, or none (said aloud)."""
     from lenshouse.api.auth import Auth
-    from lenshouse.tenancy.registry import FileRegistry
+    from lenshouse.tenancy.registry import ADMIN, FileRegistry
 
     on = not _is_loopback(host) if wanted is None else wanted
     if not on:
@@ -201,7 +201,7 @@ def _auth(data: Path, host: str, wanted: bool | None):
         )
         return Auth(None)
     registry = FileRegistry(data)
-    tenants = [t for t in registry.tenants() if not t.startswith("*")]
+    tenants = [t for t in registry.tenants() if t != ADMIN]
     console.print(
         f"auth is on: {len(tenants)} tenant(s) in {registry.path}"
         " (lenshouse tenant create NAME adds one)"

@@ -30,7 +30,7 @@ from lenshouse.node import Node
 from lenshouse.points import BadInput, PointBatch
 from lenshouse.storage.catalog import Catalog, check_labels
 from lenshouse.storage.errors import RetryableError, StorageError
-from lenshouse.storage.matchers import parse_matchers
+from lenshouse.storage.matchers import Matcher, parse_matchers
 from lenshouse.tenancy.quotas import Limiter, Quotas
 
 MAX_BODY_BYTES = 256 << 20
@@ -296,10 +296,12 @@ def add_read_routes(app: FastAPI, reader: Reader, lens_seconds: Histogram) -> No
 
     @app.get("/v1/sensors", summary="List sensors and their labels")
     def sensors(request: Request, tenant: str = Depends(request_tenant)) -> ORJSON:
-        match = {
-            k[len("label.") :]: v for k, v in request.query_params.items() if k.startswith("label.")
-        }
-        return ORJSON({"sensors": reader.catalog.list(tenant, match)})
+        equal = [
+            Matcher(k[len("label.") :], "has", v)
+            for k, v in request.query_params.items()
+            if k.startswith("label.")
+        ]
+        return ORJSON({"sensors": reader.catalog.list(tenant, equal)})
 
 
 def _sensors(reader: Reader, tenant: str, sensors: str | None, match: str | None) -> list[int]:

@@ -591,19 +591,12 @@ def _admin_token(doc: Doc) -> None:
     """An admin token of the roles' auth, on record in the document (mode 0600):
     the cluster's operator (scenarios, checkers) acts for any tenant with it;
     ``lenshouse tenant create --keeper …`` gives tenants their own."""
-    from lenshouse.coordination.zk import Paths
-    from lenshouse.coordination.zk import connect as zk_connect
-    from lenshouse.tenancy.keeper import KeeperRegistry
+    from lenshouse.tenancy import keeper
     from lenshouse.tenancy.registry import ADMIN
 
-    zk = zk_connect(keeper_hosts(doc))
-    try:
-        tokens = KeeperRegistry(zk, Paths(ROLE_DATABASE))
+    with keeper.opened(keeper_hosts(doc), ROLE_DATABASE) as tokens:
         if doc.get("admin_token") is None or tokens.grant(doc["admin_token"]) != ADMIN:
             doc["admin_token"] = tokens.create(ADMIN)
-    finally:
-        zk.stop()
-        zk.close()
 
 
 def _up_log(root: Path, doc: Doc, topo: Topology, argv: list[str]) -> None:

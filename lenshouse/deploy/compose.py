@@ -26,8 +26,7 @@ HOST_PORTS = {"gateway": 18080, "lens": 18100}
 # Stateless roles take addresses from the upper half of the subnet.
 DEFAULT_BACKEND_NET = "172.30.57"  # the first three octets of a /24
 BACKEND_NET = f"${{LENSHOUSE_BACKEND_NET:-{DEFAULT_BACKEND_NET}}}"
-_FIRST_HOST = {"keeper": 10, "nats": 20, "clickhouse": 32}
-_LAST_PINNED = 127
+_HOSTS = {"keeper": range(10, 20), "nats": range(20, 32), "clickhouse": range(32, 128)}
 _PREFIX = {"gateway": "gw", "loader": "loader", "lens": "lens"}
 
 
@@ -53,13 +52,10 @@ def pinned(topo: Topology, net: str = BACKEND_NET) -> dict[str, str]:
     }
     out: dict[str, str] = {}
     for kind, names in groups.items():
-        first = _FIRST_HOST[kind]
-        limit = {"keeper": _FIRST_HOST["nats"], "nats": _FIRST_HOST["clickhouse"]}.get(
-            kind, _LAST_PINNED + 1
-        )
-        if first + len(names) > limit:
+        hosts = _HOSTS[kind]
+        if len(names) > len(hosts):
             raise ValueError(f"{len(names)} {kind} servers do not fit the backend's plan")
-        out |= {n: f"{net}.{first + k}" for k, n in enumerate(names)}
+        out |= {n: f"{net}.{h}" for n, h in zip(names, hosts)}
     return out
 
 

@@ -44,9 +44,7 @@ class Catalog:
 
     def select(self, tenant: str, matchers: list[Matcher]) -> list[int]:
         """The ids of the tenant's sensors whose labels satisfy every matcher."""
-        return [
-            s["sensor"] for s in self.list(tenant) if all(m.matches(s["labels"]) for m in matchers)
-        ]
+        return [s["sensor"] for s in self.list(tenant, matchers)]
 
     def label_names(self, tenant: str) -> list[str]:
         return sorted({k for s in self.list(tenant) for k in s["labels"]})
@@ -54,14 +52,14 @@ class Catalog:
     def label_values(self, tenant: str, name: str) -> list[str]:
         return sorted({s["labels"][name] for s in self.list(tenant) if name in s["labels"]})
 
-    def list(self, tenant: str, match: dict[str, str] | None = None) -> list[dict]:
+    def list(self, tenant: str, matchers: list[Matcher] | None = None) -> list[dict]:
         rows = self.store.sensors_of(check_tenant(tenant))
         out = []
         for sensor, labels in zip(
             rows.column("sensor").to_pylist(), rows.column("labels").to_pylist()
         ):
             lab = json.loads(labels)
-            if match and any(lab.get(k) != v for k, v in match.items()):
+            if matchers and not all(m.matches(lab) for m in matchers):
                 continue
             out.append({"sensor": sensor, "labels": lab})
         return out

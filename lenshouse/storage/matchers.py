@@ -21,11 +21,13 @@ MAX_MATCHERS = 16
 @dataclass(frozen=True)
 class Matcher:
     name: str
-    op: str
+    op: str  # =, !=, =~, !~; and "has" (the catalog's label.NAME=VALUE: present, equal)
     value: str
     _regex: re.Pattern | None = None
 
     def matches(self, labels: dict[str, str]) -> bool:
+        if self.op == "has":
+            return labels.get(self.name) == self.value
         got = labels.get(self.name, "")
         if self.op == "=":
             return got == self.value

@@ -36,21 +36,17 @@ def _registry(data: Path, keeper: str | None, database: str) -> Iterator[Registr
     if keeper is None:
         yield FileRegistry(data)
         return
-    from lenshouse.coordination.zk import Paths
-    from lenshouse.coordination.zk import connect as zk_connect
-    from lenshouse.tenancy.keeper import KeeperRegistry
+    from kazoo.handlers.threading import KazooTimeoutError
+
+    from lenshouse.tenancy.keeper import opened
 
     hosts = [h.strip() for h in keeper.split(",") if h.strip()]
     try:
-        zk = zk_connect(hosts, timeout=15)
-    except Exception as e:
+        with opened(hosts, database, timeout=15) as registry:
+            yield registry
+    except KazooTimeoutError as e:  # the connection, not the command, failed
         err.print(f"[red]cannot reach the keeper at {keeper}: {e}[/red]")
         raise typer.Exit(3) from None
-    try:
-        yield KeeperRegistry(zk, Paths(database))
-    finally:
-        zk.stop()
-        zk.close()
 
 
 @contextlib.contextmanager

@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import asdict
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
-from lenshouse.coordination.zk import Paths, keeper_errors
+from lenshouse.coordination.zk import Paths, connect, keeper_errors
 from lenshouse.tenancy.registry import (
     ADMIN,
-    TenancyError,
+    NoSuchToken,
     TokenRecord,
     _by_tenant,
     _grants,
@@ -30,6 +31,18 @@ from lenshouse.tenancy.registry import (
     digest,
     new_token,
 )
+
+
+@contextlib.contextmanager
+def opened(hosts: list[str], database: str, timeout: float = 30.0) -> Iterator[KeeperRegistry]:
+    """A registry on a keeper connection of its own, closed afterwards (for
+    commands; a role keeps its connection for its life)."""
+    zk = connect(hosts, timeout=timeout)
+    try:
+        yield KeeperRegistry(zk, Paths(database))
+    finally:
+        zk.stop()
+        zk.close()
 
 
 def tokens_path(paths: Paths) -> str:
@@ -74,7 +87,7 @@ class KeeperRegistry:
     def revoke(self, tenant: str, token_id: str | None = None) -> int:
         gone = [r for r in self._records if r.tenant == tenant and token_id in (None, r.id)]
         if token_id is not None and not gone:
-            raise TenancyError(f"tenant {tenant!r} has no token {token_id!r}")
+            raise NoSuchToken(f"tenant {tenant!r} has no token {token_id!r}")
         with keeper_errors("revoking tokens"):
             for r in gone:
                 with contextlib.suppress(NoNodeError):  # revoked meanwhile

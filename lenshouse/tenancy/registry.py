@@ -35,6 +35,10 @@ class TenancyError(ValueError):
     """A refused registry operation (unknown tenant, bad name); says why."""
 
 
+class NoSuchToken(TenancyError):
+    """A revocation named a token its tenant does not have."""
+
+
 @dataclass(frozen=True)
 class TokenRecord:
     id: str  # 8 hex digits, part of the token itself: shown in lists, used to revoke
@@ -161,7 +165,7 @@ class FileRegistry:
 
         self._update(drop)
         if token_id is not None and not gone:
-            raise TenancyError(f"tenant {tenant!r} has no token {token_id!r}")
+            raise NoSuchToken(f"tenant {tenant!r} has no token {token_id!r}")
         return len(gone)
 
     def _update(self, change) -> None:
