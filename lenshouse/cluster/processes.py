@@ -157,7 +157,11 @@ def alive(n: Node) -> bool:
     if not pid:
         return False
     child = _CHILDREN.get(pid)
-    if child is not None and child.poll() is not None:
+    if child is not None:
+        # Our own child: its exit status is the truth. /proc alone once said a
+        # ZooKeeper just started was gone while it went on to join the quorum.
+        if child.poll() is None:
+            return True
         del _CHILDREN[pid]
         n["exit_status"] = child.returncode
         return False
@@ -183,6 +187,7 @@ def _spawn(n: Node) -> None:
         )
     _CHILDREN[proc.pid] = proc
     n["pid"] = proc.pid
+    n.pop("exit_status", None)  # a status is this run's, never a previous one's
 
 
 def _signal(n: Node, sig: signal.Signals) -> None:
@@ -697,18 +702,10 @@ def start(root: str | Path, name: str) -> Doc:
         n = node(doc, name)
         if "argv" not in n:
             raise ClusterError(f"{name} has no recorded command line to start it with")
-        for attempt in (1, 2):
-            if not alive(n):
-                _spawn(n)
-                _save(root, doc)
-            try:
-                _wait_ready(n, doc)
-                break
-            except ClusterError:
-                # Seen once under load: a restarted ZooKeeper gone at once, no
-                # line logged. One more start; a second failure is reported.
-                if attempt == 2 or alive(n):
-                    raise
+        if not alive(n):
+            _spawn(n)
+            _save(root, doc)
+        _wait_ready(n, doc)
     return doc
 
 
