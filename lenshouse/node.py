@@ -9,6 +9,7 @@ from pathlib import Path
 
 from lenshouse.ingest.ingestor import Ingestor
 from lenshouse.lens.engine import LensEngine
+from lenshouse.retention.horizons import Horizons
 from lenshouse.storage.backend import BLOCK_CACHE_MB, Backend
 from lenshouse.storage.catalog import Catalog
 from lenshouse.storage.embedded import EmbeddedBackend
@@ -59,11 +60,14 @@ class Node:
         self.ingestor.loader.store_cells = not self._upgrade.raw_view
         self.head = Head(head_seconds, max_bytes=int(head_max_mb * 2**20))
         self.ingestor.loader.on_loaded.append(self.head.add)
+        self.horizons = Horizons(store)
+        self.ingestor.loader.raw_mark = self.horizons.raw_mark
         self.lenses = LensEngine(
             store,
             self.ingestor.visibility,
             cache_bytes=int(lens_cache_mb * 2**20),
             head=self.head,
+            horizons=self.horizons,
         )
         self.catalog = Catalog(store)
         self._started = False

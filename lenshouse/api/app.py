@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 
 from lenshouse.api.auth import Auth, add_admin_routes, request_tenant
 from lenshouse.api.metrics import Metrics
+from lenshouse.api.retention import add_retention_routes
 from lenshouse.ingest.formats import ARROW, decode
 from lenshouse.lens.engine import (
     MAX_EXPORT_POINTS,
@@ -114,6 +115,7 @@ def create_app(node: Node, auth: Auth | None = None, quotas: Quotas | None = Non
     add_read_routes(app, node, metrics.lens_seconds)
     add_health_route(app, lambda: _node_health(node))
     add_admin_routes(app)
+    add_retention_routes(app, node.store, node.horizons, can_maintain=True)
     add_page(app)
     return app
 
@@ -268,6 +270,9 @@ def add_read_routes(app: FastAPI, reader: Reader, lens_seconds: Histogram) -> No
             after=_key(after),
         )
         headers = {"X-Lenshouse-Next-After": f"{more[0]}:{more[1]}"} if more else {}
+        mark = reader.lenses.horizons.raw_mark(tenant) if reader.lenses.horizons else None
+        if mark is not None and start < mark:  # the answer starts there
+            headers["X-Lenshouse-Expired-Before"] = str(mark)
         return Response(_ipc(table), media_type=ARROW, headers=headers)
 
     @app.put("/v1/sensors/{sensor}", status_code=204, summary="Register a sensor with labels")

@@ -35,6 +35,7 @@ from lenshouse.ingest.dedup import Duplicates, SeenIndex, count_conflicts
 from lenshouse.ingest.reconcile import reconcile
 from lenshouse.ingest.visibility import LoadSpan, Visibility, footprint_keys, footprint_sensors
 from lenshouse.ingest.wal import Record, WriteAheadLog
+from lenshouse.points import PointBatch
 from lenshouse.rollup.cells import cells, footprint_points
 from lenshouse.storage.errors import FatalError, StorageError
 from lenshouse.storage.store import Store
@@ -152,6 +153,7 @@ class LoaderStats:
     last_insert_seconds: float = 0.0
     queued_rows: int = 0
     reconciled: int = 0  # loads checked against what ClickHouse holds
+    expired: int = 0  # points older than their tenant's raw expiry mark, not stored
     repaired: int = 0  # of those, loads that had lost rows and got them back
 
 
@@ -213,6 +215,8 @@ class Loader:
         self.backlog_end = getattr(wal, "next_lsn", 0)
         # Called with (seq, rows) once a load is stored, before lenses may see it.
         self.on_loaded: list[Callable[[int, pa.Table], None]] = []
+        # Each tenant's raw expiry mark (lenshouse.retention.horizons), if any.
+        self.raw_mark: Callable[[str], int | None] | None = None
 
     # -- feeding --------------------------------------------------------------
     def submit(self, rec: Record, stored_at: float | None = None) -> None:
@@ -469,11 +473,28 @@ class Loader:
         dups = Duplicates()
         kept = []
         for r in records:
-            keep = self.index.new_points(r.batch)
-            dups.add(r.batch, ~keep)
+            old = self._expired(r.batch)
+            if old is None:
+                keep = self.index.new_points(r.batch)
+                dups.add(r.batch, ~keep)
+            else:
+                # Below the mark raw points are gone: a duplicate there would
+                # pass for new and count twice in the tiers that remain.
+                live = ~old
+                keep = np.zeros(len(r.batch), bool)
+                keep[live] = self.index.new_points(_masked(r.batch, live))
+                dups.add(r.batch, ~keep & live)
+                self.stats.expired += int(old.sum())
             kept.append(keep if not keep.all() else None)
         # Unallocated: 0 until the intent gives the load its seq (see ``_store``).
         return (*_to_arrow(records, kept, 0 if seq is None else seq), dups)
+
+    def _expired(self, batch: PointBatch) -> np.ndarray | None:
+        """Mask of the batch's points below its tenant's raw mark; None if none."""
+        mark = self.raw_mark(batch.tenant) if self.raw_mark is not None else None
+        if mark is None or not len(batch) or batch.ts.min() >= mark:
+            return None
+        return batch.ts < mark
 
     # -- the sensor catalog -----------------------------------------------------
     def _register_sensors(self, span: LoadSpan, token: str) -> int:
@@ -501,6 +522,10 @@ class Loader:
         self._retry(lambda: self.store.insert_sensors(table, token + "-sensors"))
         self._known_sensors |= new
         return len(new)
+
+
+def _masked(batch: PointBatch, mask: np.ndarray) -> PointBatch:
+    return PointBatch(batch.tenant, batch.sensor[mask], batch.ts[mask], batch.value[mask])
 
 
 def _to_arrow(

@@ -18,6 +18,8 @@ from lenshouse.lens.cache import CHUNK_BUCKETS, Chunk, Key, LensCache, chunk_spa
 from lenshouse.lens.planner import Segment, plan, raw_span
 from lenshouse.lens.steps import bucket_count, choose_step, whole_buckets
 from lenshouse.points import BadInput, check_tenant
+from lenshouse.retention.horizons import Floor, Horizons
+from lenshouse.retention.policy import RAW, SOURCES
 from lenshouse.storage.errors import RetryableError
 from lenshouse.storage.head import Head, buckets
 from lenshouse.storage.store import Store
@@ -61,6 +63,7 @@ class Lens:
     series: list[Series]
     segments: list[Segment] = field(default_factory=list)
     retries: int = 0
+    floor: Floor | None = None  # set when expired sources raised the step
 
     def to_json(self, aggs: tuple[str, ...] = AGGS) -> dict:
         """The answer as a JSON-ready dict; columns stay numpy arrays (orjson
@@ -71,7 +74,10 @@ class Lens:
             for a in aggs:
                 item[a] = np.ascontiguousarray(s.avg if a == "avg" else getattr(s, a))
             out.append(item)
-        return {"start": self.start, "end": self.end, "step": self.step, "series": out}
+        doc = {"start": self.start, "end": self.end, "step": self.step, "series": out}
+        if self.floor is not None:
+            doc["floor"] = self.floor.to_json()
+        return doc
 
     def to_arrow(self, aggs: tuple[str, ...] = AGGS) -> pa.Table:
         """The answer as one Arrow table, a row per non-empty bucket in
@@ -90,6 +96,8 @@ class Lens:
             parts = [s.avg if a == "avg" else getattr(s, a) for s in self.series]
             cols[a] = pa.array(_joined(parts, kind))
         meta = {"start": str(self.start), "end": str(self.end), "step": str(self.step)}
+        if self.floor is not None:
+            meta["floor"] = self.floor.reason
         return pa.table(cols).replace_schema_metadata(meta)
 
 
@@ -126,11 +134,13 @@ class LensEngine:
         visibility: Loads,
         cache_bytes: int = 256 << 20,
         head: Head | None = None,
+        horizons: Horizons | None = None,
     ) -> None:
         self.store = store
         self.visibility = visibility
         self.cache = LensCache(visibility, cache_bytes)
         self.head = head or Head(0)
+        self.horizons = horizons
 
     def resolve_step(self, start: int, end: int, points: int | None, step: int | None) -> int:
         if end <= start:
@@ -156,20 +166,29 @@ class LensEngine:
         tenant: str | None = None,
     ) -> Lens:
         tenant = check_tenant(tenant)
+        explicit = step is not None
         step = self.resolve_step(start, end, points, step)
+        floor = None
+        if self.horizons is not None:
+            for _ in SOURCES:  # bounded: each round moves to a coarser source
+                floor = self.horizons.floor(tenant, whole_buckets(start, end, step)[0])
+                if floor is None or step % floor.res_ms == 0:
+                    break
+                step = floor.step(step, explicit)
         start, end = whole_buckets(start, end, step)
         for attempt in range(OPTIMISTIC_READS):
-            read = self._read(tenant, sensors, start, end, step, self.visibility.snapshot())
+            read = self._read(tenant, sensors, start, end, step, self.visibility.snapshot(), floor)
             if read is None:
                 break  # cheaper to read with loads held back than to read that much raw
             if read.valid:
-                return self._finish(read, sensors, start, end, step, attempt)
+                return self._finish(read, sensors, start, end, step, attempt, floor)
         if not self.visibility.can_hold:
-            return self._patient(tenant, sensors, start, end, step)
+            return self._patient(tenant, sensors, start, end, step, floor)
         with self.visibility.quiet() as snap:
-            read = self._read(tenant, sensors, start, end, step, snap, quiet=True)
-            assert read is not None
-            return self._finish(read, sensors, start, end, step, OPTIMISTIC_READS)
+            read = self._read(tenant, sensors, start, end, step, snap, floor, quiet=True)
+            if read is None:  # raw points needed below the raw mark (cannot happen when quiet)
+                raise RetryableError("this lens needs raw points that have expired")
+            return self._finish(read, sensors, start, end, step, OPTIMISTIC_READS, floor)
 
     def _read(
         self,
@@ -179,11 +198,12 @@ class LensEngine:
         end: int,
         step: int,
         snap: Snapshot,
+        floor: Floor | None = None,
         quiet: bool = False,
     ) -> _Read | None:
         """One read: the newest part from the head, cached chunks, one query for
         the rest; None if the part a load in flight holds back is too long to
-        read from raw."""
+        read from raw, or lies where raw points have expired."""
         span = chunk_span(step)
         boundary, head = self.head.read(tenant, sensors, start, end, snap.committed_seq, span, step)
         stored_end = min(end, max(start, boundary))  # [start, stored_end) comes from storage
@@ -205,12 +225,18 @@ class LensEngine:
                 # window: read only the window, cache only chunks it holds whole.
                 wanted, missing = _clip(wanted, missing, start, stored_end, step)
                 cut = self._head_cut(snap, tenant, sensors, *_bounds(wanted)) if wanted else None
+        held = floor.tiers if floor is not None else None
         groups = [
-            (ids, [g for a, b in rs for g in plan(a, b, step, cut)]) for rs, ids in wanted.items()
+            (ids, [g for a, b in rs for g in plan(a, b, step, cut, held)])
+            for rs, ids in wanted.items()
         ]
         segments = [g for _, segs in groups for g in segs]
+        if floor is not None:
+            raw_mark = dict(floor.expired)[RAW]
+            if any(g.tier is None and g.lo < raw_mark for g in segments):
+                return None
         if cut is not None:
-            plain = [g for rs in wanted for a, b in rs for g in plan(a, b, step)]
+            plain = [g for rs in wanted for a, b in rs for g in plan(a, b, step, None, held)]
             if raw_span(segments) - raw_span(plain) > MAX_HEAD_RAW_MS * len(groups):
                 return None
         # Raw rows of a load in flight are hidden by their seq; with none in
@@ -223,7 +249,15 @@ class LensEngine:
         )
         return read
 
-    def _patient(self, tenant: str, sensors: list[int], start: int, end: int, step: int) -> Lens:
+    def _patient(
+        self,
+        tenant: str,
+        sensors: list[int],
+        start: int,
+        end: int,
+        step: int,
+        floor: Floor | None = None,
+    ) -> Lens:
         """Reads until one is valid, with pauses that let the loads in the way
         finish; a 503 once they have taken ``RACE_PATIENCE_S``."""
         deadline = time.monotonic() + RACE_PATIENCE_S
@@ -231,10 +265,10 @@ class LensEngine:
         while time.monotonic() < deadline:
             time.sleep(pause)
             pause = min(pause * 2, 0.5)
-            read = self._read(tenant, sensors, start, end, step, self.visibility.snapshot())
+            read = self._read(tenant, sensors, start, end, step, self.visibility.snapshot(), floor)
             attempt += 1
             if read is not None and read.valid:
-                return self._finish(read, sensors, start, end, step, attempt)
+                return self._finish(read, sensors, start, end, step, attempt, floor)
         raise RetryableError(
             f"loads in flight kept changing this lens's data for {RACE_PATIENCE_S:.0f} s"
         )
@@ -263,12 +297,19 @@ class LensEngine:
         return cached, missing
 
     def _finish(
-        self, read: _Read, sensors: list[int], start: int, end: int, step: int, retries: int
+        self,
+        read: _Read,
+        sensors: list[int],
+        start: int,
+        end: int,
+        step: int,
+        retries: int,
+        floor: Floor | None = None,
     ) -> Lens:
         if read.missing:
             self.cache.put_many(read.fills(sensors), read.snap)
         series = read.series(sensors, start // step, end // step)
-        return Lens(start, end, step, series, read.segments, retries)
+        return Lens(start, end, step, series, read.segments, retries, floor)
 
     def export(
         self,
@@ -287,6 +328,9 @@ class LensEngine:
         if not 1 <= limit <= MAX_EXPORT_POINTS:
             raise BadInput(f"limit must be 1..{MAX_EXPORT_POINTS} points", 422)
         tenant = check_tenant(tenant)
+        mark = self.horizons.raw_mark(tenant) if self.horizons is not None else None
+        if mark is not None and start < mark:
+            start = min(mark, end)  # below it raw points have expired (or are going)
         snap = self.visibility.snapshot()
         rows = self.store.export_rows(
             tenant, sensors, start, end, snap.committed_seq, limit + 1, snap.hidden, after

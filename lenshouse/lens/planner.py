@@ -11,6 +11,7 @@ gives exactly the raw-data answer.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from lenshouse.rollup.tiers import TIERS, Tier
@@ -23,9 +24,10 @@ class Segment:
     hi: int
 
 
-def usable_tiers(step: int) -> list[Tier]:
-    """Tiers whose cells nest inside buckets of ``step``, coarsest first."""
-    return [t for t in reversed(TIERS) if step % t.res_ms == 0]
+def usable_tiers(step: int, held: Collection[Tier] | None = None) -> list[Tier]:
+    """Tiers whose cells nest inside buckets of ``step``, coarsest first; of
+    the ``held`` ones only, when some have expired (see lenshouse.retention)."""
+    return [t for t in reversed(TIERS) if step % t.res_ms == 0 and (held is None or t in held)]
 
 
 def cover(lo: int, hi: int, tiers: list[Tier]) -> list[Segment]:
@@ -42,9 +44,15 @@ def cover(lo: int, hi: int, tiers: list[Tier]) -> list[Segment]:
     return [Segment(None, lo, hi)]
 
 
-def plan(start: int, end: int, step: int, head_cut: int | None = None) -> list[Segment]:
+def plan(
+    start: int,
+    end: int,
+    step: int,
+    head_cut: int | None = None,
+    held: Collection[Tier] | None = None,
+) -> list[Segment]:
     """Segments for a lens; rollups are not used at or after ``head_cut``."""
-    tiers = usable_tiers(step)
+    tiers = usable_tiers(step, held)
     if head_cut is None or head_cut >= end:
         return cover(start, end, tiers)
     cut = max(start, head_cut)

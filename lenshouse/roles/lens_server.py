@@ -14,10 +14,12 @@ from prometheus_client import CollectorRegistry, Histogram
 from lenshouse.api.app import add_health_route, add_page, add_read_routes, base_app
 from lenshouse.api.auth import Auth, add_admin_routes
 from lenshouse.api.metrics import LENS_BUCKETS
+from lenshouse.api.retention import add_retention_routes
 from lenshouse.coordination.visibility import ClusterVisibility
 from lenshouse.coordination.zk import Paths, ensure_layout
 from lenshouse.coordination.zk import connect as zk_connect
 from lenshouse.lens.engine import LensEngine
+from lenshouse.retention.horizons import Horizons
 from lenshouse.storage.catalog import Catalog
 from lenshouse.storage.errors import StorageError
 from lenshouse.storage.replicated.store import ClusterStore
@@ -35,7 +37,8 @@ class LensServer:
         self.zk = zk_connect(keeper)
         ensure_layout(self.zk, self.paths)
         self.visibility = ClusterVisibility(self.zk, self.paths, len(store.conn.shards))
-        self.lenses = LensEngine(store, self.visibility, cache_bytes=0)
+        self.horizons = Horizons(store)
+        self.lenses = LensEngine(store, self.visibility, cache_bytes=0, horizons=self.horizons)
         self.catalog = Catalog(store)
         self.auth = Auth(KeeperRegistry(self.zk, self.paths))  # auth is always on here
         self.registry = CollectorRegistry()
@@ -71,5 +74,7 @@ def create_lens_app(server: LensServer, quotas: Quotas | None = None) -> FastAPI
     add_read_routes(app, server, server.lens_seconds)
     add_health_route(app, server.health)
     add_admin_routes(app)
+    # Maintenance runs as its own job (lenshouse maintain --clickhouse …).
+    add_retention_routes(app, server.store, server.horizons, can_maintain=False)
     add_page(app)
     return app

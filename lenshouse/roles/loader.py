@@ -26,6 +26,7 @@ from lenshouse.coordination.zk import Paths, ensure_layout
 from lenshouse.coordination.zk import connect as zk_connect
 from lenshouse.ingest.loader import Loader
 from lenshouse.ingest.visibility import Visibility
+from lenshouse.retention.horizons import Horizons
 from lenshouse.storage.replicated.store import ClusterStore
 from lenshouse.stream import jetstream
 from lenshouse.stream.jetstream import LoopThread, PartitionStream
@@ -71,6 +72,7 @@ class PartitionWorker:
                 flush_interval=role.flush_interval,
                 progress=self.progress,
             )
+            loader.raw_mark = role.horizons.raw_mark
             self.loader = loader
             loader.recover()  # the load in doubt, exactly as first attempted
             if self._stopped.is_set():
@@ -157,6 +159,7 @@ class LoaderRole:
         with self.zk.Lock(f"{self.paths.root}/schema-lock", self.member):
             self.store.open()  # one loader at a time creates the tables ON CLUSTER
         self.layout = LogLayout(prefix, len(self.store.conn.shards))
+        self.horizons = Horizons(self.store)  # points below a raw mark are not stored
         self.loop = LoopThread()
         self.nc = self.loop.run(jetstream.connect(nats, self.member))
         self.js = self.nc.jetstream()

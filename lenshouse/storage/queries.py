@@ -168,6 +168,60 @@ def export(
     )
 
 
+# -- retention -----------------------------------------------------------------
+RETENTION = (
+    "SELECT tenant, source, argMax(keep_ms, version) AS keep_ms FROM retention"
+    " GROUP BY tenant, source"
+)
+EXPIRY = "SELECT tenant, source, max(before) AS before FROM expiry GROUP BY tenant, source"
+
+
+def source_table(tier: Tier | None) -> str:
+    return "raw" if tier is None else identifier(tier.table)
+
+
+def time_column(tier: Tier | None) -> str:
+    return "ts" if tier is None else "t"
+
+
+def partitions(table: str, database: str | None = None) -> str:
+    """The active partitions of a local table, with their size."""
+    db = "currentDatabase()" if database is None else string_literal(identifier(database))
+    return (
+        "SELECT partition, sum(bytes_on_disk) AS bytes, sum(rows) AS rows FROM system.parts"
+        f" WHERE database = {db} AND table = {string_literal(table)} AND active"
+        " GROUP BY partition ORDER BY partition"
+    )
+
+
+def mutations_running(table: str, database: str) -> str:
+    return (
+        "SELECT count() AS n FROM system.mutations WHERE database ="
+        f" {string_literal(identifier(database))} AND table = {string_literal(table)}"
+        " AND NOT is_done"
+    )
+
+
+def rows_in(tier: Tier | None, tenant: str, lo: int, hi: int) -> str:
+    t = time_column(tier)
+    return (
+        f"SELECT count() AS n FROM {source_table(tier)} WHERE tenant = {tenant_literal(tenant)}"
+        f" AND {t} >= {int(lo)} AND {t} < {int(hi)}"
+    )
+
+
+def drop_partition(table: str, partition: int, on_cluster: str = "") -> str:
+    return f"ALTER TABLE {table}{on_cluster} DROP PARTITION {int(partition)}"
+
+
+def delete_range(table: str, tier: Tier | None, tenant: str, lo: int, hi: int, on: str = "") -> str:
+    t = time_column(tier)
+    return (
+        f"ALTER TABLE {table}{on} DELETE WHERE tenant = {tenant_literal(tenant)}"
+        f" AND {t} >= {int(lo)} AND {t} < {int(hi)}"
+    )
+
+
 # -- lenses ------------------------------------------------------------------
 @dataclass(frozen=True)
 class LensQuery:

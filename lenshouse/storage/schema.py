@@ -60,6 +60,19 @@ ORDER BY (tenant, sensor)"""
 # labels is a JSON object; the highest version wins (explicit PUTs use the
 # time, implicit registration on first write uses 0).
 
+# Retention (lenshouse.retention): each tenant's keep per source ("raw" or a
+# tier's name; tenant "*" for every tenant; keep_ms -1 is forever), newest
+# version winning; and the expiry marks: a source holds none of a tenant's
+# data before ``before`` once maintenance has run. Marks only grow.
+RETENTION_COLUMNS = "tenant String, source String, keep_ms Int64, version Int64"
+EXPIRY_COLUMNS = "tenant String, source String, before Int64"
+RETENTION_DDL = f"""
+CREATE TABLE IF NOT EXISTS retention ({RETENTION_COLUMNS})
+ENGINE = ReplacingMergeTree(version) ORDER BY (tenant, source)"""
+EXPIRY_DDL = f"""
+CREATE TABLE IF NOT EXISTS expiry ({EXPIRY_COLUMNS})
+ENGINE = ReplacingMergeTree(before) ORDER BY (tenant, source)"""
+
 
 @dataclass
 class Upgrade:
@@ -89,6 +102,8 @@ def create_schema(backend: Backend) -> Upgrade:
     )
     backend.execute(raw_ddl())
     backend.execute(SENSORS_DDL)
+    backend.execute(RETENTION_DDL)
+    backend.execute(EXPIRY_DDL)
     if "raw" not in existing:  # a new store: every tier, empty
         add_tiers(backend, list(TIERS), fill=False)
         return Upgrade()

@@ -80,6 +80,24 @@ class Store(Protocol):
     def health(self) -> dict:
         """What /healthz reports about storage (its kind, reachable shards, …)."""
 
+    # -- retention (lenshouse.retention) ------------------------------------
+    def retention_rows(self) -> pa.Table:
+        """(tenant, source, keep_ms): the newest keep of each policy row."""
+
+    def put_retention(self, rows: pa.Table) -> None: ...
+    def expiry_marks(self) -> pa.Table:
+        """(tenant, source, before): no data of the tenant before it in the source."""
+
+    def put_expiry(self, rows: pa.Table) -> None: ...
+    def partitions(self, tier: Tier | None) -> pa.Table:
+        """(partition, bytes, rows) of raw (None) or a tier, over every shard."""
+
+    def rows_in(self, tier: Tier | None, tenant: str, lo: int, hi: int) -> int: ...
+    def drop_partition(self, tier: Tier | None, partition: int) -> None: ...
+    def delete_range(self, tier: Tier | None, tenant: str, lo: int, hi: int) -> bool:
+        """Remove a tenant's rows in [lo, hi) from raw or a tier; True once they
+        are gone, False if the server finishes it later."""
+
     def close(self) -> None: ...
 
 
@@ -197,6 +215,33 @@ class SqlStore:
         return self.backend.query(
             queries.export(tenant, sensors, start, end, max_seq, limit, hidden, after)
         )
+
+    # -- retention ------------------------------------------------------------
+    def retention_rows(self) -> pa.Table:
+        return self.backend.query(queries.RETENTION)
+
+    def put_retention(self, rows: pa.Table) -> None:
+        self.backend.insert("retention", rows)
+
+    def expiry_marks(self) -> pa.Table:
+        return self.backend.query(queries.EXPIRY)
+
+    def put_expiry(self, rows: pa.Table) -> None:
+        self.backend.insert("expiry", rows)
+
+    def partitions(self, tier: Tier | None) -> pa.Table:
+        return self.backend.query(queries.partitions(queries.source_table(tier)))
+
+    def rows_in(self, tier: Tier | None, tenant: str, lo: int, hi: int) -> int:
+        return int(self.backend.query(queries.rows_in(tier, tenant, lo, hi)).column("n")[0].as_py())
+
+    def drop_partition(self, tier: Tier | None, partition: int) -> None:
+        self.backend.execute(queries.drop_partition(queries.source_table(tier), partition))
+
+    def delete_range(self, tier: Tier | None, tenant: str, lo: int, hi: int) -> bool:
+        sql = queries.delete_range(queries.source_table(tier), tier, tenant, lo, hi)
+        self.backend.execute(sql, {"mutations_sync": 1})
+        return True
 
     def close(self) -> None:
         self.backend.close()

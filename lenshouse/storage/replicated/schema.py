@@ -31,6 +31,7 @@ from lenshouse.rollup.cells import FIRST
 from lenshouse.rollup.tiers import TIERS, Tier
 from lenshouse.storage.queries import identifier
 from lenshouse.storage.replicated.dialect import Dialect
+from lenshouse.storage.schema import EXPIRY_COLUMNS, RETENTION_COLUMNS
 
 # Replicated tables remember this many recent block hashes (or tokens) per
 # table; ClickHouse's own default is 100 (1000 in current releases). A load
@@ -83,7 +84,7 @@ ORDER BY (tenant, sensor, ts)
 
 def tier_local(d: Dialect, cluster: str, database: str, tier: Tier) -> str:
     name = f"{tier.table}_local"
-    part = "intDiv(t, 86400000)" if tier.res_ms < 60_000 else "intDiv(t, 2592000000)"
+    part = f"intDiv(t, {tier.partition_ms})"
     c = _codec
     if d.simple_aggregates:
         engine = "AggregatingMergeTree"
@@ -139,6 +140,24 @@ ORDER BY (tenant, sensor)
 {_settings(d)}"""
 
 
+def retention_local(cluster: str, database: str, table: str, columns: str, version: str) -> str:
+    """A small table of which every shard holds a whole copy (written to each
+    shard; read from whichever answer, newest row winning)."""
+    engine = _replicated("ReplacingMergeTree", database, f"{table}_local", version)
+    return f"""CREATE TABLE IF NOT EXISTS {database}.{table}_local ON CLUSTER {cluster} ({columns})
+ENGINE = {engine}
+ORDER BY (tenant, source)"""
+
+
+def copies(cluster: str, database: str, table: str) -> str:
+    """The Distributed table over every shard's copy (no sharding key: never
+    inserted into)."""
+    return (
+        f"CREATE TABLE IF NOT EXISTS {database}.{table} ON CLUSTER {cluster}"
+        f" AS {database}.{table}_local ENGINE = Distributed({cluster}, {database}, {table}_local)"
+    )
+
+
 def distributed(cluster: str, database: str, table: str) -> str:
     return (
         f"CREATE TABLE IF NOT EXISTS {database}.{table} ON CLUSTER {cluster}"
@@ -156,6 +175,9 @@ def statements(d: Dialect, cluster: str, database: str) -> list[str]:
     out.append(sensors_local(d, cluster, database))
     out += [distributed(cluster, database, name) for name in ("raw", "sensors")]
     out += [distributed(cluster, database, t.table) for t in TIERS]
+    out.append(retention_local(cluster, database, "retention", RETENTION_COLUMNS, "version"))
+    out.append(retention_local(cluster, database, "expiry", EXPIRY_COLUMNS, "before"))
+    out += [copies(cluster, database, name) for name in ("retention", "expiry")]
     # Views last: a coarser tier fills only from cells stored after its view.
     out += [tier_view(cluster, database, t) for t in TIERS[1:]]
     return out

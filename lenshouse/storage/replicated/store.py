@@ -58,6 +58,7 @@ QUORUM_TIMEOUT_MS = 30_000
 DDL_TIMEOUT_S = 120
 READ_PATIENCE_S = 25.0  # a failed read is tried again until this much time has passed
 READ_TRIES = 4
+MUTATION_WAIT_S = 30.0
 
 
 class ClusterStore(SqlStore):
@@ -100,6 +101,7 @@ class ClusterStore(SqlStore):
         wanted = {"raw", "raw_local", "sensors", "sensors_local"}
         wanted |= {n for t in TIERS for n in (t.table, f"{t.table}_local")}
         wanted |= {f"{t.table}_mv" for t in TIERS[1:]}
+        wanted |= {n for t in ("retention", "expiry") for n in (t, f"{t}_local")}
         if wanted - names:
             for sql in schema.statements(self.dialect, self.conn.cluster, self.conn.database):
                 self.backend.execute(sql, {"distributed_ddl_task_timeout": DDL_TIMEOUT_S})
@@ -253,6 +255,84 @@ class ClusterStore(SqlStore):
             return True
         except StorageError:
             return False
+
+    # -- retention ---------------------------------------------------------------
+    # Policies and expiry marks: a whole copy on every shard, so that reading
+    # them needs any one shard (a lens must know the marks while a shard is away).
+    def retention_rows(self) -> pa.Table:
+        return self.backend.query(queries.RETENTION, self._any_copy())
+
+    def expiry_marks(self) -> pa.Table:
+        return self.backend.query(queries.EXPIRY, self._any_copy())
+
+    def _any_copy(self) -> Settings:
+        return self.dialect.settings({"skip_unavailable_shards": 1})
+
+    def put_retention(self, rows: pa.Table) -> None:
+        self._to_every_shard("retention_local", rows)
+
+    def put_expiry(self, rows: pa.Table) -> None:
+        self._to_every_shard("expiry_local", rows)
+
+    def _to_every_shard(self, table: str, rows: pa.Table) -> None:
+        for shard in self.conn.shards:
+            self.conn.insert_shard(shard.number, table, rows, self._insert_settings(None))
+
+    def _local(self, tier: Tier | None) -> str:
+        return f"{queries.source_table(tier)}_local"
+
+    def partitions(self, tier: Tier | None) -> pa.Table:
+        """Each shard's partitions (as one replica of it holds them), summed."""
+        sql = queries.partitions(self._local(tier), self.conn.database)
+        sizes: dict[str, tuple[int, int]] = {}
+        for shard in self.conn.shards:
+            for address in shard.replicas:
+                try:
+                    rows = self.conn.query_replica(address, sql)
+                except StorageError:
+                    continue
+                for partition, size, n in rows:
+                    b, r = sizes.get(partition, (0, 0))
+                    sizes[partition] = (b + int(size), r + int(n))
+                break
+            else:
+                raise ShardUnavailable([shard.name], "no replica listed its partitions")
+        names = sorted(sizes)
+        return pa.table({
+            "partition": pa.array(names, pa.string()),
+            "bytes": pa.array([sizes[p][0] for p in names], pa.uint64()),
+            "rows": pa.array([sizes[p][1] for p in names], pa.uint64()),
+        })  # fmt: skip
+
+    def drop_partition(self, tier: Tier | None, partition: int) -> None:
+        table = f"{self.conn.database}.{self._local(tier)}"
+        on = f" ON CLUSTER {self.conn.cluster}"
+        self.backend.execute(
+            queries.drop_partition(table, partition, on),
+            {"distributed_ddl_task_timeout": DDL_TIMEOUT_S},
+        )
+
+    def delete_range(self, tier: Tier | None, tenant: str, lo: int, hi: int) -> bool:
+        """A mutation on every shard (``ON CLUSTER``), waited for on every replica
+        for a while. 18.16 does not mutate the last part a quorum insert made in
+        a partition until another part arrives there: the delete then stays
+        queued in ClickHouse (False). Nobody reads below an expiry mark, so the
+        rows waiting for it are never seen."""
+        local = self._local(tier)
+        on = f" ON CLUSTER {self.conn.cluster}"
+        sql = queries.delete_range(f"{self.conn.database}.{local}", tier, tenant, lo, hi, on)
+        self.backend.execute(sql, {"distributed_ddl_task_timeout": DDL_TIMEOUT_S})
+        if not self.dialect.modern:
+            return False  # see above: waiting would mostly wait in vain
+        check = queries.mutations_running(local, self.conn.database)
+        deadline = time.monotonic() + MUTATION_WAIT_S
+        for shard in self.conn.shards:
+            for address in shard.replicas:
+                while int(self.conn.query_replica(address, check)[0][0]):
+                    if time.monotonic() > deadline:
+                        return False
+                    time.sleep(0.2)
+        return True
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

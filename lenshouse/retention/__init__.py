@@ -1,0 +1,1 @@
+"""Retention: per-tenant keep of raw points and tiers, expiry by whole partitions."""

@@ -1,0 +1,127 @@
+"""Horizons: where each tenant's sources stop holding data, and the step
+floor that follows for a lens.
+
+Maintenance writes a source's expiry mark before it drops anything below it,
+and then waits longer than ``REFRESH_S`` (see :mod:`lenshouse.retention.maintain`),
+so every reader knows a mark before the data under it goes. A lens whose
+window starts below the raw mark is answered from the tiers that still hold
+its start, at a step that is a multiple of the finest of them: each bucket is
+then made of whole cells, which sum exactly what the raw points as ingested
+would. The answer says which floor applied and why.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from lenshouse.lens.steps import LADDER_MS
+from lenshouse.points import BadInput
+from lenshouse.retention.policy import RAW, SOURCES, resolution_ms, tier_of
+from lenshouse.rollup.tiers import Tier
+from lenshouse.storage.errors import RetryableError, StorageError
+from lenshouse.storage.store import Store
+
+REFRESH_S = 5.0  # marks are read again at most this often
+STALE_S = 20.0  # and not trusted once reading them has failed for this long
+
+
+def _when(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%MZ")
+
+
+@dataclass(frozen=True)
+class Floor:
+    """The finest source that holds a lens's start, when raw points do not."""
+
+    source: str
+    res_ms: int
+    expired: tuple[tuple[str, int], ...]  # finer sources and their marks
+    tiers: tuple[Tier, ...]  # the tiers that hold the start (the planner's choice)
+
+    @property
+    def reason(self) -> str:
+        gone = " and ".join(
+            f"{'raw points' if s == RAW else s + ' cells'} before {_when(m)}"
+            for s, m in self.expired
+        )
+        if not self.tiers:
+            return f"{gone} have expired from every source; those buckets are empty"
+        return f"{gone} have expired; the {self.source} tier answers exactly"
+
+    def step(self, step: int, explicit: bool) -> int:
+        """``step`` if the floor answers it exactly, else the next ladder step
+        that it does; an explicit step it cannot answer is refused."""
+        if step % self.res_ms == 0:
+            return step
+        if explicit:
+            raise BadInput(
+                f"step {step} ms cannot be answered exactly here: {self.reason};"
+                f" use a multiple of {self.res_ms} ms",
+                422,
+            )
+        for s in LADDER_MS:
+            if s >= step and s % self.res_ms == 0:
+                return s
+        return -(-step // self.res_ms) * self.res_ms
+
+    def to_json(self) -> dict:
+        return {"step_ms": self.res_ms, "source": self.source, "reason": self.reason}
+
+
+class Horizons:
+    """Expiry marks per (tenant, source), as the store holds them.
+
+    Ownership: ``_marks`` and ``_read_at`` are replaced whole by whichever
+    thread refreshes (under ``_lock``); readers take the current dict."""
+
+    def __init__(
+        self,
+        store: Store,
+        refresh_s: float = REFRESH_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.refresh_s = refresh_s
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._marks: dict[str, dict[str, int]] = {}
+        self._read_at: float | None = None
+        self._tried_at = float("-inf")
+
+    def refresh(self) -> None:
+        """Read the marks now."""
+        rows = self.store.expiry_marks().to_pylist()
+        marks: dict[str, dict[str, int]] = {}
+        for r in rows:
+            marks.setdefault(r["tenant"], {})[r["source"]] = int(r["before"])
+        with self._lock:
+            self._marks, self._read_at = marks, self.clock()
+
+    def marks(self, tenant: str) -> dict[str, int]:
+        now = self.clock()
+        if self._read_at is None or now - self._tried_at >= self.refresh_s:
+            self._tried_at = now
+            try:
+                self.refresh()
+            except StorageError as e:
+                if self._read_at is None or now - self._read_at > STALE_S:
+                    raise RetryableError(f"expiry marks could not be read: {e}") from e
+        return self._marks.get(tenant, {})
+
+    def raw_mark(self, tenant: str) -> int | None:
+        return self.marks(tenant).get(RAW)
+
+    def floor(self, tenant: str, start: int) -> Floor | None:
+        """None while raw points hold ``start``; else the floor the window meets."""
+        marks = self.marks(tenant)
+        if marks.get(RAW, start) <= start:
+            return None
+        expired = [(s, marks[s]) for s in SOURCES if marks.get(s, start) > start]
+        holding = [s for s in SOURCES if marks.get(s, start) <= start]
+        tiers = tuple(t for s in holding if (t := tier_of(s)) is not None)
+        source = holding[0] if holding else SOURCES[-1]
+        return Floor(source, resolution_ms(source), tuple(expired), tiers)
