@@ -255,6 +255,9 @@ def serve(
     quota_lens_per_s: float = typer.Option(
         0, help="each tenant's lens and export requests a second (0: none); then 429"
     ),
+    maintain_every: str = typer.Option(
+        "1h", help="run retention this often (0: never; lenshouse maintain runs it once)"
+    ),
 ) -> None:
     """Run storage and the HTTP server (embedded chDB, or a ClickHouse cluster)."""
     if min(lens_cache_mb, head_seconds, head_max_mb, block_cache_mb) < 0:
@@ -280,9 +283,12 @@ def serve(
         block_cache_mb=block_cache_mb,
     )
     from lenshouse.api.app import create_app
+    from lenshouse.retention.maintain import Schedule
 
     where = f"cluster {cluster} via {clickhouse}" if clickhouse else str(data.resolve())
     console.print(f"lenshouse serving {where} on http://{host}:{port}")
+    every = parse_duration_ms(maintain_every) / 1000 if maintain_every.strip() != "0" else 0
+    schedule = Schedule(node.store, node.horizons, every).start() if every else None
     try:
         from lenshouse.tenancy.quotas import Quotas
 
@@ -291,6 +297,8 @@ def serve(
         )
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
+        if schedule is not None:
+            schedule.stop()
         node.stop()
 
 
@@ -502,11 +510,14 @@ def _register_cluster() -> None:
     from lenshouse.bench.pipeline import bench_pipeline
     from lenshouse.cluster.cli import cluster_app
     from lenshouse.deploy.cli import deploy_app
+    from lenshouse.retention.cli import maintain_command, retention_app
     from lenshouse.roles.cli import register
     from lenshouse.tenancy.cli import tenant_app
 
     app.add_typer(cluster_app, name="cluster")
     app.add_typer(tenant_app, name="tenant")
+    app.add_typer(retention_app, name="retention")
+    app.command("maintain")(maintain_command)
     app.add_typer(deploy_app, name="deploy")
     app.command("bench-cluster")(bench_cluster)
     app.command("bench-pipeline")(bench_pipeline)

@@ -445,7 +445,7 @@ def network_policies() -> list[dict]:
             "clickhouse",
             "clickhouse",
             [
-                (["loader", "lens", "clickhouse"], [ch["tcp"], ch["http"]]),
+                (["loader", "lens", "maintain", "clickhouse"], [ch["tcp"], ch["http"]]),
                 (["clickhouse"], [ch["interserver"]]),
             ],
         ),
@@ -529,6 +529,45 @@ def jobs(image: str, sensors: int = 100) -> list[dict]:
     ]
 
 
+def maintenance(image: str, schedule: str = "17 3 * * *") -> list[dict]:
+    """The daily retention run (``lenshouse maintain``) as a CronJob: one at a
+    time, a missed run made up within the hour."""
+    container = {
+        "name": "maintain",
+        "image": image,
+        "args": ["maintain", *_STORAGE_ARGS],
+        "envFrom": [{"configMapRef": {"name": TOPOLOGY_CM}}],
+        "env": [
+            {"name": "LENSHOUSE_CLICKHOUSE_USER", "value": CH_USER},
+            _secret_env(PASSWORD_ENV, "password"),
+        ],
+        "resources": _resources("100m", "256Mi", "1", "512Mi"),
+    }
+    return [
+        {
+            "apiVersion": "batch/v1",
+            "kind": "CronJob",
+            "metadata": _meta("maintain", "maintain"),
+            "spec": {
+                "schedule": schedule,
+                "concurrencyPolicy": "Forbid",
+                "startingDeadlineSeconds": 3600,
+                "successfulJobsHistoryLimit": 3,
+                "failedJobsHistoryLimit": 3,
+                "jobTemplate": {
+                    "spec": {
+                        "backoffLimit": 3,
+                        "template": {
+                            "metadata": {"labels": _labels("maintain")},
+                            "spec": {"restartPolicy": "OnFailure", "containers": [container]},
+                        },
+                    }
+                },
+            },
+        }
+    ]
+
+
 def topology_env(topo: Topology) -> dict[str, str]:
     where = addresses(topo)
     return {
@@ -548,6 +587,7 @@ def base(images: Images = Images()) -> dict[str, list[dict]]:
         "keeper.yaml": keeper(images.keeper, 3),
         "nats.yaml": log(images.nats, 3),
         "roles.yaml": roles(images.lenshouse),
+        "maintenance.yaml": maintenance(images.lenshouse),
         "network-policies.yaml": network_policies(),
     }
 

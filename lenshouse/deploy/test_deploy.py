@@ -188,6 +188,15 @@ def test_the_overlay_runs_its_topology(overlay, shards, replicas, keepers, nats)
     assert int(topology["LENSHOUSE_LOG_REPLICAS"]) == min(3, nats)
 
 
+def test_maintenance_runs_daily_one_at_a_time_against_the_cluster() -> None:
+    (cron,) = _by_name(_kustomize("overlays/prod"), "CronJob").values()
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    (container,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert container["args"][0] == "maintain"
+    (source,) = container["envFrom"]  # the cluster's addresses (kustomize adds a hash)
+    assert source["configMapRef"]["name"].startswith("lenshouse-topology")
+
+
 def test_only_the_roles_that_need_them_reach_clickhouse_keeper_and_log() -> None:
     docs = _kustomize("overlays/prod")
     policies = _by_name(docs, "NetworkPolicy")
@@ -201,7 +210,8 @@ def test_only_the_roles_that_need_them_reach_clickhouse_keeper_and_log() -> None
                     out.add(f["podSelector"]["matchLabels"].get("app.kubernetes.io/component", "*"))
         return out
 
-    assert sources("clickhouse", CH_PORTS["tcp"]) == {"loader", "lens", "clickhouse"}
+    # The maintenance CronJob drops expired partitions.
+    assert sources("clickhouse", CH_PORTS["tcp"]) == {"loader", "lens", "maintain", "clickhouse"}
     assert sources("clickhouse", CH_PORTS["interserver"]) == {"clickhouse"}
     # Gateways read the tenants' tokens from the keeper.
     assert sources("keeper", 2181) == {"clickhouse", "loader", "lens", "gateway", "keeper"}

@@ -29,7 +29,7 @@ REFRESH_S = 5.0  # marks are read again at most this often
 STALE_S = 20.0  # and not trusted once reading them has failed for this long
 
 
-def _when(ms: int) -> str:
+def when(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%MZ")
 
 
@@ -45,7 +45,7 @@ class Floor:
     @property
     def reason(self) -> str:
         gone = " and ".join(
-            f"{'raw points' if s == RAW else s + ' cells'} before {_when(m)}"
+            f"{'raw points' if s == RAW else s + ' cells'} before {when(m)}"
             for s, m in self.expired
         )
         if not self.tiers:

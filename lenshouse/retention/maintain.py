@@ -19,12 +19,15 @@ never pretends to hold what is gone.
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 import pyarrow as pa
 
+from lenshouse.points import check_tenant
 from lenshouse.retention.horizons import REFRESH_S, STALE_S, Horizons
 from lenshouse.retention.policy import (
     ALL_TENANTS,
@@ -43,6 +46,7 @@ from lenshouse.storage.store import Store
 SETTLE_S = REFRESH_S + STALE_S + 35.0
 HOUR_MS = 3_600_000
 _NEG = -(2**62)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,8 @@ def policy_of(store: Store, tenant: str) -> Policy:
 def set_policy(store: Store, tenant: str, keep: Mapping[str, str]) -> Policy:
     """Store ``keep`` ({"raw": "30d", ...}) for a tenant, or for every tenant
     ("*"); the result must keep coarser sources at least as long as finer."""
+    if tenant != ALL_TENANTS:
+        check_tenant(tenant)
     rows = policy_rows(store)
     current = merged(rows, tenant)
     parsed = parse_policy(keep, current)
@@ -225,3 +231,41 @@ def _actions(
         if gone:
             out.append(Action(source, p, lo, hi, "delete", gone, 0, 0))
     return out
+
+
+class Schedule:
+    """Maintenance every ``every_s`` on a thread of its own, the first run
+    ``first_s`` after start (the embedded server's ``--maintain-every``).
+
+    Ownership: the thread alone writes ``last`` and ``error``; others read them."""
+
+    def __init__(
+        self, store: Store, horizons: Horizons, every_s: float, first_s: float = 60.0,
+        settle_s: float = 5.0,
+    ) -> None:  # fmt: skip
+        self.store, self.horizons = store, horizons
+        self.every_s, self.first_s, self.settle_s = every_s, first_s, settle_s
+        self.last: Report | None = None
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="maintain", daemon=True)
+
+    def start(self) -> Schedule:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        wait = self.first_s
+        while not self._stop.wait(wait):  # until the server stops
+            wait = self.every_s
+            try:
+                self.last = run(self.store, settle_s=self.settle_s, horizons=self.horizons)
+                self.error = None
+                log.info("maintenance: %s", self.last.to_json())
+            except Exception as e:  # a failed run is retried at the next interval
+                self.error = str(e)
+                log.warning("maintenance failed, next try in %.0f s: %s", wait, e)
