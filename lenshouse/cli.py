@@ -509,7 +509,7 @@ def _register_cluster() -> None:
     from lenshouse.bench.cluster import bench_cluster
     from lenshouse.bench.pipeline import bench_pipeline
     from lenshouse.cluster.cli import cluster_app
-    from lenshouse.deploy.cli import deploy_app
+    from lenshouse.deploy.cli import capacity_command, deploy_app
     from lenshouse.retention.cli import maintain_command, retention_app
     from lenshouse.roles.cli import register
     from lenshouse.tenancy.cli import tenant_app
@@ -518,6 +518,7 @@ def _register_cluster() -> None:
     app.add_typer(tenant_app, name="tenant")
     app.add_typer(retention_app, name="retention")
     app.command("maintain")(maintain_command)
+    app.command("capacity")(capacity_command)
     app.add_typer(deploy_app, name="deploy")
     app.command("bench-cluster")(bench_cluster)
     app.command("bench-pipeline")(bench_pipeline)
