@@ -255,6 +255,7 @@ def serve(
     quota_lens_per_s: float = typer.Option(
         0, help="each tenant's lens and export requests a second (0: none); then 429"
     ),
+    quota_sensors: int = typer.Option(0, help="sensors each tenant may have (0: any number)"),
     maintain_every: str = typer.Option(
         "1h", help="run retention this often (0: never; lenshouse maintain runs it once)"
     ),
@@ -266,8 +267,8 @@ def serve(
             " must be 0 or more[/red]"
         )
         raise typer.Exit(2)
-    if min(quota_points_per_s, quota_lens_per_s) < 0:
-        console.print("[red]--quota-points-per-s and --quota-lens-per-s must be 0 or more[/red]")
+    if min(quota_points_per_s, quota_lens_per_s, quota_sensors) < 0:
+        console.print("[red]quotas (--quota-…) must be 0 or more[/red]")
         raise typer.Exit(2)
     store = None
     if clickhouse:
@@ -293,7 +294,9 @@ def serve(
         from lenshouse.tenancy.quotas import Quotas
 
         app = create_app(
-            node, _auth(data, host, auth), Quotas(quota_points_per_s, quota_lens_per_s)
+            node,
+            _auth(data, host, auth),
+            Quotas(quota_points_per_s, quota_lens_per_s, sensors=quota_sensors),
         )
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:

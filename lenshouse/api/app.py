@@ -32,9 +32,10 @@ from lenshouse.points import BadInput, PointBatch
 from lenshouse.storage.catalog import Catalog, check_labels
 from lenshouse.storage.errors import RetryableError, StorageError
 from lenshouse.storage.matchers import Matcher, parse_matchers
-from lenshouse.tenancy.quotas import Limiter, Quotas
+from lenshouse.tenancy.quotas import Limiter, Quotas, SensorLimit
 
 MAX_BODY_BYTES = 256 << 20
+SENSOR_RETRY_S = 60  # a sensor quota frees up only when the operator acts
 STATIC = Path(__file__).parent / "static"
 
 
@@ -111,6 +112,7 @@ def create_app(node: Node, auth: Auth | None = None, quotas: Quotas | None = Non
     app = base_app(metrics.registry, auth, quotas)
     app.state.node = node
     app.state.metrics = metrics
+    app.state.sensor_quota.known = node.store.known_sensors  # the catalog counts too
     add_write_routes(app, _NodeWriter(node))
     add_read_routes(app, node, metrics.lens_seconds)
     add_health_route(app, lambda: _node_health(node))
@@ -157,6 +159,7 @@ def base_app(
     quotas = quotas or Quotas()
     app.state.points_quota = Limiter(quotas.points_per_s)
     app.state.lens_quota = Limiter(quotas.lens_per_s)
+    app.state.sensor_quota = SensorLimit(quotas.sensors)
 
     @app.exception_handler(BadInput)
     async def bad_input(_: Request, exc: BadInput) -> ORJSON:
@@ -211,6 +214,13 @@ def add_write_routes(app: FastAPI, writer: Writer) -> None:
         body = await _read_body(request)
         batch = decode(content_type, body, tenant).validate()
         _within(request.app.state.points_quota, tenant, len(batch), "points")
+        limit: SensorLimit = request.app.state.sensor_quota
+        would = limit.admit(tenant, batch.sensor)
+        if would is not None:
+            raise TooMany(
+                f"tenant {tenant!r} would have {would} sensors; its quota is {limit.limit}",
+                SENSOR_RETRY_S,
+            )
         headers = await writer.write(batch, x_batch_id, body)
         return Response(status_code=204, headers=headers)
 

@@ -308,3 +308,31 @@ def test_quotas_answer_429_with_retry_after_and_refill(tmp_path: Path) -> None:
             assert write("alpha").status_code == 204
     finally:
         node.stop()
+
+
+def test_a_sensor_quota_counts_the_catalog_and_refuses_whole_batches(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with Node(data, flush_interval=0.05) as node, TestClient(create_app(node)) as c:
+        for sensor in (1, 2):  # two sensors stored before any quota
+            r = c.post("/v1/write", content=_body("alpha", sensor),
+                       headers={"Content-Type": ARROW, "X-Tenant": "alpha"})  # fmt: skip
+            assert r.status_code == 204
+        assert node.ingestor.wait_visible(node.ingestor.wal.next_lsn - 1, 30)
+    with Node(data, flush_interval=0.05) as node:
+        with TestClient(create_app(node, quotas=Quotas(sensors=3))) as c:
+
+            def write(tenant: str, sensor: int):
+                return c.post("/v1/write", content=_body(tenant, sensor),
+                              headers={"Content-Type": ARROW, "X-Tenant": tenant})  # fmt: skip
+
+            assert write("alpha", 1).status_code == 204  # known: counts once
+            assert write("alpha", 3).status_code == 204  # the third
+            r = write("alpha", 4)
+            assert r.status_code == 429 and r.headers["Retry-After"] == "60"
+            assert "would have 4 sensors" in r.json()["error"] and "quota is 3" in r.json()["error"]
+            assert write("alpha", 2).status_code == 204  # old sensors still write
+            assert write("beta", 4).status_code == 204  # another tenant's are its own
+            lsn = node.ingestor.wal.next_lsn - 1
+            assert node.ingestor.wait_visible(lsn, 30)
+            sensors = c.get("/v1/sensors", headers={"X-Tenant": "alpha"}).json()["sensors"]
+            assert sorted(s["sensor"] for s in sensors) == [1, 2, 3], "the refused batch left nothing"

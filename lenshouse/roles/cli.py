@@ -56,6 +56,9 @@ def gateway(
     quota_points_per_s: float = typer.Option(
         0, help="each tenant's writes through this gateway, points a second (0: none)"
     ),
+    quota_sensors: int = typer.Option(
+        0, min=0, help="sensors each tenant may write through this gateway (0: any number)"
+    ),
 ) -> None:
     """Validate writes, publish them to the replicated log, acknowledge (stateless)."""
     from lenshouse.roles.gateway import Gateway, create_gateway_app
@@ -63,7 +66,9 @@ def gateway(
 
     zk, auth = _keeper_auth(keeper, database)
     app = create_gateway_app(
-        Gateway(_split(nats), log, name, zk), auth, Quotas(points_per_s=quota_points_per_s)
+        Gateway(_split(nats), log, name, zk),
+        auth,
+        Quotas(points_per_s=quota_points_per_s, sensors=quota_sensors),
     )
     _run(app, host, port)
 

@@ -1,4 +1,5 @@
-"""Per-tenant rate quotas: points written per second, lens requests per second.
+"""Per-tenant quotas: points written per second, lens requests per second,
+and the number of sensors a tenant may have.
 
 Each is a token bucket per tenant, refilled continuously at the quota's rate
 and holding ``BURST_S`` seconds of it. A request that finds too few tokens is
@@ -16,7 +17,10 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+
+import numpy as np
 
 BURST_S = 2.0
 
@@ -25,9 +29,10 @@ BURST_S = 2.0
 class Quotas:
     points_per_s: float = 0.0  # 0: no limit
     lens_per_s: float = 0.0
+    sensors: int = 0
 
     def __post_init__(self) -> None:
-        if self.points_per_s < 0 or self.lens_per_s < 0:
+        if min(self.points_per_s, self.lens_per_s, self.sensors) < 0:
             raise ValueError("quotas are 0 (no limit) or more")
 
 
@@ -72,3 +77,40 @@ class Limiter:
             if wait > 0:
                 self.refused += 1
         return max(1, math.ceil(wait)) if wait > 0 else 0
+
+
+class SensorLimit:
+    """At most ``limit`` distinct sensors per tenant (0: unlimited). A batch
+    that would bring new sensors past it is refused whole. Counted from what
+    the store's catalog holds (``known``, read once) and what this process has
+    admitted since; behind N gateways, which hold no catalog, a tenant may
+    reach N times the limit.
+
+    Ownership: ``_seen`` is guarded by ``_lock``."""
+
+    def __init__(self, limit: int, known: Callable[[], Iterable[tuple[str, int]]] | None = None):
+        self.limit = limit
+        self.known = known
+        self._lock = threading.Lock()
+        self._seen: dict[str, set[int]] | None = None
+        self.refused = 0
+
+    def admit(self, tenant: str, sensors: np.ndarray) -> int | None:
+        """None when allowed (and then counted); else how many sensors the
+        tenant would have."""
+        if self.limit <= 0:
+            return None
+        ids = np.unique(sensors)
+        with self._lock:
+            if self._seen is None:
+                self._seen = {}
+                for t, s in self.known() if self.known else ():
+                    self._seen.setdefault(t, set()).add(int(s))
+            have = self._seen.setdefault(tenant, set())
+            if len(have) + len(ids) > self.limit:  # only then count the new ones
+                new = {int(s) for s in ids} - have
+                if len(have) + len(new) > self.limit:
+                    self.refused += 1
+                    return len(have) + len(new)
+            have.update(int(s) for s in ids)
+        return None
