@@ -318,21 +318,21 @@ def test_a_sensor_quota_counts_the_catalog_and_refuses_whole_batches(tmp_path: P
                        headers={"Content-Type": ARROW, "X-Tenant": "alpha"})  # fmt: skip
             assert r.status_code == 204
         assert node.ingestor.wait_visible(node.ingestor.wal.next_lsn - 1, 30)
-    with Node(data, flush_interval=0.05) as node:
-        with TestClient(create_app(node, quotas=Quotas(sensors=3))) as c:
+    quota = Quotas(sensors=3)
+    with Node(data, flush_interval=0.05) as node, TestClient(create_app(node, quotas=quota)) as c:
 
-            def write(tenant: str, sensor: int):
-                return c.post("/v1/write", content=_body(tenant, sensor),
-                              headers={"Content-Type": ARROW, "X-Tenant": tenant})  # fmt: skip
+        def write(tenant: str, sensor: int):
+            return c.post("/v1/write", content=_body(tenant, sensor),
+                          headers={"Content-Type": ARROW, "X-Tenant": tenant})  # fmt: skip
 
-            assert write("alpha", 1).status_code == 204  # known: counts once
-            assert write("alpha", 3).status_code == 204  # the third
-            r = write("alpha", 4)
-            assert r.status_code == 429 and r.headers["Retry-After"] == "60"
-            assert "would have 4 sensors" in r.json()["error"] and "quota is 3" in r.json()["error"]
-            assert write("alpha", 2).status_code == 204  # old sensors still write
-            assert write("beta", 4).status_code == 204  # another tenant's are its own
-            lsn = node.ingestor.wal.next_lsn - 1
-            assert node.ingestor.wait_visible(lsn, 30)
-            sensors = c.get("/v1/sensors", headers={"X-Tenant": "alpha"}).json()["sensors"]
-            assert sorted(s["sensor"] for s in sensors) == [1, 2, 3], "the refused batch left nothing"
+        assert write("alpha", 1).status_code == 204  # known: counts once
+        assert write("alpha", 3).status_code == 204  # the third
+        r = write("alpha", 4)
+        assert r.status_code == 429 and r.headers["Retry-After"] == "60"
+        assert "would have 4 sensors" in r.json()["error"] and "quota is 3" in r.json()["error"]
+        assert write("alpha", 2).status_code == 204  # old sensors still write
+        assert write("beta", 4).status_code == 204  # another tenant's are its own
+        lsn = node.ingestor.wal.next_lsn - 1
+        assert node.ingestor.wait_visible(lsn, 30)
+        sensors = c.get("/v1/sensors", headers={"X-Tenant": "alpha"}).json()["sensors"]
+        assert sorted(s["sensor"] for s in sensors) == [1, 2, 3], "the refused batch left nothing"
