@@ -19,7 +19,7 @@ from lenshouse.storage.backend import BLOCK_CACHE_MB
 
 SCENARIOS = ("ingest", "lens", "mixed", "storage", "concurrency")
 # Asked for by name only: it needs Chromium and playwright (the test extra).
-EXTRA_SCENARIOS = ("page",)
+EXTRA_SCENARIOS = ("page", "month")  # month: 2.6 billion points, ~15 min
 
 
 def run_bench(
@@ -29,6 +29,7 @@ def run_bench(
     from lenshouse.bench.ingest import run_ingest
     from lenshouse.bench.lens import run_concurrency, run_lens
     from lenshouse.bench.mixed import run_mixed
+    from lenshouse.bench.month import run_month
     from lenshouse.bench.page import run_page
     from lenshouse.bench.report import write_report
     from lenshouse.bench.storage import run_storage
@@ -40,6 +41,7 @@ def run_bench(
         "storage": run_storage,
         "mixed": run_mixed,
         "page": run_page,
+        "month": run_month,
     }
     own = data is None
     workdir = Path(tempfile.mkdtemp(prefix="lenshouse-bench-")) if own else Path(data)
@@ -75,7 +77,7 @@ def bench(
         str,
         typer.Argument(
             help="ingest, lens, mixed, storage, concurrency, page (the lens page in"
-            " Chromium), or all (all but page)"
+            " Chromium), month (30 days of 1 kHz, then retention), or all (all but page and month)"
         ),
     ] = "all",
     data: Annotated[

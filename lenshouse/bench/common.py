@@ -52,6 +52,10 @@ class BenchConfig:
     month_rate_hz: int = 10
     month_days: float = 32.0
     month_windows: tuple[str, ...] = ("1h", "1d", "7d", "31d")
+    # month (bench month): full-rate data over 30 days, then retention
+    full_month_sensors: int = 1
+    full_month_rate_hz: int = 1000
+    full_month_days: float = 30.0
     # mixed
     mixed_users: int = 100
     mixed_think: float = 1.0
@@ -94,6 +98,8 @@ class BenchConfig:
             month_rate_hz=1,
             month_days=1.1,
             month_windows=("1h", "1d"),
+            full_month_rate_hz=2,
+            full_month_days=9.0,
             mixed_users=4,
             mixed_think=0.2,
             mixed_prefill_hours=0.5,

@@ -192,6 +192,31 @@ def evaluate(results: dict) -> list[dict]:
                 "pass": cc["errors"] == 0 and lat["p50"] <= CONCURRENCY_P50_MS,
             }
         )
+    mo = results.get("month")
+    if mo:
+        n = mo["dataset"]["points"]
+        for when in ("before", "after"):
+            for name, w in mo[f"lens_{when}"]["windows"].items():
+                lat = w["latency_ms"]
+                rows.append({
+                    "id": "month",
+                    "name": f"month of {n:,} points, lens {name} ({when} retention)",
+                    "target": "rows read ≤ 50 × buckets × sensors",
+                    "measured": f"p50 {_ms(lat.get('p50'))} p95 {_ms(lat.get('p95'))};"
+                    f" rows {w.get('rows_read', {}).get('p50', float('nan')):,.0f}"
+                    f" ≤ {w.get('bound', 0):,}",
+                    "pass": bool(w.get("within_bound")) and w["errors"] == 0,
+                })  # fmt: skip
+        ret = mo["retention"]
+        rows.append({
+            "id": "month",
+            "name": "retention over the month (raw kept 7 d)",
+            "target": "lens counts = points written, before and after",
+            "measured": f"{ret['dropped_partitions']} partitions ({ret['dropped_bytes']:,} B)"
+            f" dropped in {ret['seconds']:.1f} s; counted {mo['counted_before']:,} /"
+            f" {mo['counted_after']:,} of {n:,}",
+            "pass": mo["counted_before"] == n == mo["counted_after"],
+        })  # fmt: skip
     pg = results.get("page")
     if pg:
         for key, label in (("first_draw_ms", "first draw (new chart)"), ("redraw_ms", "redraw")):
