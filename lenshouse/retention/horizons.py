@@ -26,7 +26,9 @@ from lenshouse.storage.errors import RetryableError, StorageError
 from lenshouse.storage.store import Store
 
 REFRESH_S = 5.0  # marks are read again at most this often
-STALE_S = 20.0  # and not trusted once reading them has failed for this long
+# Not trusted once reading them has failed for this long: longer than the
+# one-minute outages a cluster rides through (maintenance waits longer still).
+STALE_S = 90.0
 
 
 def when(ms: int) -> str:
@@ -75,8 +77,10 @@ class Floor:
 class Horizons:
     """Expiry marks per (tenant, source), as the store holds them.
 
-    Ownership: ``_marks`` and ``_read_at`` are replaced whole by whichever
-    thread refreshes (under ``_lock``); readers take the current dict."""
+    The first read is made by the caller; later ones by a refresher thread of
+    their own, so a lens never waits for a slow read of the marks (a server
+    cut off, say). Ownership: ``_marks`` and ``_read_at`` are replaced whole
+    under ``_lock`` by whoever reads; ``_refreshing`` is set under it too."""
 
     def __init__(
         self,
@@ -91,25 +95,48 @@ class Horizons:
         self._marks: dict[str, dict[str, int]] = {}
         self._read_at: float | None = None
         self._tried_at = float("-inf")
+        self._refreshing = False
+        self.error: str | None = None  # the last failed read's, until one succeeds
 
     def refresh(self) -> None:
-        """Read the marks now."""
+        """Read the marks now. Marks never go down, so what is known is kept
+        where a read is older (a background read that began before a newer
+        one finished must not undo it)."""
         rows = self.store.expiry_marks().to_pylist()
-        marks: dict[str, dict[str, int]] = {}
-        for r in rows:
-            marks.setdefault(r["tenant"], {})[r["source"]] = int(r["before"])
         with self._lock:
-            self._marks, self._read_at = marks, self.clock()
+            marks = {t: dict(m) for t, m in self._marks.items()}
+            for r in rows:
+                mine = marks.setdefault(r["tenant"], {})
+                mine[r["source"]] = max(mine.get(r["source"], r["before"]), int(r["before"]))
+            self._marks, self._read_at, self.error = marks, self.clock(), None
+
+    def _background(self) -> None:
+        try:
+            self.refresh()
+        except StorageError as e:
+            self.error = str(e)
+        finally:
+            with self._lock:
+                self._refreshing = False
 
     def marks(self, tenant: str) -> dict[str, int]:
         now = self.clock()
-        if self._read_at is None or now - self._tried_at >= self.refresh_s:
-            self._tried_at = now
+        if self._read_at is None:
             try:
                 self.refresh()
             except StorageError as e:
-                if self._read_at is None or now - self._read_at > STALE_S:
-                    raise RetryableError(f"expiry marks could not be read: {e}") from e
+                raise RetryableError(f"expiry marks could not be read: {e}") from e
+        elif now - self._tried_at >= self.refresh_s:
+            with self._lock:
+                start = not self._refreshing
+                self._refreshing = True
+                self._tried_at = now
+            if start:
+                threading.Thread(target=self._background, name="marks", daemon=True).start()
+        if self._read_at is not None and now - self._read_at > STALE_S:
+            raise RetryableError(
+                f"expiry marks not read for {now - self._read_at:.0f} s: {self.error}"
+            )
         return self._marks.get(tenant, {})
 
     def raw_mark(self, tenant: str) -> int | None:

@@ -43,7 +43,7 @@ from lenshouse.storage.store import Store
 # Readers refresh marks every REFRESH_S and trust them for STALE_S when a
 # refresh fails; a lens read that began just before may retry for up to about
 # 25 s more (the cluster store's read patience).
-SETTLE_S = REFRESH_S + STALE_S + 35.0
+SETTLE_S = REFRESH_S + STALE_S + 30.0
 HOUR_MS = 3_600_000
 _NEG = -(2**62)
 log = logging.getLogger(__name__)

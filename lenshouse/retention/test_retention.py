@@ -161,3 +161,27 @@ def test_expiry_keeps_lenses_exact(expiring: tuple[Node, dict, int]) -> None:
     assert {a.kind for a in again.actions} <= {"delete"}, "nothing is left to drop"
     if all(a.done for a in report.actions):
         assert not again.actions, "and nothing to delete once deletes are done"
+
+
+def test_a_slow_read_of_the_marks_never_undoes_a_newer_one() -> None:
+    """Marks only grow: a background read that began before maintenance wrote
+    new marks, and ends after the engine read them, must not take them back."""
+    import pyarrow as pa
+
+    from lenshouse.retention.horizons import Horizons
+
+    class Marks:
+        def __init__(self) -> None:
+            self.before = 100
+
+        def expiry_marks(self) -> pa.Table:
+            return pa.table({"tenant": ["a"], "source": ["raw"], "before": [self.before]})
+
+    store = Marks()
+    h = Horizons(store, refresh_s=0)  # type: ignore[arg-type]
+    assert h.raw_mark("a") == 100
+    store.before = 200
+    h.refresh()
+    store.before = 100  # what an older read would bring back
+    h.refresh()
+    assert h.raw_mark("a") == 200 and h.marks("b") == {}

@@ -260,10 +260,10 @@ class ClusterStore(SqlStore):
     # Policies and expiry marks: a whole copy on every shard, so that reading
     # them needs any one shard (a lens must know the marks while a shard is away).
     def retention_rows(self) -> pa.Table:
-        return self.backend.query(queries.RETENTION, self._any_copy())
+        return self._read(lambda: self.backend.query(queries.RETENTION, self._any_copy()))
 
     def expiry_marks(self) -> pa.Table:
-        return self.backend.query(queries.EXPIRY, self._any_copy())
+        return self._read(lambda: self.backend.query(queries.EXPIRY, self._any_copy()))
 
     def _any_copy(self) -> Settings:
         return self.dialect.settings({"skip_unavailable_shards": 1})
