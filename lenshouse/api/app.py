@@ -310,13 +310,19 @@ def add_read_routes(app: FastAPI, reader: Reader, lens_seconds: Histogram) -> No
         return ORJSON({"label": name, "values": reader.catalog.label_values(tenant, name)})
 
     @app.get("/v1/sensors", summary="List sensors and their labels")
-    def sensors(request: Request, tenant: str = Depends(request_tenant)) -> ORJSON:
-        equal = [
+    def sensors(
+        request: Request,
+        match: str | None = Query(None, description='label matchers: {kind="x",site=~"A|B"}'),
+        tenant: str = Depends(request_tenant),
+    ) -> ORJSON:
+        matchers = [
             Matcher(k[len("label.") :], "has", v)
             for k, v in request.query_params.items()
             if k.startswith("label.")
         ]
-        return ORJSON({"sensors": reader.catalog.list(tenant, equal)})
+        if match is not None:
+            matchers += parse_matchers(match)
+        return ORJSON({"sensors": reader.catalog.list(tenant, matchers)})
 
 
 def _sensors(reader: Reader, tenant: str, sensors: str | None, match: str | None) -> list[int]:

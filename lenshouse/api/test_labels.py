@@ -71,3 +71,18 @@ def test_label_names_and_values(client: TestClient, node: Node) -> None:
     assert client.get("/v1/labels/nope/values").json()["values"] == []
     other = client.get("/v1/labels", headers={"X-Tenant": "other"}).json()
     assert other == {"labels": []}  # another tenant's catalog is its own
+
+
+def test_the_catalog_lists_the_sensors_matchers_select(client: TestClient, node: Node) -> None:
+    _fill(client, node)
+
+    def ids(params: dict) -> list[int]:
+        r = client.get("/v1/sensors", params=params)
+        assert r.status_code == 200, r.text
+        return [s["sensor"] for s in r.json()["sensors"]]
+
+    site_a = [s for s in KINDS if s <= 4]
+    assert ids({"match": '{site="A"}'}) == site_a
+    assert ids({"match": '{site=~"A|B",kind!="vibration"}'}) == [s for s in KINDS if s % 2 == 0]
+    assert ids({"match": '{site="A"}', "label.kind": "vibration"}) == [1, 3]  # both apply
+    assert client.get("/v1/sensors", params={"match": "{site="}).status_code == 422

@@ -401,3 +401,31 @@ def test_a_window_the_page_cannot_take_is_said_on_the_page(node, tab: Tab) -> No
     tab.page.click("[data-last='1d']")  # choosing a window clears it
     assert notice.is_hidden()
     assert_no_console_errors(tab)
+
+
+def test_the_picker_selects_by_label_matchers(node, tab: Tab) -> None:
+    fill(node, sensors=6, hours=1.0)
+    tab.open("?sensors=2&last=1h")
+    tab.wait_renders(1)
+    names = tab.page.locator("#label-names button")
+    names.first.wait_for()
+    assert names.all_inner_texts() == ["kind", "line"]
+    tab.page.click("#label-names button:text('line')")  # starts the matchers
+    assert tab.page.input_value("#sensor-search") == '{line=""}'
+    tab.page.fill("#sensor-search", '{line="L1"}')
+    row = tab.page.locator(".sensor-list li.match")
+    row.wait_for()
+    assert "select 3 sensors" in row.inner_text()
+    assert tab.page.locator(".sensor-list li:not(.match):not(.empty)").count() == 3
+    renders = tab.renders()
+    tab.page.click("#pick-matched")
+    tab.wait_renders(renders + 1)
+    assert tab.page.evaluate("window.lenshouse.state.sensors") == [1, 3, 5]
+    assert tab.query()["sensors"] == "1,3,5"
+    tab.page.fill("#sensor-search", '{line=~"("}')
+    tab.page.locator(".sensor-list li.match.error").wait_for()
+    assert "is not a regex" in tab.page.locator(".sensor-list li.match").inner_text()
+    tab.page.fill("#sensor-search", "L0")  # words search again
+    assert tab.page.locator(".sensor-list li.match").count() == 0
+    tab.page.screenshot(path=str(ARTIFACTS / "page-matchers.png"))
+    assert_no_console_errors(tab)

@@ -30,6 +30,7 @@
     presets: $("presets"), customToggle: $("custom-toggle"), customForm: $("custom-form"),
     customStart: $("custom-start"), customEnd: $("custom-end"),
     search: $("sensor-search"), list: $("sensor-list"), picked: $("picked-count"),
+    labelNames: $("label-names"),
   };
 
   // Measurements the browser tests (and curious humans) read from the console.
@@ -699,15 +700,94 @@
     }
   }
 
+  /* Label matchers in the search box ({kind="x",site=~"A|B"}) are evaluated
+     by the server, as lenses evaluate them; `matched` holds its answer for
+     the text in `matchedFor` (null while none has arrived). */
+  let matched = null;
+  let matchedFor = null;
+  let matchError = null;
+  let matchTimer = null;
+
+  function isMatcher(text) {
+    return text.trim().startsWith("{");
+  }
+
+  function onSearch() {
+    const text = el.search.value.trim();
+    clearTimeout(matchTimer);
+    if (!isMatcher(text)) {
+      renderPicker();
+      return;
+    }
+    matchTimer = setTimeout(() => runMatch(text), 200);
+  }
+
+  async function runMatch(text) {
+    try {
+      const { body } = await fetchJson(`/v1/sensors?match=${encodeURIComponent(text)}`,
+        undefined, "These matchers cannot be read.");
+      matched = new Set(body.sensors.map((s) => s.sensor));
+      matchError = null;
+    } catch (err) {
+      if (!(err instanceof RequestError)) throw err;
+      matched = new Set();
+      matchError = err.message;
+    }
+    matchedFor = text;
+    renderPicker();
+  }
+
+  async function loadLabelNames() {
+    try {
+      const { body } = await fetchJson("/v1/labels", undefined, "Could not list labels.");
+      if (!body.labels.length) return;
+      const frag = document.createDocumentFragment();
+      frag.append("Labels: ");
+      for (const name of body.labels.slice(0, 12)) {
+        const b = document.createElement("button");
+        b.type = "button";
+        b.className = "link";
+        b.textContent = name;
+        b.title = `Select by ${name}: {${name}="…"}`;
+        b.addEventListener("click", () => insertMatcher(name));
+        frag.append(b, " ");
+      }
+      el.labelNames.replaceChildren(frag);
+      el.labelNames.hidden = false;
+    } catch (err) {
+      if (!(err instanceof RequestError)) throw err;
+    }
+  }
+
+  // Adds NAME="" to the matchers in the search box (starting them if needed).
+  function insertMatcher(name) {
+    const text = el.search.value.trim();
+    const inner = isMatcher(text) ? text.replace(/^\{|\}$/g, "").trim() : "";
+    const head = inner ? `{${inner},${name}="` : `{${name}="`;
+    el.search.value = `${head}"}`;
+    el.search.focus();
+    el.search.setSelectionRange(head.length, head.length);
+  }
+
+  function pickMatched() {
+    const ids = [...matched].sort((a, b) => a - b);
+    if (ids.length <= MAX_SENSORS) setSensors(ids);
+  }
+
   function renderPicker() {
     const picked = state.sensors || [];
-    const terms = el.search.value.toLowerCase().split(/\s+/).filter(Boolean);
+    const text = el.search.value.trim();
+    const byMatch = isMatcher(text);
+    const terms = byMatch ? [] : text.toLowerCase().split(/\s+/).filter(Boolean);
     const known = new Set(catalog.map((s) => s.sensor));
     // Picked sensors missing from the catalog (e.g. from a shared URL) stay visible.
     const extra = picked.filter((id) => !known.has(id)).map((id) => ({ sensor: id, labels: null, text: `#${id} ${id}` }));
-    const rows = [...extra, ...catalog].filter((s) => terms.every((t) => s.text.includes(t)));
+    const selected = byMatch && matchedFor === text ? matched : null;
+    const rows = [...extra, ...catalog].filter((s) =>
+      byMatch ? selected == null || selected.has(s.sensor) : terms.every((t) => s.text.includes(t)));
     const full = picked.length >= MAX_SENSORS;
     const frag = document.createDocumentFragment();
+    if (selected != null) frag.appendChild(matchRow(selected.size));
     for (const s of rows.slice(0, PICKER_LIMIT)) frag.appendChild(pickerRow(s, picked, full));
     if (!rows.length) frag.appendChild(emptyRow(catalog.length ? "No sensor matches the search." :
       "No sensors yet. Write points, or register one with PUT /v1/sensors/{id}."));
@@ -738,6 +818,26 @@
     label.append(box, sw, name, labels);
     li.appendChild(label);
     if (box.disabled) li.title = `At most ${MAX_SENSORS} sensors per lens`;
+    return li;
+  }
+
+  // The first row under matchers: how many they select, and a button to draw them all.
+  function matchRow(n) {
+    const li = emptyRow(matchError ? matchError :
+      n === 0 ? "These matchers select no sensor." :
+      n > MAX_SENSORS ? `These matchers select ${n} sensors; a lens takes at most ${MAX_SENSORS}.` :
+      `These matchers select ${n} sensor${n === 1 ? "" : "s"}.`);
+    li.classList.add("match");
+    if (matchError) li.classList.add("error");
+    if (!matchError && n > 0 && n <= MAX_SENSORS) {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = "link";
+      b.id = "pick-matched";
+      b.textContent = n === 1 ? "Draw it" : `Draw all ${n}`;
+      b.addEventListener("click", pickMatched);
+      li.append(" ", b);
+    }
     return li;
   }
 
@@ -799,7 +899,7 @@
     $("zoom-out").addEventListener("click", zoomOut);
     $("zoom-in").addEventListener("click", zoomIn);
     el.live.addEventListener("click", () => setLive(!state.live));
-    el.search.addEventListener("input", renderPicker);
+    el.search.addEventListener("input", onSearch);
     $("clear-sensors").addEventListener("click", () => setSensors([]));
     el.list.addEventListener("change", onPick);
     el.wrap.addEventListener("mousedown", onPanStart, true);
@@ -832,6 +932,7 @@
     const defaultPick = state.sensors == null; // no sensors= in the URL at all
     if (!defaultPick) refresh();
     await loadCatalog();
+    loadLabelNames();
     if (defaultPick) {
       state.sensors = catalog.length ? [catalog[0].sensor] : [];
       renderPicker();
