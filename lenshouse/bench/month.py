@@ -84,7 +84,7 @@ def run_month(cfg: BenchConfig, workdir: Path) -> dict:
             "dropped_partitions": len(dropped),
             "dropped_bytes": report.dropped_bytes,
             "raw_mark": next((b for t, s, b in report.marks if s == "raw"), None),
-            "days_kept": (ds.end_ms - min(a.hi for a in dropped)) / DAY_MS if dropped else None,
+            "raw_days_kept": (ds.end_ms - max(a.hi for a in dropped)) / DAY_MS if dropped else None,
         },
     }
 
