@@ -51,11 +51,15 @@ def prefix_matching(lens, batches: list[PointBatch], lo: int, hi: int) -> int | 
 
 
 def check_during_ingest(
-    node: Node, batches: list[PointBatch], window: Callable[[], tuple[int, int, int]]
+    node: Node,
+    batches: list[PointBatch],
+    window: Callable[[], tuple[int, int, int]],
+    until: Callable[[], bool] = lambda: True,
 ) -> tuple[int, int]:
     """Write ``batches`` from a thread while reading lenses over ``window()``
     ((start, end, points)); each must equal the oracle over some prefix of the
-    acknowledged batches. Returns (lenses checked, of those read while racing)."""
+    acknowledged batches. Reading goes on after the writes until ``until()``
+    (at most 200 lenses). Returns (lenses checked, of those read while racing)."""
     acked = 0
     lsns: list[int] = []
     done = threading.Event()
@@ -72,7 +76,7 @@ def check_during_ingest(
     thread.start()
     checked = racing = 0
     try:
-        while not done.is_set() or checked < 5:
+        while (not done.is_set() or checked < 5 or not until()) and checked < 200:
             loaded_lsn = node.ingestor.loader.loaded_lsn
             lo = sum(1 for x in lsns[:acked] if x < loaded_lsn)
             a, b, points = window()
