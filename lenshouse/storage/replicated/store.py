@@ -304,26 +304,36 @@ class ClusterStore(SqlStore):
             "rows": pa.array([sizes[p][1] for p in names], pa.uint64()),
         })  # fmt: skip
 
+    def _on_each_shard(self, sql: str) -> None:
+        """``sql`` on one live replica of every shard, which replicates it to
+        the others. Not ``ON CLUSTER``: the distributed DDL queue runs one task
+        at a time per server, and a slow ALTER there holds up every CREATE."""
+        for shard in self.conn.shards:
+            for address in shard.replicas:
+                try:
+                    self.conn.query_replica(address, sql)
+                    break
+                except RetryableError:
+                    continue
+            else:
+                raise ShardUnavailable([shard.name], "no replica took the change")
+
     def drop_partition(self, tier: Tier | None, partition: int) -> None:
         table = f"{self.conn.database}.{self._local(tier)}"
-        on = f" ON CLUSTER {self.conn.cluster}"
-        self.backend.execute(
-            queries.drop_partition(table, partition, on),
-            {"distributed_ddl_task_timeout": DDL_TIMEOUT_S},
-        )
+        self._on_each_shard(queries.drop_partition(table, partition))
 
     def delete_range(self, tier: Tier | None, tenant: str, lo: int, hi: int) -> bool:
-        """A mutation on every shard (``ON CLUSTER``), waited for on every replica
-        for a while. 18.16 does not mutate the last part a quorum insert made in
-        a partition until another part arrives there: the delete then stays
-        queued in ClickHouse (False). Nobody reads below an expiry mark, so the
-        rows waiting for it are never seen."""
-        local = self._local(tier)
-        on = f" ON CLUSTER {self.conn.cluster}"
-        sql = queries.delete_range(f"{self.conn.database}.{local}", tier, tenant, lo, hi, on)
-        self.backend.execute(sql, {"distributed_ddl_task_timeout": DDL_TIMEOUT_S})
+        """A mutation on every shard, waited for on every replica for a while.
+        Not on 18.16: it does not mutate the last part a quorum insert made in
+        a partition until another part arrives there, so the delete would only
+        queue (False). Nobody reads below an expiry mark, so the rows left are
+        never seen; the partition goes once every tenant has expired it."""
         if not self.dialect.modern:
-            return False  # see above: waiting would mostly wait in vain
+            return False
+        local = self._local(tier)
+        self._on_each_shard(
+            queries.delete_range(f"{self.conn.database}.{local}", tier, tenant, lo, hi)
+        )
         check = queries.mutations_running(local, self.conn.database)
         deadline = time.monotonic() + MUTATION_WAIT_S
         for shard in self.conn.shards:
