@@ -7,7 +7,9 @@ Kubernetes CronJob's way)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import typer
@@ -19,8 +21,10 @@ from lenshouse.retention import maintain
 from lenshouse.retention.horizons import when
 from lenshouse.retention.policy import SOURCES
 from lenshouse.storage.errors import StorageError
+from lenshouse.storage.store import Store
 from lenshouse.tenancy.registry import ADMIN_TOKEN_ENV
 
+T = TypeVar("T")
 retention_app = typer.Typer(help="Per-tenant retention of raw points and tiers.")
 console = Console()
 err_console = Console(stderr=True)
@@ -76,6 +80,26 @@ def _store(
     return store
 
 
+def _on_store(
+    work: Callable[[Store], T],
+    data: Path | None,
+    clickhouse: str | None,
+    cluster: str,
+    database: str,
+    user: str = "default",
+    password: str = "",
+) -> T:
+    """``work(store)`` on the named store, closed after; its refusals as exit 1."""
+    try:
+        store = _store(data, clickhouse, cluster, database, user, password)
+        try:
+            return work(store)
+        finally:
+            store.close()
+    except (StorageError, BadInput) as e:
+        raise _fail(str(e)) from None
+
+
 def _http(url: str, token: str | None, method: str, path: str, **kw) -> dict:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
@@ -122,15 +146,11 @@ def maintain_command(
         params = {"dry_run": "true" if dry_run else "false"}
         _print_report(_http(url, token, "POST", "/v1/admin/maintain", params=params))
         return
-    try:
-        store = _store(data, clickhouse, cluster, database, user, password)
-        try:
-            wait = settle if settle is not None else (0.0 if data else maintain.SETTLE_S)
-            report = maintain.run(store, settle_s=wait, dry_run=dry_run, say=console.print)
-        finally:
-            store.close()
-    except (StorageError, BadInput) as e:
-        raise _fail(str(e)) from None
+    wait = settle if settle is not None else (0.0 if data else maintain.SETTLE_S)
+    report = _on_store(
+        lambda store: maintain.run(store, settle_s=wait, dry_run=dry_run, say=console.print),
+        data, clickhouse, cluster, database, user, password,
+    )  # fmt: skip
     _print_report(report.to_json())
 
 
@@ -148,14 +168,10 @@ def show(
     if url:
         policies = _http(url, token, "GET", "/v1/admin/retention")["policies"]
     else:
-        try:
-            store = _store(data, clickhouse, cluster, database)
-            try:
-                policies = {t: p.to_json() for t, p in maintain.policies(store).items()}
-            finally:
-                store.close()
-        except StorageError as e:
-            raise _fail(str(e)) from None
+        policies = _on_store(
+            lambda store: {t: p.to_json() for t, p in maintain.policies(store).items()},
+            data, clickhouse, cluster, database,
+        )  # fmt: skip
     table = Table("tenant", *SOURCES)
     for tenant, keep in policies.items():
         table.add_row(tenant, *(keep[s] for s in SOURCES))
@@ -185,12 +201,7 @@ def set_keep(
         doc = _http(url, token, "PUT", f"/v1/admin/retention/{tenant}", json=pairs)
         console.print(f"{tenant}: {doc['keep']}")
         return
-    try:
-        store = _store(data, clickhouse, cluster, database)
-        try:
-            policy = maintain.set_policy(store, tenant, pairs)
-        finally:
-            store.close()
-    except (StorageError, BadInput) as e:
-        raise _fail(str(e)) from None
+    policy = _on_store(
+        lambda store: maintain.set_policy(store, tenant, pairs), data, clickhouse, cluster, database
+    )
     console.print(f"{tenant}: {policy.to_json()}")
