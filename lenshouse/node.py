@@ -60,6 +60,7 @@ class Node:
         self.ingestor.loader.store_cells = not self._upgrade.raw_view
         self.head = Head(head_seconds, max_bytes=int(head_max_mb * 2**20))
         self.ingestor.loader.on_loaded.append(self.head.add)
+        self.ingestor.loader.on_erased.append(self.head.erase)
         self.horizons = Horizons(store)
         self.ingestor.loader.raw_mark = self.horizons.raw_mark
         self.lenses = LensEngine(

@@ -80,6 +80,33 @@ class PointBatch:
         return self
 
 
+@dataclass(frozen=True)
+class Erasure:
+    """A delete in the log: the points of ``sensor`` with ``start <= ts < end``
+    that were accepted before it. It travels the same path as point batches
+    (log, loader), so it applies in order with them; points accepted after it
+    are stored again (a rewrite of the range). Holds no points (``len`` 0)."""
+
+    tenant: str
+    sensor: np.ndarray  # uint32, distinct
+    start: int
+    end: int
+
+    def __len__(self) -> int:
+        return 0
+
+    @classmethod
+    def of(cls, tenant: str, sensors, start: int, end: int) -> Erasure:
+        s = np.unique(_as_column(sensors, "sensor", np.uint32, integral=True))
+        if len(s) == 0:
+            raise BadInput("a delete names at least one sensor", 422)
+        if end <= start:
+            raise BadInput(f"end ({end}) must be after start ({start})", 422)
+        if start < MIN_TS_MS:
+            raise BadInput(f"start must be on or after 2000-01-01 ({MIN_TS_MS}); got {start}", 422)
+        return cls(check_tenant(tenant), s, int(start), int(end))
+
+
 def check_tenant(tenant: str | None) -> str:
     if tenant is None or tenant == "":
         return DEFAULT_TENANT

@@ -28,13 +28,15 @@ from lenshouse.lens.engine import (
     parse_sensors,
 )
 from lenshouse.node import Node
-from lenshouse.points import BadInput, PointBatch
+from lenshouse.points import BadInput, Erasure, PointBatch
 from lenshouse.storage.catalog import Catalog, check_labels
 from lenshouse.storage.errors import RetryableError, StorageError
 from lenshouse.storage.matchers import Matcher, parse_matchers
+from lenshouse.storage.store import erase_bounds
 from lenshouse.tenancy.quotas import Limiter, Quotas, SensorLimit
 
 MAX_BODY_BYTES = 256 << 20
+ERASE_WAIT_S = 30.0  # an embedded delete answers once applied, or 202 after this
 SENSOR_RETRY_S = 60  # a sensor quota frees up only when the operator acts
 STATIC = Path(__file__).parent / "static"
 
@@ -73,6 +75,9 @@ class Writer(Protocol):
     async def write(
         self, batch: PointBatch, batch_id: str | None, body: bytes
     ) -> dict[str, str]: ...
+
+    async def erase(self, erasure: Erasure, batch_id: str | None) -> tuple[dict, bool]:
+        """Log a delete; (answer, whether it is applied already)."""
 
 
 class Reader(Protocol):
@@ -129,6 +134,16 @@ class _NodeWriter:
     async def write(self, batch: PointBatch, batch_id: str | None, body: bytes) -> dict[str, str]:
         lsn = await self.node.ingestor.write(batch, batch_id)
         return {"X-Lenshouse-Lsn": str(lsn)}
+
+    async def erase(self, erasure: Erasure, batch_id: str | None) -> tuple[dict, bool]:
+        check_erasable(erasure, self.node.horizons.raw_mark(erasure.tenant))
+        ing = self.node.ingestor
+        lsn = await ing.erase(erasure, batch_id)
+        done = await run_in_threadpool(ing.wait_visible, lsn, ERASE_WAIT_S)
+        doc = {"lsn": lsn, "applied": done}
+        if done:
+            doc["deleted"] = ing.loader.erased_by_lsn.get(lsn)
+        return doc, done
 
 
 def _node_health(node: Node) -> tuple[dict, bool]:
@@ -223,6 +238,36 @@ def add_write_routes(app: FastAPI, writer: Writer) -> None:
             )
         headers = await writer.write(batch, x_batch_id, body)
         return Response(status_code=204, headers=headers)
+
+    @app.delete("/v1/points", summary="Delete sensors' points in a time range")
+    async def delete_points(
+        sensors: str | None = Query(None, description="comma-separated sensor ids, 1 to 10"),
+        sensor: str | None = Query(None, description="the same as sensors"),
+        start: int = Query(..., description="range start, epoch ms (inclusive)"),
+        end: int = Query(..., description="range end, epoch ms (exclusive)"),
+        tenant: str = Depends(request_tenant),
+        x_batch_id: str | None = Header(None, max_length=128),
+    ) -> ORJSON:
+        ids = sensors if sensors is not None else sensor
+        if ids is None:
+            raise BadInput("name the sensors: sensors=1,2", 422)
+        erasure = Erasure.of(tenant, parse_sensors(ids), start, end)
+        doc, applied = await writer.erase(erasure, x_batch_id)
+        doc = {"sensors": erasure.sensor.tolist(), "start": start, "end": end, **doc}
+        return ORJSON(doc, status_code=200 if applied else 202)
+
+
+def check_erasable(erasure: Erasure, raw_mark: int | None) -> None:
+    """A delete rebuilds the coarsest cells it cuts from raw points: refused
+    where those have expired."""
+    lo, _ = erase_bounds(erasure.start, erasure.end)
+    if raw_mark is not None and lo < raw_mark:
+        first = erase_bounds(raw_mark - 1, raw_mark)[1]  # the first whole cell above the mark
+        raise BadInput(
+            f"raw points before {raw_mark} have expired; a delete rebuilds the hour cells"
+            f" it cuts from raw points, so it must start at or after {first}",
+            422,
+        )
 
 
 def add_read_routes(app: FastAPI, reader: Reader, lens_seconds: Histogram) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from kazoo.client import KazooClient
@@ -46,6 +46,7 @@ def span_doc(span: LoadSpan) -> dict:
         "min_ts": span.min_ts,
         "max_ts": span.max_ts,
         "cells": cells,
+        "erases": span.erases,
     }
 
 
@@ -61,6 +62,7 @@ def span_of(doc: dict) -> LoadSpan:
         else {
             t: np.frombuffer(base64.b64decode(b), "<u8").astype(np.uint64) for t, b in cells.items()
         },
+        erases=bool(doc.get("erases", False)),
     )
 
 
@@ -157,9 +159,7 @@ class PartitionProgress:
                     "first_lsn": pending.first_lsn,
                     "last_lsn": pending.last_lsn,
                 }
-                doc.span = span_doc(
-                    LoadSpan(seq, span.tenants, span.min_ts, span.max_ts, span.cells)
-                )
+                doc.span = span_doc(replace(span, seq=seq))
                 tx = self.zk.transaction()
                 tx.set_data(self.paths.seq, str(seq + 1).encode(), version=stat.version)
                 tx.set_data(self.paths.partition(self.partition), doc.dump(), version=self._version)

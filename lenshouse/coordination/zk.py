@@ -5,7 +5,8 @@ Layout, under ``/lenshouse/<database>``:
 - ``seq``: the next load number, shared by all loaders (a counter);
 - ``partitions/p<N>``: partition N's progress (JSON, see ``progress``);
 - ``owners/p<N>``: ephemeral, the loader that owns partition N;
-- ``loaders/<id>``: ephemeral, one per running loader.
+- ``loaders/<id>``: ephemeral, one per running loader;
+- ``storage``: what the cluster's ClickHouse can do (JSON, written by loaders).
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ class Paths:
     @property
     def loaders(self) -> str:
         return f"{self.root}/loaders"
+
+    @property
+    def storage(self) -> str:
+        return f"{self.root}/storage"
 
 
 def connect(hosts: list[str], timeout: float = 30.0) -> KazooClient:

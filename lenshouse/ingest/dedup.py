@@ -91,6 +91,12 @@ class SeenIndex:
         self._free = list(range(len(self._bits) - 1, -1, -1))
         self._extent_loaded = False
 
+    def forget_sensors(self, tenant: str, sensors: set[int]) -> None:
+        """Drop the pages of some sensors (their points were deleted): they
+        are read again from raw when next needed."""
+        for key in [k for k in self._slot if k[0] == tenant and k[1] in sensors]:
+            self._free.append(self._slot.pop(key))
+
     def _load_extents(self) -> None:
         """Page ranges per sensor from the coarsest rollup: a superset of what
         earlier loads stored (the tier may also hold part of a load in doubt,

@@ -11,7 +11,7 @@ from pathlib import Path
 from lenshouse.ingest.loader import Loader
 from lenshouse.ingest.visibility import Visibility
 from lenshouse.ingest.wal import WriteAheadLog
-from lenshouse.points import BadInput, PointBatch
+from lenshouse.points import BadInput, Erasure, PointBatch
 from lenshouse.storage.store import Store
 
 MAX_BATCH_IDS = 100_000
@@ -93,6 +93,22 @@ class Ingestor:
             if len(self._batch_ids) > MAX_BATCH_IDS:
                 self._batch_ids.popitem(last=False)
         return lsn
+
+    async def erase(self, erasure: Erasure, batch_id: str | None = None) -> int:
+        """Make a delete durable; its log position. A repeated ``batch_id``
+        gets the first one's position (a client's retry must not delete
+        points written after it)."""
+        key = (erasure.tenant, "erase:" + batch_id) if batch_id is not None else None
+        known = self._batch_ids.get(key) if key is not None else None
+        if known is not None:
+            return known
+        lsn = await asyncio.wrap_future(self.wal.append(erasure))
+        if key is not None:
+            self._batch_ids[key] = lsn
+        return lsn
+
+    def erase_sync(self, erasure: Erasure) -> int:
+        return self.wal.append(erasure).result()
 
     def write_sync(self, batch: PointBatch) -> int:
         """Blocking form of ``write`` for in-process writers (tests, data preparation)."""

@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -33,12 +33,19 @@ import pyarrow as pa
 
 from lenshouse.ingest.dedup import Duplicates, SeenIndex, count_conflicts
 from lenshouse.ingest.reconcile import reconcile
-from lenshouse.ingest.visibility import LoadSpan, Visibility, footprint_keys, footprint_sensors
+from lenshouse.ingest.visibility import (
+    LoadSpan,
+    Visibility,
+    erase_footprint,
+    footprint_keys,
+    footprint_sensors,
+)
 from lenshouse.ingest.wal import Record, WriteAheadLog
-from lenshouse.points import PointBatch
+from lenshouse.points import Erasure, PointBatch
 from lenshouse.rollup.cells import cells, footprint_points
+from lenshouse.rollup.tiers import TIERS
 from lenshouse.storage.errors import FatalError, StorageError
-from lenshouse.storage.store import Store
+from lenshouse.storage.store import Store, erase_bounds
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +162,9 @@ class LoaderStats:
     reconciled: int = 0  # loads checked against what ClickHouse holds
     expired: int = 0  # points older than their tenant's raw expiry mark, not stored
     repaired: int = 0  # of those, loads that had lost rows and got them back
+    erasures: int = 0  # deletes applied
+    erased: int = 0  # points they removed
+    erasures_refused: int = 0  # deletes this store cannot apply (logged)
 
 
 class Loader:
@@ -217,6 +227,14 @@ class Loader:
         self.on_loaded: list[Callable[[int, pa.Table], None]] = []
         # Each tenant's raw expiry mark (lenshouse.retention.horizons), if any.
         self.raw_mark: Callable[[str], int | None] | None = None
+        # Called with (tenant, sensors, start, end) once a delete is applied,
+        # before lenses may see it.
+        self.on_erased: list[Callable[[str, list[int], int, int], None]] = []
+        # A delete that ended a group of records, to start the next one.
+        self._carry: Record | None = None
+        # Points each recent delete removed, by its log position (for whoever
+        # waits for it); guarded by ``_loaded``.
+        self.erased_by_lsn: OrderedDict[int, int] = OrderedDict()
 
     # -- feeding --------------------------------------------------------------
     def submit(self, rec: Record, stored_at: float | None = None) -> None:
@@ -258,7 +276,10 @@ class Loader:
             records = self.wal.read_range(p.first_lsn, p.last_lsn)
             if len(records) != p.last_lsn - p.first_lsn + 1:
                 raise RuntimeError(f"log lacks records {p.first_lsn}..{p.last_lsn} of load {p.seq}")
-            self._store(records, p.seq, self._prepared(records, p.seq), in_doubt=True)
+            if _is_erasure(records):
+                self._erase(records[0], p.seq)  # idempotent: done again from the start
+            else:
+                self._store(records, p.seq, self._prepared(records, p.seq), in_doubt=True)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="loader", daemon=True)
@@ -288,6 +309,14 @@ class Loader:
                 allocates = getattr(self.progress, "allocates", False)
                 seq: int | None = None if allocates else self.state.next_seq
                 for group in self._groups():
+                    if _is_erasure(group):
+                        # In order with the loads around it: after the one
+                        # being stored, before the next is filtered.
+                        self._wait_stored()
+                        self._erase(group[0], seq)
+                        if seq is not None:
+                            seq += 1
+                        continue
                     prepared = self._prepared(group, seq)
                     self._wait_stored()
                     self._storing = pool.submit(self._store, group, seq, prepared)
@@ -326,6 +355,12 @@ class Loader:
         for rec in backlog:
             if rec.lsn >= self.backlog_end:
                 break
+            if isinstance(rec.batch, Erasure):
+                if group:
+                    yield group
+                    group, rows = [], 0
+                yield [rec]
+                continue
             group.append(rec)
             rows += len(rec.batch)
             if rows >= self.max_rows:
@@ -339,6 +374,10 @@ class Loader:
                 yield group
 
     def _gather(self) -> list[Record]:
+        """The next group: consecutive point records, or one delete alone."""
+        if self._carry is not None:
+            carry, self._carry = self._carry, None
+            return [carry]
         group: list[Record] = []
         rows = 0
         deadline = None
@@ -354,6 +393,11 @@ class Loader:
                 continue
             if rec.lsn < self.state.next_lsn:
                 continue  # loaded from disk during recovery
+            if isinstance(rec.batch, Erasure):
+                if not group:
+                    return [rec]
+                self._carry = rec
+                break
             if deadline is None:
                 deadline = acked + self.flush_interval
             group.append(rec)
@@ -429,6 +473,69 @@ class Loader:
 
         if self.stats.loads % 16 == 0:
             self.wal.truncate_before(self.state.next_lsn)
+
+    def _erase(self, rec: Record, seq: int | None) -> None:
+        """Apply a delete as a load of its own: registered in flight (lenses
+        of its sensors wait, caches drop its cells), applied, then complete.
+        A crash part way replays it whole on restart."""
+        e = rec.batch
+        assert isinstance(e, Erasure)
+        sensors = [int(s) for s in e.sensor]
+        start = self._erase_start(e)
+        lo, hi = erase_bounds(start, e.end)
+        span = LoadSpan(
+            -1 if seq is None else seq,
+            frozenset([e.tenant]),
+            lo,
+            hi - 1,
+            erase_footprint(e.tenant, sensors, lo, hi),
+            erases=True,
+        )
+        given = span.seq
+        seq = self._retry(
+            lambda: self.progress.intent(self.state, Pending(given, rec.lsn, rec.lsn), span)
+        )
+        span = replace(span, seq=seq)
+        self.visibility.begin(span)
+        n = 0
+        if start >= e.end:
+            pass  # the whole range lies where raw points have expired
+        elif not self.store.can_erase:
+            self.stats.erasures_refused += 1
+            log.error("delete at %d not applied: this storage cannot delete", rec.lsn)
+        else:
+            n = self._retry(lambda: self.store.erase_count(e.tenant, sensors, start, e.end))
+            self._retry(lambda: self.store.erase(e.tenant, sensors, start, e.end, seq))
+        self.index.forget_sensors(e.tenant, set(sensors))
+        for callback in self.on_erased:
+            callback(e.tenant, sensors, start, e.end)
+        self.stats.erasures += 1
+        self.stats.erased += n
+        self.visibility.end(seq)
+        with self._loaded:
+            self.erased_by_lsn[rec.lsn] = n
+            while len(self.erased_by_lsn) > 1024:
+                self.erased_by_lsn.popitem(last=False)
+            self.state.next_lsn = rec.lsn + 1
+            self.state.next_seq = seq + 1
+            self.state.pending = None
+            self._retry(lambda: self.progress.done(self.state))
+            self._loaded.notify_all()
+        self._dequeue(rec.lsn, 0)
+
+    def _erase_start(self, e: Erasure) -> int:
+        """Where a delete can begin: its cells are rebuilt from raw points, so
+        it starts no earlier than the first whole coarse cell above the raw
+        mark (requests are refused below it; the mark may have moved since)."""
+        mark = self.raw_mark(e.tenant) if self.raw_mark is not None else None
+        if mark is None or erase_bounds(e.start, e.end)[0] >= mark:
+            return e.start
+        w = TIERS[-1].res_ms
+        start = min(e.end, max(e.start, -(-mark // w) * w))
+        log.warning(
+            "delete of [%d, %d) starts at %d: raw points below expired", e.start, e.end, start
+        )
+        return start
 
     def _dequeue(self, last_lsn: int, rows: int) -> None:
         with self._queued_lock:
@@ -522,6 +629,10 @@ class Loader:
         self._retry(lambda: self.store.insert_sensors(table, token + "-sensors"))
         self._known_sensors |= new
         return len(new)
+
+
+def _is_erasure(records: list[Record]) -> bool:
+    return len(records) == 1 and isinstance(records[0].batch, Erasure)
 
 
 def _masked(batch: PointBatch, mask: np.ndarray) -> PointBatch:

@@ -40,16 +40,34 @@ def footprint_sensors(keys: np.ndarray) -> np.ndarray:
     return sensors[np.concatenate(([True], sensors[1:] != sensors[:-1]))]
 
 
+# A delete's footprint lists every cell of its range; past this many keys it
+# claims its whole time range of the tenant instead.
+MAX_ERASE_KEYS = 100_000
+
+
+def erase_footprint(
+    tenant: str, sensors: list[int], lo: int, hi: int
+) -> Mapping[str, np.ndarray] | None:
+    """Footprint of a delete of ``sensors`` over [lo, hi): every cell."""
+    cells = np.arange(lo >> CELL_BITS, ((hi - 1) >> CELL_BITS) + 1, dtype=np.uint64)
+    if len(cells) * len(sensors) > MAX_ERASE_KEYS:
+        return None
+    keys = [(np.uint64(s) << np.uint64(32)) | cells for s in sorted(set(sensors))]
+    return {tenant: np.concatenate(keys)}
+
+
 @dataclass(frozen=True)
 class LoadSpan:
     """The rows one load adds: its sequence number, tenants and time range, and
-    where known the exact (sensor, cell) footprint per tenant."""
+    where known the exact (sensor, cell) footprint per tenant. A delete
+    (``erases``) is a load too: it removes rows where it touches."""
 
     seq: int
     tenants: frozenset[str]
     min_ts: int
     max_ts: int
     cells: Mapping[str, np.ndarray] | None = field(default=None, compare=False, hash=False)
+    erases: bool = False
 
     def touches(self, tenant: str, lo: int, hi: int) -> bool:
         return tenant in self.tenants and self.min_ts < hi and self.max_ts >= lo

@@ -11,6 +11,9 @@ Record layout (little endian)::
     magic "LHW1" | crc32 u32 | payload_len u32 | lsn u64 | tenant_len u16 | count u32
     payload = tenant bytes | sensor u32[count] | ts i64[count] | value f64[count]
 
+A delete (:class:`~lenshouse.points.Erasure`) has magic "LHX1" and payload
+``tenant bytes | sensor u32[count] | start i64 | end i64``.
+
 The crc covers everything after itself. A torn record at the tail of the last
 segment (a crash mid-append) is cut off on recovery: it was never acknowledged.
 
@@ -37,9 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lenshouse.points import PointBatch
+from lenshouse.points import Erasure, PointBatch
 
 MAGIC = b"LHW1"
+ERASE_MAGIC = b"LHX1"
 HEADER = struct.Struct("<4sIIQHI")
 _CRC_FROM = 8  # crc covers the header from payload_len on, then the payload
 SEGMENT_SUFFIX = ".wal"
@@ -55,23 +59,29 @@ class CorruptLog(RuntimeError):
 @dataclass(frozen=True)
 class Record:
     lsn: int
-    batch: PointBatch
+    batch: PointBatch | Erasure
 
 
-def encode(lsn: int, batch: PointBatch) -> list[bytes | memoryview]:
+def encode(lsn: int, batch: PointBatch | Erasure) -> list[bytes | memoryview]:
     tenant = batch.tenant.encode()
-    parts = [
-        tenant,
-        memoryview(np.ascontiguousarray(batch.sensor, dtype="<u4")).cast("B"),
-        memoryview(np.ascontiguousarray(batch.ts, dtype="<i8")).cast("B"),
-        memoryview(np.ascontiguousarray(batch.value, dtype="<f8")).cast("B"),
-    ]
+    sensor = memoryview(np.ascontiguousarray(batch.sensor, dtype="<u4")).cast("B")
+    if isinstance(batch, Erasure):
+        magic, count = ERASE_MAGIC, len(batch.sensor)
+        parts = [tenant, sensor, np.array([batch.start, batch.end], "<i8").tobytes()]
+    else:
+        magic, count = MAGIC, len(batch)
+        parts = [
+            tenant,
+            sensor,
+            memoryview(np.ascontiguousarray(batch.ts, dtype="<i8")).cast("B"),
+            memoryview(np.ascontiguousarray(batch.value, dtype="<f8")).cast("B"),
+        ]
     length = sum(len(p) for p in parts)
-    head = HEADER.pack(MAGIC, 0, length, lsn, len(tenant), len(batch))
+    head = HEADER.pack(magic, 0, length, lsn, len(tenant), count)
     crc = zlib.crc32(head[_CRC_FROM:])
     for p in parts:
         crc = zlib.crc32(p, crc)
-    head = HEADER.pack(MAGIC, crc, length, lsn, len(tenant), len(batch))
+    head = HEADER.pack(magic, crc, length, lsn, len(tenant), count)
     return [head, *parts]
 
 
@@ -81,7 +91,9 @@ def decode_at(buf: memoryview, off: int) -> tuple[Record, int] | None:
         return None
     magic, crc, length, lsn, tlen, count = HEADER.unpack_from(buf, off)
     end = off + HEADER.size + length
-    if magic != MAGIC or end > len(buf) or length != tlen + count * POINT_BYTES:
+    erase = magic == ERASE_MAGIC
+    want = tlen + (count * 4 + 16 if erase else count * POINT_BYTES)
+    if magic not in (MAGIC, ERASE_MAGIC) or end > len(buf) or length != want:
         return None
     if (
         zlib.crc32(
@@ -94,6 +106,9 @@ def decode_at(buf: memoryview, off: int) -> tuple[Record, int] | None:
     tenant = bytes(buf[p : p + tlen]).decode()
     p += tlen
     sensor = np.frombuffer(buf, "<u4", count, p)
+    if erase:
+        start, stop = np.frombuffer(buf, "<i8", 2, p + 4 * count).tolist()
+        return Record(lsn, Erasure(tenant, sensor, start, stop)), end
     ts = np.frombuffer(buf, "<i8", count, p + 4 * count)
     value = np.frombuffer(buf, "<f8", count, p + 12 * count)
     return Record(lsn, PointBatch(tenant, sensor, ts, value)), end
@@ -200,7 +215,7 @@ class WriteAheadLog:
         self.segment_bytes = segment_bytes
         self.fsync = fsync
         self.on_durable = on_durable
-        self._queue: queue.Queue[tuple[PointBatch, Future] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[PointBatch | Erasure, Future] | None] = queue.Queue()
         self.direct = direct  # O_DIRECT where the filesystem has it
         self.direct_io: bool | None = None  # whether the open segment uses it
         self._file: SegmentFile | None = None
@@ -292,8 +307,8 @@ class WriteAheadLog:
         self._thread = threading.Thread(target=self._run, name="wal-writer", daemon=True)
         self._thread.start()
 
-    def append(self, batch: PointBatch) -> Future:
-        """Queue a batch; the future resolves to its LSN once it is on disk."""
+    def append(self, batch: PointBatch | Erasure) -> Future:
+        """Queue a batch or a delete; the future resolves to its LSN once it is on disk."""
         fut: Future = Future()
         self._queue.put((batch, fut))
         return fut
@@ -336,7 +351,7 @@ class WriteAheadLog:
             if group:
                 self._commit(group)
 
-    def _commit(self, group: list[tuple[PointBatch, Future]]) -> None:
+    def _commit(self, group: list[tuple[PointBatch | Erasure, Future]]) -> None:
         records: list[Record] = []
         try:
             if self._file is None or self._file.size >= self.segment_bytes:
@@ -371,7 +386,7 @@ class WriteAheadLog:
             fut.set_result(rec.lsn)
 
     @staticmethod
-    def _fail_all(group: list[tuple[PointBatch, Future]], err: BaseException) -> None:
+    def _fail_all(group: list[tuple[PointBatch | Erasure, Future]], err: BaseException) -> None:
         for _, fut in group:
             fut.set_exception(err)
 

@@ -204,6 +204,8 @@ class LensEngine:
         """One read: the newest part from the head, cached chunks, one query for
         the rest; None if the part a load in flight holds back is too long to
         read from raw, or lies where raw points have expired."""
+        if not quiet and _erasing(snap.inflight, tenant, sensors, start, end):
+            return None  # rows are being removed: read once the delete is done
         span = chunk_span(step)
         boundary, head = self.head.read(tenant, sensors, start, end, snap.committed_seq, span, step)
         stored_end = min(end, max(start, boundary))  # [start, stored_end) comes from storage
@@ -245,7 +247,7 @@ class LensEngine:
         table = self.store.lens_rows(tenant, step, groups, max_seq, snap.hidden) if groups else None
         read = _Read(tenant, step, snap, segments, cached, missing, _columns(table), head)
         read.valid = quiet or self._still_valid(
-            snap, tenant, sensors, segments, cut is None, cached, step
+            snap, tenant, sensors, segments, cut is None, cached, step, (start, end)
         )
         return read
 
@@ -367,14 +369,18 @@ class LensEngine:
         raw_checked: bool,
         chunks: dict[int, dict[int, Chunk]],
         step: int,
+        window: tuple[int, int],
     ) -> bool:
         """False if a load begun during the read wrote rows it used: rollup cells,
-        cached chunks, and raw rows too when they were read without a seq filter."""
+        cached chunks, and raw rows too when they were read without a seq filter;
+        or if a delete began anywhere in the window (raw rows and the head too)."""
         newer = self.visibility.started_since(snap)
         if newer is None:
             return False
         if not newer:
             return True
+        if _erasing(newer, tenant, sensors, *window):
+            return False
         if any(
             span.touches_sensor(tenant, sensor, seg.lo, seg.hi)
             for span in newer
@@ -390,6 +396,13 @@ class LensEngine:
             for sensor, held in chunks.items()
             for n in held
         )
+
+
+def _erasing(spans, tenant: str, sensors: list[int], start: int, end: int) -> bool:
+    """Whether a delete among ``spans`` removes rows of the lens's sensors."""
+    return any(
+        s.erases and any(s.touches_sensor(tenant, x, start, end) for x in sensors) for s in spans
+    )
 
 
 _COLUMNS = ("sensor", "b", "sum", "cnt", "min", "max")

@@ -66,7 +66,7 @@ def gateway(
 
     zk, auth = _keeper_auth(keeper, database)
     app = create_gateway_app(
-        Gateway(_split(nats), log, name, zk),
+        Gateway(_split(nats), log, name, zk, database),
         auth,
         Quotas(points_per_s=quota_points_per_s, sensors=quota_sensors),
     )

@@ -10,17 +10,21 @@ and the client must send it again, to this gateway or another.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+import uuid
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from kazoo.exceptions import KazooException, NoNodeError
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from lenshouse.api.app import Unavailable, add_health_route, add_write_routes, base_app
 from lenshouse.api.auth import Auth
-from lenshouse.points import PointBatch
+from lenshouse.coordination.zk import Paths
+from lenshouse.points import BadInput, Erasure, PointBatch
 from lenshouse.stream.jetstream import LogFull, LogUnavailable, connect, discover
 from lenshouse.stream.partitions import LogLayout
 from lenshouse.stream.publisher import Publisher, batch_key
@@ -35,9 +39,15 @@ class Gateway:
     """Ownership: everything here runs on the app's event loop."""
 
     def __init__(
-        self, servers: list[str], prefix: str = "LH", name: str = "gateway", zk=None
+        self,
+        servers: list[str],
+        prefix: str = "LH",
+        name: str = "gateway",
+        zk=None,
+        database: str = "default",
     ) -> None:
         self.servers = servers
+        self.database = database  # whose keeper records (tokens, storage) it reads
         self.zk = zk  # the keeper client its tokens come from (None in tests without auth)
         self.prefix = prefix
         self.name = name
@@ -106,6 +116,37 @@ class Gateway:
         self.points_accepted += len(batch)
         self.batches_accepted += 1
         return {"X-Lenshouse-Duplicate-Parts": str(dups)} if dups else {}
+
+    async def erase(self, erasure: Erasure, batch_id: str | None) -> tuple[dict, bool]:
+        """Publish a delete once the storage has said it can apply it; the
+        loaders apply it in log order (202: accepted, not yet applied)."""
+        if self.publisher is None:
+            raise Unavailable(f"gateway not ready: {self.problem}")
+        await self._check_deletes()
+        key = f"{erasure.tenant}/erase/{batch_id or uuid.uuid4().hex}"
+        try:
+            await self.publisher.publish_erasure(erasure, key)
+        except (LogFull, LogUnavailable) as e:
+            raise Unavailable(str(e)) from None
+        return {"applied": False}, False
+
+    async def _check_deletes(self) -> None:
+        if self.zk is None:
+            raise Unavailable("deletes need the keeper: this gateway was started without one")
+        path = Paths(self.database).storage
+        try:
+            raw, _ = await asyncio.to_thread(self.zk.get, path)
+        except NoNodeError:
+            raise Unavailable("no loader has said yet what the storage can do") from None
+        except KazooException as e:
+            raise Unavailable(f"keeper unavailable: {e!r}") from None
+        doc = json.loads(raw)
+        if not doc.get("deletes"):
+            raise BadInput(
+                f"this cluster's ClickHouse ({doc.get('server_version')}) cannot delete rows of"
+                " replicated tables reliably; deletes need ClickHouse 23.3 or later",
+                501,
+            )
 
     def health(self) -> tuple[dict, bool]:
         connected = self._nc is not None and self._nc.is_connected

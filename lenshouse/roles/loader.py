@@ -10,6 +10,7 @@ host continues exactly where this one stopped. Nothing is kept on local disk.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -158,6 +159,7 @@ class LoaderRole:
         self.store = store
         with self.zk.Lock(f"{self.paths.root}/schema-lock", self.member):
             self.store.open()  # one loader at a time creates the tables ON CLUSTER
+            self._publish_storage()
         self.layout = LogLayout(prefix, len(self.store.conn.shards))
         self.horizons = Horizons(self.store)  # points below a raw mark are not stored
         self.loop = LoopThread()
@@ -187,6 +189,16 @@ class LoaderRole:
                     raise RuntimeError(f"the log did not create its streams: {e!r}") from e
                 log.info("log not ready (%r); retrying", e)
                 time.sleep(1.0)
+
+    def _publish_storage(self) -> None:
+        """Tell gateways what this storage can do (they refuse what it cannot)."""
+        doc = json.dumps(
+            {"server_version": self.store.conn.version, "deletes": self.store.can_erase}
+        ).encode()
+        if self.zk.exists(self.paths.storage):
+            self.zk.set(self.paths.storage, doc)
+        else:
+            self.zk.create(self.paths.storage, doc, makepath=True)
 
     def _worker(self, partition: int) -> PartitionWorker:
         return PartitionWorker(partition, self)

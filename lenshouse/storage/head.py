@@ -95,6 +95,27 @@ class Head:
             if self.points * POINT_BYTES > self.max_bytes:
                 self._shrink()
 
+    def erase(self, tenant: str, sensors: list[int], lo: int, hi: int) -> None:
+        """Drop the sensors' points in [lo, hi) (a delete was applied)."""
+        with self._lock:
+            for s in sensors:
+                pieces = self._series.get((tenant, s))
+                if not pieces:
+                    continue
+                kept = []
+                for p in pieces:
+                    a, b = np.searchsorted(p.ts, [lo, hi])
+                    self.points -= int(b - a)
+                    if a == b:
+                        kept.append(p)
+                    elif a > 0 or b < len(p.ts):
+                        ts = np.concatenate((p.ts[:a], p.ts[b:]))
+                        kept.append(Piece(p.seq, ts, np.concatenate((p.value[:a], p.value[b:]))))
+                if kept:
+                    self._series[(tenant, s)] = kept
+                else:
+                    del self._series[(tenant, s)]
+
     @property
     def bytes(self) -> int:
         return self.points * POINT_BYTES

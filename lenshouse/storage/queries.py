@@ -222,6 +222,59 @@ def delete_range(table: str, tier: Tier | None, tenant: str, lo: int, hi: int, o
     )
 
 
+# -- deletes (lenshouse.ingest.erase) -------------------------------------------
+def _erase_where(tier: Tier | None, tenant: str, sensors: Iterable[int], lo: int, hi: int) -> str:
+    t = time_column(tier)
+    return (
+        f"tenant = {tenant_literal(tenant)} AND sensor IN ({_ints(sensors)})"
+        f" AND {t} >= {int(lo)} AND {t} < {int(hi)}"
+    )
+
+
+def erase(table: str, tier: Tier | None, tenant: str, sensors, lo: int, hi: int) -> str:
+    """A lightweight delete (rows masked at once, removed by later merges)."""
+    return f"DELETE FROM {table} WHERE {_erase_where(tier, tenant, sensors, lo, hi)}"
+
+
+def mutations_pending(tables: list[str]) -> str:
+    names = ",".join(string_literal(identifier(t)) for t in tables)
+    return (
+        "SELECT count() AS n FROM system.mutations WHERE database = currentDatabase()"
+        f" AND table IN ({names}) AND NOT is_done"
+    )
+
+
+def erase_count(first: Tier, tenant: str, sensors: list[int], start: int, end: int) -> str:
+    """Raw points in [start, end): whole first-tier cells from their counts,
+    the partial cells at both ends from raw."""
+    r = first.res_ms
+    a, b = -(-start // r) * r, end // r * r
+    if a >= b:
+        return (
+            f"SELECT count() AS n FROM raw WHERE {_erase_where(None, tenant, sensors, start, end)}"
+        )
+    edges = " OR ".join(
+        f"({_erase_where(None, tenant, sensors, x, y)})" for x, y in ((start, a), (b, end)) if x < y
+    )
+    whole = _erase_where(first, tenant, sensors, a, b)
+    inner = f"SELECT sum(cnt) AS n FROM {first.table} WHERE {whole}"
+    if not edges:
+        return f"SELECT toUInt64(sum(n)) AS n FROM ({inner})"
+    raw = f"SELECT count() AS n FROM raw WHERE {edges}"
+    return f"SELECT toUInt64(sum(n)) AS n FROM ({inner} UNION ALL {raw})"
+
+
+def edge_cells(first: Tier, tenant: str, sensors: list[int], ranges: list[tuple[int, int]]) -> str:
+    """First-tier cells of the raw points in ``ranges`` (cell-aligned), in the
+    tier table's column order, sorted by key."""
+    r = first.res_ms
+    where = " OR ".join(f"({_erase_where(None, tenant, sensors, a, b)})" for a, b in ranges)
+    return (
+        f"SELECT tenant, sensor, intDiv(ts, {r}) * {r} AS t, {_RAW_AGGS}"
+        f" FROM raw WHERE {where} GROUP BY tenant, sensor, t ORDER BY tenant, sensor, t"
+    )
+
+
 # -- lenses ------------------------------------------------------------------
 @dataclass(frozen=True)
 class LensQuery:

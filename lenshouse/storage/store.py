@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 import threading
+import time
+import uuid
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -22,9 +24,11 @@ from lenshouse.rollup.tiers import TIERS, Tier
 from lenshouse.storage import queries
 from lenshouse.storage.attach import attach_rows
 from lenshouse.storage.backend import Backend, Settings
+from lenshouse.storage.errors import RetryableError
 from lenshouse.storage.schema import Upgrade, create_schema
 
 Pairs = Iterable[tuple[int, int]]
+ERASE_WAIT_S = 300.0  # then the loader retries the whole delete
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-]{1,200}$")
 
 
@@ -98,7 +102,24 @@ class Store(Protocol):
         """Remove a tenant's rows in [lo, hi) from raw or a tier; True once they
         are gone, False if the server finishes it later."""
 
+    # -- deletes (lenshouse.ingest.erase) ------------------------------------
+    can_erase: bool  # whether ``erase`` works on this server
+
+    def erase_count(self, tenant: str, sensors: list[int], start: int, end: int) -> int:
+        """How many of the sensors' points lie in [start, end)."""
+
+    def erase(self, tenant: str, sensors: list[int], start: int, end: int, seq: int) -> None:
+        """Remove the sensors' points in [start, end) from raw and every tier,
+        as load ``seq``. Idempotent."""
+
     def close(self) -> None: ...
+
+
+def erase_bounds(start: int, end: int) -> tuple[int, int]:
+    """[start, end) widened to whole cells of the coarsest tier: the cells an
+    erase rebuilds. Raw points must be kept over all of it."""
+    w = TIERS[-1].res_ms
+    return start // w * w, -(-end // w) * w
 
 
 def check_token(token: str) -> str:
@@ -243,8 +264,65 @@ class SqlStore:
         self.backend.execute(sql, {"mutations_sync": 1})
         return True
 
+    # -- deletes ----------------------------------------------------------------
+    can_erase = True
+
+    def erase_count(self, tenant: str, sensors: list[int], start: int, end: int) -> int:
+        counted = self.backend.query(queries.erase_count(FIRST, tenant, sensors, start, end))
+        return int(counted.column("n")[0].as_py() or 0)
+
+    def erase(self, tenant: str, sensors: list[int], start: int, end: int, seq: int) -> None:
+        """Every tier's cells are deleted over the range widened to the
+        coarsest cells, then the first tier's cells of the raw points left in
+        the widening are inserted again and flow up through the views (no
+        tier is computed from raw in a view). A replay after a crash, at any
+        step, does the same to the same end: the fresh token keeps the second
+        insert from passing for a retry of the first."""
+        lo, hi = erase_bounds(start, end)
+        tiers = self.tiers_present()
+        self._erase_rows(None, tenant, sensors, start, end)
+        for tier in tiers:
+            self._erase_rows(tier, tenant, sensors, lo, hi)
+        # Parts inserted after a delete was issued are not touched by it, so
+        # the rebuilt cells may go in while the deletes still run.
+        edges = [(a, b) for a, b in ((lo, start), (end, hi)) if a < b]
+        if edges:
+            rows = self.backend.query(queries.edge_cells(FIRST, tenant, sensors, edges))
+            if rows.num_rows:
+                self.insert_cells(_as_cells(rows), seq, f"lh-erase-{uuid.uuid4().hex}")
+        self._erased(["raw", *(t.table for t in tiers)])
+
+    def _erase_rows(self, tier: Tier | None, tenant: str, sensors: list[int], lo: int, hi: int):
+        # Issued without waiting: each waits for merges of its parts to end,
+        # and six of them in a row took up to 6 s; together, about one.
+        table = queries.source_table(tier)
+        sql = queries.erase(table, tier, tenant, sensors, lo, hi)
+        self.backend.execute(sql, {"lightweight_deletes_sync": 0})
+
+    def _erased(self, tables: list[str]) -> None:
+        """Wait until the deletes on ``tables`` are applied."""
+        deadline = time.monotonic() + ERASE_WAIT_S
+        while self.backend.query(queries.mutations_pending(tables)).column("n")[0].as_py():
+            if time.monotonic() > deadline:
+                raise RetryableError(f"deletes not applied after {ERASE_WAIT_S:.0f} s")
+            time.sleep(0.02)
+
     def close(self) -> None:
         self.backend.close()
+
+
+def _as_cells(rows: pa.Table) -> pa.Table:
+    """Query rows in the tier table's types (tenant dictionary-encoded, as
+    :func:`lenshouse.rollup.cells.cells` makes them)."""
+    return pa.table({
+        "tenant": rows.column("tenant").combine_chunks().dictionary_encode(),
+        "sensor": rows.column("sensor").cast(pa.uint32()),
+        "t": rows.column("t").cast(pa.int64()),
+        "sum": rows.column("sum").cast(pa.float64()),
+        "cnt": rows.column("cnt").cast(pa.uint64()),
+        "min": rows.column("min").cast(pa.float64()),
+        "max": rows.column("max").cast(pa.float64()),
+    })  # fmt: skip
 
 
 class EmbeddedStore(SqlStore):

@@ -272,5 +272,4 @@ class PartitionStream:
 
 
 def _record(msg) -> Record:
-    tenant = (msg.headers or {}).get(payload.TENANT_HEADER, "default")
-    return Record(msg.metadata.sequence.stream, payload.decode(msg.data, tenant))
+    return Record(msg.metadata.sequence.stream, payload.decode_message(msg.data, msg.headers))

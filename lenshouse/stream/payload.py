@@ -1,14 +1,19 @@
 """A batch as a log message: the points as an Arrow IPC stream (LZ4 frames),
-the tenant in a header."""
+the tenant in a header. A delete is a message of kind ``erase`` whose body is
+``{"sensors": [...], "start": ms, "end": ms}``."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pyarrow as pa
 
-from lenshouse.points import PointBatch
+from lenshouse.points import Erasure, PointBatch
 
 TENANT_HEADER = "Lh-Tenant"
+KIND_HEADER = "Lh-Kind"
+ERASE = "erase"
 SCHEMA = pa.schema([("sensor", pa.uint32()), ("ts", pa.int64()), ("value", pa.float64())])
 _OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
 
@@ -36,3 +41,19 @@ def decode(data: bytes, tenant: str) -> PointBatch:
     return PointBatch(
         tenant, col("sensor", np.uint32), col("ts", np.int64), col("value", np.float64)
     )
+
+
+def encode_erasure(erasure: Erasure) -> bytes:
+    doc = {"sensors": erasure.sensor.tolist(), "start": erasure.start, "end": erasure.end}
+    return json.dumps(doc).encode()
+
+
+def decode_message(data: bytes, headers: dict[str, str] | None) -> PointBatch | Erasure:
+    """A log message's batch or delete, by its headers."""
+    headers = headers or {}
+    tenant = headers.get(TENANT_HEADER, "default")
+    if headers.get(KIND_HEADER) == ERASE:
+        doc = json.loads(data)
+        sensors = np.array(doc["sensors"], np.uint32)
+        return Erasure(tenant, sensors, int(doc["start"]), int(doc["end"]))
+    return decode(data, tenant)

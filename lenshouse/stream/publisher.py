@@ -13,16 +13,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from dataclasses import replace
 
+import numpy as np
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, ServiceUnavailableError
 
-from lenshouse.points import PointBatch
+from lenshouse.points import Erasure, PointBatch
 from lenshouse.stream import payload
 from lenshouse.stream.jetstream import MAX_MESSAGE_BYTES, LogFull, LogUnavailable
-from lenshouse.stream.partitions import LogLayout, split
+from lenshouse.stream.partitions import LogLayout, partition_of, split
 
 MAX_BYTES_EXCEEDED = 10077  # JetStream's err_code for a stream at its byte limit
 # Points per message: an encoded point is at most ~20 bytes; stay well under
@@ -65,10 +67,39 @@ class Publisher:
         self.duplicates += dups
         return dups
 
+    async def publish_erasure(self, erasure: Erasure, key: str) -> int:
+        """Publish a delete to the partition of each of its sensors (the
+        partition whose loader alone writes them), so that it applies in
+        order with their points; how many messages the log already had."""
+        owner = partition_of(erasure.tenant, erasure.sensor, self.layout.partitions)
+        parts = [
+            (int(p), replace(erasure, sensor=erasure.sensor[owner == p])) for p in np.unique(owner)
+        ]
+        deadline = time.monotonic() + self.timeout
+        kind = {payload.KIND_HEADER: payload.ERASE}
+        acks = await asyncio.gather(
+            *(
+                self._one(
+                    p, erasure.tenant, f"{key}/x{p}", payload.encode_erasure(e), deadline, kind
+                )
+                for p, e in parts
+            )
+        )
+        dups = sum(acks)
+        self.published += len(parts) - dups
+        self.duplicates += dups
+        return dups
+
     async def _one(
-        self, partition: int, tenant: str, msg_id: str, data: bytes, deadline: float
+        self,
+        partition: int,
+        tenant: str,
+        msg_id: str,
+        data: bytes,
+        deadline: float,
+        extra: dict[str, str] | None = None,
     ) -> bool:
-        headers = {"Nats-Msg-Id": msg_id, payload.TENANT_HEADER: tenant}
+        headers = {"Nats-Msg-Id": msg_id, payload.TENANT_HEADER: tenant, **(extra or {})}
         delay = 0.1
         while True:
             left = deadline - time.monotonic()

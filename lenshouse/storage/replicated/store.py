@@ -44,7 +44,7 @@ from lenshouse.rollup.cells import FIRST
 from lenshouse.rollup.tiers import TIERS, Tier
 from lenshouse.storage import queries
 from lenshouse.storage.backend import Settings
-from lenshouse.storage.errors import RetryableError, ShardUnavailable, StorageError
+from lenshouse.storage.errors import FatalError, RetryableError, ShardUnavailable, StorageError
 from lenshouse.storage.replicated import schema
 from lenshouse.storage.replicated.connection import ClusterConnection, Shard
 from lenshouse.storage.replicated.dialect import Dialect
@@ -343,6 +343,27 @@ class ClusterStore(SqlStore):
                         return False
                     time.sleep(0.2)
         return True
+
+    @property
+    def can_erase(self) -> bool:
+        """Lightweight deletes of replicated tables (ClickHouse 23.3 on). 18.16
+        has only mutations, which stall behind a quorum insert's last part
+        (see ``delete_range``): a delete would be acknowledged and not done."""
+        return self.dialect.modern
+
+    def erase(self, tenant: str, sensors: list[int], start: int, end: int, seq: int) -> None:
+        if not self.can_erase:
+            raise FatalError(f"ClickHouse {self.conn.version} cannot delete rows of a cluster")
+        super().erase(tenant, sensors, start, end, seq)
+
+    def _erase_rows(self, tier: Tier | None, tenant: str, sensors: list[int], lo: int, hi: int):
+        """On one replica of each shard; a lightweight delete returns once
+        every replica has applied it (``lightweight_deletes_sync`` 2)."""
+        table = f"{self.conn.database}.{self._local(tier)}"
+        self._on_each_shard(queries.erase(table, tier, tenant, sensors, lo, hi))
+
+    def _erased(self, tables: list[str]) -> None:
+        return None  # each delete returned once applied
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
