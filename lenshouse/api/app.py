@@ -159,6 +159,7 @@ def _node_health(node: Node) -> tuple[dict, bool]:
         "points_loaded": ing.loader.stats.rows_loaded,
         "points_duplicate": ing.loader.stats.duplicates,
         "points_conflicting": ing.loader.stats.conflicts,
+        "points_deleted": ing.loader.stats.erased,
         "ingest_lag_seconds": round(ing.loader.lag_seconds(), 3),
     }
     # A stopped loader means no point is loaded until an operator acts.

@@ -66,6 +66,10 @@ class NodeCollector:
             "Reconciled loads whose lost rows were added again.",
             ls.repaired,
         )
+        yield CounterMetricFamily(
+            "lenshouse_deletes", "Deletes (DELETE /v1/points) applied.", ls.erasures
+        )
+        yield CounterMetricFamily("lenshouse_points_deleted", "Points deletes removed.", ls.erased)
         yield CounterMetricFamily("lenshouse_wal_fsyncs", "Log fsyncs.", ing.wal.fsyncs)
         yield CounterMetricFamily(
             "lenshouse_wal_bytes", "Bytes appended to the log.", ing.wal.bytes_written

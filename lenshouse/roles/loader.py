@@ -235,6 +235,7 @@ class LoaderRole:
                     "loads": ld.stats.loads if ld else 0,
                     "points_loaded": ld.stats.rows_loaded if ld else 0,
                     "insert_errors": ld.stats.insert_errors if ld else 0,
+                    "deletes_refused": ld.stats.erasures_refused if ld else 0,
                     "error": w.error or (ld.failure if ld else None),
                 }
             )

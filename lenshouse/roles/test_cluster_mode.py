@@ -459,3 +459,17 @@ def test_tenants_of_the_cluster_see_only_their_own_data(topology: dict) -> None:
     r = httpx.post(gw2 + "/v1/write", content=b"", timeout=10,
                    headers={"Content-Type": ARROW, **tokens[names[0]]})  # fmt: skip
     assert r.status_code == 401
+
+
+def test_deletes_are_refused_where_the_storage_cannot_apply_them(topology: dict) -> None:
+    """18.16 has no lightweight deletes and its mutations stall behind quorum
+    inserts: the loaders say so in the keeper, and gateways answer 501
+    instead of acknowledging a delete that would not be done."""
+    admin = {"Authorization": f"Bearer {topology['admin_token']}", "X-Tenant": "erase-check"}
+    params = {"sensors": "1", "start": 1_700_000_000_000, "end": 1_700_000_001_000}
+    for url in topology["gateways"]:
+        r = httpx.delete(url + "/v1/points", params=params, headers=admin, timeout=10)
+        assert r.status_code == 501, r.text
+        assert "18.16" in r.json()["error"] and "23.3" in r.json()["error"]
+        r = httpx.delete(url + "/v1/points", params={**params, "end": 5}, headers=admin)
+        assert r.status_code == 422, r.text

@@ -25,7 +25,7 @@ from lenshouse.node import Node
 from lenshouse.points import PointBatch
 from lenshouse.rollup.tiers import TIERS
 from lenshouse.scenarios.server import ServerProcess
-from lenshouse.storage.errors import ShardUnavailable
+from lenshouse.storage.errors import FatalError, ShardUnavailable
 from lenshouse.storage.replicated.sharding import shard_of
 
 pytestmark = pytest.mark.slow
@@ -99,6 +99,10 @@ def test_schema_on_every_node_and_rows_on_the_servers_own_shard(cluster: dict) -
             on(replica, f"SYSTEM SYNC REPLICA {db}.raw_local")
             got = {r[0] for r in on(replica, f"SELECT sensor FROM {db}.raw_local")}
             assert got == set(sensors[want == shard - 1].tolist()), shard
+        # No lightweight deletes on 18.16: the store says so and refuses.
+        assert not store.can_erase
+        with pytest.raises(FatalError, match="cannot delete"):
+            store.erase("acme", [1], T0, T0 + 10, 1)
     finally:
         store.close()
 

@@ -52,9 +52,18 @@ def test_lens_and_ingest_queries_parse(engine) -> None:
         queries.export("default", [1, 2], 0, 10, 3, 100, hidden=(2,)),
         queries.export("default", [1, 2], 0, 10, 3, 100, after=(1, 5)),  # a continuation
         queries.sensors_of("default"),
+        queries.erase_count(TIERS[0], "default", [1, 2], 1_700_000_000_050, 1_700_000_900_000),
+        queries.edge_cells(TIERS[0], "default", [1], [(0, 50), (100, 3_600_000)]),
     ]
     for sql in sqls:
         assert parses(engine, sql).startswith("SELECT"), sql
+
+
+def test_delete_statements_parse(engine) -> None:
+    for tier in (None, *TIERS):
+        table = f"lh.{queries.source_table(tier)}_local"
+        sql = queries.erase(table, tier, "default", [1, 2], 1_700_000_000_000, 1_700_003_600_000)
+        assert parses(engine, sql).startswith("DELETE FROM"), sql
 
 
 def plain(sql: str) -> str:
@@ -101,6 +110,11 @@ def test_the_modern_schema_runs_and_its_views_fold_exactly(engine) -> None:
             )
         )
         assert got == want, tier
+    # A delete as the cluster store sends it, on each shard's tables.
+    lo, hi = int(ts[1000]), int(ts[3000])
+    conn.query(queries.erase("lh.raw_local", None, "t", [3], lo, hi))
+    left = str(conn.query("SELECT count() FROM lh.raw_local", "TSV")).strip()
+    assert int(left) == 5000 - 2000
 
 
 def test_dialects() -> None:
