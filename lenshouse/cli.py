@@ -76,6 +76,17 @@ def _open_node(data: Path, **kw) -> Node:
         raise typer.Exit(_fail(str(e))) from None
 
 
+def _tiering(cold_dir: Path | None, hot: str, clickhouse: str | None):
+    if cold_dir is None:
+        return None
+    if clickhouse:
+        console.print("[red]--cold-dir is for the embedded store[/red]")
+        raise typer.Exit(2)
+    from lenshouse.storage.tiering import Tiering
+
+    return Tiering(cold_dir, parse_duration_ms(hot))
+
+
 def _cluster_store(
     addresses: str,
     cluster: str,
@@ -259,6 +270,10 @@ def serve(
     maintain_every: str = typer.Option(
         "1h", help="run retention this often (0: never; lenshouse maintain runs it once)"
     ),
+    cold_dir: Path = typer.Option(
+        None, help="a second disk (directory): partitions older than --hot move there"
+    ),
+    hot: str = typer.Option("7d", help="with --cold-dir: how long partitions stay hot"),
 ) -> None:
     """Run storage and the HTTP server (embedded chDB, or a ClickHouse cluster)."""
     if min(lens_cache_mb, head_seconds, head_max_mb, block_cache_mb) < 0:
@@ -282,6 +297,7 @@ def serve(
         head_seconds=head_seconds,
         head_max_mb=head_max_mb,
         block_cache_mb=block_cache_mb,
+        tiering=_tiering(cold_dir, hot, clickhouse),
     )
     from lenshouse.api.app import create_app
     from lenshouse.retention.maintain import Schedule

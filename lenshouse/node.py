@@ -15,6 +15,7 @@ from lenshouse.storage.catalog import Catalog
 from lenshouse.storage.embedded import EmbeddedBackend
 from lenshouse.storage.head import Head
 from lenshouse.storage.store import EmbeddedStore, Store
+from lenshouse.storage.tiering import Tiering
 
 DEFAULT_DATA_DIR = Path("lenshouse-data")
 
@@ -33,9 +34,12 @@ class Node:
         block_cache_mb: float = BLOCK_CACHE_MB,
         head_seconds: float = 65,
         head_max_mb: float = 2048,
+        tiering: Tiering | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if tiering is not None:  # kept in the data directory for every later open
+            tiering.save(self.data_dir / "clickhouse")
         if store is None:
             store = EmbeddedStore(
                 backend

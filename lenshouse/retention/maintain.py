@@ -83,6 +83,7 @@ class Report:
     actions: list[Action] = field(default_factory=list)
     seconds: float = 0.0
     dry_run: bool = False
+    moved: list[tuple[str, int]] = field(default_factory=list)  # (table, partition) made cold
 
     @property
     def dropped_bytes(self) -> int:
@@ -94,6 +95,7 @@ class Report:
             "marks": [{"tenant": t, "source": s, "before": b} for t, s, b in self.marks],
             "actions": [a.to_json() for a in self.actions],
             "dropped_bytes": self.dropped_bytes,
+            "moved_cold": [{"table": t, "partition": p} for t, p in self.moved],
             "seconds": round(self.seconds, 3),
         }
 
@@ -189,6 +191,11 @@ def run(
         else:
             done = [store.delete_range(tier, tenant, a.lo, a.hi) for tenant in a.tenants]
             report.actions[i] = replace(a, done=all(done))
+    move_cold = getattr(store, "move_cold", None)
+    if move_cold is not None and not dry_run:
+        report.moved = move_cold(now_ms)
+        if report.moved:
+            say(f"moved {len(report.moved)} partitions to the cold volume")
     report.seconds = time.monotonic() - t0
     return report
 

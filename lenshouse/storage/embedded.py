@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from lenshouse.storage.backend import BLOCK_CACHE_MB, Settings, render_settings
 from lenshouse.storage.errors import FatalError, classify
+from lenshouse.storage.tiering import Tiering
 
 _INSERT_SETTINGS = (
     "deduplicate_blocks_in_dependent_materialized_views = 1, "
@@ -42,6 +43,9 @@ class EmbeddedBackend:
         # Server settings ride on the connection string; every connection to
         # the path shares one engine.
         url = f"{self.path}?uncompressed_cache_size={int(block_cache_mb * 2**20)}"
+        self.tiering = Tiering.load(self.path)
+        if self.tiering is not None:
+            url += f"&config-file={self.tiering.config(self.path)}"
         try:
             self._insert_conn = chdb.connect(url)
         except Exception as e:  # chDB reports a locked directory only generically

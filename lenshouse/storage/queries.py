@@ -236,6 +236,27 @@ def erase(table: str, tier: Tier | None, tenant: str, sensors, lo: int, hi: int)
     return f"DELETE FROM {table} WHERE {_erase_where(tier, tenant, sensors, lo, hi)}"
 
 
+def hot_partitions(table: str, cold_volume: str) -> str:
+    """Partitions of ``table`` with active parts outside the cold volume."""
+    return (
+        "SELECT DISTINCT toInt64(partition) AS partition FROM system.parts WHERE database ="
+        f" currentDatabase() AND table = {string_literal(identifier(table))} AND active"
+        f" AND disk_name != {string_literal(identifier(cold_volume))}"
+    )
+
+
+def move_partition(table: str, partition: int, volume: str) -> str:
+    return (
+        f"ALTER TABLE {identifier(table)} MOVE PARTITION {int(partition)}"
+        f" TO VOLUME {string_literal(identifier(volume))}"
+    )
+
+
+def set_policy(table: str, policy: str) -> str:
+    name = string_literal(identifier(policy))
+    return f"ALTER TABLE {identifier(table)} MODIFY SETTING storage_policy = {name}"
+
+
 def mutations_pending(tables: list[str]) -> str:
     names = ",".join(string_literal(identifier(t)) for t in tables)
     return (

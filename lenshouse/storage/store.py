@@ -20,8 +20,8 @@ from typing import Protocol
 import pyarrow as pa
 
 from lenshouse.rollup.cells import FIRST
-from lenshouse.rollup.tiers import TIERS, Tier
-from lenshouse.storage import queries
+from lenshouse.rollup.tiers import DAY_MS, TIERS, Tier
+from lenshouse.storage import queries, tiering
 from lenshouse.storage.attach import attach_rows
 from lenshouse.storage.backend import Backend, Settings
 from lenshouse.storage.errors import RetryableError
@@ -326,12 +326,40 @@ def _as_cells(rows: pa.Table) -> pa.Table:
 
 
 class EmbeddedStore(SqlStore):
-    """chDB inside this process: one data directory, plain MergeTree tables."""
+    """chDB inside this process: one data directory, plain MergeTree tables;
+    with a cold directory (:mod:`lenshouse.storage.tiering`), on two volumes."""
 
     name = "chdb"
 
     def open(self) -> Upgrade:
-        return create_schema(self.backend)
+        upgrade = create_schema(self.backend)
+        if self.tiering is not None:
+            for table, _ in self._tiered_tables():
+                self.backend.execute(queries.set_policy(table, tiering.POLICY))
+        return upgrade
+
+    @property
+    def tiering(self) -> tiering.Tiering | None:
+        return getattr(self.backend, "tiering", None)
+
+    def _tiered_tables(self) -> list[tuple[str, int]]:
+        """(table, partition width in ms) of raw data and every tier."""
+        return [("raw", DAY_MS), *((t.table, t.partition_ms) for t in self.tiers_present())]
+
+    def move_cold(self, now_ms: int) -> list[tuple[str, int]]:
+        """Move every partition that ended more than ``hot`` ago to the cold
+        volume; the (table, partition) moved."""
+        if self.tiering is None:
+            return []
+        cut = now_ms - self.tiering.hot_ms
+        moved = []
+        for table, width in self._tiered_tables():
+            hot = self.backend.query(queries.hot_partitions(table, tiering.COLD))
+            for p in sorted(hot.column("partition").to_pylist()):
+                if (p + 1) * width <= cut:
+                    self.backend.execute(queries.move_partition(table, p, tiering.COLD))
+                    moved.append((table, p))
+        return moved
 
     def finish_upgrade(self, upgrade: Upgrade) -> None:
         upgrade.finish(self.backend)
