@@ -36,6 +36,7 @@ from lenshouse.storage.store import erase_bounds
 from lenshouse.tenancy.quotas import Limiter, Quotas, SensorLimit
 
 MAX_BODY_BYTES = 256 << 20
+OFF_LOOP_BYTES = 64 << 10  # bodies at least this large are decoded off the event loop
 ERASE_WAIT_S = 30.0  # an embedded delete answers once applied, or 202 after this
 SENSOR_RETRY_S = 60  # a sensor quota frees up only when the operator acts
 STATIC = Path(__file__).parent / "static"
@@ -228,7 +229,10 @@ def add_write_routes(app: FastAPI, writer: Writer) -> None:
         x_batch_id: str | None = Header(None, max_length=128),
     ) -> Response:
         body = await _read_body(request)
-        batch = decode(content_type, body, tenant).validate()
+        if len(body) < OFF_LOOP_BYTES:
+            batch = decode(content_type, body, tenant).validate()
+        else:  # decoders release the GIL in Arrow's kernels: requests decode in parallel
+            batch = await run_in_threadpool(_decoded, content_type, body, tenant)
         _within(request.app.state.points_quota, tenant, len(batch), "points")
         limit: SensorLimit = request.app.state.sensor_quota
         would = limit.admit(tenant, batch.sensor)
@@ -269,6 +273,10 @@ def check_erasable(erasure: Erasure, raw_mark: int | None) -> None:
             f" it cuts from raw points, so it must start at or after {first}",
             422,
         )
+
+
+def _decoded(content_type: str | None, body: bytes, tenant: str) -> PointBatch:
+    return decode(content_type, body, tenant).validate()
 
 
 def add_read_routes(app: FastAPI, reader: Reader, lens_seconds: Histogram) -> None:

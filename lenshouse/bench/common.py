@@ -41,6 +41,7 @@ class BenchConfig:
     ceiling_duration: int = 0  # seconds of bare chDB inserts; 0: as long as the ingest run
     format_duration: int = 15  # seconds each for JSON and line protocol
     format_batch_sensors: int = 100  # JSON / line protocol bodies: sensors x 1 s
+    format_clients: int = 2  # client processes of the full-precision float runs
     drain_timeout: float = 180.0
     # lens (single user, no ingest)
     lens_sensors: int = 10
@@ -89,6 +90,7 @@ class BenchConfig:
             ceiling_duration=1,
             format_duration=1,
             format_batch_sensors=20,
+            format_clients=2,
             drain_timeout=30.0,
             lens_sensors=3,
             lens_rate_hz=20,

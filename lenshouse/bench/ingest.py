@@ -236,25 +236,44 @@ def arrow_client(
     return _post_as_fast_as_acked(url, seconds, senders, tenant, body_for, ARROW)
 
 
-def _text_bodies(fmt: str, sensors: int, rate_hz: int, start_ms: int, first_id: int) -> list:
-    """Ten bodies, one per second of the first 10-second block."""
+def _text_bodies(
+    fmt: str, sensors: int, rate_hz: int, start_ms: int, first_id: int, shape: str = "generator"
+) -> list:
+    """Ten bodies, one per second of the first 10-second block. ``shape``
+    "generator": the fleet's 16-bit signals, one tag; "float": full-precision
+    floats (10 + sin + 0.05·N(0,1), printed ``%.17g``) and three tags."""
+    import numpy as np
     import orjson
 
     from lenshouse.generators.signals import Fleet
 
     fleet = Fleet(sensors=sensors, rate_hz=rate_hz, start_ms=start_ms, first_id=first_id)
+    rng = np.random.default_rng(first_id)
     out = []
     for k in range(10):
         b = fleet.second(k)
+        value = b.value
+        if shape == "float":
+            value = 10 + np.sin(b.ts / 1000.0 + b.sensor) + 0.05 * rng.normal(size=len(b))
         if fmt == "json":
             body = orjson.dumps(
-                {"sensor": b.sensor, "ts": b.ts, "value": b.value},
+                {"sensor": b.sensor, "ts": b.ts, "value": value},
                 option=orjson.OPT_SERIALIZE_NUMPY,
             )
+        elif fmt == "json_points":
+            body = orjson.dumps(
+                {
+                    "points": [
+                        {"sensor": s, "ts": t, "value": v}
+                        for s, t, v in zip(b.sensor.tolist(), b.ts.tolist(), value.tolist())
+                    ]
+                }
+            )
         else:
+            tags = ",kind=vibration,line=3,site=A" if shape == "float" else ""
             body = "".join(
-                f"sensor,id={s} value={v!r} {t}\n"
-                for s, t, v in zip(b.sensor.tolist(), b.ts.tolist(), b.value.tolist())
+                f"sensor,id={s}{tags} value={v:.17g} {t}\n"
+                for s, t, v in zip(b.sensor.tolist(), b.ts.tolist(), value.tolist())
             ).encode()
         out.append((body, len(b)))
     return out
@@ -271,6 +290,8 @@ def _shift_text(fmt: str, body: bytes, start_ms: int, block: int) -> bytes:
         raise ValueError("timestamp width changed")
     if fmt == "json":
         return body.replace(b"[" + old, b"[" + new).replace(b"," + old, b"," + new)
+    if fmt == "json_points":
+        return body.replace(b'"ts":' + old, b'"ts":' + new)
     return body.replace(b" " + old, b" " + new)
 
 
@@ -284,15 +305,17 @@ def text_client(
     senders: int = 1,
     tenant: str = "default",
     first_id: int = 1,
+    shape: str = "generator",
 ) -> dict:
     """Post JSON or line-protocol bodies (``sensors`` × 1 s each) as fast as acknowledged."""
-    bodies = _text_bodies(fmt, sensors, rate_hz, start_ms, first_id)
+    bodies = _text_bodies(fmt, sensors, rate_hz, start_ms, first_id, shape)
 
     def body_for(k: int) -> tuple[bytes, int]:
         raw, n = bodies[k % 10]
         return _shift_text(fmt, raw, start_ms, k // 10), n
 
-    out = _post_as_fast_as_acked(url, seconds, senders, tenant, body_for, CONTENT_TYPES[fmt])
+    content_type = CONTENT_TYPES["json" if fmt == "json_points" else fmt]
+    out = _post_as_fast_as_acked(url, seconds, senders, tenant, body_for, content_type)
     return {**out, "body_bytes": len(bodies[0][0])}
 
 
@@ -300,13 +323,16 @@ def text_client(
 
 
 def _phase(srv: BenchServer, child, drain_timeout: float, label: str) -> dict:
-    """Sample the server while ``child`` sends; then wait until all is loaded."""
+    """Sample the server while ``child`` (or a list of children) sends; then
+    wait until all is loaded."""
     before = srv.ingest_counters()
     cpu0 = process_cpu_seconds()
     machine = MachineCpu()
     t0 = time.monotonic()
     with sampler(srv.ingest_counters, every=0.5) as samples:
-        sent = child.result(timeout=None)
+        sent = _merged(
+            [c.result(timeout=None) for c in (child if isinstance(child, list) else [child])]
+        )
         t_sent = time.monotonic()
         drained = srv.wait_loaded(drain_timeout)
         t_loaded = time.monotonic()
@@ -354,6 +380,19 @@ def _phase(srv: BenchServer, child, drain_timeout: float, label: str) -> dict:
     return doc
 
 
+def _merged(results: list[dict]) -> dict:
+    """The clients' results as one sender's."""
+    if len(results) == 1:
+        return results[0]
+    out = {**results[0]}
+    for k in ("points", "batches", "retries", "cpu_seconds"):
+        out[k] = sum(r[k] for r in results)
+    out["elapsed"] = max(r["elapsed"] for r in results)
+    out["errors"] = [e for r in results for e in r["errors"]]
+    out["acks"] = sorted(a for r in results for a in r["acks"])
+    return out
+
+
 def _loaded_rate(timeline: list[dict], until: float, warmup: float = 5.0) -> float:
     """Loaded points per second between ``warmup`` and ``until`` (while sending)."""
     pts = [s for s in timeline if s["t"] <= until]
@@ -362,6 +401,15 @@ def _loaded_rate(timeline: list[dict], until: float, warmup: float = 5.0) -> flo
     lo = next((s for s in pts if s["t"] >= min(warmup, until / 4)), pts[0])
     hi = pts[-1]
     return (hi["loaded"] - lo["loaded"]) / (hi["t"] - lo["t"]) if hi["t"] > lo["t"] else 0.0
+
+
+# (result key, format): the full-precision float runs, each from several clients
+# (their names and targets: lenshouse.bench.report.FLOAT_NAMES).
+FLOAT_RUNS = (
+    ("lineproto_float", "lineproto"),
+    ("json_float", "json"),
+    ("json_points_float", "json_points"),
+)
 
 
 def run_ingest(cfg: BenchConfig, workdir: Path) -> dict:
@@ -408,6 +456,28 @@ def run_ingest(cfg: BenchConfig, workdir: Path) -> dict:
                 workdir=workdir,
             )
             out[fmt] = _phase(srv, child, cfg.drain_timeout, fmt)
+        # The same payloads as the peers were measured with: full-precision
+        # floats, 100 sensors × 1 s a body, from several client processes.
+        for key, fmt in FLOAT_RUNS:
+            kids = [
+                spawn(
+                    text_client,
+                    srv.url,
+                    fmt,
+                    cfg.format_batch_sensors,
+                    cfg.ingest_rate_hz,
+                    start,
+                    cfg.format_duration,
+                    1,
+                    key,
+                    1 + k * cfg.format_batch_sensors,
+                    "float",
+                    name=f"{key}-client-{k}",
+                    workdir=workdir,
+                )
+                for k in range(cfg.format_clients)
+            ]
+            out[key] = _phase(srv, kids, cfg.drain_timeout, key)
     shutil.rmtree(data, ignore_errors=True)
     arrow = out["arrow"]["end_to_end_per_s"]
     out["ratio"] = arrow / ceiling["rows_per_s"] if ceiling["rows_per_s"] else 0.0

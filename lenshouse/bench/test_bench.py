@@ -22,13 +22,21 @@ def _ordered(lat: dict) -> bool:
 
 def test_text_bodies_move_on_in_time_without_changing_anything_else() -> None:
     start = 1_767_225_600_000
-    for fmt, decode in (("json", decode_json), ("lineproto", decode_line_protocol)):
-        body, n = _text_bodies(fmt, 3, 50, start, first_id=1)[4]
+    for fmt, decode, shape in (
+        ("json", decode_json, "generator"),
+        ("lineproto", decode_line_protocol, "generator"),
+        ("json", decode_json, "float"),
+        ("json_points", decode_json, "float"),
+        ("lineproto", decode_line_protocol, "float"),
+    ):
+        body, n = _text_bodies(fmt, 3, 50, start, first_id=1, shape=shape)[4]
         a = decode(body, "t")
         b = decode(_shift_text(fmt, body, start, 7), "t")
         assert len(a) == len(b) == n == 150
         assert (b.ts - a.ts == 70_000).all()
         assert (a.sensor == b.sensor).all() and (a.value == b.value).all()
+        if shape == "float":  # full precision: 17 significant digits survive
+            assert len({round(v, 6) for v in a.value.tolist()}) > 100
 
 
 def test_chunks_cover_the_dataset_once() -> None:
@@ -64,7 +72,7 @@ def test_ingest_counts_every_point(report) -> None:
     ing = report[0]["ingest"]
     c = ing["ceiling"]
     assert c["rows"] == c["rows_in_table"] > 0 and c["rows_per_s"] > 0
-    for fmt in ("arrow", "json", "lineproto"):
+    for fmt in ("arrow", "json", "lineproto", "lineproto_float", "json_float", "json_points_float"):
         d = ing[fmt]
         assert d["drained"], fmt
         assert d["points_sent"] == d["points_accepted"] == d["points_loaded"] > 0, fmt

@@ -6,9 +6,15 @@ are for convenience and small writers.
 
 from __future__ import annotations
 
+import re
+from operator import attrgetter
+
+import msgspec
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 
 from lenshouse.points import BadInput, PointBatch
 
@@ -59,7 +65,54 @@ def decode_arrow(body: bytes, tenant: str) -> PointBatch:
     return PointBatch.from_columns(tenant, cols["sensor"], cols["ts"], cols["value"])
 
 
+class _Point(msgspec.Struct, gc=False):
+    sensor: int
+    ts: int
+    value: float
+
+
+class _Points(msgspec.Struct, gc=False):
+    points: list[_Point]
+
+
+class _Columns(msgspec.Struct, gc=False):
+    sensor: list[int]
+    ts: list[int]
+    value: list[float]
+
+
+_POINTS = msgspec.json.Decoder(_Points)
+_COLUMNS = msgspec.json.Decoder(_Columns)
+_FIELDS = tuple(attrgetter(k) for k in ("sensor", "ts", "value"))
+
+
 def decode_json(body: bytes, tenant: str) -> PointBatch:
+    """Both JSON shapes, decoded straight into typed columns by msgspec (twice
+    orjson's speed, and as strict: a bool is no integer, 1.0 no id); a body
+    it refuses is decoded again by the general path, which names the problem."""
+    fast = _json_typed(body)
+    if fast is not None:
+        return PointBatch.from_columns(tenant, *fast)
+    return _json_general(body, tenant)
+
+
+def _json_typed(body: bytes) -> tuple[list, list, np.ndarray] | None:
+    try:
+        if b'"points"' in body:
+            pts = _POINTS.decode(body).points
+            sensor, ts, value = (list(map(f, pts)) for f in _FIELDS)
+        else:
+            cols = _COLUMNS.decode(body)
+            sensor, ts, value = cols.sensor, cols.ts, cols.value
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    values = np.asarray(value, np.float64)
+    if not np.isfinite(values).all():
+        return None  # 1e999: the general path refuses it as orjson does
+    return sensor, ts, values
+
+
+def _json_general(body: bytes, tenant: str) -> PointBatch:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as e:
@@ -91,10 +144,24 @@ def decode_json(body: bytes, tenant: str) -> PointBatch:
 
 
 def decode_line_protocol(body: bytes, tenant: str) -> PointBatch:
-    """Influx line protocol, millisecond precision: ``sensor,id=7 value=0.25 1700000000000``."""
-    fast = _line_protocol_fast(body)
-    if fast is not None:
-        return PointBatch.from_columns(tenant, *fast)
+    """Influx line protocol, millisecond precision::
+
+        sensor,id=7[,tag=v…] [field=v,…]value=0.25[,field=v…] 1700000000000
+
+    The measurement is ``sensor``; the tag ``id`` (an integer, once) names the
+    sensor; other tags and fields are allowed and ignored; the field ``value``
+    (once) is a float, or an integer with ``i`` or ``u``. Blank lines and
+    ``#`` comments are skipped. Bodies are parsed column-wise by Arrow's C++
+    CSV reader and string kernels; a body with anything they do not handle
+    (comments, CR, quotes, escapes, tabs, double spaces) or any line they
+    cannot read falls back to the line-by-line parser, which accepts exactly
+    the same lines and names the first bad one."""
+    fast = _line_protocol_columnar(body)
+    return PointBatch.from_columns(tenant, *(fast if fast is not None else _lines(body)))
+
+
+def _lines(body: bytes) -> tuple[list[int], list[int], list[float]]:
+    """The line-by-line parser: every line checked, the first bad one named."""
     sensors, tss, values = [], [], []
     for n, raw in enumerate(body.split(b"\n"), 1):
         line = raw.strip()
@@ -104,38 +171,107 @@ def decode_line_protocol(body: bytes, tenant: str) -> PointBatch:
         sensors.append(s)
         tss.append(t)
         values.append(v)
-    return PointBatch.from_columns(tenant, sensors, tss, values)
+    return sensors, tss, values
 
 
-def _line_protocol_fast(body: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Vectorised parse of the canonical shape; None when any line deviates."""
-    if b"#" in body or b"\r" in body:
-        return None
-    flat = body.replace(b",id=", b" ").replace(b" value=", b" ")
-    tokens = flat.split()
-    lines = body.count(b"\n") + (0 if body.endswith(b"\n") or not body else 1)
-    if len(tokens) != 4 * lines or lines == 0:
-        return None
-    # The token count alone does not tie tokens to lines ("a b c\nd e f g h" has
-    # 8 tokens too): every line must hold exactly three single spaces.
-    if b"\t" in flat or b"\x0b" in flat or b"\x0c" in flat:
-        return None
-    raw = np.frombuffer(flat, dtype=np.uint8)
-    seps = raw[(raw == 32) | (raw == 10)]
-    if not flat.endswith(b"\n"):
-        seps = np.append(seps, np.uint8(10))
-    if seps.size != 4 * lines or not (seps.reshape(-1, 4) == (32, 32, 32, 10)).all():
-        return None
-    tok = np.array(tokens, dtype=bytes).reshape(-1, 4)
-    if not (tok[:, 0] == b"sensor").all():
+_LP_PARSE = pa_csv.ParseOptions(
+    delimiter=" ", quote_char=False, escape_char=False, ignore_empty_lines=True
+)
+_LP_READ = pa_csv.ReadOptions(column_names=["head", "fields", "ts"], block_size=1 << 22)
+_LP_CONVERT = pa_csv.ConvertOptions(
+    column_types={"head": pa.string(), "fields": pa.string(), "ts": pa.int64()},
+    strings_can_be_null=False,
+    quoted_strings_can_be_null=False,
+)
+_LP_UNHANDLED = (b"#", b"\r", b'"', b"\\", b"\t", b"  ", b"\v", b"\f")
+
+
+def _line_protocol_columnar(body: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(sensor, ts, value) of a body every line of which is plain; None to
+    leave the body (and its error messages) to the line-by-line parser."""
+    if not body.strip(b"\n"):
+        return np.empty(0, np.uint32), np.empty(0, np.int64), np.empty(0, np.float64)
+    if any(c in body for c in _LP_UNHANDLED) or body.startswith(b" ") or b"\n " in body:
         return None
     try:
-        sensor = tok[:, 1].astype(np.int64)
-        value = tok[:, 2].astype(np.float64)
-        ts = tok[:, 3].astype(np.int64)
-    except (ValueError, OverflowError):
+        t = pa_csv.read_csv(
+            pa.py_buffer(body),
+            read_options=_LP_READ,
+            parse_options=_LP_PARSE,
+            convert_options=_LP_CONVERT,
+        )
+        ids = _one_key(t.column("head"), "id=", head=True)
+        raw = _one_key(t.column("fields"), "value=", head=False)
+        if ids is None or raw is None:
+            return None
+        sensor = pc.cast(ids, pa.uint32()).to_numpy()
+        value = _numbers(raw)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         return None
-    return sensor, ts, value
+    if value is None or not np.isfinite(value).all():
+        return None  # the line-by-line parser names the line
+    return sensor, t.column("ts").to_numpy(), value
+
+
+def _one_key(column: pa.ChunkedArray, key: str, head: bool) -> pa.Array | None:
+    """Per line, the value of the one ``key…`` item of the comma-separated
+    column (after the measurement ``sensor`` when ``head``); None unless
+    every item is ``k=v`` and every line has exactly one such item."""
+    lists = pc.split_pattern(column.combine_chunks(), ",")
+    items = lists.flatten()
+    lengths = lists.value_lengths().to_numpy()
+    first = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    keyed = np.ones(len(items), bool)
+    if head:
+        if (lengths < 2).any() or not pc.all(pc.equal(items.take(first), "sensor")).as_py():
+            return None
+        keyed[first] = False
+    kv = items.filter(keyed)
+    if len(kv) and not (
+        pc.all(pc.equal(pc.count_substring(kv, "="), 1)).as_py()
+        and not pc.any(pc.starts_with(kv, "=")).as_py()
+        and not pc.any(pc.ends_with(kv, "=")).as_py()
+    ):
+        return None
+    hit = pc.starts_with(items, key).to_numpy(zero_copy_only=False) & keyed
+    line = np.repeat(np.arange(len(lengths)), lengths)
+    if not (np.bincount(line[hit], minlength=len(lengths)) == 1).all():
+        return None
+    return pc.utf8_slice_codeunits(items.filter(hit), len(key))
+
+
+def _numbers(raw: pa.Array) -> np.ndarray | None:
+    """Floats, or integers ending in ``i`` (int64) or ``u`` (uint64)."""
+    ints = pc.ends_with(raw, "i").to_numpy(zero_copy_only=False)
+    uints = pc.ends_with(raw, "u").to_numpy(zero_copy_only=False)
+    plain = ~(ints | uints)
+    if plain.all():
+        return _floats(raw)
+    out = np.empty(len(raw), np.float64)
+    for mask, kind in ((ints, pa.int64()), (uints, pa.uint64())):
+        if mask.any():
+            digits = pc.utf8_slice_codeunits(raw.filter(mask), 0, -1)
+            out[mask] = pc.cast(digits, kind).to_numpy().astype(np.float64)
+    if plain.any():
+        floats = _floats(raw.filter(plain))
+        if floats is None:
+            return None
+        out[plain] = floats
+    return out
+
+
+def _floats(raw: pa.Array) -> np.ndarray | None:
+    # Arrow's parser takes "inf", "nan" and the like; the line grammar does
+    # not: such a body goes to the line-by-line parser (digits are required).
+    if len(raw) and not pc.all(pc.match_substring_regex(raw, _FLOAT_RE)).as_py():
+        return None
+    return pc.cast(raw, pa.float64()).to_numpy()
+
+
+_FLOAT_RE = r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?$"
+_FLOAT = re.compile(_FLOAT_RE.encode())
+_INT = re.compile(rb"^[-+]?[0-9]+i$")
+_UINT = re.compile(rb"^\+?[0-9]+u$")
 
 
 def _parse_line(line: bytes, n: int) -> tuple[int, int, float]:
@@ -149,18 +285,28 @@ def _parse_line(line: bytes, n: int) -> tuple[int, int, float]:
         raise BadInput(
             f"line {n}: measurement must be 'sensor', got {name.decode(errors='replace')!r}"
         )
-    tagmap = dict(t.split(b"=", 1) for t in tags if b"=" in t)
-    fieldmap = dict(f.split(b"=", 1) for f in fields.split(b",") if b"=" in f)
-    try:
-        sensor = int(tagmap[b"id"])
-    except (KeyError, ValueError):
-        raise BadInput(f"line {n}: tag id=<integer> is required") from None
-    try:
-        raw = fieldmap[b"value"]
-        value = float(raw[:-1]) if raw.endswith((b"i", b"u")) else float(raw)
-    except (KeyError, ValueError):
-        raise BadInput(f"line {n}: field value=<number> is required") from None
-    try:
-        return sensor, int(ts), value
-    except ValueError:
-        raise BadInput(f"line {n}: timestamp must be integer milliseconds") from None
+    tagmap = _pairs(tags, n, "tag")
+    fieldmap = _pairs(fields.split(b","), n, "field")
+    ids = tagmap.get(b"id", [])
+    if len(ids) != 1 or not ids[0].lstrip(b"+-").isdigit() or ids[0][1:2] in (b"+", b"-"):
+        raise BadInput(f"line {n}: tag id=<integer> is required (once)")
+    raw = fieldmap.get(b"value", [])
+    if len(raw) != 1 or not (_FLOAT.match(raw[0]) or _INT.match(raw[0]) or _UINT.match(raw[0])):
+        raise BadInput(f"line {n}: field value=<number> is required (once)")
+    v = raw[0]
+    value = float(int(v[:-1])) if v.endswith((b"i", b"u")) else float(v)
+    if not ts.lstrip(b"+-").isdigit() or len(ts) - len(ts.lstrip(b"+-")) > 1:
+        raise BadInput(f"line {n}: timestamp must be integer milliseconds")
+    return int(ids[0]), int(ts), value
+
+
+def _pairs(items: list[bytes], n: int, what: str) -> dict[bytes, list[bytes]]:
+    """``k=v`` items by key (a key may repeat: the caller decides)."""
+    out: dict[bytes, list[bytes]] = {}
+    for item in items:
+        k, eq, v = item.partition(b"=")
+        if not k or not eq or not v or b"=" in v:
+            shown = item.decode(errors="replace")
+            raise BadInput(f"line {n}: {what} {shown!r} is not key=value")
+        out.setdefault(k, []).append(v)
+    return out

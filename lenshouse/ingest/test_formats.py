@@ -10,6 +10,8 @@ import orjson
 import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lenshouse.generators.sender import encode_arrow
 from lenshouse.ingest import formats
@@ -467,3 +469,162 @@ def test_validate_time_bounds_are_inclusive() -> None:
 
 def test_validate_accepts_an_empty_batch() -> None:
     assert len(_batch([]).validate()) == 0
+
+
+# -- line protocol: the columnar path accepts exactly what the line parser does --
+
+_TOKENS = st.sampled_from(
+    [b"sensor", b"id", b"=", b",", b" ", b"value", b"site", b"A", b"7", b"-", b"+", b"0",
+     b"1700000000000", b"2.5", b"1e3", b".5", b"5.", b"i", b"u", b"nan", b"inf", b"_", b"\n",
+     b"#", b'"', b"\\", b"\t", b"\r", b"x=1", b"4294967296", b"1_0"]
+)  # fmt: skip
+
+
+def _line(sensor: int, value: str, ts: int, tags: list[str], extra: list[str]) -> bytes:
+    head = ",".join(["sensor", *tags[:1], f"id={sensor}", *tags[1:]])
+    fields = ",".join([*extra[:1], f"value={value}", *extra[1:]])
+    return f"{head} {fields} {ts}".encode()
+
+
+_VALUES = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.integers(-(2**63), 2**63 - 1).map(lambda i: f"{i}i"),
+    st.integers(0, 2**64 - 1).map(lambda i: f"{i}u"),
+)
+_LINES = st.builds(
+    _line,
+    st.integers(0, 2**32 - 1),
+    _VALUES,
+    st.integers(MIN_TS_MS, MIN_TS_MS + 10**12),
+    st.lists(st.sampled_from(["site=A", "line=3", "kind=vib"]), max_size=2),
+    st.lists(st.sampled_from(["temp=1.5", "ok=1i", "n=2u"]), max_size=2),
+)
+
+
+@st.composite
+def _bodies(draw) -> bytes:
+    """Valid lines, some of them mutated: a token inserted, a byte dropped or replaced."""
+    lines = draw(st.lists(_LINES, min_size=1, max_size=6))
+    body = b"\n".join(lines) + draw(st.sampled_from([b"", b"\n"]))
+    for _ in range(draw(st.integers(0, 3))):
+        at = draw(st.integers(0, len(body)))
+        action = draw(st.sampled_from(["insert", "drop", "replace"]))
+        token = draw(_TOKENS)
+        if action == "insert":
+            body = body[:at] + token + body[at:]
+        elif action == "drop":
+            body = body[:at] + body[at + 1 :]
+        else:
+            body = body[:at] + token + body[at + len(token) :]
+    return body
+
+
+@settings(max_examples=600, deadline=None)
+@given(_bodies())
+def test_line_protocol_paths_agree(body: bytes) -> None:
+    """Whatever the columnar parser accepts, the line parser accepts with the
+    same points; nothing malformed is accepted silently by either."""
+    fast = formats._line_protocol_columnar(body)
+    try:
+        slow = formats._lines(body)
+    except BadInput:
+        assert fast is None, f"columnar parser accepted what the line parser refuses: {body!r}"
+        return
+    if fast is None:
+        return
+    sensor, ts, value = fast
+    assert sensor.tolist() == slow[0] and ts.tolist() == slow[1], body
+    assert np.array_equal(value, np.array(slow[2], np.float64)), body
+
+
+def test_line_protocol_columnar_takes_tags_and_fields_in_any_order() -> None:
+    body = (
+        b"sensor,site=A,id=3,kind=vib temp=1.5,value=2.25,n=2u 1700000000000\n"
+        b"sensor,id=4 value=-7i,ok=1i 1700000000001\n"
+        b"sensor,id=5,line=2 value=18446744073709551615u 1700000000002\n"
+    )
+    fast = formats._line_protocol_columnar(body)
+    assert fast is not None
+    assert fast[0].tolist() == [3, 4, 5] and fast[1].tolist() == [BASE, BASE + 1, BASE + 2]
+    assert fast[2].tolist() == [2.25, -7.0, float(2**64 - 1)]
+    for bad in (
+        b"sensor,id=3,id=4 value=1 1700000000000",  # id twice
+        b"sensor,id=3 value=1,value=2 1700000000000",
+        b"sensor,id=3,site value=1 1700000000000",  # a tag without a value
+        b"sensor,id=3 value=1_0 1700000000000",
+        b"sensor,id=3 value=nan 1700000000000",
+        b"sensor,id=3 value=1 1_700000000000",
+    ):
+        assert formats._line_protocol_columnar(bad) is None, bad
+        with pytest.raises(BadInput):
+            decode_line_protocol(bad, "t")
+
+
+# -- JSON: the typed decoder accepts exactly what the general one does ----------
+
+_JSON_NUMBERS = st.one_of(
+    st.integers(-(2**63), 2**64 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=3),
+)
+
+
+@st.composite
+def _json_bodies(draw) -> bytes:
+    """Both shapes, with wrong types, missing or extra keys, and byte-level damage."""
+    n = draw(st.integers(0, 5))
+    bad = draw(st.integers(0, 3)) == 0
+    ids = st.integers(0, 2**32 - 1)
+    times = st.integers(MIN_TS_MS, MIN_TS_MS + 10**12)
+    if bad:
+        ids, times = st.one_of(ids, _JSON_NUMBERS), st.one_of(times, _JSON_NUMBERS)
+    val = st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(-99, 99))
+    if bad:
+        val = st.one_of(val, _JSON_NUMBERS)
+    if draw(st.booleans()):
+        pts = []
+        for _ in range(n):
+            p = {"sensor": draw(ids), "ts": draw(times), "value": draw(val)}
+            if draw(st.integers(0, 19)) == 0:
+                p.pop(draw(st.sampled_from(sorted(p))))
+            if draw(st.integers(0, 9)) == 0:
+                p["extra"] = draw(_JSON_NUMBERS)
+            pts.append(p)
+        doc: object = {"points": pts}
+    else:
+        doc = {"sensor": [draw(ids) for _ in range(n)], "ts": [draw(times) for _ in range(n)]}
+        k = draw(st.sampled_from([n, n, n, n - 1, n + 1]))
+        doc["value"] = [draw(val) for _ in range(max(0, k))]
+        if draw(st.integers(0, 9)) == 0:
+            doc.pop(draw(st.sampled_from(sorted(doc))))
+    body = orjson.dumps(doc)
+    for _ in range(draw(st.integers(0, 2))):
+        at = draw(st.integers(0, len(body)))
+        token = draw(
+            st.sampled_from([b"1", b"-", b".", b",", b'"', b"e9", b"[", b"}", b" ", b"1e999"])
+        )
+        body = body[:at] + token + body[at + draw(st.integers(0, 2)) :]
+    return body
+
+
+@settings(max_examples=600, deadline=None)
+@given(_json_bodies())
+def test_json_decoders_agree(body: bytes) -> None:
+    typed = formats._json_typed(body)
+    try:
+        general = formats._json_general(body, "t")
+    except BadInput:
+        general = None
+    if typed is None:
+        return
+    try:
+        fast = PointBatch.from_columns("t", *typed)
+    except BadInput:
+        assert general is None, body
+        return
+    assert general is not None, f"typed decoder accepted what the general one refuses: {body!r}"
+    assert fast.sensor.tolist() == general.sensor.tolist(), body
+    assert fast.ts.tolist() == general.ts.tolist(), body
+    assert np.array_equal(fast.value, general.value), body

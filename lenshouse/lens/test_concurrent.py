@@ -5,6 +5,7 @@ order), never a mix of half a load."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -59,7 +60,8 @@ def check_during_ingest(
     """Write ``batches`` from a thread while reading lenses over ``window()``
     ((start, end, points)); each must equal the oracle over some prefix of the
     acknowledged batches. Reading goes on after the writes until ``until()``
-    (at most 200 lenses). Returns (lenses checked, of those read while racing)."""
+    (at most 200 lenses; once the writes are done, 50 ms apart, so a slow
+    loader gets ~10 s). Returns (lenses checked, of those read while racing)."""
     acked = 0
     lsns: list[int] = []
     done = threading.Event()
@@ -86,6 +88,8 @@ def check_during_ingest(
             assert k is not None, f"lens [{a},{b}) step {lens.step} matches no prefix {lo}..{hi}"
             checked += 1
             racing += lo < hi
+            if done.is_set() and checked >= 5:
+                time.sleep(0.05)  # waiting for a load: pace the remaining reads
     finally:
         done.set()
         thread.join()
