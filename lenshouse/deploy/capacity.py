@@ -25,7 +25,7 @@ RAW_SOURCE = {
 # Bytes per tier cell (bench storage: 5,490,785 B / 600,000 cells of 100 ms,
 # 471,539 B / 60,000 cells of 1 s; coarser tiers' cells cost about as much as
 # 1 s ones once a partition holds more than a handful).
-CELL_BYTES = {"100ms": 9.15, "1s": 7.86, "1m": 7.86, "10m": 7.86, "1h": 7.86}
+CELL_BYTES = {"100ms": 9.15, "1s": 7.86, "10s": 7.86, "1m": 7.86, "10m": 7.86, "1h": 7.86}
 # Cluster write path, CPU-seconds per second at 0.9M points/s loaded (a 2 × 2
 # cluster, 3 keepers, 3 NATS on one 2-core machine; docs/cluster.md).
 CLUSTER_CPU_AT = 900_000

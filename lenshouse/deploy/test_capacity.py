@@ -18,7 +18,7 @@ def test_disk_follows_the_rate_the_cells_and_retention() -> None:
     raw = 1000 * 1000 * 30 * 86_400 * c.RAW_BYTES["adc16"]
     assert month["raw"] == pytest.approx(raw)
     assert month["100ms"] == pytest.approx(1000 * 30 * 864_000 * c.CELL_BYTES["100ms"])
-    total = sum(month[s] for s in ("raw", "100ms", "1s", "1m", "10m", "1h"))
+    total = sum(month[s] for s in ("raw", "100ms", "1s", "10s", "1m", "10m", "1h"))
     assert month["disk per ClickHouse server"] == pytest.approx(total / 2)
     assert month["disk, whole cluster"] == pytest.approx(total * 2)
     # A year: raw points are kept 30 days, 100 ms cells 90, 1 s cells 365.

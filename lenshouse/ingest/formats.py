@@ -268,7 +268,8 @@ def _floats(raw: pa.Array) -> np.ndarray | None:
     return pc.cast(raw, pa.float64()).to_numpy()
 
 
-_FLOAT_RE = r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?$"
+# nan and inf parse, to be refused later as non-finite (422, by name).
+_FLOAT_RE = r"^[-+]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|(?i:nan|inf|infinity))$"
 _FLOAT = re.compile(_FLOAT_RE.encode())
 _INT = re.compile(rb"^[-+]?[0-9]+i$")
 _UINT = re.compile(rb"^\+?[0-9]+u$")

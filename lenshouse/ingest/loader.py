@@ -48,6 +48,9 @@ from lenshouse.storage.errors import FatalError, StorageError
 from lenshouse.storage.store import Store, erase_bounds
 
 log = logging.getLogger(__name__)
+# Loads between trims of the log while loading goes on.
+TRIM_EVERY = 16
+IDLE_SYNC_S = 10.0  # when idle, storage is synced this often
 
 
 class LoaderStopped(Exception):
@@ -215,6 +218,11 @@ class Loader:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._known_sensors: set[tuple[str, int]] = set()
+        # The log is trimmed by the store thread (every TRIM_EVERY loads) and by
+        # the loader thread when idle; the lock keeps one trim at a time.
+        self._trim_lock = threading.Lock()
+        self._trimmed_lsn = 0  # records below it are trimmed (guarded by _trim_lock)
+        self._synced_at = time.monotonic()  # the loader thread's, when idle
         self.index = SeenIndex(store, capacity_pages=dedup_pages)
         # A filter's reads of raw wait for the load being stored: it must
         # see every earlier load, as a replay after a crash would.
@@ -390,6 +398,8 @@ class Loader:
             except queue.Empty:
                 if deadline is not None and time.monotonic() >= deadline:
                     break
+                if deadline is None:
+                    self._trim_idle()
                 continue
             if rec.lsn < self.state.next_lsn:
                 continue  # loaded from disk during recovery
@@ -471,8 +481,35 @@ class Loader:
         self.stats.rows_loaded += table.num_rows
         self._dequeue(last, sum(len(r.batch) for r in records))
 
-        if self.stats.loads % 16 == 0:
-            self.wal.truncate_before(self.state.next_lsn)
+        if self.stats.loads % TRIM_EVERY == 0:
+            self._trim()
+
+    def _trim(self) -> None:
+        """Make the loads so far durable in storage, then drop the log's
+        segments that only they hold."""
+        with self._trim_lock:
+            lsn = self.state.next_lsn
+            if lsn <= self._trimmed_lsn:
+                return
+            self.store.sync()
+            self.wal.truncate_before(lsn)
+            self._trimmed_lsn = lsn
+
+    def _trim_idle(self) -> None:
+        """Trim once nothing arrives: a log whose every record is loaded keeps
+        no segment but an empty one (the data directory is then the store's
+        files and little else)."""
+        if self._storing is not None:
+            return
+        try:
+            if self.state.next_lsn > self._trimmed_lsn:
+                self._trim()
+                self._synced_at = time.monotonic()
+            elif time.monotonic() - self._synced_at > IDLE_SYNC_S:
+                self.store.sync()  # parts that merges wrote since (see storage.schema)
+                self._synced_at = time.monotonic()
+        except Exception as e:  # trimming again later is harmless
+            log.debug("log not trimmed yet: %s", e)
 
     def _erase(self, rec: Record, seq: int | None) -> None:
         """Apply a delete as a load of its own: registered in flight (lenses

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -261,15 +262,34 @@ def test_truncate_before_deletes_only_fully_covered_segments(waldir: Path) -> No
         assert [r.lsn for r in wal.read(3)] == [3, 4, 5, 6]
         assert wal.truncate_before(4) == 1
         assert [s[0] for s in wal.segments()] == [4, 6]
-        # The last segment is kept even when everything in it is done.
-        assert wal.truncate_before(100) == 1
-        assert [s[0] for s in wal.segments()] == [6]
+        # Everything done: the writer starts an empty segment, the last one goes.
+        assert wal.truncate_before(7) == 2
+        assert [(s[0], s[1].stat().st_size) for s in wal.segments()] == [(7, 0)]
+        assert wal.truncate_before(7) == 0  # nothing more to do
         assert append_all(wal, [batch(7)]) == [7]
     finally:
         wal.close()
     wal = WriteAheadLog(waldir)
     assert wal.next_lsn == 8
-    assert [r.lsn for r in wal.read(0)] == [6, 7]
+    assert [r.lsn for r in wal.read(0)] == [7]
+
+
+def test_a_log_trimmed_to_nothing_keeps_numbering_after_a_restart(waldir: Path) -> None:
+    wal = open_wal(waldir)
+    try:
+        append_all(wal, [batch(k) for k in range(5)])
+        assert wal.truncate_before(5) == 1
+    finally:
+        wal.close()
+    wal = open_wal(waldir)
+    try:
+        assert wal.next_lsn == 5 and list(wal.read(0)) == []
+        assert append_all(wal, [batch(5)]) == [5]
+        assert wal.truncate_before(6) == 1  # the segment opened before the restart
+        assert append_all(wal, [batch(6)]) == [6]
+    finally:
+        wal.close()
+    assert [r.lsn for r in WriteAheadLog(waldir).read(0)] == [6]
 
 
 def test_group_commit_under_concurrent_appends(waldir: Path) -> None:
@@ -334,6 +354,7 @@ def test_no_fsync_mode_counts_no_fsyncs(waldir: Path) -> None:
 def test_write_after_log_damage_below_loaded_position_is_not_lost(tmp_path: Path) -> None:
     data = tmp_path / "data"
     node = Node(data, flush_interval=0.05).start()
+    node.ingestor.loader._trimmed_lsn = 2**62  # a log not trimmed yet
     try:
         for k in range(3):
             lsn = node.ingestor.write_sync(batch(k, n=1))
@@ -457,3 +478,32 @@ def test_failed_sync_is_not_acknowledged_and_the_next_group_follows_the_last_rec
         return sync
 
     check_failed_group(waldir, direct, monkeypatch, "fdatasync", failing, "Input/output")
+
+
+def test_an_idle_node_trims_its_log_to_an_empty_segment(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+
+    def log_bytes() -> int:
+        return sum(p.stat().st_size for p in segment_files(data / "wal"))
+
+    def stored() -> int:
+        return node.backend.query("SELECT count() AS n FROM raw").column("n")[0].as_py()
+
+    node = Node(data, flush_interval=0.05).start()
+    try:
+        for k in range(20):
+            lsn = node.ingestor.write_sync(batch(k, n=1000))
+        assert node.ingestor.wait_visible(lsn)
+        deadline = time.monotonic() + 10
+        while log_bytes() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert log_bytes() == 0 and stored() == 20_000
+    finally:
+        node.stop()
+    node = Node(data, flush_interval=0.05).start()
+    try:  # numbering goes on after the restart, and nothing is loaded twice
+        lsn2 = node.ingestor.write_sync(batch(20, n=1000))
+        assert lsn2 == lsn + 1 and node.ingestor.wait_visible(lsn2)
+        assert stored() == 21_000
+    finally:
+        node.stop()

@@ -25,6 +25,7 @@ it, against under 1 ms direct; the log is read back only on recovery.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import mmap
@@ -47,6 +48,8 @@ ERASE_MAGIC = b"LHX1"
 HEADER = struct.Struct("<4sIIQHI")
 _CRC_FROM = 8  # crc covers the header from payload_len on, then the payload
 SEGMENT_SUFFIX = ".wal"
+# Queued instead of a batch: the writer starts a new segment (see truncate_before).
+ROLL = object()
 POINT_BYTES = 20
 ALIGN = 4096  # O_DIRECT writes whole blocks from aligned memory
 _IOV_MAX = 1024  # buffers per writev (Linux's limit)
@@ -215,7 +218,9 @@ class WriteAheadLog:
         self.segment_bytes = segment_bytes
         self.fsync = fsync
         self.on_durable = on_durable
-        self._queue: queue.Queue[tuple[PointBatch | Erasure, Future] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[PointBatch | Erasure | object, Future] | None] = (
+            queue.Queue()
+        )
         self.direct = direct  # O_DIRECT where the filesystem has it
         self.direct_io: bool | None = None  # whether the open segment uses it
         self._file: SegmentFile | None = None
@@ -293,8 +298,17 @@ class WriteAheadLog:
         return out
 
     def truncate_before(self, lsn: int) -> int:
-        """Delete whole segments whose records are all below ``lsn``."""
+        """Delete whole segments whose records are all below ``lsn``; when that
+        is every record, the writer first starts a new segment, so that the
+        last one can go too."""
         segs = self.segments()
+        if lsn >= self.next_lsn and self._thread is not None and segs and segs[-1][0] < lsn:
+            fut: Future = Future()
+            self._queue.put((ROLL, fut))
+            # If the writer is stopping or the disk refused, trim what we can.
+            with contextlib.suppress(TimeoutError, OSError):
+                fut.result(timeout=10)
+            segs = self.segments()
         removed = 0
         for (_, path), (nxt, _) in itertools.pairwise(segs):
             if nxt <= lsn:
@@ -338,7 +352,11 @@ class WriteAheadLog:
         while not stop:
             item = self._queue.get()
             group = []
+            roll: Future | None = None
             while item is not None:
+                if item[0] is ROLL:
+                    roll = item[1]
+                    break
                 group.append(item)
                 if len(group) >= 256:
                     break
@@ -350,6 +368,22 @@ class WriteAheadLog:
                 stop = True
             if group:
                 self._commit(group)
+            if roll is not None:
+                self._roll(roll)
+
+    def _roll(self, fut: Future) -> None:
+        """Start a new, empty segment at the next LSN, if the last one holds records."""
+        try:
+            segs = self.segments()
+            if segs and segs[-1][0] < self.next_lsn:
+                if self._file is not None:
+                    self._file.close()
+                    self._file = None
+                (self.dir / f"{self.next_lsn:020d}{SEGMENT_SUFFIX}").touch()
+                _fsync_dir(self.dir)
+            fut.set_result(None)
+        except OSError as e:
+            fut.set_exception(e)
 
     def _commit(self, group: list[tuple[PointBatch | Erasure, Future]]) -> None:
         records: list[Record] = []

@@ -15,11 +15,12 @@ import pyarrow as pa
 
 from lenshouse.ingest.visibility import Loads, Snapshot
 from lenshouse.lens.cache import CHUNK_BUCKETS, Chunk, Key, LensCache, chunk_span
-from lenshouse.lens.planner import Segment, plan, raw_span
+from lenshouse.lens.planner import Segment, plan, raw_span, usable_tiers
 from lenshouse.lens.steps import bucket_count, choose_step, whole_buckets
 from lenshouse.points import BadInput, check_tenant
 from lenshouse.retention.horizons import Floor, Horizons
 from lenshouse.retention.policy import RAW, SOURCES
+from lenshouse.rollup.tiers import TIERS
 from lenshouse.storage.errors import RetryableError
 from lenshouse.storage.head import Head, buckets
 from lenshouse.storage.store import Store
@@ -27,6 +28,9 @@ from lenshouse.storage.store import Store
 AGGS = ("avg", "min", "max", "count")
 MAX_SENSORS = 10
 MAX_BUCKETS = 20_000
+# An explicit step that no tier divides is answered from raw points: at most
+# this much window (6M points for 10 sensors at 1 kHz).
+MAX_RAW_WINDOW_MS = 10 * 60_000
 # A load in flight holds back rollups from its oldest point on; past this much
 # raw reading it is cheaper to wait for the load to finish.
 MAX_HEAD_RAW_MS = 30_000
@@ -150,6 +154,15 @@ class LensEngine:
                 raise BadInput("step must be at least 1 ms", 422)
             if bucket_count(start, end, step) > MAX_BUCKETS:
                 raise BadInput(f"step {step} gives more than {MAX_BUCKETS} buckets", 422)
+            if not usable_tiers(step) and end - start > MAX_RAW_WINDOW_MS:
+                r = TIERS[0].res_ms
+                lo = max(r, step // r * r)
+                raise BadInput(
+                    f"step {step} ms: no rollup tier divides it, so this window would be read"
+                    f" from raw points (at most {MAX_RAW_WINDOW_MS // 60_000} minutes);"
+                    f" use a multiple of {r} ms (e.g. {lo} or {lo + r})",
+                    422,
+                )
             return step
         points = 2500 if points is None else points
         if not 1 <= points <= MAX_BUCKETS:

@@ -59,9 +59,9 @@ def check_during_ingest(
 ) -> tuple[int, int]:
     """Write ``batches`` from a thread while reading lenses over ``window()``
     ((start, end, points)); each must equal the oracle over some prefix of the
-    acknowledged batches. Reading goes on after the writes until ``until()``
-    (at most 200 lenses; once the writes are done, 50 ms apart, so a slow
-    loader gets ~10 s). Returns (lenses checked, of those read while racing)."""
+    acknowledged batches. Reading goes on as long as the writes do, then until
+    ``until()`` (at most 200 more lenses, 50 ms apart, so a slow loader gets
+    ~10 s; 2 minutes in all). Returns (lenses checked, of those read while racing)."""
     acked = 0
     lsns: list[int] = []
     done = threading.Event()
@@ -77,8 +77,17 @@ def check_during_ingest(
     thread = threading.Thread(target=writer)
     thread.start()
     checked = racing = 0
+    extra = 0  # reads after the last write
+    deadline = time.monotonic() + 120
     try:
-        while (not done.is_set() or checked < 5 or not until()) and checked < 200:
+        while time.monotonic() < deadline:
+            finished = done.is_set()
+            if finished and checked >= 5 and until():
+                break
+            if finished:
+                extra += 1
+                if extra > 200:
+                    break
             loaded_lsn = node.ingestor.loader.loaded_lsn
             lo = sum(1 for x in lsns[:acked] if x < loaded_lsn)
             a, b, points = window()
@@ -88,7 +97,7 @@ def check_during_ingest(
             assert k is not None, f"lens [{a},{b}) step {lens.step} matches no prefix {lo}..{hi}"
             checked += 1
             racing += lo < hi
-            if done.is_set() and checked >= 5:
+            if finished:
                 time.sleep(0.05)  # waiting for a load: pace the remaining reads
     finally:
         done.set()

@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lenshouse.lens.steps import LADDER_MS
 from lenshouse.points import BadInput
 from lenshouse.retention.policy import RAW, SOURCES, resolution_ms, tier_of
 from lenshouse.rollup.tiers import Tier
@@ -55,8 +54,8 @@ class Floor:
         return f"{gone} have expired; the {self.source} tier answers exactly"
 
     def step(self, step: int, explicit: bool) -> int:
-        """``step`` if the floor answers it exactly, else the next ladder step
-        that it does; an explicit step it cannot answer is refused."""
+        """``step`` if the floor answers it exactly, else the next multiple of
+        the floor's cell; an explicit step it cannot answer is refused."""
         if step % self.res_ms == 0:
             return step
         if explicit:
@@ -65,9 +64,6 @@ class Floor:
                 f" use a multiple of {self.res_ms} ms",
                 422,
             )
-        for s in LADDER_MS:
-            if s >= step and s % self.res_ms == 0:
-                return s
         return -(-step // self.res_ms) * self.res_ms
 
     def to_json(self) -> dict:

@@ -26,6 +26,7 @@ DEFAULT_KEEP: dict[str, int | None] = {
     RAW: 30 * DAY_MS,
     "100ms": 90 * DAY_MS,
     "1s": 365 * DAY_MS,
+    "10s": FOREVER,
     "1m": FOREVER,
     "10m": FOREVER,
     "1h": FOREVER,

@@ -147,7 +147,7 @@ def totals(node: Node) -> dict[str, int]:
 
 
 # Per tier, a bucket width that it divides and the next tier does not.
-STEPS = {"100ms": 500, "1s": 30_000, "1m": 300_000, "10m": 1_800_000, "1h": HOUR}
+STEPS = {"100ms": 500, "1s": 5_000, "10s": 30_000, "1m": 300_000, "10m": 1_800_000, "1h": HOUR}
 
 
 def check_every_tier(node: Node, ts: np.ndarray, value: np.ndarray) -> None:

@@ -24,6 +24,12 @@ DEDUP_WINDOW = 1000
 # merge CPU per row, against 248 (docs/performance.md). Lenses do not mind the
 # parts: each part's ts range (kept for the partition key) prunes it.
 RAW_MERGE_SETTINGS = "merge_selector_base = 30"
+# Parts merged away are kept this long (ClickHouse's default is 480 s) in case
+# a power loss takes the merged part with the page cache: the loader syncs the
+# filesystem at least every ~16 s while it loads and every 10 s when idle
+# (lenshouse.ingest.loader), so 30 s is enough, and a minute after ingest
+# stops the data directory is the store's files, not twice them.
+OLD_PARTS_SETTINGS = "old_parts_lifetime = 30"
 
 
 def raw_ddl(dedup_window: int = DEDUP_WINDOW, table: str = "raw") -> str:
@@ -38,7 +44,8 @@ CREATE TABLE IF NOT EXISTS {table} (
 ) ENGINE = MergeTree
 PARTITION BY intDiv(ts, 86400000)
 ORDER BY (tenant, sensor, ts)
-SETTINGS non_replicated_deduplication_window = {dedup_window}, {RAW_MERGE_SETTINGS}"""
+SETTINGS non_replicated_deduplication_window = {dedup_window}, {RAW_MERGE_SETTINGS},
+    {OLD_PARTS_SETTINGS}"""
 
 
 # Delta+ZSTD on the float's bits suits ADC-quantised, slowly changing signals:
@@ -108,7 +115,10 @@ def create_schema(backend: Backend) -> Upgrade:
         add_tiers(backend, list(TIERS), fill=False)
         return Upgrade()
     # Stores made before the merge setting get it too (a no-op otherwise).
-    backend.execute(f"ALTER TABLE raw MODIFY SETTING {RAW_MERGE_SETTINGS}")
+    backend.execute(f"ALTER TABLE raw MODIFY SETTING {RAW_MERGE_SETTINGS}, {OLD_PARTS_SETTINGS}")
+    for tier in TIERS:
+        if tier.table in existing:
+            backend.execute(f"ALTER TABLE {tier.table} MODIFY SETTING {OLD_PARTS_SETTINGS}")
     # Every store has had the first tier; a coarser one is complete once its
     # view exists.
     new = [t for t in TIERS[1:] if f"{t.table}_mv" not in existing]
@@ -124,6 +134,7 @@ def add_tiers(backend: Backend, tiers: list[Tier], fill: bool = True) -> None:
     the fill, once through its new view.)"""
     for tier in tiers:
         backend.execute(tier_table_ddl(tier, DEDUP_WINDOW))
+        backend.execute(f"ALTER TABLE {tier.table} MODIFY SETTING {OLD_PARTS_SETTINGS}")
         if fill:
             backend.execute(f"TRUNCATE TABLE {tier.table}")
             backend.execute(f"INSERT INTO {tier.table} {tier_select(tier)}")

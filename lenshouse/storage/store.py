@@ -10,11 +10,14 @@ names and server settings stay behind this interface.
 
 from __future__ import annotations
 
+import ctypes
+import os
 import re
 import threading
 import time
 import uuid
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Protocol
 
 import pyarrow as pa
@@ -111,6 +114,10 @@ class Store(Protocol):
     def erase(self, tenant: str, sensors: list[int], start: int, end: int, seq: int) -> None:
         """Remove the sensors' points in [start, end) from raw and every tier,
         as load ``seq``. Idempotent."""
+
+    def sync(self) -> None:
+        """Make what is stored so far survive a power loss (before the log
+        that could replay it is trimmed)."""
 
     def close(self) -> None: ...
 
@@ -307,6 +314,9 @@ class SqlStore:
                 raise RetryableError(f"deletes not applied after {ERASE_WAIT_S:.0f} s")
             time.sleep(0.02)
 
+    def sync(self) -> None:
+        """Servers keep their own parts durable (replicas, their fsync settings)."""
+
     def close(self) -> None:
         self.backend.close()
 
@@ -364,8 +374,35 @@ class EmbeddedStore(SqlStore):
     def finish_upgrade(self, upgrade: Upgrade) -> None:
         upgrade.finish(self.backend)
 
+    def sync(self) -> None:
+        """Write the data directories' dirty pages out: ClickHouse does not
+        fsync its parts, and the log that could replay them is about to go."""
+        dirs = [getattr(self.backend, "path", None)]
+        if self.tiering is not None:
+            dirs.append(self.tiering.cold_dir)
+        for d in dirs:
+            if d is not None:
+                syncfs(Path(d))
+
     def attach(self, table: Tier | None, rows: pa.Table) -> None:
         attach_rows(self.backend, "raw" if table is None else table.table, rows)
 
     def health(self) -> dict:
         return {"storage": self.name}
+
+
+def syncfs(path: Path) -> None:
+    """syncfs(2) on the filesystem holding ``path`` (os.sync where libc lacks it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _LIBC is None or _LIBC.syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+    _LIBC.syncfs  # noqa: B018 - present on Linux's libc
+except (OSError, AttributeError):  # pragma: no cover - not Linux
+    _LIBC = None
