@@ -274,6 +274,9 @@ def serve(
         None, help="a second disk (directory): partitions older than --hot move there"
     ),
     hot: str = typer.Option("7d", help="with --cold-dir: how long partitions stay hot"),
+    background_nice: int = typer.Option(
+        10, help="nice value of chDB's merge threads, so lenses go first (0: as lenses)"
+    ),
 ) -> None:
     """Run storage and the HTTP server (embedded chDB, or a ClickHouse cluster)."""
     if min(lens_cache_mb, head_seconds, head_max_mb, block_cache_mb) < 0:
@@ -281,6 +284,9 @@ def serve(
             "[red]--lens-cache-mb, --head-seconds, --head-max-mb and --block-cache-mb"
             " must be 0 or more[/red]"
         )
+        raise typer.Exit(2)
+    if not 0 <= background_nice <= 19:
+        console.print("[red]--background-nice must be 0..19[/red]")
         raise typer.Exit(2)
     if min(quota_points_per_s, quota_lens_per_s, quota_sensors) < 0:
         console.print("[red]quotas (--quota-…) must be 0 or more[/red]")
@@ -298,6 +304,7 @@ def serve(
         head_max_mb=head_max_mb,
         block_cache_mb=block_cache_mb,
         tiering=_tiering(cold_dir, hot, clickhouse),
+        background_nice=background_nice,
     )
     from lenshouse.api.app import create_app
     from lenshouse.retention.maintain import Schedule

@@ -14,6 +14,7 @@ from lenshouse.storage.backend import BLOCK_CACHE_MB, Backend
 from lenshouse.storage.catalog import Catalog
 from lenshouse.storage.embedded import EmbeddedBackend
 from lenshouse.storage.head import Head
+from lenshouse.storage.priority import BACKGROUND_NICE, Renicer
 from lenshouse.storage.store import EmbeddedStore, Store
 from lenshouse.storage.tiering import Tiering
 
@@ -35,6 +36,7 @@ class Node:
         head_seconds: float = 65,
         head_max_mb: float = 2048,
         tiering: Tiering | None = None,
+        background_nice: int = BACKGROUND_NICE,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -65,6 +67,9 @@ class Node:
         self.head = Head(head_seconds, max_bytes=int(head_max_mb * 2**20))
         self.ingestor.loader.on_loaded.append(self.head.add)
         self.ingestor.loader.on_erased.append(self.head.erase)
+        # Loads and merges yield the cores to lenses (lenshouse.storage.priority).
+        self.renicer = Renicer(background_nice if isinstance(store, EmbeddedStore) else 0)
+        self.ingestor.loader.on_loaded.append(self._lower_background)
         self.horizons = Horizons(store)
         self.ingestor.loader.raw_mark = self.horizons.raw_mark
         self.lenses = LensEngine(
@@ -82,6 +87,9 @@ class Node:
         self.ingestor.start(after_recovery=self._finish_upgrade)
         self._started = True
         return self
+
+    def _lower_background(self, seq: int, table: object) -> None:
+        self.renicer.sweep()  # after each load: merges start with new parts
 
     def _finish_upgrade(self) -> None:
         self.store.finish_upgrade(self._upgrade)

@@ -17,7 +17,7 @@ import typer
 from lenshouse.bench.common import BenchConfig, console, git_state, machine
 from lenshouse.storage.backend import BLOCK_CACHE_MB
 
-SCENARIOS = ("ingest", "lens", "mixed", "storage", "concurrency")
+SCENARIOS = ("ingest", "lens", "mixed", "storage", "concurrency", "burst")
 # Asked for by name only: it needs Chromium and playwright (the test extra).
 EXTRA_SCENARIOS = ("page", "month")  # month: 2.6 billion points, ~15 min
 
@@ -26,6 +26,7 @@ def run_bench(
     scenarios: list[str], cfg: BenchConfig, data: Path | None, out: Path, command: str = ""
 ) -> dict:
     """Run ``scenarios`` in order and write the report into ``out``; returns the results."""
+    from lenshouse.bench.burst import run_burst
     from lenshouse.bench.ingest import run_ingest
     from lenshouse.bench.lens import run_concurrency, run_lens
     from lenshouse.bench.mixed import run_mixed
@@ -42,6 +43,7 @@ def run_bench(
         "mixed": run_mixed,
         "page": run_page,
         "month": run_month,
+        "burst": run_burst,
     }
     own = data is None
     workdir = Path(tempfile.mkdtemp(prefix="lenshouse-bench-")) if own else Path(data)
@@ -76,7 +78,7 @@ def bench(
     scenario: Annotated[
         str,
         typer.Argument(
-            help="ingest, lens, mixed, storage, concurrency, page (the lens page in"
+            help="ingest, lens, mixed, storage, concurrency, burst, page (the lens page in"
             " Chromium), month (30 days of 1 kHz, then retention), or all (all but page and month)"
         ),
     ] = "all",

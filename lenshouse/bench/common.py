@@ -72,6 +72,10 @@ class BenchConfig:
     concurrency_duration: int = 30
     concurrency_window: str = "10m"
     points: int = 2500
+    # burst: maximal Arrow ingest, lenses during it and in the seconds after
+    burst_seconds: int = 30
+    burst_after: float = 10.0
+    burst_clients: int = 20
     # page (the lens page in Chromium)
     page_rounds: int = 20  # fresh tabs, each a first draw and 5 in-place redraws
     block_cache_mb: float = BLOCK_CACHE_MB  # ClickHouse's uncompressed cache in the bench server
@@ -97,6 +101,9 @@ class BenchConfig:
             lens_hours=1.1,
             lens_windows=("10s", "1m", "1h"),
             lens_queries=3,
+            burst_seconds=2,
+            burst_after=2.0,
+            burst_clients=2,
             month_rate_hz=1,
             month_days=1.1,
             month_windows=("1h", "1d"),

@@ -29,6 +29,10 @@ RAW_MAX_BYTES_PER_POINT = 1.7
 ROLLUP_MAX_SHARE = 0.10
 FLAT_FACTOR = 2.0  # "latency does not grow with the window": 31 d within 2× of 1 h
 CONCURRENCY_P50_MS = 100.0
+# Lenses within 10 s after a 30 s burst of maximal ingest.
+BURST_SINGLE_P95_MS = 50.0
+BURST_CLIENTS_P50_MS = 150.0
+BURST_MAX_PARTS = 3000  # ClickHouse refuses inserts at parts_to_throw_insert (3000 a partition)
 # Full-precision float payloads from several clients (the peers' comparison),
 # with the rate each format must reach end to end.
 FLOAT_NAMES = {
@@ -205,6 +209,7 @@ def evaluate(results: dict) -> list[dict]:
                 "pass": cc["errors"] == 0 and lat["p50"] <= CONCURRENCY_P50_MS,
             }
         )
+    rows += _burst_rows(results.get("burst"))
     mo = results.get("month")
     if mo:
         n = mo["dataset"]["points"]
@@ -245,6 +250,44 @@ def evaluate(results: dict) -> list[dict]:
                 }
             )
     return rows
+
+
+def _burst_rows(b: dict | None) -> list[dict]:
+    """Issue targets of the burst scenario (lenses after maximal ingest)."""
+    if not b:
+        return []
+    one, after, clients = b["burst1"], b["single_after"], b["clients_after"]
+    p95, p50 = after["latency_ms"]["p95"], clients["latency_ms"]["p50"]
+    return [
+        {
+            "id": "burst",
+            "name": f"single user, in the seconds after a {b['burst_seconds']} s burst"
+            f" ({_fmt_rate(one['points_per_s'])} points/s)",
+            "target": f"p95 ≤ {BURST_SINGLE_P95_MS:.0f} ms, 0 errors",
+            "measured": f"p50 {_ms(after['latency_ms']['p50'])} p95 {_ms(p95)}"
+            f" ({after['requests']} lenses, {after['errors']} errors); during the burst"
+            f" p95 {_ms(b['single_during']['latency_ms']['p95'])}; quiet p50"
+            f" {_ms(b['quiet']['latency_ms']['p50'])}",
+            "pass": after["errors"] == 0 and p95 <= BURST_SINGLE_P95_MS,
+        },
+        {
+            "id": "burst",
+            "name": f"{clients['users']} clients, no think time, after a burst",
+            "target": f"p50 ≤ {BURST_CLIENTS_P50_MS:.0f} ms, 0 errors",
+            "measured": f"p50 {_ms(p50)} p95 {_ms(clients['latency_ms']['p95'])},"
+            f" {clients['errors']} errors, {clients['throughput_rps']:.1f} req/s",
+            "pass": clients["errors"] == 0 and p50 <= BURST_CLIENTS_P50_MS,
+        },
+        {
+            "id": "burst",
+            "name": "parts during and after the bursts",
+            "target": f"bounded: ≤ {BURST_MAX_PARTS} active parts in all tables",
+            "measured": f"max {max(one['max_parts_all'], b['burst2']['max_parts_all'])},"
+            f" raw max {max(one['max_parts_raw'], b['burst2']['max_parts_raw'])};"
+            f" lag ≤ {max(one['max_lag_s'], b['burst2']['max_lag_s']):.1f} s",
+            "pass": max(one["max_parts_all"], b["burst2"]["max_parts_all"]) <= BURST_MAX_PARTS,
+        },
+    ]
 
 
 def _verdict(p: bool | None) -> str:

@@ -64,7 +64,7 @@ def test_report_files(report) -> None:
     md = (out / "bench-report.md").read_text()
     assert "## Targets" in md and "## Ingest" in md and "## Storage" in md
     assert set(SCENARIOS) <= set(doc)
-    assert {t["id"] for t in doc["targets"]} == {"1", "2", "3", "4", "5"}
+    assert {t["id"] for t in doc["targets"]} == {"1", "2", "3", "4", "5", "burst"}
     assert all(t["pass"] in (True, False, None) for t in doc["targets"])
 
 
@@ -121,6 +121,20 @@ def test_mixed_concurrency_storage(report) -> None:
     assert 0 < st["raw_bytes_per_point"] < st["total_bytes_per_point"]
     for tier, next_tier in zip(list(st["after_optimize"])[1:], list(st["after_optimize"])[2:]):
         assert st["after_optimize"][tier]["rows"] >= st["after_optimize"][next_tier]["rows"] > 0
+
+
+def test_burst_measures_lenses_during_and_after_and_counts_parts(report) -> None:
+    b = report[0]["burst"]
+    for key in ("quiet", "single_during", "single_after", "clients_after"):
+        assert b[key]["requests"] > 0 and b[key]["errors"] == 0, key
+        assert _ordered(b[key]["latency_ms"]), key
+    for key in ("burst1", "burst2"):
+        d = b[key]
+        assert d["points_per_s"] > 0 and d["timeline"], key
+        assert all(s["parts_all"] >= s["parts_raw"] > 0 for s in d["timeline"])
+        assert d["max_parts_all"] == max(s["parts_all"] for s in d["timeline"])
+    rows = [t for t in report[0]["targets"] if t["id"] == "burst"]
+    assert len(rows) == 3 and all(isinstance(t["pass"], bool) for t in rows)
 
 
 def test_page_scenario_reports_the_pages_own_draw_times(tmp_path) -> None:

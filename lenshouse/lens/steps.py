@@ -7,7 +7,7 @@ asked). Windows of at most ``RAW_WINDOW_MS`` take the finest step giving at
 most P buckets instead, from raw points (at 1 kHz, at most 120k per sensor).
 Between the two (at P = 2500, windows of 2 to ~6 minutes) the finest
 tier-aligned step gives 0.5–0.8·P: a finer tier would close that gap, at
-0.4–1.1 bytes a point (docs/performance.md).
+0.4–1.1 bytes a point (docs/performance.md, §4b).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The step ladder and the planner, proved on random windows."""
+"""Step choice and the planner, proved on random windows."""
 
 from __future__ import annotations
 
