@@ -67,6 +67,8 @@ class BenchConfig:
     # storage
     storage_sensors: int = 1000
     storage_seconds: int = 60
+    storage_float_sensors: int = 100  # the peers' comparison: 100 sensors at 1 kHz
+    storage_settle: float = 60.0  # seconds after the last load, then the data directory
     # concurrency
     concurrency_users: int = 20
     concurrency_duration: int = 30
@@ -104,6 +106,8 @@ class BenchConfig:
             burst_seconds=2,
             burst_after=2.0,
             burst_clients=2,
+            storage_float_sensors=5,
+            storage_settle=1.0,
             month_rate_hz=1,
             month_days=1.1,
             month_windows=("1h", "1d"),

@@ -47,6 +47,8 @@ class Dataset:
     seconds: int
     seed: int = 0
     exact: bool = False  # build each second with Fleet.second itself (slower, exact)
+    # "adc": the fleet's 16-bit values; "float": full-precision 10 + sin + 0.05·N(0,1)
+    values: str = "adc"
 
     @property
     def end_ms(self) -> int:
@@ -91,6 +93,22 @@ def fleet_chunk(fleet: Fleet, k0: int, n: int, tenant: str = "default") -> Point
 
 
 def chunks(ds: Dataset, chunk_points: int = 1_000_000) -> Iterator[PointBatch]:
+    if ds.values == "float":
+        yield from _float_chunks(ds, chunk_points)
+        return
+    yield from _adc_chunks(ds, chunk_points)
+
+
+def _float_chunks(ds: Dataset, chunk_points: int) -> Iterator[PointBatch]:
+    """The fleet's sensors and timestamps with full-precision values, the
+    shape the peers were compared on (lenshouse.bench.ingest)."""
+    for i, b in enumerate(_adc_chunks(ds, chunk_points)):
+        rng = np.random.default_rng((ds.seed, i))
+        value = 10 + np.sin(b.ts / 1000.0 + b.sensor) + 0.05 * rng.standard_normal(len(b))
+        yield PointBatch(b.tenant, b.sensor, b.ts, value)
+
+
+def _adc_chunks(ds: Dataset, chunk_points: int) -> Iterator[PointBatch]:
     fleet = ds.fleet()
     per_second = ds.sensors * ds.rate_hz
     step = max(1, chunk_points // per_second)

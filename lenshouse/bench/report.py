@@ -29,6 +29,9 @@ RAW_MAX_BYTES_PER_POINT = 1.7
 ROLLUP_MAX_SHARE = 0.10
 FLAT_FACTOR = 2.0  # "latency does not grow with the window": 31 d within 2× of 1 h
 CONCURRENCY_P50_MS = 100.0
+# Full-precision floats: the best peer's bytes a point (VictoriaMetrics, lossy).
+FLOAT_MAX_BYTES_PER_POINT = 5.8
+DATA_DIR_MAX_RATIO = 1.2  # the whole data directory against the store's parts, at rest
 # Lenses within 10 s after a 30 s burst of maximal ingest.
 BURST_SINGLE_P95_MS = 50.0
 BURST_CLIENTS_P50_MS = 150.0
@@ -196,6 +199,30 @@ def evaluate(results: dict) -> list[dict]:
                 and st["rollup_bytes_per_point"] <= ROLLUP_MAX_SHARE * st["raw_bytes_per_point"],
             }
         )
+        fl = st.get("float")
+        if fl:
+            rows.append({
+                "id": "4",
+                "name": "storage per point, full-precision floats (after OPTIMIZE FINAL)",
+                "target": f"total ≤ {FLOAT_MAX_BYTES_PER_POINT} B (the best peer's), lossless",
+                "measured": f"raw {fl['raw_bytes_per_point']:.2f} B + rollups"
+                f" {fl['rollup_bytes_per_point']:.2f} B = {fl['total_bytes_per_point']:.2f} B"
+                " (entropy of the noise alone: 5.84 B)",
+                "pass": fl["total_bytes_per_point"] <= FLOAT_MAX_BYTES_PER_POINT,
+            })  # fmt: skip
+        for label, d in (("16-bit", st), ("floats", fl)):
+            if not d or "data_dir" not in d:
+                continue
+            dd = d["data_dir"]
+            rows.append({
+                "id": "4",
+                "name": f"data directory / store files, {d['settle_s']:.0f} s after ingest"
+                f" ({label})",
+                "target": f"≤ {DATA_DIR_MAX_RATIO}×",
+                "measured": f"{dd['ratio']:.2f}× ({dd['bytes']:,} / {dd['store_bytes']:,} B;"
+                f" log {dd['log_bytes']:,} B)",
+                "pass": dd["ratio"] <= DATA_DIR_MAX_RATIO,
+            })  # fmt: skip
     cc = results.get("concurrency")
     if cc:
         lat = cc["latency_ms"]

@@ -121,6 +121,11 @@ def test_mixed_concurrency_storage(report) -> None:
     assert 0 < st["raw_bytes_per_point"] < st["total_bytes_per_point"]
     for tier, next_tier in zip(list(st["after_optimize"])[1:], list(st["after_optimize"])[2:]):
         assert st["after_optimize"][tier]["rows"] >= st["after_optimize"][next_tier]["rows"] > 0
+    fl = st["float"]
+    assert fl["after_optimize"]["raw"]["rows"] == fl["points"] > 0
+    assert fl["raw_bytes_per_point"] > st["raw_bytes_per_point"]  # doubles cost more than codes
+    for d in (st, fl):
+        assert d["data_dir"]["bytes"] >= d["data_dir"]["store_bytes"] > 0
 
 
 def test_burst_measures_lenses_during_and_after_and_counts_parts(report) -> None:

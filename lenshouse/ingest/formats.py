@@ -183,7 +183,11 @@ _LP_CONVERT = pa_csv.ConvertOptions(
     strings_can_be_null=False,
     quoted_strings_can_be_null=False,
 )
-_LP_UNHANDLED = (b"#", b"\r", b'"', b"\\", b"\t", b"  ", b"\v", b"\f")
+# Arrow's reader ends a row at CR as well, and its number conversion skips
+# tabs: such bodies go line by line. Whatever else the line parser treats
+# differently (comments, spaces at either end, double spaces) makes a row of
+# other than three columns, or a head the column checks refuse.
+_LP_UNHANDLED = (b"\r", b"\t", b"\v", b"\f")
 
 
 def _line_protocol_columnar(body: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -191,7 +195,7 @@ def _line_protocol_columnar(body: bytes) -> tuple[np.ndarray, np.ndarray, np.nda
     leave the body (and its error messages) to the line-by-line parser."""
     if not body.strip(b"\n"):
         return np.empty(0, np.uint32), np.empty(0, np.int64), np.empty(0, np.float64)
-    if any(c in body for c in _LP_UNHANDLED) or body.startswith(b" ") or b"\n " in body:
+    if any(c in body for c in _LP_UNHANDLED):
         return None
     try:
         t = pa_csv.read_csv(
@@ -200,8 +204,8 @@ def _line_protocol_columnar(body: bytes) -> tuple[np.ndarray, np.ndarray, np.nda
             parse_options=_LP_PARSE,
             convert_options=_LP_CONVERT,
         )
-        ids = _one_key(t.column("head"), "id=", head=True)
-        raw = _one_key(t.column("fields"), "value=", head=False)
+        ids = _head_ids(t.column("head"))
+        raw = _only_value(t.column("fields"))
         if ids is None or raw is None:
             return None
         sensor = pc.cast(ids, pa.uint32()).to_numpy()
@@ -211,6 +215,30 @@ def _line_protocol_columnar(body: bytes) -> tuple[np.ndarray, np.ndarray, np.nda
     if value is None or not np.isfinite(value).all():
         return None  # the line-by-line parser names the line
     return sensor, t.column("ts").to_numpy(), value
+
+
+# Whole-column checks for the common shapes, each one pass of RE2: a head of
+# k=v tags (no key or value holding "," or "=") with the key id exactly once;
+# a fields column of "value=…" alone. Other shapes take the general checks.
+_OTHER_KEY = r"(?:[^i,=][^,=]*|i|i[^d,=][^,=]*|id[^,=]+)"
+_TAG = rf",{_OTHER_KEY}=[^,=]+"
+_HEAD_RE = rf"^sensor(?:{_TAG})*,id=[^,=]+(?:{_TAG})*$"
+_VALUE_ONLY_RE = r"^value=[^,=]+$"
+
+
+def _head_ids(column: pa.ChunkedArray) -> pa.Array | None:
+    heads = column.combine_chunks()
+    if not pc.all(pc.match_substring_regex(heads, _HEAD_RE)).as_py():
+        return _one_key(column, "id=", head=True)
+    after = pc.list_element(pc.split_pattern(heads, ",id=", max_splits=1), 1)
+    return pc.list_element(pc.split_pattern(after, ",", max_splits=1), 0)
+
+
+def _only_value(column: pa.ChunkedArray) -> pa.Array | None:
+    fields = column.combine_chunks()
+    if pc.all(pc.match_substring_regex(fields, _VALUE_ONLY_RE)).as_py():
+        return pc.utf8_slice_codeunits(fields, len("value="))
+    return _one_key(column, "value=", head=False)
 
 
 def _one_key(column: pa.ChunkedArray, key: str, head: bool) -> pa.Array | None:
