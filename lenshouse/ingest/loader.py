@@ -50,7 +50,9 @@ from lenshouse.storage.store import Store, erase_bounds
 log = logging.getLogger(__name__)
 # Loads between trims of the log while loading goes on.
 TRIM_EVERY = 16
-IDLE_SYNC_S = 10.0  # when idle, storage is synced this often
+# Storage is synced at least this often, loading or idle: merged-away parts
+# outlive it (lenshouse.storage.schema), so none goes before its merge is on disk.
+SYNC_EVERY_S = 5.0
 
 
 class LoaderStopped(Exception):
@@ -222,7 +224,7 @@ class Loader:
         # the loader thread when idle; the lock keeps one trim at a time.
         self._trim_lock = threading.Lock()
         self._trimmed_lsn = 0  # records below it are trimmed (guarded by _trim_lock)
-        self._synced_at = time.monotonic()  # the loader thread's, when idle
+        self._synced_at = time.monotonic()  # guarded by _trim_lock
         self.index = SeenIndex(store, capacity_pages=dedup_pages)
         # A filter's reads of raw wait for the load being stored: it must
         # see every earlier load, as a replay after a crash would.
@@ -481,19 +483,24 @@ class Loader:
         self.stats.rows_loaded += table.num_rows
         self._dequeue(last, sum(len(r.batch) for r in records))
 
-        if self.stats.loads % TRIM_EVERY == 0:
+        if self.stats.loads % TRIM_EVERY == 0 or self._sync_due():
             self._trim()
 
+    def _sync_due(self) -> bool:
+        return time.monotonic() - self._synced_at > SYNC_EVERY_S
+
     def _trim(self) -> None:
-        """Make the loads so far durable in storage, then drop the log's
-        segments that only they hold."""
+        """Make what is stored durable, then drop the log's segments that
+        only loaded records hold."""
         with self._trim_lock:
             lsn = self.state.next_lsn
-            if lsn <= self._trimmed_lsn:
+            if lsn <= self._trimmed_lsn and not self._sync_due():
                 return
             self.store.sync()
-            self.wal.truncate_before(lsn)
-            self._trimmed_lsn = lsn
+            self._synced_at = time.monotonic()
+            if lsn > self._trimmed_lsn:
+                self.wal.truncate_before(lsn)
+                self._trimmed_lsn = lsn
 
     def _trim_idle(self) -> None:
         """Trim once nothing arrives: a log whose every record is loaded keeps
@@ -502,12 +509,8 @@ class Loader:
         if self._storing is not None:
             return
         try:
-            if self.state.next_lsn > self._trimmed_lsn:
-                self._trim()
-                self._synced_at = time.monotonic()
-            elif time.monotonic() - self._synced_at > IDLE_SYNC_S:
-                self.store.sync()  # parts that merges wrote since (see storage.schema)
-                self._synced_at = time.monotonic()
+            if self.state.next_lsn > self._trimmed_lsn or self._sync_due():
+                self._trim()  # or just a sync: parts that merges wrote since
         except Exception as e:  # trimming again later is harmless
             log.debug("log not trimmed yet: %s", e)
 

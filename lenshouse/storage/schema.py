@@ -24,12 +24,15 @@ DEDUP_WINDOW = 1000
 # merge CPU per row, against 248 (docs/performance.md). Lenses do not mind the
 # parts: each part's ts range (kept for the partition key) prunes it.
 RAW_MERGE_SETTINGS = "merge_selector_base = 30"
-# Parts merged away are kept this long (ClickHouse's default is 480 s) in case
-# a power loss takes the merged part with the page cache: the loader syncs the
-# filesystem at least every ~16 s while it loads and every 10 s when idle
-# (lenshouse.ingest.loader), so 30 s is enough, and a minute after ingest
-# stops the data directory is the store's files, not twice them.
-OLD_PARTS_SETTINGS = "old_parts_lifetime = 30"
+# Parts merged away are kept this long in case a power loss takes the merged
+# part with the page cache (chDB keeps none; a server keeps them 480 s): the
+# loader syncs the filesystem at least every 5 s (lenshouse.ingest.loader), so
+# 15 s is enough. The cleanup runs every 5–15 s instead of backing off to
+# 300 s, so a minute after ingest stops the data directory is the store's
+# files, not twice them.
+OLD_PARTS_SETTINGS = (
+    "old_parts_lifetime = 15, cleanup_delay_period = 5, max_cleanup_delay_period = 15"
+)
 
 
 def raw_ddl(dedup_window: int = DEDUP_WINDOW, table: str = "raw") -> str:
