@@ -402,6 +402,11 @@ def lens_params(**kw) -> dict:
         (lens_params(step=0), "step must be at least 1 ms"),
         (lens_params(step=-5), "step must be at least 1 ms"),
         (lens_params(step=1, end=BASE + 20_001), "step 1 gives more than 20000 buckets"),
+        (  # a month of raw points is never read: the nearest tier-aligned steps are named
+            lens_params(step=240, end=BASE + 600_001),
+            "step 240 ms: no rollup tier divides it, so this window would be read from raw"
+            " points (at most 10 minutes); use a multiple of 100 ms (e.g. 200 or 300)",
+        ),
         (lens_params(points=0), "points must be 1..20000"),
         (lens_params(points=20_001), "points must be 1..20000"),
         (lens_params(start="yesterday"), "start: Input should be a valid integer"),

@@ -47,13 +47,13 @@ def finest_step(start: int, end: int, points: int) -> int:
     hi = lo
     while bucket_count(start, end, hi) > points:  # doubling: bounded by log2(end)
         hi *= 2
-    while lo < hi:  # counts almost never rise with the step; the result is checked
+    while lo < hi:  # hi always fits; counts seldom rise with the step, so it is about the least
         mid = (lo + hi) // 2
         if bucket_count(start, end, mid) <= points:
             hi = mid
         else:
             lo = mid + 1
-    return hi if bucket_count(start, end, hi) <= points else hi * 2
+    return hi
 
 
 def aligned_step(start: int, end: int, points: int, res_ms: int, fine: int) -> int:
