@@ -60,10 +60,15 @@ def aligned_step(start: int, end: int, points: int, res_ms: int, fine: int) -> i
     """The smallest multiple of ``res_ms`` at or above ``fine`` giving at most
     ``points`` buckets."""
     step = -(-fine // res_ms) * res_ms
-    for _ in range(4):  # alignment adds at most one bucket; a few rounds suffice
+    for _ in range(4):  # alignment adds at most one bucket; a few rounds usually do
         if bucket_count(start, end, step) <= points:
             return step
         step += res_ms
+    if points > 2:
+        # At width/(P-2) or more, at most P buckets meet any window, aligned
+        # or not: the smallest such multiple still gives close to P.
+        sure = -(-(end - start) // (points - 2))
+        step = max(step, -(-sure // res_ms) * res_ms)
     while bucket_count(start, end, step) > points:  # bounded by log2(end)
         step *= 2
     return step
