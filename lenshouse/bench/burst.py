@@ -20,6 +20,7 @@ import math
 import random
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -86,8 +87,11 @@ def _latency(samples: list[dict], lo: float, hi: float) -> dict:
     return {"requests": len(ok), "errors": bad, "latency_ms": summarize(ok)}
 
 
-def _burst(srv: BenchServer, cfg: BenchConfig, workdir: Path, start_ms: int) -> dict:
-    """One burst: the ingest client's result, and counters sampled meanwhile."""
+def _burst(
+    srv: BenchServer, cfg: BenchConfig, workdir: Path, start_ms: int, name: str, then: Callable
+) -> dict:
+    """One burst, then ``then()`` (the seconds after it), with counters
+    sampled throughout."""
     t0 = time.monotonic()
     with sampler(lambda: _counters(srv), every=0.5) as samples:
         child = spawn(
@@ -98,13 +102,13 @@ def _burst(srv: BenchServer, cfg: BenchConfig, workdir: Path, start_ms: int) -> 
             start_ms,
             cfg.burst_seconds,
             cfg.ingest_senders,
-            name="burst-client",
+            name=name,
             workdir=workdir,
         )
         sent = child.result(timeout=None)
         t_end = time.monotonic() - t0
-        time.sleep(cfg.burst_after)  # the sampler goes on through the seconds after
-    return {"sent": sent, "ended_at_s": round(t_end, 3), "samples": samples}
+        after = then()
+    return {"sent": sent, "ended_at_s": round(t_end, 3), "samples": samples, "after": after}
 
 
 def _timeline_summary(burst: dict) -> dict:
@@ -135,7 +139,9 @@ def run_burst(cfg: BenchConfig, workdir: Path) -> dict:
         # Burst 1, with a single user through it and the 10 s after.
         start_ms = int(time.time() * 1000)
         stop, thread, box = _reader(srv, ds, cfg.seed + 1)
-        first = _burst(srv, cfg, workdir, start_ms)
+        first = _burst(
+            srv, cfg, workdir, start_ms, "burst-client", lambda: time.sleep(cfg.burst_after)
+        )
         stop.set()
         thread.join()
         end = first["ended_at_s"]
@@ -143,7 +149,14 @@ def run_burst(cfg: BenchConfig, workdir: Path) -> dict:
         after = _latency(box[0], end, end + cfg.burst_after)
         srv.wait_loaded(cfg.drain_timeout)
         # Burst 2, then 20 closed-loop clients in the 10 s after.
-        second = _burst_then_clients(srv, cfg, workdir, ds, start_ms + 10 * 60_000)
+        second = _burst(
+            srv,
+            cfg,
+            workdir,
+            start_ms + 10 * 60_000,
+            "burst-client-2",
+            lambda: _clients(srv, cfg, workdir, ds),
+        )
     one = _timeline_summary(first)
     doc = {
         "prepare": prep,
@@ -151,24 +164,21 @@ def run_burst(cfg: BenchConfig, workdir: Path) -> dict:
         "quiet": quiet,
         "single_during": during,
         "single_after": after,
-        "clients_after": second["clients"],
+        "clients_after": second["after"],
         "burst1": {**one, "timeline": first["samples"]},
-        "burst2": {**_timeline_summary(second["burst"]), "timeline": second["burst"]["samples"]},
+        "burst2": {**_timeline_summary(second), "timeline": second["samples"]},
     }
     console.print(
         f"  burst {one['points_per_s']:,.0f} points/s, lag ≤ {one['max_lag_s']:.1f} s,"
         f" parts ≤ {one['max_parts_all']}: single user during p95"
         f" {during['latency_ms']['p95']:.0f} ms, after p95 {after['latency_ms']['p95']:.0f} ms;"
-        f" {cfg.burst_clients} clients after p50 {second['clients']['latency_ms']['p50']:.0f} ms"
+        f" {cfg.burst_clients} clients after p50 {second['after']['latency_ms']['p50']:.0f} ms"
     )
     return doc
 
 
-def _burst_then_clients(
-    srv: BenchServer, cfg: BenchConfig, workdir: Path, ds: Dataset, start_ms: int
-) -> dict:
-    """A burst; as it ends, 20 closed-loop clients for the 10 s after."""
-    box: dict = {}
+def _clients(srv: BenchServer, cfg: BenchConfig, workdir: Path, ds: Dataset) -> dict:
+    """``burst_clients`` closed-loop clients in another process for ``burst_after`` s."""
     lc = LoadConfig(
         url=srv.url,
         users=cfg.burst_clients,
@@ -183,40 +193,15 @@ def _burst_then_clients(
         ramp=0.0,
     )
     out = workdir / "burst-clients.json"
-
-    def clients_when_sent(burst_done: threading.Event) -> None:
-        burst_done.wait()
-        child = spawn(run_load_to_file, lc, str(out), name="burst-clients", workdir=workdir)
-        child.result(timeout=None)
-
-    sent = threading.Event()
-    thread = threading.Thread(target=clients_when_sent, args=(sent,))
-    thread.start()
-    t0 = time.monotonic()
-    with sampler(lambda: _counters(srv), every=0.5) as samples:
-        child = spawn(
-            arrow_client,
-            srv.url,
-            cfg.ingest_sensors,
-            cfg.ingest_rate_hz,
-            start_ms,
-            cfg.burst_seconds,
-            cfg.ingest_senders,
-            name="burst-client-2",
-            workdir=workdir,
-        )
-        result = child.result(timeout=None)
-        ended = time.monotonic() - t0
-        sent.set()
-        thread.join()
-    box["burst"] = {"sent": result, "ended_at_s": round(ended, 3), "samples": samples}
+    spawn(run_load_to_file, lc, str(out), name="burst-clients", workdir=workdir).result(
+        timeout=None
+    )
     load = json.loads(out.read_text())
     ok = [s["latency_ms"] for s in load.get("samples", []) if s.get("status") == 200]
-    box["clients"] = {
+    return {
         "users": cfg.burst_clients,
         "requests": load.get("requests", 0),
         "errors": load.get("errors", 0),
         "latency_ms": summarize(ok),
         "throughput_rps": load.get("throughput_rps", 0.0),
     }
-    return box

@@ -245,7 +245,7 @@ def _text_bodies(
     import numpy as np
     import orjson
 
-    from lenshouse.generators.signals import Fleet
+    from lenshouse.generators.signals import Fleet, full_precision
 
     fleet = Fleet(sensors=sensors, rate_hz=rate_hz, start_ms=start_ms, first_id=first_id)
     rng = np.random.default_rng(first_id)
@@ -254,7 +254,7 @@ def _text_bodies(
         b = fleet.second(k)
         value = b.value
         if shape == "float":
-            value = 10 + np.sin(b.ts / 1000.0 + b.sensor) + 0.05 * rng.normal(size=len(b))
+            value = full_precision(b.sensor, b.ts, rng)
         if fmt == "json":
             body = orjson.dumps(
                 {"sensor": b.sensor, "ts": b.ts, "value": value},
@@ -412,6 +412,39 @@ FLOAT_RUNS = (
 )
 
 
+def _text_phase(
+    srv: BenchServer,
+    cfg: BenchConfig,
+    workdir: Path,
+    start: int,
+    fmt: str,
+    key: str,
+    clients: int,
+    shape: str = "generator",
+) -> dict:
+    """``clients`` processes posting ``fmt`` bodies (tenant ``key``, each its
+    own sensors), measured as one phase."""
+    kids = [
+        spawn(
+            text_client,
+            srv.url,
+            fmt,
+            cfg.format_batch_sensors,
+            cfg.ingest_rate_hz,
+            start,
+            cfg.format_duration,
+            1,
+            key,
+            1 + k * cfg.format_batch_sensors,
+            shape,
+            name=f"{key}-client-{k}",
+            workdir=workdir,
+        )
+        for k in range(clients)
+    ]
+    return _phase(srv, kids, cfg.drain_timeout, key)
+
+
 def run_ingest(cfg: BenchConfig, workdir: Path) -> dict:
     workdir = Path(workdir)
     console.rule("[bold]ingest")
@@ -442,42 +475,13 @@ def run_ingest(cfg: BenchConfig, workdir: Path) -> dict:
         )
         out["arrow"] = _phase(srv, child, cfg.drain_timeout, "arrow")
         for fmt in ("json", "lineproto"):
-            child = spawn(
-                text_client,
-                srv.url,
-                fmt,
-                cfg.format_batch_sensors,
-                cfg.ingest_rate_hz,
-                start,
-                cfg.format_duration,
-                1,
-                fmt,
-                name=f"{fmt}-client",
-                workdir=workdir,
-            )
-            out[fmt] = _phase(srv, child, cfg.drain_timeout, fmt)
+            out[fmt] = _text_phase(srv, cfg, workdir, start, fmt, fmt, clients=1)
         # The same payloads as the peers were measured with: full-precision
         # floats, 100 sensors × 1 s a body, from several client processes.
         for key, fmt in FLOAT_RUNS:
-            kids = [
-                spawn(
-                    text_client,
-                    srv.url,
-                    fmt,
-                    cfg.format_batch_sensors,
-                    cfg.ingest_rate_hz,
-                    start,
-                    cfg.format_duration,
-                    1,
-                    key,
-                    1 + k * cfg.format_batch_sensors,
-                    "float",
-                    name=f"{key}-client-{k}",
-                    workdir=workdir,
-                )
-                for k in range(cfg.format_clients)
-            ]
-            out[key] = _phase(srv, kids, cfg.drain_timeout, key)
+            out[key] = _text_phase(
+                srv, cfg, workdir, start, fmt, key, clients=cfg.format_clients, shape="float"
+            )
     shutil.rmtree(data, ignore_errors=True)
     arrow = out["arrow"]["end_to_end_per_s"]
     out["ratio"] = arrow / ceiling["rows_per_s"] if ceiling["rows_per_s"] else 0.0

@@ -30,7 +30,7 @@ from rich.progress import (
 )
 
 from lenshouse.bench.common import check_loader, console
-from lenshouse.generators.signals import Fleet
+from lenshouse.generators.signals import Fleet, full_precision
 from lenshouse.points import PointBatch
 
 
@@ -104,8 +104,7 @@ def _float_chunks(ds: Dataset, chunk_points: int) -> Iterator[PointBatch]:
     shape the peers were compared on (lenshouse.bench.ingest)."""
     for i, b in enumerate(_adc_chunks(ds, chunk_points)):
         rng = np.random.default_rng((ds.seed, i))
-        value = 10 + np.sin(b.ts / 1000.0 + b.sensor) + 0.05 * rng.standard_normal(len(b))
-        yield PointBatch(b.tenant, b.sensor, b.ts, value)
+        yield PointBatch(b.tenant, b.sensor, b.ts, full_precision(b.sensor, b.ts, rng))
 
 
 def _adc_chunks(ds: Dataset, chunk_points: int) -> Iterator[PointBatch]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from lenshouse.bench.common import BenchConfig, BenchServer, console
@@ -105,16 +106,8 @@ def run_storage(cfg: BenchConfig, workdir: Path) -> dict:
         seed=cfg.seed,
         exact=True,
     )
-    floats = Dataset(
-        "storage-float",
-        "default",
-        first_id=1,
-        sensors=cfg.storage_float_sensors,
-        rate_hz=1000,
-        start_ms=1_767_225_600_000,
-        seconds=cfg.storage_seconds,
-        seed=cfg.seed,
-        values="float",
+    floats = replace(
+        adc, name="storage-float", sensors=cfg.storage_float_sensors, exact=False, values="float"
     )
     doc = _measure(cfg, Path(workdir) / "storage", adc, cfg.storage_settle)
     doc["float"] = _measure(cfg, Path(workdir) / "storage-float", floats, cfg.storage_settle)

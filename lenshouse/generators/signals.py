@@ -69,3 +69,9 @@ class Fleet:
             np.tile(ts1, self.sensors),
             (code * self.lsb).ravel(),
         )
+
+
+def full_precision(sensor: np.ndarray, ts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Values that use every bit of a double: 10 + sin + 0.05·N(0,1), the
+    shape the peers' storage and ingest were compared on."""
+    return 10 + np.sin(ts / 1000.0 + sensor) + 0.05 * rng.standard_normal(len(ts))

@@ -229,7 +229,7 @@ _VALUE_ONLY_RE = r"^value=[^,=]+$"
 def _head_ids(column: pa.ChunkedArray) -> pa.Array | None:
     heads = column.combine_chunks()
     if not pc.all(pc.match_substring_regex(heads, _HEAD_RE)).as_py():
-        return _one_key(column, "id=", head=True)
+        return None  # the line parser names the bad head
     after = pc.list_element(pc.split_pattern(heads, ",id=", max_splits=1), 1)
     return pc.list_element(pc.split_pattern(after, ",", max_splits=1), 0)
 
@@ -238,30 +238,23 @@ def _only_value(column: pa.ChunkedArray) -> pa.Array | None:
     fields = column.combine_chunks()
     if pc.all(pc.match_substring_regex(fields, _VALUE_ONLY_RE)).as_py():
         return pc.utf8_slice_codeunits(fields, len("value="))
-    return _one_key(column, "value=", head=False)
+    return _one_key(column, "value=")
 
 
-def _one_key(column: pa.ChunkedArray, key: str, head: bool) -> pa.Array | None:
+def _one_key(column: pa.ChunkedArray, key: str) -> pa.Array | None:
     """Per line, the value of the one ``key…`` item of the comma-separated
-    column (after the measurement ``sensor`` when ``head``); None unless
-    every item is ``k=v`` and every line has exactly one such item."""
+    column; None unless every item is ``k=v`` and every line has exactly one
+    such item."""
     lists = pc.split_pattern(column.combine_chunks(), ",")
     items = lists.flatten()
     lengths = lists.value_lengths().to_numpy()
-    first = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-    keyed = np.ones(len(items), bool)
-    if head:
-        if (lengths < 2).any() or not pc.all(pc.equal(items.take(first), "sensor")).as_py():
-            return None
-        keyed[first] = False
-    kv = items.filter(keyed)
-    if len(kv) and not (
-        pc.all(pc.equal(pc.count_substring(kv, "="), 1)).as_py()
-        and not pc.any(pc.starts_with(kv, "=")).as_py()
-        and not pc.any(pc.ends_with(kv, "=")).as_py()
+    if len(items) and not (
+        pc.all(pc.equal(pc.count_substring(items, "="), 1)).as_py()
+        and not pc.any(pc.starts_with(items, "=")).as_py()
+        and not pc.any(pc.ends_with(items, "=")).as_py()
     ):
         return None
-    hit = pc.starts_with(items, key).to_numpy(zero_copy_only=False) & keyed
+    hit = pc.starts_with(items, key).to_numpy(zero_copy_only=False)
     line = np.repeat(np.arange(len(lengths)), lengths)
     if not (np.bincount(line[hit], minlength=len(lengths)) == 1).all():
         return None
