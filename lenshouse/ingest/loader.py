@@ -53,6 +53,7 @@ TRIM_EVERY = 16
 # Storage is synced at least this often, loading or idle: merged-away parts
 # outlive it (lenshouse.storage.schema), so none goes before its merge is on disk.
 SYNC_EVERY_S = 5.0
+TRIM_RETRY_S = 1.0  # an idle loader tries a failed trim again after this
 
 
 class LoaderStopped(Exception):
@@ -225,6 +226,7 @@ class Loader:
         self._trim_lock = threading.Lock()
         self._trimmed_lsn = 0  # records below it are trimmed (guarded by _trim_lock)
         self._synced_at = time.monotonic()  # guarded by _trim_lock
+        self._trim_after = 0.0  # an idle trim that failed waits until then (_trim_lock)
         self.index = SeenIndex(store, capacity_pages=dedup_pages)
         # A filter's reads of raw wait for the load being stored: it must
         # see every earlier load, as a replay after a crash would.
@@ -499,14 +501,19 @@ class Loader:
             self.store.sync()
             self._synced_at = time.monotonic()
             if lsn > self._trimmed_lsn:
-                self.wal.truncate_before(lsn)
+                try:
+                    self.wal.truncate_before(lsn)
+                except Exception as e:  # the log keeps more for a while: harmless
+                    log.warning("log not trimmed below record %d yet: %s", lsn, e)
+                    self._trim_after = time.monotonic() + TRIM_RETRY_S
+                    return
                 self._trimmed_lsn = lsn
 
     def _trim_idle(self) -> None:
         """Trim once nothing arrives: a log whose every record is loaded keeps
         no segment but an empty one (the data directory is then the store's
         files and little else)."""
-        if self._storing is not None:
+        if self._storing is not None or time.monotonic() < self._trim_after:
             return
         try:
             if self.state.next_lsn > self._trimmed_lsn or self._sync_due():

@@ -63,7 +63,7 @@ class PartitionWorker:
         role = self.role
         try:
             self.progress = PartitionProgress(role.zk, role.paths, self.partition, role.member)
-            stream = PartitionStream(role.loop, role.js, role.layout, self.partition)
+            stream = PartitionStream(role.loop, role.nc, role.js, role.layout, self.partition)
             self.stream = stream
             loader = Loader(
                 stream,

@@ -4,7 +4,14 @@ loader's threads (nats-py is asyncio; :class:`LoopThread` runs its loop).
 Every stream is replicated (``num_replicas``, file storage) and holds at most
 its share of the log's byte budget; past it, publishes are refused
 (``discard=new``) and the gateway answers 503 with ``Retry-After``: nothing
-accepted is ever dropped to make room. Loaders purge what they have loaded.
+accepted is ever dropped to make room. Loaders delete what they have loaded.
+
+Loaded records are deleted one by one, never purged by sequence: a server of
+the 2.9 series that restarts replays a purge from its raft log as "drop
+everything up to the stream's last record *when the purge was asked*"
+(nats-io/nats-server#4196, fixed in 2.9.18), so on that replica records not
+yet loaded vanish, and once it leads, the records it serves at those
+positions are not the ones acknowledged. A message delete replays exactly.
 """
 
 from __future__ import annotations
@@ -51,6 +58,10 @@ CONSUMER_IDLE_S = 600.0
 # Without a message for this long while the stream holds later records, a
 # reader renews its consumer.
 CHECK_AFTER_S = 5.0
+DELETES_IN_FLIGHT = 64  # message deletes of one trim sent at once
+MAX_DELETES = 8192  # per trim: a long backlog is deleted over several trims
+SEQUENCE_NOT_FOUND = 10043  # JetStream's err_code: the stream does not hold that record
+DELETE_FAILED = 10057  # … a delete the store refused ("no message found" among others)
 
 
 class LogUnavailable(Exception):
@@ -144,22 +155,33 @@ class PartitionStream:
     Positions are the stream's own sequence numbers (the records' ``lsn``),
     so a load's boundaries mean the same to any loader on any host."""
 
-    def __init__(self, loop: LoopThread, js: JetStreamContext, layout: LogLayout, partition: int):
+    def __init__(
+        self,
+        loop: LoopThread,
+        nc: NATS,
+        js: JetStreamContext,
+        layout: LogLayout,
+        partition: int,
+    ) -> None:
         self.loop = loop
+        self.nc = nc
         self.js = js
         self.partition = partition
         self.name = layout.stream(partition)
         self.subject = layout.subject(partition)
+        self._kept_from: int | None = None  # records below it are deleted (trimming thread)
 
     # -- blocking, for the loader's threads ----------------------------------
     def read_range(self, first: int, last: int, timeout: float = 60.0) -> list[Record]:
         """Records ``first`` .. ``last``, every one of them (or an error)."""
         return self.loop.run(self._read_range(first, last), timeout)
 
-    def truncate_before(self, lsn: int) -> None:
-        """Drop records below ``lsn`` (they are loaded); the log's byte budget
-        then holds only what is not."""
-        self.loop.run(self.js.purge_stream(self.name, seq=lsn), 30.0)
+    def truncate_before(self, lsn: int, timeout: float = 60.0) -> int:
+        """Delete the records below ``lsn`` (they are loaded, up to
+        MAX_DELETES of them at a time), so that the log's byte budget holds
+        only what is not; how many were deleted. Called by one thread at a
+        time (the loader's trim)."""
+        return self.loop.run(self._truncate_before(lsn), timeout)
 
     def last_lsn(self) -> int:
         info = self.loop.run(self.js.stream_info(self.name), 10.0)
@@ -188,6 +210,33 @@ class PartitionStream:
         return await self.js.pull_subscribe(
             self.subject, durable=None, stream=self.name, config=config
         )
+
+    async def _truncate_before(self, lsn: int) -> int:
+        if self._kept_from is None:
+            info = await self.js.stream_info(self.name)
+            self._kept_from = int(info.state.first_seq)
+        seqs = list(range(self._kept_from, min(lsn, self._kept_from + MAX_DELETES)))
+        deleted = 0
+        for lo in range(0, len(seqs), DELETES_IN_FLIGHT):
+            chunk = seqs[lo : lo + DELETES_IN_FLIGHT]
+            done = await asyncio.gather(*(self._delete(seq) for seq in chunk))
+            deleted += sum(done)
+            self._kept_from = chunk[-1] + 1  # every record of the chunk is gone
+        return deleted
+
+    async def _delete(self, seq: int) -> bool:
+        """Delete record ``seq`` without overwriting its bytes (they are
+        loaded, not secret); False if the stream no longer holds it."""
+        req = json.dumps({"seq": seq, "no_erase": True}).encode()
+        msg = await self.nc.request(f"$JS.API.STREAM.MSG.DELETE.{self.name}", req, timeout=10)
+        resp = json.loads(msg.data)
+        error = resp.get("error")
+        if error is None:
+            return True
+        code, text = error.get("err_code"), str(error.get("description", ""))
+        if code == SEQUENCE_NOT_FOUND or (code == DELETE_FAILED and "no message found" in text):
+            return False  # deleted already (a trim retried, or an earlier owner's)
+        raise LogUnavailable(f"{self.name}: deleting record {seq} failed: {error}")
 
     async def _holds(self, lsn: int) -> bool:
         """Whether the stream holds record ``lsn`` (False when it cannot tell)."""

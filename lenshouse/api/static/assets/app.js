@@ -923,6 +923,9 @@
 
   async function init() {
     bindControls();
+    // The button shows the URL's live state at once; its timer starts once
+    // the sensors are known (below).
+    el.live.setAttribute("aria-pressed", String(state.live));
     renderWindowControls();
     if (urlProblems.length) {
       el.notice.textContent = `${urlProblems.join("; ")}: showing the last ` +
