@@ -19,7 +19,9 @@ from lenshouse.storage.backend import BLOCK_CACHE_MB
 
 SCENARIOS = ("ingest", "lens", "mixed", "storage", "concurrency", "burst")
 # Asked for by name only: it needs Chromium and playwright (the test extra).
-EXTRA_SCENARIOS = ("page", "month")  # month: 2.6 billion points, ~15 min
+# month: 2.6 billion points, ~15 min; peers: VictoriaMetrics and InfluxDB
+# (Debian's victoria-metrics, influxdb), ~15 min.
+EXTRA_SCENARIOS = ("page", "month", "peers")
 
 
 def run_bench(
@@ -32,6 +34,7 @@ def run_bench(
     from lenshouse.bench.mixed import run_mixed
     from lenshouse.bench.month import run_month
     from lenshouse.bench.page import run_page
+    from lenshouse.bench.peers import run_peers
     from lenshouse.bench.report import write_report
     from lenshouse.bench.storage import run_storage
 
@@ -44,6 +47,7 @@ def run_bench(
         "page": run_page,
         "month": run_month,
         "burst": run_burst,
+        "peers": run_peers,
     }
     own = data is None
     workdir = Path(tempfile.mkdtemp(prefix="lenshouse-bench-")) if own else Path(data)
@@ -79,7 +83,8 @@ def bench(
         str,
         typer.Argument(
             help="ingest, lens, mixed, storage, concurrency, burst, page (the lens page in"
-            " Chromium), month (30 days of 1 kHz, then retention), or all (all but page and month)"
+            " Chromium), month (30 days of 1 kHz, then retention), peers (next to"
+            " VictoriaMetrics and InfluxDB), or all (all but page, month and peers)"
         ),
     ] = "all",
     data: Annotated[

@@ -78,6 +78,12 @@ class BenchConfig:
     burst_seconds: int = 30
     burst_after: float = 10.0
     burst_clients: int = 20
+    # peers: the same line-protocol bytes into lenshouse, VictoriaMetrics, InfluxDB
+    peers_clients: int = 2
+    peers_data_s: int = 660  # seconds of its sensors' data each client sends
+    peers_window_s: int = 600
+    peers_queries: int = 30
+    peers_concurrency_s: float = 20.0
     # page (the lens page in Chromium)
     page_rounds: int = 20  # fresh tabs, each a first draw and 5 in-place redraws
     block_cache_mb: float = BLOCK_CACHE_MB  # ClickHouse's uncompressed cache in the bench server
@@ -108,6 +114,10 @@ class BenchConfig:
             burst_clients=2,
             storage_float_sensors=5,
             storage_settle=1.0,
+            peers_data_s=4,
+            peers_window_s=2,
+            peers_queries=2,
+            peers_concurrency_s=0.5,
             month_rate_hz=1,
             month_days=1.1,
             month_windows=("1h", "1d"),

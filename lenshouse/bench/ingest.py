@@ -165,9 +165,12 @@ def _post_as_fast_as_acked(
     tenant: str,
     body_for: Callable[[int], tuple[bytes, int]],
     content_type: str,
+    path: str = "/v1/write",
+    bodies: int | None = None,
 ) -> dict:
     """``senders`` threads post ``body_for(k)`` (body, points) for k = 0, 1, …
-    back to back for ``seconds``; every acknowledgement is timed."""
+    to ``path``, back to back for ``seconds`` (or until ``bodies`` are
+    acknowledged); every acknowledgement is timed."""
     import httpx
 
     from lenshouse.generators.sender import SendStats, post_batch
@@ -183,10 +186,13 @@ def _post_as_fast_as_acked(
     def sender() -> None:
         with httpx.Client(base_url=url, timeout=120.0) as client:
             while time.monotonic() < stop_at:
-                body, n = body_for(next(counter))
+                k = next(counter)
+                if bodies is not None and k >= bodies:
+                    return
+                body, n = body_for(k)
                 t = time.monotonic()
                 try:
-                    post_batch(client, "", body, tenant, stats, t + 120.0, content_type)
+                    post_batch(client, "", body, tenant, stats, t + 120.0, content_type, path=path)
                 except (RuntimeError, TimeoutError) as e:
                     errors.append(str(e)[:200])
                     return
@@ -306,17 +312,23 @@ def text_client(
     tenant: str = "default",
     first_id: int = 1,
     shape: str = "generator",
+    path: str = "/v1/write",
+    bodies: int | None = None,
 ) -> dict:
-    """Post JSON or line-protocol bodies (``sensors`` × 1 s each) as fast as acknowledged."""
-    bodies = _text_bodies(fmt, sensors, rate_hz, start_ms, first_id, shape)
+    """Post JSON or line-protocol bodies (``sensors`` × 1 s each) to ``path``
+    as fast as acknowledged: for ``seconds``, or ``bodies`` of them (the
+    first ``bodies`` seconds of those sensors' data)."""
+    encoded = _text_bodies(fmt, sensors, rate_hz, start_ms, first_id, shape)
 
     def body_for(k: int) -> tuple[bytes, int]:
-        raw, n = bodies[k % 10]
+        raw, n = encoded[k % 10]
         return _shift_text(fmt, raw, start_ms, k // 10), n
 
     content_type = CONTENT_TYPES["json" if fmt == "json_points" else fmt]
-    out = _post_as_fast_as_acked(url, seconds, senders, tenant, body_for, content_type)
-    return {**out, "body_bytes": len(bodies[0][0])}
+    out = _post_as_fast_as_acked(
+        url, seconds, senders, tenant, body_for, content_type, path, bodies
+    )
+    return {**out, "body_bytes": len(encoded[0][0])}
 
 
 # -- one phase against the server ---------------------------------------------------

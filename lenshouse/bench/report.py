@@ -46,6 +46,11 @@ FLOAT_NAMES = {
 FLOAT_MIN_RATE = {"lineproto_float": 1_500_000, "json_float": 2_000_000,
                   "json_points_float": 2_000_000}  # fmt: skip
 PAGE_DRAW_MS = 100.0  # the lens page: 10 sensors x 2500 points, drawn
+# Next to the peers: line protocol end to end, and 10 sensors x 10 min at a
+# 240 ms step (no tier divides it), 1 client and 20.
+LINE_MIN_PER_S = FLOAT_MIN_RATE["lineproto_float"]
+PEERS_STEP_P50_MS = 30.0
+PEERS_STEP_CLIENTS_P50_MS = 300.0
 
 
 def _fmt_rate(x: float) -> str:
@@ -237,6 +242,7 @@ def evaluate(results: dict) -> list[dict]:
             }
         )
     rows += _burst_rows(results.get("burst"))
+    rows += _peers_rows(results.get("peers"))
     mo = results.get("month")
     if mo:
         n = mo["dataset"]["points"]
@@ -313,6 +319,59 @@ def _burst_rows(b: dict | None) -> list[dict]:
             f" raw max {max(one['max_parts_raw'], b['burst2']['max_parts_raw'])};"
             f" lag ≤ {max(one['max_lag_s'], b['burst2']['max_lag_s']):.1f} s",
             "pass": max(one["max_parts_all"], b["burst2"]["max_parts_all"]) <= BURST_MAX_PARTS,
+        },
+    ]
+
+
+def _peers_rows(pe: dict | None) -> list[dict]:
+    """lenshouse next to VictoriaMetrics and InfluxDB on the same bytes (issue targets 1, 2, 4)."""
+    if not pe:
+        return []
+    servers = {k: v for k, v in pe["servers"].items() if v.get("installed")}
+    lh = servers.get("lenshouse")
+    others = {k: v for k, v in servers.items() if k != "lenshouse"}
+    if not lh:
+        return []
+    missing = [k for k, v in pe["servers"].items() if not v.get("installed")]
+    note = f" ({', '.join(missing)} not installed)" if missing else ""
+
+    def each(fn) -> str:
+        return ", ".join(f"{k} {fn(v)}" for k, v in servers.items()) + note
+
+    rate = lh["ingest"]["points_per_s"]
+    best_rate = max([LINE_MIN_PER_S, *(v["ingest"]["points_per_s"] for v in others.values())])
+    lens = lh["lens"]
+    disk = lh["disk"]["data_dir_bytes_per_point"]
+    best_disk = min((v["disk"]["data_dir_bytes_per_point"] for v in others.values()), default=None)
+    width = f"{lens['window_s']:.0f} s"
+    return [
+        {
+            "id": "peers",
+            "name": f"line protocol, the same float bytes ({pe['clients']} clients)",
+            "target": f"≥ {_fmt_rate(LINE_MIN_PER_S)} and ≥ every peer's rate",
+            "measured": each(lambda v: _fmt_rate(v["ingest"]["points_per_s"])),
+            "pass": rate >= best_rate,
+        },
+        {
+            "id": "peers",
+            "name": f"lens 10 sensors × {width}, {pe['step_ms']} ms buckets, 1 client",
+            "target": f"lenshouse p50 ≤ {PEERS_STEP_P50_MS:.0f} ms",
+            "measured": each(lambda v: _ms(v["lens"]["single_ms"]["p50"])),
+            "pass": lens["single_ms"]["p50"] <= PEERS_STEP_P50_MS,
+        },
+        {
+            "id": "peers",
+            "name": f"the same lens, {lens['users']} clients, p50",
+            "target": f"lenshouse p50 ≤ {PEERS_STEP_CLIENTS_P50_MS:.0f} ms",
+            "measured": each(lambda v: _ms(v["lens"]["concurrent_ms"]["p50"])),
+            "pass": lens["concurrent_ms"]["p50"] <= PEERS_STEP_CLIENTS_P50_MS,
+        },
+        {
+            "id": "peers",
+            "name": f"disk per point, whole data directory {lh['disk']['settle_s']:.0f} s after",
+            "target": "≤ the best peer's (lenshouse lossless)",
+            "measured": each(lambda v: f"{v['disk']['data_dir_bytes_per_point']:.2f} B"),
+            "pass": None if best_disk is None else disk <= best_disk,
         },
     ]
 
@@ -637,9 +696,49 @@ def markdown(results: dict, targets: list[dict], images: list[str]) -> str:
             "",
             f"Raw columns, compressed bytes per point: {cols}.",
         ]
+    out += _md_peers(results.get("peers"))
     if images:
         out += ["", "## Plots", ""] + [f"![{p}]({p})" for p in images]
     return "\n".join(out) + "\n"
+
+
+def _md_peers(pe: dict | None) -> list[str]:
+    if not pe:
+        return []
+    rows = []
+    for name, s in pe["servers"].items():
+        if not s.get("installed"):
+            rows.append([name, "not installed", "", "", "", "", "", ""])
+            continue
+        ing, lens, disk = s["ingest"], s["lens"], s["disk"]
+        store = disk["store_bytes_per_point"]
+        rows.append(
+            [
+                name,
+                f"{ing['stored']:,} / {ing['points']:,}",
+                _fmt_rate(ing["points_per_s"]),
+                _fmt_rate(ing["acknowledged_per_s"]),
+                f"{lens['buckets']}",
+                f"{_ms(lens['single_ms']['p50'])} / {_ms(lens['single_ms']['p95'])}",
+                f"{_ms(lens['concurrent_ms']['p50'])} ({lens['concurrent_per_s']:.1f}/s)",
+                f"{disk['data_dir_bytes_per_point']:.2f}"
+                + (f" (store {store:.2f})" if store is not None else ""),
+            ]
+        )
+    body = pe["body"]
+    users = next((s["lens"]["users"] for s in pe["servers"].values() if "lens" in s), 0)
+    header = ["server", "stored / sent", "points/s", "acknowledged/s", "buckets"]
+    header += ["1 client p50 / p95", f"{users} clients p50", "bytes/point on disk"]
+    return [
+        "",
+        "## Peers: the same line-protocol bytes",
+        "",
+        f"{pe['clients']} clients, each {pe['data_s']} s of its {body['sensors']} sensors'"
+        f" data in bodies of {body['bytes']:,} bytes (first line: `{body['first_line']}`);"
+        f" lenses of 10 sensors in {pe['step_ms']} ms buckets.",
+        "",
+        _md_table(header, rows),
+    ]
 
 
 def write_report(results: dict, out: Path) -> dict[str, Path]:

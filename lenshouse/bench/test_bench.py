@@ -4,10 +4,12 @@ files appear, and the numbers are positive and consistent. No speed is asserted.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
+from lenshouse.bench import peers
 from lenshouse.bench.commands import SCENARIOS, run_bench
 from lenshouse.bench.common import BenchConfig
 from lenshouse.bench.ingest import _shift_text, _text_bodies
@@ -154,3 +156,32 @@ def test_page_scenario_reports_the_pages_own_draw_times(tmp_path) -> None:
     rows = [t for t in doc["targets"] if t["id"] == "page"]
     assert len(rows) == 2 and all(isinstance(t["pass"], bool) for t in rows)
     assert "lens page, 10 sensors × 2500 points" in (out / "bench-report.md").read_text()
+
+
+@pytest.mark.skipif(
+    not (peers.installed("victoriametrics") and peers.installed("influxdb")),
+    reason="VictoriaMetrics and InfluxDB not installed (scripts/install-system-deps)",
+)
+def test_peers_scenario_gives_every_server_the_same_points(tmp_path) -> None:
+    out = tmp_path / "out"
+    cfg = BenchConfig.tiny(1)
+    run_bench(["peers"], cfg, data=tmp_path / "data", out=out)
+    doc = json.loads((out / "bench-report.json").read_text())
+    pe = doc["peers"]
+    sent = cfg.peers_clients * cfg.peers_data_s * cfg.format_batch_sensors * 1000
+    assert set(pe["servers"]) == set(peers.PEERS)
+    for name, s in pe["servers"].items():
+        ing, lens = s["ingest"], s["lens"]
+        # Each server holds every point sent, by its own count.
+        assert ing["points"] == ing["stored"] == sent and not ing["errors"], name
+        assert 0 < ing["points_per_s"] <= ing["acknowledged_per_s"], name
+        # 240 ms buckets over the window: VictoriaMetrics' points fall at the
+        # buckets' ends (one fewer), the others' at their starts.
+        expect = math.ceil(lens["window_s"] * 1000 / peers.STEP_MS)
+        assert lens["buckets"] in (expect, expect - 1), name
+        assert _ordered(lens["single_ms"]) and lens["concurrent_ms"]["p50"] > 0, name
+        assert s["disk"]["data_dir_bytes"] > 0, name
+    assert pe["servers"]["lenshouse"]["disk"]["store_bytes_per_point"] > 0
+    assert "sensor,id=1,kind=vibration,line=3,site=A value=" in pe["body"]["first_line"]
+    rows = [t for t in doc["targets"] if t["id"] == "peers"]
+    assert len(rows) == 4 and all(name in rows[0]["measured"] for name in peers.PEERS)

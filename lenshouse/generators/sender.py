@@ -112,9 +112,10 @@ def post_batch(
     content_type: str = ARROW,
     batch_id: str | None = None,
     token: str | None = None,
+    path: str = "/v1/write",
 ) -> None:
-    """POST until acknowledged (2xx) or the deadline passes; 4xx is not retried,
-    429 and 503 wait for their ``Retry-After``."""
+    """POST to ``path`` until acknowledged (2xx) or the deadline passes; 4xx
+    is not retried, 429 and 503 wait for their ``Retry-After``."""
     targets = url if isinstance(url, Targets) else Targets([url])
     headers = {"Content-Type": content_type, **tenant_headers(tenant, token)}
     if batch_id is not None:
@@ -124,7 +125,7 @@ def post_batch(
     while True:
         wait = delay
         try:
-            r = client.post(targets.urls[i] + "/v1/write", content=body, headers=headers)
+            r = client.post(targets.urls[i] + path, content=body, headers=headers)
             if r.status_code < 300:
                 return
             if 400 <= r.status_code < 500 and r.status_code != 429:
