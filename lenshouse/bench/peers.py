@@ -12,8 +12,8 @@ For each server, on a fresh data directory on loopback:
   sensors' data. Points per second = all points ÷ the time until the last
   acknowledgement, then until the data is queryable (lenshouse: loaded;
   VictoriaMetrics: ``/internal/force_flush``; InfluxDB answers at once).
-* **lens**: 10 sensors over the same window width (the last ``peers_window_s``
-  seconds of data, at random offsets) in 2,500 buckets of 240 ms, asked the
+* **lens**: 10 sensors over windows of ``peers_window_s`` seconds at random
+  offsets inside the data, in 2,500 buckets of 240 ms, asked the
   way each server asks it: ``/v1/lens?step=240`` (avg/min/max/count, exact),
   ``avg_over_time(sensor_value{id=~…}[240ms])`` by ``/api/v1/query_range``
   (avg only, over ``(t − 240 ms, t]``), ``SELECT mean, min, max, count …
@@ -76,6 +76,7 @@ class Peer:
         raise NotImplementedError
 
 
+@dataclass
 class _Lenshouse(Peer):
     srv: BenchServer
 
@@ -202,9 +203,7 @@ def _peer(name: str, data: Path, cfg: BenchConfig) -> Iterator[Peer]:
     data.mkdir(parents=True)
     if name == "lenshouse":
         with BenchServer(data / "node", block_cache_mb=cfg.block_cache_mb) as srv:
-            peer = _Lenshouse(name, srv.url, "/v1/write", data / "node")
-            peer.srv = srv
-            yield peer
+            yield _Lenshouse(name, srv.url, "/v1/write", data / "node", srv)
         return
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -225,12 +224,11 @@ def _peer(name: str, data: Path, cfg: BenchConfig) -> Iterator[Peer]:
         yield _Influx(name, url, "/write?db=bench&precision=ms", data)
 
 
+BINARIES = {"victoriametrics": "victoria-metrics", "influxdb": "influxd"}
+
+
 def installed(name: str) -> bool:
-    return (
-        name == "lenshouse"
-        or shutil.which({"victoriametrics": "victoria-metrics", "influxdb": "influxd"}[name])
-        is not None
-    )
+    return name == "lenshouse" or shutil.which(BINARIES[name]) is not None
 
 
 # -- the measurements --------------------------------------------------------------

@@ -58,8 +58,7 @@ CONSUMER_IDLE_S = 600.0
 # Without a message for this long while the stream holds later records, a
 # reader renews its consumer.
 CHECK_AFTER_S = 5.0
-DELETES_IN_FLIGHT = 64  # message deletes of one trim sent at once
-MAX_DELETES = 8192  # per trim: a long backlog is deleted over several trims
+DELETES_IN_FLIGHT = 64  # message deletes of a trim sent at once
 SEQUENCE_NOT_FOUND = 10043  # JetStream's err_code: the stream does not hold that record
 DELETE_FAILED = 10057  # … a delete the store refused ("no message found" among others)
 
@@ -169,19 +168,27 @@ class PartitionStream:
         self.partition = partition
         self.name = layout.stream(partition)
         self.subject = layout.subject(partition)
-        self._kept_from: int | None = None  # records below it are deleted (trimming thread)
+        self._kept_from: int | None = None  # records below it are deleted
 
     # -- blocking, for the loader's threads ----------------------------------
     def read_range(self, first: int, last: int, timeout: float = 60.0) -> list[Record]:
         """Records ``first`` .. ``last``, every one of them (or an error)."""
         return self.loop.run(self._read_range(first, last), timeout)
 
-    def truncate_before(self, lsn: int, timeout: float = 60.0) -> int:
-        """Delete the records below ``lsn`` (they are loaded, up to
-        MAX_DELETES of them at a time), so that the log's byte budget holds
-        only what is not; how many were deleted. Called by one thread at a
-        time (the loader's trim)."""
-        return self.loop.run(self._truncate_before(lsn), timeout)
+    def truncate_before(self, lsn: int, timeout: float = 30.0) -> int:
+        """Delete the records below ``lsn`` (they are loaded), so that the
+        log's byte budget holds only what is not; how many were deleted.
+        Called by one thread at a time (the loader's trim), which alone
+        keeps ``_kept_from``."""
+        if self._kept_from is None:
+            info = self.loop.run(self.js.stream_info(self.name), timeout)
+            self._kept_from = int(info.state.first_seq)
+        deleted = 0
+        while self._kept_from < lsn:
+            chunk = range(self._kept_from, min(lsn, self._kept_from + DELETES_IN_FLIGHT))
+            deleted += self.loop.run(self._delete_all(chunk), timeout)
+            self._kept_from = chunk.stop  # every record of the chunk is gone
+        return deleted
 
     def last_lsn(self) -> int:
         info = self.loop.run(self.js.stream_info(self.name), 10.0)
@@ -211,18 +218,8 @@ class PartitionStream:
             self.subject, durable=None, stream=self.name, config=config
         )
 
-    async def _truncate_before(self, lsn: int) -> int:
-        if self._kept_from is None:
-            info = await self.js.stream_info(self.name)
-            self._kept_from = int(info.state.first_seq)
-        seqs = list(range(self._kept_from, min(lsn, self._kept_from + MAX_DELETES)))
-        deleted = 0
-        for lo in range(0, len(seqs), DELETES_IN_FLIGHT):
-            chunk = seqs[lo : lo + DELETES_IN_FLIGHT]
-            done = await asyncio.gather(*(self._delete(seq) for seq in chunk))
-            deleted += sum(done)
-            self._kept_from = chunk[-1] + 1  # every record of the chunk is gone
-        return deleted
+    async def _delete_all(self, seqs: range) -> int:
+        return sum(await asyncio.gather(*(self._delete(seq) for seq in seqs)))
 
     async def _delete(self, seq: int) -> bool:
         """Delete record ``seq`` without overwriting its bytes (they are
