@@ -14,6 +14,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 
 from lenshouse.api.app import create_app
+from lenshouse.api.auth import Auth
 from lenshouse.node import Node
 
 
@@ -39,12 +40,12 @@ def free_port() -> int:
 
 
 class LiveServer:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, auth: Auth | None = None) -> None:
         self.node = node
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
-            create_app(node), host="127.0.0.1", port=self.port, log_level="warning"
+            create_app(node, auth), host="127.0.0.1", port=self.port, log_level="warning"
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -29,6 +29,7 @@ from lenshouse.lens.engine import (
 )
 from lenshouse.node import Node
 from lenshouse.points import BadInput, Erasure, PointBatch
+from lenshouse.prometheus.series import SeriesIds
 from lenshouse.storage.catalog import Catalog, check_labels
 from lenshouse.storage.errors import RetryableError, StorageError
 from lenshouse.storage.matchers import Matcher, parse_matchers
@@ -119,13 +120,31 @@ def create_app(node: Node, auth: Auth | None = None, quotas: Quotas | None = Non
     app.state.node = node
     app.state.metrics = metrics
     app.state.sensor_quota.known = node.store.known_sensors  # the catalog counts too
-    add_write_routes(app, _NodeWriter(node))
+    writer = _NodeWriter(node)
+    add_write_routes(app, writer)
     add_read_routes(app, node, metrics.lens_seconds)
+    add_prometheus_routes(app, writer, node, metrics.registry)
     add_health_route(app, lambda: _node_health(node))
     add_admin_routes(app)
     add_retention_routes(app, node.store, node.horizons, can_maintain=True)
     add_page(app)
     return app
+
+
+def add_prometheus_routes(
+    app: FastAPI, writer: Writer, reader: Reader, registry: CollectorRegistry
+) -> None:
+    """Remote write in, Prometheus' query API out, over the same writer and reader."""
+    from lenshouse.api.prometheus import add_remote_write_route  # it builds on this module
+
+    store = reader.lenses.store
+    ids = SeriesIds(reader.catalog, lambda t: (s for tt, s in _extents(store) if tt == t))
+    add_remote_write_route(app, writer, ids, registry)
+
+
+def _extents(store) -> list[tuple[str, int]]:
+    e = store.extents()
+    return list(zip(e.column("tenant").to_pylist(), e.column("sensor").to_pylist()))
 
 
 class _NodeWriter:

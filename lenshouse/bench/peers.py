@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import random
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -43,13 +42,13 @@ import httpx
 from lenshouse.bench.common import BenchConfig, BenchServer, console, free_port, spawn
 from lenshouse.bench.ingest import _merged, _start_ms, _text_bodies, text_client
 from lenshouse.bench.storage import _dir_bytes
+from lenshouse.cluster.processes import serving
 from lenshouse.generators.load import summarize
 from lenshouse.storage.introspect import parts_by_table
 
 PEERS = ("lenshouse", "victoriametrics", "influxdb")
 STEP_MS = 240
 LENS_SENSORS = 10
-START_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -147,32 +146,6 @@ class _Influx(Peer):
 # -- the servers' processes --------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _process(argv: list[str], log: Path, health: str) -> Iterator[subprocess.Popen]:
-    """Run ``argv`` until the block ends (stopped by its PID); wait until ``health`` answers."""
-    with open(log, "ab") as out:
-        p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if p.poll() is not None:
-                raise RuntimeError(f"{argv[0]} exited ({p.returncode}); see {log}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(health, timeout=1).status_code < 300:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{argv[0]} did not answer {health} in time; see {log}")
-            time.sleep(0.2)
-        yield p
-    finally:
-        p.terminate()
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(10)
-
-
 INFLUX_CONF = """reporting-disabled = true
 bind-address = "127.0.0.1:{rpc}"
 [meta]
@@ -214,12 +187,12 @@ def _peer(name: str, data: Path, cfg: BenchConfig) -> Iterator[Peer]:
             f"-httpListenAddr=127.0.0.1:{port}",
             "-retentionPeriod=100y",
         ]
-        with _process(argv, data / "stdout.log", url + "/health"):
+        with serving(argv, data / "stdout.log", url + "/health"):
             yield _Victoria(name, url, "/write?precision=ms", data / "vm")
         return
     conf = data / "influxdb.conf"
     conf.write_text(INFLUX_CONF.format(rpc=free_port(), data=data, port=port))
-    with _process(["influxd", "-config", str(conf)], data / "stdout.log", url + "/ping"):
+    with serving(["influxd", "-config", str(conf)], data / "stdout.log", url + "/ping"):
         httpx.post(url + "/query", params={"q": "CREATE DATABASE bench"}).raise_for_status()
         yield _Influx(name, url, "/write?db=bench&precision=ms", data)
 

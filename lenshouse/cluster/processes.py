@@ -754,3 +754,30 @@ def status(root: str | Path) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+@contextlib.contextmanager
+def serving(argv: list[str], log: Path, health: str) -> Iterator[subprocess.Popen]:
+    """Run a server (``argv``) of the caller's own until the block ends, stopped by
+    its PID; the block begins once ``health`` answers (a bounded wait)."""
+    with open(log, "ab") as out:
+        p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + SERVER_TIMEOUT
+        while True:
+            if p.poll() is not None:
+                raise RuntimeError(f"{argv[0]} exited ({p.returncode}); see {log}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(health, timeout=1).status_code < 300:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{argv[0]} did not answer {health} in time; see {log}")
+            time.sleep(0.2)
+        yield p
+    finally:
+        p.terminate()
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(10)

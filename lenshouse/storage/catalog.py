@@ -32,12 +32,19 @@ class Catalog:
         self.store = store
 
     def put(self, tenant: str, sensor: int, labels: dict[str, str]) -> None:
+        self.put_many(tenant, {sensor: labels})
+
+    def put_many(self, tenant: str, labels_of: dict[int, dict[str, str]]) -> None:
+        """Register sensors with their labels, in one insert."""
+        if not labels_of:
+            return
+        version = time.time_ns()
         table = pa.table(
             {
-                "tenant": [check_tenant(tenant)],
-                "sensor": pa.array([sensor], pa.uint32()),
-                "labels": [json.dumps(check_labels(labels), sort_keys=True)],
-                "version": pa.array([time.time_ns()], pa.int64()),
+                "tenant": [check_tenant(tenant)] * len(labels_of),
+                "sensor": pa.array(list(labels_of), pa.uint32()),
+                "labels": [json.dumps(check_labels(v), sort_keys=True) for v in labels_of.values()],
+                "version": pa.array([version] * len(labels_of), pa.int64()),
             }
         )
         self.store.put_sensors(table)

@@ -1,0 +1,1 @@
+"""Prometheus' protocols: remote write in, a PromQL subset over lenses out."""
