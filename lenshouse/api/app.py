@@ -135,11 +135,12 @@ def add_prometheus_routes(
     app: FastAPI, writer: Writer, reader: Reader, registry: CollectorRegistry
 ) -> None:
     """Remote write in, Prometheus' query API out, over the same writer and reader."""
-    from lenshouse.api.prometheus import add_remote_write_route  # it builds on this module
+    from lenshouse.api.prometheus import add_query_routes, add_remote_write_route  # uses this
 
     store = reader.lenses.store
     ids = SeriesIds(reader.catalog, lambda t: (s for tt, s in _extents(store) if tt == t))
     add_remote_write_route(app, writer, ids, registry)
+    add_query_routes(app, reader)
 
 
 def _extents(store) -> list[tuple[str, int]]:

@@ -34,6 +34,10 @@ MAX_RAW_WINDOW_MS = 10 * 60_000
 # A load in flight holds back rollups from its oldest point on; past this much
 # raw reading it is cheaper to wait for the load to finish.
 MAX_HEAD_RAW_MS = 30_000
+# Buckets off the tiers' grid find their edges in the time column of every raw
+# point of the window (a PREWHERE scan, ~1.6 ms per million points): at most this
+# many (10 sensors × 1 h at 1 kHz).
+MAX_EDGE_SCAN_POINTS = 40_000_000
 # Reads that may race a load before a lens reads with loads held back.
 OPTIMISTIC_READS = 3
 # Where loads cannot be held back (loaders in other processes), a lens keeps
@@ -68,6 +72,7 @@ class Lens:
     segments: list[Segment] = field(default_factory=list)
     retries: int = 0
     floor: Floor | None = None  # set when expired sources raised the step
+    origin: int = 0  # buckets start at origin + n·step
 
     def to_json(self, aggs: tuple[str, ...] = AGGS) -> dict:
         """The answer as a JSON-ready dict; columns stay numpy arrays (orjson
@@ -146,13 +151,15 @@ class LensEngine:
         self.head = head or Head(0)
         self.horizons = horizons
 
-    def resolve_step(self, start: int, end: int, points: int | None, step: int | None) -> int:
+    def resolve_step(
+        self, start: int, end: int, points: int | None, step: int | None, origin: int = 0
+    ) -> int:
         if end <= start:
             raise BadInput(f"end ({end}) must be after start ({start})", 422)
         if step is not None:
             if step < 1:
                 raise BadInput("step must be at least 1 ms", 422)
-            if bucket_count(start, end, step) > MAX_BUCKETS:
+            if bucket_count(start - origin, end - origin, step) > MAX_BUCKETS:
                 raise BadInput(f"step {step} gives more than {MAX_BUCKETS} buckets", 422)
             if not usable_tiers(step) and end - start > MAX_RAW_WINDOW_MS:
                 r = TIERS[0].res_ms
@@ -177,31 +184,65 @@ class LensEngine:
         points: int | None = None,
         step: int | None = None,
         tenant: str | None = None,
+        origin: int = 0,
     ) -> Lens:
+        """Buckets of ``step`` (or about ``points`` of them) meeting [start, end),
+        on the grid of the epoch, or of ``origin`` (with an explicit step: the
+        buckets are [origin + n·step, origin + (n+1)·step))."""
         tenant = check_tenant(tenant)
         explicit = step is not None
-        step = self.resolve_step(start, end, points, step)
+        if origin and not explicit:
+            raise BadInput("a lens with an origin needs an explicit step", 422)
+        step = self.resolve_step(start, end, points, step, origin)
+        origin %= step
         floor = None
         if self.horizons is not None:
             for _ in SOURCES:  # bounded: each round moves to a coarser source
-                floor = self.horizons.floor(tenant, whole_buckets(start, end, step)[0])
+                first = whole_buckets(start - origin, end - origin, step)[0] + origin
+                floor = self.horizons.floor(tenant, first)
                 if floor is None or step % floor.res_ms == 0:
                     break
                 step = floor.step(step, explicit)
-        start, end = whole_buckets(start, end, step)
+        start, end = (x + origin for x in whole_buckets(start - origin, end - origin, step))
+        if origin:
+            self._check_edges(tenant, sensors, start, end, step)
+        if origin and floor is not None and start < dict(floor.expired).get(RAW, start):
+            # Off the tiers' grid every bucket reads raw points at its edges.
+            raise BadInput(
+                f"{floor.reason}; buckets that start {origin} ms past the grid read raw points"
+                " at their edges, so the window must start after them",
+                422,
+            )
+        grid = (step, origin)
         for attempt in range(OPTIMISTIC_READS):
-            read = self._read(tenant, sensors, start, end, step, self.visibility.snapshot(), floor)
+            read = self._read(tenant, sensors, start, end, grid, self.visibility.snapshot(), floor)
             if read is None:
                 break  # cheaper to read with loads held back than to read that much raw
             if read.valid:
-                return self._finish(read, sensors, start, end, step, attempt, floor)
+                return self._finish(read, sensors, start, end, grid, attempt, floor)
         if not self.visibility.can_hold:
-            return self._patient(tenant, sensors, start, end, step, floor)
+            return self._patient(tenant, sensors, start, end, grid, floor)
         with self.visibility.quiet() as snap:
-            read = self._read(tenant, sensors, start, end, step, snap, floor, quiet=True)
+            read = self._read(tenant, sensors, start, end, grid, snap, floor, quiet=True)
             if read is None:  # raw points needed below the raw mark (cannot happen when quiet)
                 raise RetryableError("this lens needs raw points that have expired")
-            return self._finish(read, sensors, start, end, step, OPTIMISTIC_READS, floor)
+            return self._finish(read, sensors, start, end, grid, OPTIMISTIC_READS, floor)
+
+    def _check_edges(
+        self, tenant: str, sensors: list[int], start: int, end: int, step: int
+    ) -> None:
+        """Off the grid, the time column of every raw point in the window is read
+        to find the edges: refused where that would be a long raw scan."""
+        if end - start <= MAX_RAW_WINDOW_MS or not usable_tiers(step):
+            return
+        n = self.store.points_about(tenant, sensors, start, end)
+        if n > MAX_EDGE_SCAN_POINTS:
+            raise BadInput(
+                f"buckets off the tiers' grid read raw points at their edges, which here means"
+                f" scanning about {n:,} points (at most {MAX_EDGE_SCAN_POINTS:,}); narrow the"
+                " window, or use buckets on the grid (an origin of 0)",
+                422,
+            )
 
     def _read(
         self,
@@ -209,24 +250,31 @@ class LensEngine:
         sensors: list[int],
         start: int,
         end: int,
-        step: int,
+        grid: tuple[int, int],
         snap: Snapshot,
         floor: Floor | None = None,
         quiet: bool = False,
     ) -> _Read | None:
         """One read: the newest part from the head, cached chunks, one query for
         the rest; None if the part a load in flight holds back is too long to
-        read from raw, or lies where raw points have expired."""
+        read from raw, or lies where raw points have expired. ``grid``: (step,
+        origin); the cache holds lenses on the epoch's grid only."""
+        step, origin = grid
         if not quiet and _erasing(snap.inflight, tenant, sensors, start, end):
             return None  # rows are being removed: read once the delete is done
         span = chunk_span(step)
-        boundary, head = self.head.read(tenant, sensors, start, end, snap.committed_seq, span, step)
+        boundary, head = self.head.read(
+            tenant, sensors, start, end, snap.committed_seq, span, step, origin
+        )
         stored_end = min(end, max(start, boundary))  # [start, stored_end) comes from storage
-        cached, missing = self._cached(tenant, sensors, start, stored_end, step, boundary)
+        caching = self.cache.enabled and not origin
+        cached, missing = ({}, {})
+        if caching:
+            cached, missing = self._cached(tenant, sensors, start, stored_end, step, boundary)
         # Sensors lacking the same chunks are read together.
         wanted: dict[tuple[tuple[int, int], ...], list[int]] = {}
         for sensor in sensors:
-            if self.cache.enabled:
+            if caching:
                 ranges = tuple(_chunk_ranges(missing.get(sensor, []), step))
             else:
                 ranges = ((start, stored_end),) if start < stored_end else ()
@@ -235,14 +283,14 @@ class LensEngine:
         cut = None
         if wanted and not quiet:
             cut = self._head_cut(snap, tenant, sensors, *_bounds(wanted))
-            if cut is not None and self.cache.enabled:
+            if cut is not None and caching:
                 # Whole chunks would be read from raw past the cut, beyond the
                 # window: read only the window, cache only chunks it holds whole.
                 wanted, missing = _clip(wanted, missing, start, stored_end, step)
                 cut = self._head_cut(snap, tenant, sensors, *_bounds(wanted)) if wanted else None
         held = floor.tiers if floor is not None else None
         groups = [
-            (ids, [g for a, b in rs for g in plan(a, b, step, cut, held)])
+            (ids, [g for a, b in rs for g in plan(a, b, step, cut, held, origin)])
             for rs, ids in wanted.items()
         ]
         segments = [g for _, segs in groups for g in segs]
@@ -251,14 +299,20 @@ class LensEngine:
             if any(g.tier is None and g.lo < raw_mark for g in segments):
                 return None
         if cut is not None:
-            plain = [g for rs in wanted for a, b in rs for g in plan(a, b, step, None, held)]
+            plain = [
+                g for rs in wanted for a, b in rs for g in plan(a, b, step, None, held, origin)
+            ]
             if raw_span(segments) - raw_span(plain) > MAX_HEAD_RAW_MS * len(groups):
                 return None
         # Raw rows of a load in flight are hidden by their seq; with none in
         # flight, the cheaper unfiltered read is checked afterwards instead.
         max_seq = snap.committed_seq if cut is not None else None
-        table = self.store.lens_rows(tenant, step, groups, max_seq, snap.hidden) if groups else None
-        read = _Read(tenant, step, snap, segments, cached, missing, _columns(table), head)
+        table = (
+            self.store.lens_rows(tenant, step, groups, max_seq, snap.hidden, origin)
+            if groups
+            else None
+        )
+        read = _Read(tenant, step, snap, segments, cached, missing, _columns(table), head, origin)
         read.valid = quiet or self._still_valid(
             snap, tenant, sensors, segments, cut is None, cached, step, (start, end)
         )
@@ -270,7 +324,7 @@ class LensEngine:
         sensors: list[int],
         start: int,
         end: int,
-        step: int,
+        grid: tuple[int, int],
         floor: Floor | None = None,
     ) -> Lens:
         """Reads until one is valid, with pauses that let the loads in the way
@@ -280,10 +334,10 @@ class LensEngine:
         while time.monotonic() < deadline:
             time.sleep(pause)
             pause = min(pause * 2, 0.5)
-            read = self._read(tenant, sensors, start, end, step, self.visibility.snapshot(), floor)
+            read = self._read(tenant, sensors, start, end, grid, self.visibility.snapshot(), floor)
             attempt += 1
             if read is not None and read.valid:
-                return self._finish(read, sensors, start, end, step, attempt, floor)
+                return self._finish(read, sensors, start, end, grid, attempt, floor)
         raise RetryableError(
             f"loads in flight kept changing this lens's data for {RACE_PATIENCE_S:.0f} s"
         )
@@ -317,14 +371,15 @@ class LensEngine:
         sensors: list[int],
         start: int,
         end: int,
-        step: int,
+        grid: tuple[int, int],
         retries: int,
         floor: Floor | None = None,
     ) -> Lens:
+        step, origin = grid
         if read.missing:
             self.cache.put_many(read.fills(sensors), read.snap)
-        series = read.series(sensors, start // step, end // step)
-        return Lens(start, end, step, series, read.segments, retries, floor)
+        series = read.series(sensors, (start - origin) // step, (end - origin) // step)
+        return Lens(start, end, step, series, read.segments, retries, floor, origin)
 
     def export(
         self,
@@ -480,6 +535,7 @@ class _Read:
     missing: dict[int, list[tuple[int, int]]]
     cols: dict[str, np.ndarray]
     head: dict[int, tuple[np.ndarray, np.ndarray]]
+    origin: int = 0
     valid: bool = False
 
     def _rows(self, sensor: int) -> dict[str, np.ndarray]:
@@ -494,7 +550,7 @@ class _Read:
             for c in self.cached.get(sensor, {}).values():
                 parts.append({"b": c.b, "sum": c.sum, "cnt": c.cnt, "min": c.min, "max": c.max})
             if sensor in self.head:
-                b, sm, cnt, mn, mx = buckets(*self.head[sensor], self.step)
+                b, sm, cnt, mn, mx = buckets(*self.head[sensor], self.step, self.origin)
                 parts.append({"b": b, "sum": sm, "cnt": cnt, "min": mn, "max": mx})
             rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
             keep = (rows["b"] >= b_lo) & (rows["b"] < b_hi)
@@ -503,7 +559,7 @@ class _Read:
             out.append(
                 Series(
                     sensor,
-                    rows["b"] * self.step,
+                    rows["b"] * self.step + self.origin,
                     rows["sum"],
                     rows["cnt"],
                     rows["min"],

@@ -24,10 +24,13 @@ class Expected:
         return self.sum / self.count
 
 
-def brute_force(ts: np.ndarray, value: np.ndarray, start: int, end: int, step: int) -> Expected:
-    """Buckets [k*step, (k+1)*step) ∩ [start, end) of one sensor's raw points."""
+def brute_force(
+    ts: np.ndarray, value: np.ndarray, start: int, end: int, step: int, origin: int = 0
+) -> Expected:
+    """Buckets [origin + k*step, origin + (k+1)*step) ∩ [start, end) of one
+    sensor's raw points."""
     m = (ts >= start) & (ts < end)
-    bucket = ts[m] // step
+    bucket = (ts[m] - origin) // step
     v = value[m]
     keys, inv = np.unique(bucket, return_inverse=True)
     n = len(keys)
@@ -36,7 +39,7 @@ def brute_force(ts: np.ndarray, value: np.ndarray, start: int, end: int, step: i
     np.minimum.at(mn, inv, v)
     np.maximum.at(mx, inv, v)
     return Expected(
-        keys * step,
+        keys * step + origin,
         np.bincount(inv, weights=v, minlength=n),
         np.bincount(inv, minlength=n),
         mn,

@@ -1,7 +1,8 @@
 """Every lens path against the numpy oracle, on hypothesis-generated data:
 late and out-of-order batches, sparse sensors, windows that cross tier cells,
 hours and day partitions and the head's boundary, any step or point count,
-asked repeatedly so that the lens cache answers too."""
+buckets on the epoch's grid or off it (an origin), asked repeatedly so that
+the lens cache answers too."""
 
 from __future__ import annotations
 
@@ -88,6 +89,8 @@ ORACLE_STEPS = (1, 2, 5, 24, 40, 100, 240, 300, 1_000, 1_500, 10_000, 35_000, 60
 windows = st.tuples(st.integers(T0 - 60_000, T0 + SPAN), st.integers(1, SPAN + 120_000)).map(
     lambda a: (a[0], a[0] + a[1])
 )
+# Buckets on the epoch's grid, 1 ms past it (Prometheus' left-open windows), or anywhere.
+origins = st.one_of(st.just(0), st.just(1), st.integers(0, 7_200_000))
 resolution = st.one_of(
     st.tuples(st.just("points"), st.integers(1, 3000)),
     st.tuples(st.just("step"), st.sampled_from(ORACLE_STEPS)),
@@ -103,36 +106,44 @@ resolution = st.one_of(
 @given(
     data=datasets(),
     seed=st.integers(0, 2**16),
-    queries=st.lists(st.tuples(windows, resolution, st.integers(1, 4)), min_size=1, max_size=12),
+    queries=st.lists(
+        st.tuples(windows, resolution, st.integers(1, 4), origins), min_size=1, max_size=12
+    ),
 )
 def test_lens_equals_brute_force(shared_node: Node, data, seed, queries) -> None:
     tenant = f"oracle{next(_tenants)}"
     write_shuffled(shared_node, tenant, data, seed)
-    for (start, end), (kind, amount), nsensors in queries:
+    for (start, end), (kind, amount), nsensors, origin in queries:
         sensors = list(range(1, nsensors + 1))
-        if kind == "step" and bucket_count(start, end, amount) > MAX_BUCKETS:
+        grid = {"origin": origin} if kind == "step" else {}
+        if kind == "step" and bucket_count(start - origin, end - origin, amount) > MAX_BUCKETS:
             continue  # more buckets than a lens serves (refused: test_bad_input)
         if kind == "step" and not usable_tiers(amount) and end - start > MAX_RAW_WINDOW_MS:
             with pytest.raises(BadInput, match="no rollup tier divides it"):
-                shared_node.lenses.lens(sensors, start, end, tenant=tenant, step=amount)
+                shared_node.lenses.lens(sensors, start, end, tenant=tenant, step=amount, **grid)
             continue
         for _ in range(2):  # the second time, cached chunks answer too
-            lens = shared_node.lenses.lens(sensors, start, end, tenant=tenant, **({kind: amount}))
+            lens = shared_node.lenses.lens(
+                sensors, start, end, tenant=tenant, **({kind: amount}), **grid
+            )
             check_lens(lens, data, start, end, nsensors)
 
 
 def check_lens(lens, data, start: int, end: int, nsensors: int) -> None:
     assert len(lens.series) == nsensors
-    # Whole buckets: the window widened to the step grid, by less than a step.
-    assert lens.start % lens.step == 0 and lens.end % lens.step == 0
+    # Whole buckets: the window widened to the grid, by less than a step.
+    o = lens.origin
+    assert 0 <= o < lens.step and (lens.start - o) % lens.step == 0
+    assert (lens.end - o) % lens.step == 0
     assert start - lens.step < lens.start <= start < end <= lens.end < end + lens.step
     for series in lens.series:
         ts, value = data.get(series.sensor, (np.empty(0, np.int64), np.empty(0)))
-        expected = brute_force(ts, value, lens.start, lens.end, lens.step)
+        expected = brute_force(ts, value, lens.start, lens.end, lens.step, o)
         problem = mismatch(series, expected)
         assert problem is None, (
-            f"sensor {series.sensor} window [{start},{end}) step {lens.step}: {problem}; "
-            f"plan {[(s.tier.name if s.tier else 'raw', s.lo, s.hi) for s in lens.segments]}"
+            f"sensor {series.sensor} window [{start},{end}) step {lens.step} origin {o}:"
+            f" {problem}; plan"
+            f" {[(s.tier.name if s.tier else 'raw', s.lo, s.hi, s.within) for s in lens.segments]}"
         )
 
 

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from lenshouse.api.app import add_health_route, add_page, add_read_routes, base_app
 from lenshouse.api.auth import Auth, add_admin_routes
 from lenshouse.api.metrics import LENS_BUCKETS
+from lenshouse.api.prometheus import add_query_routes
 from lenshouse.api.retention import add_retention_routes
 from lenshouse.coordination.visibility import ClusterVisibility
 from lenshouse.coordination.zk import Paths, ensure_layout
@@ -72,6 +73,7 @@ def create_lens_app(server: LensServer, quotas: Quotas | None = None) -> FastAPI
     app = base_app(server.registry, server.auth, quotas)
     app.state.lens_server = server
     add_read_routes(app, server, server.lens_seconds)
+    add_query_routes(app, server)  # Prometheus' query API (Grafana) over the same lenses
     add_health_route(app, server.health)
     add_admin_routes(app)
     # Maintenance runs as its own job (lenshouse maintain --clickhouse …).

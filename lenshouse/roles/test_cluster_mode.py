@@ -438,6 +438,16 @@ def test_tenants_of_the_cluster_see_only_their_own_data(topology: dict) -> None:
             return sum(series["count"]) == 1000
 
         _wait(f"{name}'s points loaded", sees_own, CATCH_UP_S)
+    # Prometheus' query API on a lens server: a left-open window off the tiers'
+    # grid, (ts[500] − 1 s, ts[500]], holds points 0..500 of the tenant's own.
+    for k, name in enumerate(names):
+        r = httpx.put(f"{lens1}/v1/sensors/1", json={"labels": {"kind": "x"}}, headers=tokens[name])
+        assert r.status_code == 204, r.text
+        for fn, want in (("count_over_time", 501), ("sum_over_time", 501 * (k + 1))):
+            q = {"query": f'{fn}({{kind="x"}}[1s])', "time": int(ts[500]) / 1000}
+            r = httpx.get(lens2 + "/api/v1/query", params=q, headers=tokens[name], timeout=10)
+            assert r.status_code == 200, r.text
+            assert [float(x["value"][1]) for x in r.json()["data"]["result"]] == [want], r.text
     other = {**tokens[names[0]], "X-Tenant": names[1]}
     assert httpx.get(lens1 + "/v1/lens", params=params, headers=other).status_code == 403
     assert httpx.get(lens1 + "/v1/lens", params=params).status_code == 401

@@ -152,19 +152,21 @@ class Head:
         max_seq: int,
         align: int,
         step: int = 1,
+        origin: int = 0,
     ) -> tuple[int, dict[int, tuple[np.ndarray, np.ndarray]]]:
         """(boundary, points): the boundary is ``lo`` rounded up to ``align``, or
         to the coarsest of align/2, align/4, … down to ``step`` that stays
-        within the window (so the part below it changes seldom); points of
-        loads up to ``max_seq`` in [max(start, boundary), end) per sensor."""
+        within the window (so the part below it changes seldom), on the grid
+        that starts at ``origin``; points of loads up to ``max_seq`` in
+        [max(start, boundary), end) per sensor."""
         if not self.enabled:
             return end, {}
         with self._lock:
-            lo = self.lo()
+            lo = self.lo() - origin
             q = align
-            while q > step and -(-lo // q) * q >= end and (q // 2) % step == 0:
+            while q > step and -(-lo // q) * q >= end - origin and (q // 2) % step == 0:
                 q //= 2
-            boundary = -(-lo // q) * q
+            boundary = -(-lo // q) * q + origin
             lo = max(start, boundary)
             if lo >= end:
                 return boundary, {}
@@ -245,13 +247,14 @@ def _join(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.nd
 
 
 def buckets(
-    ts: np.ndarray, value: np.ndarray, step: int
+    ts: np.ndarray, value: np.ndarray, step: int, origin: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(bucket number, sum, count, min, max) of time-sorted points."""
+    """(bucket number, sum, count, min, max) of time-sorted points; bucket n
+    is [origin + n·step, origin + (n+1)·step)."""
     if len(ts) == 0:
         e = np.empty(0)
         return np.empty(0, np.int64), e, np.empty(0, np.int64), e, e
-    b = ts // step
+    b = (ts - origin) // step
     starts = np.concatenate(([0], np.flatnonzero(b[1:] != b[:-1]) + 1))
     counts = np.diff(np.concatenate((starts, [len(b)])))
     return (

@@ -202,6 +202,16 @@ def mutations_running(table: str, database: str) -> str:
     )
 
 
+def points_about(coarsest: Tier, tenant: str, sensors: list[int], lo: int, hi: int) -> str:
+    """At least the loaded points of ``sensors`` in [lo, hi): whole coarsest cells."""
+    r = coarsest.res_ms
+    return (
+        f"SELECT sum(cnt) AS n FROM {identifier(coarsest.table)}"
+        f" WHERE tenant = {tenant_literal(tenant)} AND sensor IN ({_ints(sensors)})"
+        f" AND t >= {int(lo) // r * r} AND t < {int(hi)}"
+    )
+
+
 def rows_in(tier: Tier | None, tenant: str, lo: int, hi: int) -> str:
     t = time_column(tier)
     return (
@@ -313,41 +323,64 @@ _AS_ROWS = {  # a source's columns as rows of (s, c, mn, mx), keyed by "is raw"
 IN_ORDER_MIN_STEP = 20  # ms: raw buckets at least this wide are aggregated in key order
 
 
+def _segment_range(col: str, s) -> str:
+    cond = f"{col} >= {int(s.lo)} AND {col} < {int(s.hi)}"
+    if s.within is not None:
+        # The part of every bucket between two offsets: the key analysis reads
+        # only the granules there (modulo is monotonic between its wraps).
+        step, a, b = (int(x) for x in s.within)
+        # An Int64 divisor: with a small literal one, ClickHouse 18.16 gives the
+        # remainder a 16-bit type, and large offsets wrap.
+        offset = f"modulo({col} - {int(s.lo)}, toInt64({step}))"
+        cond += (f" AND {offset} >= {a}" if a else "") + f" AND {offset} < {b}"
+    return f"({cond})"
+
+
 def lens(
-    tenant: str, step: int, groups, max_seq: int | None, hidden: tuple[int, ...] = ()
+    tenant: str,
+    step: int,
+    groups,
+    max_seq: int | None,
+    hidden: tuple[int, ...] = (),
+    origin: int = 0,
 ) -> LensQuery:
     """One query over each group's segments for its sensors, raw rows up to
     ``max_seq`` (but not the ``hidden`` loads) when given. ``groups`` are
     (sensor ids, segments) pairs; a segment has ``tier`` (None for raw),
-    ``lo`` and ``hi``."""
-    step = int(step)
+    ``lo``, ``hi`` and ``within``. Bucket n is [origin + n·step, …)."""
+    step, origin = int(step), int(origin)
     who = f"tenant = {tenant_literal(tenant)}"
+
+    def bucket(col: str) -> str:
+        return f"intDiv({col} - {origin}, {step})" if origin else f"intDiv({col}, {step})"
 
     def where(col: str, pick) -> str | None:
         terms = []
         for ids, segs in groups:
-            ranges = " OR ".join(
-                f"({col} >= {int(s.lo)} AND {col} < {int(s.hi)})" for s in segs if pick(s)
-            )
+            ranges = " OR ".join(_segment_range(col, s) for s in segs if pick(s))
             if ranges:
                 terms.append(f"(sensor IN ({_ints(ids)}) AND ({ranges}))")
         return f"{who} AND ({' OR '.join(terms)})" if terms else None
 
-    sources = []  # (table, time column, where, aggregates of its own columns)
+    sources = []  # (table, time column, condition, aggregates of its own columns)
     raw = where("ts", lambda s: s.tier is None)
     if raw and (max_seq is None or max_seq >= 0):
         seq = "" if max_seq is None else seq_filter(max_seq, hidden)
-        sources.append(("raw", "ts", raw + seq, _RAW_AGGS))
+        # Raw points at the edges of buckets off the grid: the time column is
+        # filtered first, and values are read only from granules with edges
+        # in them (measured 3x faster for a minute's edges at 1 kHz).
+        edges = any(s.within for _, segs in groups for s in segs if s.tier is None)
+        sources.append(("raw", "ts", ("PREWHERE " if edges else "WHERE ") + raw + seq, _RAW_AGGS))
     tables = dict.fromkeys(s.tier.table for _, segs in groups for s in segs if s.tier)
     for table in tables:
         cond = where("t", lambda s, table=table: s.tier is not None and s.tier.table == table)
-        sources.append((identifier(table), "t", cond, _TIER_AGGS))
+        sources.append((identifier(table), "t", f"WHERE {cond}", _TIER_AGGS))
     if len(sources) == 1:
         # One source (the usual case): aggregated directly, which measured
         # 15-25% faster than through a subquery.
         table, t, cond, aggs = sources[0]
         return LensQuery(
-            f"SELECT sensor, intDiv({t}, {step}) AS b, {aggs} FROM {table} WHERE {cond}"
+            f"SELECT sensor, {bucket(t)} AS b, {aggs} FROM {table} {cond}"
             " GROUP BY sensor, b ORDER BY sensor, b",  # measured: faster than unordered
             # Raw rows come in key order and buckets follow it: aggregating in
             # that order measured faster for wide buckets (a minute at 40 ms
@@ -355,7 +388,7 @@ def lens(
             table == "raw" and step >= IN_ORDER_MIN_STEP,
         )
     parts = [
-        f"SELECT sensor, {t} AS t, {_AS_ROWS[table == 'raw']} FROM {table} WHERE {cond}"
+        f"SELECT sensor, {t} AS t, {_AS_ROWS[table == 'raw']} FROM {table} {cond}"
         for table, t, cond, _ in sources
     ] or [
         "SELECT toUInt32(0) AS sensor, toInt64(0) AS t, 0.0 AS s, toUInt64(0) AS c,"
@@ -363,7 +396,7 @@ def lens(
     ]
     union = " UNION ALL ".join(parts)
     return LensQuery(
-        f"SELECT sensor, intDiv(t, {step}) AS b, {_ROW_AGGS} FROM ({union})"
+        f"SELECT sensor, {bucket('t')} AS b, {_ROW_AGGS} FROM ({union})"
         " GROUP BY sensor, b ORDER BY sensor, b",
         False,
     )

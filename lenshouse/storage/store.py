@@ -71,7 +71,13 @@ class Store(Protocol):
     def put_sensors(self, rows: pa.Table) -> None: ...
     def sensors_of(self, tenant: str) -> pa.Table: ...
     def lens_rows(
-        self, tenant: str, step: int, groups, max_seq: int | None, hidden: tuple[int, ...] = ()
+        self,
+        tenant: str,
+        step: int,
+        groups,
+        max_seq: int | None,
+        hidden: tuple[int, ...] = (),
+        origin: int = 0,
     ) -> pa.Table: ...
     def export_rows(
         self,
@@ -84,6 +90,8 @@ class Store(Protocol):
         hidden: tuple[int, ...] = (),
         after: tuple[int, int] | None = None,
     ) -> pa.Table: ...
+    def points_about(self, tenant: str, sensors: list[int], start: int, end: int) -> int:
+        """The loaded points of ``sensors`` in the hours [start, end) meets."""
     def health(self) -> dict:
         """What /healthz reports about storage (its kind, reachable shards, …)."""
 
@@ -202,9 +210,15 @@ class SqlStore:
         return self.backend.query(queries.sensors_of(tenant))
 
     def lens_rows(
-        self, tenant: str, step: int, groups, max_seq: int | None, hidden: tuple[int, ...] = ()
+        self,
+        tenant: str,
+        step: int,
+        groups,
+        max_seq: int | None,
+        hidden: tuple[int, ...] = (),
+        origin: int = 0,
     ) -> pa.Table:
-        q = queries.lens(tenant, step, groups, max_seq, hidden)
+        q = queries.lens(tenant, step, groups, max_seq, hidden, origin)
         with self._running_lock:
             busy = self._running > 0
             self._running += 1
@@ -228,6 +242,10 @@ class SqlStore:
         if raw_in_order:
             settings["optimize_aggregation_in_order"] = 1
         return settings
+
+    def points_about(self, tenant: str, sensors: list[int], start: int, end: int) -> int:
+        rows = self.backend.query(queries.points_about(TIERS[-1], tenant, sensors, start, end))
+        return int(rows.column("n")[0].as_py() or 0)
 
     def export_rows(
         self,

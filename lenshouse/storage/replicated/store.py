@@ -207,10 +207,20 @@ class ClusterStore(SqlStore):
 
     # -- reads ------------------------------------------------------------------
     def lens_rows(
-        self, tenant: str, step: int, groups, max_seq: int | None, hidden: tuple[int, ...] = ()
+        self,
+        tenant: str,
+        step: int,
+        groups,
+        max_seq: int | None,
+        hidden: tuple[int, ...] = (),
+        origin: int = 0,
     ) -> pa.Table:
         return self._read(lambda: super(ClusterStore, self).lens_rows(
-            tenant, step, groups, max_seq, hidden))  # fmt: skip
+            tenant, step, groups, max_seq, hidden, origin))  # fmt: skip
+
+    def points_about(self, tenant: str, sensors: list[int], start: int, end: int) -> int:
+        return self._read(lambda: super(ClusterStore, self).points_about(
+            tenant, sensors, start, end))  # fmt: skip
 
     def export_rows(
         self,
