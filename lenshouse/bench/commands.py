@@ -21,7 +21,7 @@ SCENARIOS = ("ingest", "lens", "mixed", "storage", "concurrency", "burst")
 # Asked for by name only: it needs Chromium and playwright (the test extra).
 # month: 2.6 billion points, ~15 min; peers: VictoriaMetrics and InfluxDB
 # (Debian's victoria-metrics, influxdb), ~15 min.
-EXTRA_SCENARIOS = ("page", "month", "peers")
+EXTRA_SCENARIOS = ("page", "month", "peers", "prometheus")
 
 
 def run_bench(
@@ -35,6 +35,7 @@ def run_bench(
     from lenshouse.bench.month import run_month
     from lenshouse.bench.page import run_page
     from lenshouse.bench.peers import run_peers
+    from lenshouse.bench.prometheus import run_prometheus
     from lenshouse.bench.report import write_report
     from lenshouse.bench.storage import run_storage
 
@@ -48,6 +49,7 @@ def run_bench(
         "month": run_month,
         "burst": run_burst,
         "peers": run_peers,
+        "prometheus": run_prometheus,
     }
     own = data is None
     workdir = Path(tempfile.mkdtemp(prefix="lenshouse-bench-")) if own else Path(data)

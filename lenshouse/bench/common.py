@@ -84,6 +84,15 @@ class BenchConfig:
     peers_window_s: int = 600
     peers_queries: int = 30
     peers_concurrency_s: float = 20.0
+    # prometheus: remote write in (synthetic and a real Prometheus), query_range out
+    prom_clients: int = 2
+    prom_series: int = 100  # series per remote-write body
+    prom_samples: int = 20  # samples per series per body: 2,000 a body
+    prom_bodies: int = 2000  # bodies each client sends
+    prom_scrape_series: int = 20_000  # gauges the real Prometheus scrapes each second
+    prom_scrape_s: float = 30.0
+    prom_query_hours: float = 1.0  # of 10 series at 1 kHz, for query_range
+    prom_queries: int = 20
     # page (the lens page in Chromium)
     page_rounds: int = 20  # fresh tabs, each a first draw and 5 in-place redraws
     block_cache_mb: float = BLOCK_CACHE_MB  # ClickHouse's uncompressed cache in the bench server
@@ -118,6 +127,12 @@ class BenchConfig:
             peers_window_s=2,
             peers_queries=2,
             peers_concurrency_s=0.5,
+            prom_series=10,
+            prom_bodies=20,
+            prom_scrape_series=50,
+            prom_scrape_s=4.0,
+            prom_query_hours=0.02,
+            prom_queries=2,
             month_rate_hz=1,
             month_days=1.1,
             month_windows=("1h", "1d"),

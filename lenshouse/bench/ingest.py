@@ -167,6 +167,7 @@ def _post_as_fast_as_acked(
     content_type: str,
     path: str = "/v1/write",
     bodies: int | None = None,
+    encoding: str | None = None,
 ) -> dict:
     """``senders`` threads post ``body_for(k)`` (body, points) for k = 0, 1, …
     to ``path``, back to back for ``seconds`` (or until ``bodies`` are
@@ -192,7 +193,10 @@ def _post_as_fast_as_acked(
                 body, n = body_for(k)
                 t = time.monotonic()
                 try:
-                    post_batch(client, "", body, tenant, stats, t + 120.0, content_type, path=path)
+                    post_batch(
+                        client, "", body, tenant, stats, t + 120.0, content_type,
+                        path=path, encoding=encoding,
+                    )  # fmt: skip
                 except (RuntimeError, TimeoutError) as e:
                     errors.append(str(e)[:200])
                     return

@@ -243,6 +243,7 @@ def evaluate(results: dict) -> list[dict]:
         )
     rows += _burst_rows(results.get("burst"))
     rows += _peers_rows(results.get("peers"))
+    rows += _prometheus_rows(results.get("prometheus"))
     mo = results.get("month")
     if mo:
         n = mo["dataset"]["points"]
@@ -374,6 +375,46 @@ def _peers_rows(pe: dict | None) -> list[dict]:
             "pass": None if best_disk is None else disk <= best_disk,
         },
     ]
+
+
+def _prometheus_rows(pr: dict | None) -> list[dict]:
+    """Figures the ecosystem issue asks to report; it sets no targets."""
+    if not pr:
+        return []
+    syn, real, q = pr["synthetic"], pr["real"], pr["query"]
+    rows = [
+        {
+            "id": "prometheus",
+            "name": f"remote write, {syn['samples_per_body']:,} samples a body, until loaded",
+            "target": "reported",
+            "measured": f"{_fmt_rate(syn['samples_per_s'])} samples"
+            f" (acknowledged {_fmt_rate(syn['acknowledged_per_s'])})",
+            "pass": None,
+        },
+        {
+            "id": "prometheus",
+            "name": f"query_range {q['series']} series × {q['window_s'] / 3600:.2g} h,"
+            f" step {q['step_ms'] / 1000:g} s, p50 / p95",
+            "target": "reported",
+            "measured": f"{_ms(q['query_range']['p50'])} / {_ms(q['query_range']['p95'])}"
+            f" (lens on the grid {_ms(q['lens']['p50'])})",
+            "pass": None,
+        },
+    ]
+    if real.get("series"):
+        rows.insert(
+            1,
+            {
+                "id": "prometheus",
+                "name": f"a real Prometheus remote-writing {real['series']:,} series each second",
+                "target": "every sample received",
+                "measured": f"{_fmt_rate(real['samples_per_s'])} samples,"
+                f" {real['server_cores']:.2f} server cores,"
+                f" {real['prometheus_failed']:.0f} failed",
+                "pass": real["prometheus_failed"] == 0,
+            },
+        )
+    return rows
 
 
 def _verdict(p: bool | None) -> str:

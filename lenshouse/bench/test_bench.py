@@ -15,6 +15,7 @@ from lenshouse.bench.common import BenchConfig
 from lenshouse.bench.ingest import _shift_text, _text_bodies
 from lenshouse.bench.prepare import Dataset, chunks
 from lenshouse.ingest.formats import decode_json, decode_line_protocol
+from lenshouse.prometheus import testing as prom_testing
 from lenshouse.rollup.tiers import TIERS
 
 
@@ -185,3 +186,24 @@ def test_peers_scenario_gives_every_server_the_same_points(tmp_path) -> None:
     assert "sensor,id=1,kind=vibration,line=3,site=A value=" in pe["body"]["first_line"]
     rows = [t for t in doc["targets"] if t["id"] == "peers"]
     assert len(rows) == 4 and all(name in rows[0]["measured"] for name in peers.PEERS)
+
+
+@pytest.mark.skipif(not prom_testing.available(), reason="Debian's prometheus is not installed")
+def test_prometheus_scenario_counts_what_it_sent(tmp_path) -> None:
+    out = tmp_path / "out"
+    cfg = BenchConfig.tiny(1)
+    run_bench(["prometheus"], cfg, data=tmp_path / "data", out=out)
+    doc = json.loads((out / "bench-report.json").read_text())
+    pr = doc["prometheus"]
+    syn, real, q = pr["synthetic"], pr["real"], pr["query"]
+    sent = cfg.prom_clients * cfg.prom_bodies * cfg.prom_series * cfg.prom_samples
+    assert syn["samples"] == sent and not syn["errors"]
+    assert 0 < syn["samples_per_s"] <= syn["acknowledged_per_s"]
+    # The exporter's gauges, its counter and Prometheus' own 5 series per scrape.
+    assert real["samples_per_s"] > 0 and real["prometheus_failed"] == 0
+    # Every 2 s window of the 10 series holds points: one value per series and step.
+    windows = int(q["window_s"] * 1000 // q["step_ms"]) + 1
+    assert q["points"] == q["series"] * windows
+    assert _ordered(q["query_range"]) and _ordered(q["lens"])
+    rows = [t for t in doc["targets"] if t["id"] == "prometheus"]
+    assert len(rows) == 3

@@ -113,11 +113,15 @@ def post_batch(
     batch_id: str | None = None,
     token: str | None = None,
     path: str = "/v1/write",
+    encoding: str | None = None,
 ) -> None:
     """POST to ``path`` until acknowledged (2xx) or the deadline passes; 4xx
-    is not retried, 429 and 503 wait for their ``Retry-After``."""
+    is not retried, 429 and 503 wait for their ``Retry-After``. ``encoding``:
+    the body's Content-Encoding (remote write's ``snappy``)."""
     targets = url if isinstance(url, Targets) else Targets([url])
     headers = {"Content-Type": content_type, **tenant_headers(tenant, token)}
+    if encoding is not None:
+        headers["Content-Encoding"] = encoding
     if batch_id is not None:
         headers["X-Batch-Id"] = batch_id
     delay = 0.05
