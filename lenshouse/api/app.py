@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,7 @@ from lenshouse.lens.engine import (
 from lenshouse.node import Node
 from lenshouse.points import BadInput, Erasure, PointBatch
 from lenshouse.prometheus.series import SeriesIds
+from lenshouse.rollup.tiers import TIERS
 from lenshouse.storage.catalog import Catalog, check_labels
 from lenshouse.storage.errors import RetryableError, StorageError
 from lenshouse.storage.matchers import Matcher, parse_matchers
@@ -41,6 +43,27 @@ OFF_LOOP_BYTES = 64 << 10  # bodies at least this large are decoded off the even
 ERASE_WAIT_S = 30.0  # an embedded delete answers once applied, or 202 after this
 SENSOR_RETRY_S = 60  # a sensor quota frees up only when the operator acts
 STATIC = Path(__file__).parent / "static"
+_IDS = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1}}
+_MS = {"type": "array", "items": {"type": "integer"}}
+_VALUES = {"type": "array", "items": {"type": "number"}}
+# The body as each Content-Type carries it (read raw, so described here).
+WRITE_BODY = {
+    "required": True,
+    "content": {
+        ARROW: {"schema": {"type": "string", "format": "binary",
+                           "description": "sensor (uint32), ts (int64 ms), value (float64)"}},
+        "application/json": {"schema": {"oneOf": [
+            {"type": "object", "required": ["sensor", "ts", "value"],
+             "properties": {"sensor": _IDS, "ts": _MS, "value": _VALUES}},
+            {"type": "object", "required": ["points"], "properties": {"points": {
+                "type": "array", "items": {"type": "object", "required": ["sensor", "ts", "value"],
+                "properties": {"sensor": {"type": "integer"}, "ts": {"type": "integer"},
+                               "value": {"type": "number"}}}}}},
+        ]}},
+        "text/plain": {"schema": {"type": "string",
+                                  "description": "Influx line protocol, ms timestamps"}},
+    },
+}  # fmt: skip
 
 
 def answer_format(format: str | None, accept: str | None) -> str:
@@ -241,7 +264,12 @@ def base_app(
 
 
 def add_write_routes(app: FastAPI, writer: Writer) -> None:
-    @app.post("/v1/write", status_code=204, summary="Write a batch of points")
+    @app.post(
+        "/v1/write",
+        status_code=204,
+        summary="Write a batch of points",
+        openapi_extra={"requestBody": WRITE_BODY},
+    )
     async def write(
         request: Request,
         content_type: str | None = Header(None),
@@ -315,12 +343,16 @@ def add_read_routes(app: FastAPI, reader: Reader, lens_seconds: Histogram) -> No
         ),
         tenant: str = Depends(request_tenant),
         accept: str | None = Header(None),
+        if_none_match: str | None = Header(None, description="an ETag of this lens: 304 if fresh"),
     ) -> Response:
         t0 = time.perf_counter()
         _within(request.app.state.lens_quota, tenant, 1, "lens requests")
         ids = _sensors(reader, tenant, sensors, match)
         aggs = parse_aggs(agg)
         arrow = answer_format(format, accept) == "arrow"
+        tags = _LensTags(reader.lenses, tenant, ids, request)
+        if tags.fresh(if_none_match, start, end, points, step):
+            return Response(status_code=304, headers={"ETag": tags.sent or ""})
         result = reader.lenses.lens(ids, start, end, points=points, step=step, tenant=tenant)
         if arrow:
             response: Response = Response(_ipc(result.to_arrow(aggs)), media_type=ARROW)
@@ -329,6 +361,7 @@ def add_read_routes(app: FastAPI, reader: Reader, lens_seconds: Histogram) -> No
         elapsed = time.perf_counter() - t0  # the answer encoded, as a client waits for it
         lens_seconds.observe(elapsed)
         response.headers["X-Lens-Ms"] = f"{elapsed * 1000:.2f}"
+        response.headers["ETag"] = tags.tag(result.watermark)
         return response
 
     @app.get("/v1/export", summary="Raw points of 1-10 sensors, as an Arrow IPC stream")
@@ -397,6 +430,52 @@ def add_read_routes(app: FastAPI, reader: Reader, lens_seconds: Histogram) -> No
         if match is not None:
             matchers += parse_matchers(match)
         return ORJSON({"sensors": reader.catalog.list(tenant, matchers)})
+
+
+class _LensTags:
+    """A lens answer's ETag: ``W/"lh.<process>.<watermark>.<digest>"``: the
+    loads it reflects (see Snapshot.watermark), and a digest of the request,
+    the sensors it resolved to and the tenant's expiry marks. ``If-None-Match``
+    with such a tag answers 304 when no load since touched those sensors in
+    the window (widened by two of its steps), and nothing else changed what
+    the lens reads. Weak: float sums may add in
+    another order between two reads of the same points."""
+
+    def __init__(self, lenses: LensEngine, tenant: str, ids: list[int], request: Request) -> None:
+        self.lenses, self.tenant, self.ids = lenses, tenant, ids
+        self.marks = lenses.horizons.marks(tenant) if lenses.horizons else {}
+        query = sorted(request.query_params.multi_items())
+        text = repr((tenant, ids, sorted(self.marks.items()), query)).encode()
+        self.digest = hashlib.blake2b(text, digest_size=8).hexdigest()
+        self.sent: str | None = None
+
+    def tag(self, watermark: int) -> str:
+        return f'W/"lh.{self.lenses.boot}.{watermark}.{self.digest}"'
+
+    def fresh(
+        self, header: str | None, start: int, end: int, points: int | None, step: int | None
+    ) -> bool:
+        if not header or end <= start:
+            return False
+        for candidate in (t.strip() for t in header.split(",")):
+            parts = candidate.removeprefix("W/").strip('"').split(".")
+            if len(parts) != 4 or parts[0] != "lh" or parts[1] != self.lenses.boot:
+                continue
+            if parts[3] != self.digest or not parts[2].lstrip("-").isdigit():
+                continue
+            try:  # the buckets the lens would answer (a floor widens them: in the digest)
+                width = self.lenses.resolve_step(start, end, points, step)
+            except BadInput:
+                return False
+            if self.marks:  # a floor may raise the step up to the coarsest tier's cell
+                width = max(width, TIERS[-1].res_ms)
+            pad = 2 * width
+            if self.lenses.unchanged_since(
+                int(parts[2]), self.tenant, self.ids, start - pad, end + pad
+            ):
+                self.sent = candidate
+                return True
+        return False
 
 
 def _sensors(reader: Reader, tenant: str, sensors: str | None, match: str | None) -> list[int]:

@@ -102,13 +102,30 @@ def add_query_routes(app: FastAPI, reader: Reader) -> None:
     """The query API over the reader's lenses and catalog; GET or POST (form)."""
     evaluator = Evaluator(reader.catalog, reader.lenses)
 
-    def route(path: str, summary: str, handler: Callable[[dict, str], dict]) -> None:
+    def route(
+        path: str, summary: str, handler: Callable[[dict, str], dict], names: tuple[str, ...]
+    ) -> None:
         async def endpoint(request: Request, tenant: str = Depends(request_tenant)) -> Response:
             _within(request.app.state.lens_quota, tenant, 1, "lens requests")
             params = await _params(request)
             return await run_in_threadpool(_answer, handler, params, tenant)
 
-        app.add_api_route(path, endpoint, methods=["GET", "POST"], summary=summary)
+        # Parameters are read from the query string or the form body (as
+        # Prometheus does), so the schema names them here.
+        fields = {n: {"type": "array" if n.endswith("[]") else "string",
+                      **({"items": {"type": "string"}} if n.endswith("[]") else {})}
+                  for n in names}  # fmt: skip
+        query = [{"name": n, "in": "query", "required": False, "schema": f}
+                 for n, f in fields.items()]  # fmt: skip
+        form = {"content": {"application/x-www-form-urlencoded": {
+            "schema": {"type": "object", "properties": fields}}}}  # fmt: skip
+        op = path.rsplit("/", 1)[-1]
+        app.add_api_route(path, endpoint, methods=["GET"], summary=summary,
+                          operation_id=f"prometheus_{op}_get",
+                          openapi_extra={"parameters": query})  # fmt: skip
+        app.add_api_route(path, endpoint, methods=["POST"], summary=summary,
+                          operation_id=f"prometheus_{op}_post",
+                          openapi_extra={"requestBody": form})  # fmt: skip
 
     def query_range(p: dict, tenant: str) -> dict:
         expr = promql.parse(_one(p, "query"))
@@ -140,10 +157,13 @@ def add_query_routes(app: FastAPI, reader: Reader) -> None:
                 seen.setdefault(s["sensor"], s)
         return list(seen.values())
 
-    route("/api/v1/query_range", "PromQL range query (a subset: docs/prometheus.md)", query_range)
-    route("/api/v1/query", "PromQL instant query (a subset: docs/prometheus.md)", query)
-    route("/api/v1/series", "Series whose labels match[] selects", series)
-    route("/api/v1/labels", "Label names", labels)
+    route("/api/v1/query_range", "PromQL range query (a subset: docs/prometheus.md)",
+          query_range, ("query", "start", "end", "step"))  # fmt: skip
+    route("/api/v1/query", "PromQL instant query (a subset: docs/prometheus.md)", query,
+          ("query", "time"))  # fmt: skip
+    route("/api/v1/series", "Series whose labels match[] selects", series,
+          ("match[]", "start", "end"))  # fmt: skip
+    route("/api/v1/labels", "Label names", labels, ("match[]", "start", "end"))
 
     @app.get("/api/v1/label/{name}/values", summary="The values one label takes")
     def label_values(name: str, request: Request, tenant: str = Depends(request_tenant)):

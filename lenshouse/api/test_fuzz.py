@@ -26,6 +26,7 @@ T0 = 1_700_000_000_000
 EXAMPLES = 25  # per operation; a longer run: LENSHOUSE_FUZZ_EXAMPLES (see docs)
 # Binary bodies (remote write's protobuf) are generated as raw bytes.
 schemathesis.serializer.alias("application/x-protobuf", "application/octet-stream")
+schemathesis.serializer.alias("application/vnd.apache.arrow.stream", "application/octet-stream")
 
 
 @pytest.fixture(scope="module")

@@ -794,6 +794,9 @@ def write_report(results: dict, out: Path) -> dict[str, Path]:
             if fn(results, out / name):
                 images.append(name)
                 files[name] = out / name
+        except ImportError:
+            console.print(f"[yellow]{name}: plots need matplotlib (pip install lenshouse[bench])")
+            break
         except Exception as e:  # a plot must not lose the measurements
             console.print(f"[yellow]plot {name} failed: {e}[/yellow]")
     files["json"].write_text(json.dumps(clean(results), indent=1))

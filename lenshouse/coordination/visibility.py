@@ -52,23 +52,28 @@ class ClusterVisibility:
             inflight=tuple(pending),
             started=counter,
             hidden=tuple(s.seq for s in pending),
+            watermark=min((s.seq for s in pending), default=counter),
         )
 
     def started_since(self, snap: Snapshot) -> list[LoadSpan] | None:
         """Loads allocated since ``snap`` (pending or complete); None if some
         of them are no longer on record."""
+        return self.begun_after(snap.started)
+
+    def begun_after(self, started: int) -> list[LoadSpan] | None:
+        """Loads of seq ``started`` and later; None if some are no longer on record."""
         counter, docs = self._read()
-        if counter == snap.started:
+        if counter == started:
             return []
         found: dict[int, LoadSpan] = {}
         for d in docs:
-            if d.pending and d.span and d.span["seq"] >= snap.started:
+            if d.pending and d.span and d.span["seq"] >= started:
                 found[d.span["seq"]] = progress.span_of(d.span)
             for h in reversed(d.history or []):
-                if h["seq"] < snap.started:
+                if h["seq"] < started:
                     break
                 found[h["seq"]] = progress.span_of(h)
-        if len(found) < counter - snap.started:
+        if len(found) < counter - started:
             return None
         return list(found.values())
 

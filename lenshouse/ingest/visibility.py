@@ -94,6 +94,9 @@ class Snapshot:
     started: int  # loads begun so far
     # … except these loads' (several loaders complete out of seq order).
     hidden: tuple[int, ...] = ()
+    # Every load not complete at this snapshot is among ``started_since`` of a
+    # snapshot with ``started`` = this: what an answer read here reflects.
+    watermark: int = 0
 
 
 class Loads(Protocol):
@@ -105,6 +108,10 @@ class Loads(Protocol):
 
     def snapshot(self) -> Snapshot: ...
     def started_since(self, snap: Snapshot) -> list[LoadSpan] | None: ...
+    def begun_after(self, started: int) -> list[LoadSpan] | None:
+        """Loads after a snapshot's ``started`` (or ``watermark``); None if
+        some are no longer on record."""
+
     def on_begin(self, callback: Callable[[LoadSpan], None]) -> None: ...
     def quiet(self) -> AbstractContextManager[Snapshot]: ...
 
@@ -168,15 +175,25 @@ class Visibility:
 
     def snapshot(self) -> Snapshot:
         with self._cond:
-            return Snapshot(self._committed, tuple(self._inflight.values()), self._started)
+            mark = self._started
+            if self._inflight:  # the first load still in flight, and every one after it
+                mark = min((n for n, span in self._recent if span.seq in self._inflight),
+                           default=0) - 1  # fmt: skip
+            return Snapshot(
+                self._committed, tuple(self._inflight.values()), self._started, watermark=mark
+            )
 
     def started_since(self, snap: Snapshot) -> list[LoadSpan] | None:
         """Loads begun after ``snap``; None if too many to tell."""
+        return self.begun_after(snap.started)
+
+    def begun_after(self, started: int) -> list[LoadSpan] | None:
+        """Loads begun after the ``started``-th; None if too many to tell."""
         with self._cond:
-            if self._started == snap.started:
+            if self._started == started:
                 return []
-            newer = [span for n, span in self._recent if n > snap.started]
-            if len(newer) < self._started - snap.started:
+            newer = [span for n, span in self._recent if n > started]
+            if len(newer) < self._started - started:
                 return None
             return newer
 

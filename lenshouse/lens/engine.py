@@ -7,6 +7,7 @@ keeps no other mutable state, so any number of request threads use it."""
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass, field
 
@@ -73,6 +74,7 @@ class Lens:
     retries: int = 0
     floor: Floor | None = None  # set when expired sources raised the step
     origin: int = 0  # buckets start at origin + n·step
+    watermark: int = 0  # the loads it reflects (Snapshot.watermark), for ETags
 
     def to_json(self, aggs: tuple[str, ...] = AGGS) -> dict:
         """The answer as a JSON-ready dict; columns stay numpy arrays (orjson
@@ -150,6 +152,7 @@ class LensEngine:
         self.cache = LensCache(visibility, cache_bytes)
         self.head = head or Head(0)
         self.horizons = horizons
+        self.boot = secrets.token_hex(4)  # tags of another process never match
 
     def resolve_step(
         self, start: int, end: int, points: int | None, step: int | None, origin: int = 0
@@ -379,7 +382,23 @@ class LensEngine:
         if read.missing:
             self.cache.put_many(read.fills(sensors), read.snap)
         series = read.series(sensors, (start - origin) // step, (end - origin) // step)
-        return Lens(start, end, step, series, read.segments, retries, floor, origin)
+        return Lens(
+            start, end, step, series, read.segments, retries, floor, origin, read.snap.watermark
+        )
+
+    def unchanged_since(
+        self, watermark: int, tenant: str, sensors: list[int], start: int, end: int
+    ) -> bool:
+        """Whether no load after ``watermark`` (a lens's) touched these sensors
+        in [start, end): a lens of them there would answer what it did then."""
+        newer = self.visibility.begun_after(watermark)
+        if newer is None:
+            return False  # too long ago to tell
+        return not any(
+            span.touches_sensor(check_tenant(tenant), s, start, end)
+            for span in newer
+            for s in sensors
+        )
 
     def export(
         self,

@@ -6,10 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 
 from lenshouse.scenarios.cluster import ClusterConfig, ClusterVerdict
@@ -22,7 +18,15 @@ def _per_second(times: list[float], weights: list[float], end: float) -> tuple:
     return edges[:-1], sums
 
 
-def plot(v: ClusterVerdict, path: Path) -> Path:
+def plot(v: ClusterVerdict, path: Path) -> Path | None:
+    """The fault's plot; None without matplotlib (``pip install lenshouse[bench]``)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     tl = v.timeline
     end = max([t for t, _ in tl.acks] + [t for t, _ in tl.lag] + [tl.fault[1] + 1])
     fig, (a1, a2, a3) = plt.subplots(3, 1, figsize=(9, 7), sharex=True)
@@ -101,7 +105,8 @@ def write(verdicts: list[ClusterVerdict], cfg: ClusterConfig, out: Path) -> Path
     lines += ["", "Verdicts:", "", "```", *(v.line() for v in verdicts), "```", ""]
     for v in verdicts:
         png = plot(v, out / f"cluster-{v.name}.png")
-        lines += [f"## {v.name}", "", f"![{v.name}]({png.name})", ""]
+        shown = f"![{v.name}]({png.name})" if png else "(no plot: pip install lenshouse[bench])"
+        lines += [f"## {v.name}", "", shown, ""]
         lines += [f"- {note}" for note in v.notes]
     path = out / "scenario-report.md"
     path.write_text("\n".join(lines) + "\n")
