@@ -281,14 +281,7 @@ def add_write_routes(app: FastAPI, writer: Writer) -> None:
             batch = decode(content_type, body, tenant).validate()
         else:  # decoders release the GIL in Arrow's kernels: requests decode in parallel
             batch = await run_in_threadpool(_decoded, content_type, body, tenant)
-        _within(request.app.state.points_quota, tenant, len(batch), "points")
-        limit: SensorLimit = request.app.state.sensor_quota
-        would = limit.admit(tenant, batch.sensor)
-        if would is not None:
-            raise TooMany(
-                f"tenant {tenant!r} would have {would} sensors; its quota is {limit.limit}",
-                SENSOR_RETRY_S,
-            )
+        admit(request, tenant, batch)
         headers = await writer.write(batch, x_batch_id, body)
         return Response(status_code=204, headers=headers)
 
@@ -308,6 +301,18 @@ def add_write_routes(app: FastAPI, writer: Writer) -> None:
         doc, applied = await writer.erase(erasure, x_batch_id)
         doc = {"sensors": erasure.sensor.tolist(), "start": start, "end": end, **doc}
         return ORJSON(doc, status_code=200 if applied else 202)
+
+
+def admit(request: Request, tenant: str, batch: PointBatch) -> None:
+    """The tenant's quotas of points a second and of sensors: 429 past them."""
+    _within(request.app.state.points_quota, tenant, len(batch), "points")
+    limit: SensorLimit = request.app.state.sensor_quota
+    would = limit.admit(tenant, batch.sensor)
+    if would is not None:
+        raise TooMany(
+            f"tenant {tenant!r} would have {would} sensors; its quota is {limit.limit}",
+            SENSOR_RETRY_S,
+        )
 
 
 def check_erasable(erasure: Erasure, raw_mark: int | None) -> None:

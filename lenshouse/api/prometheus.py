@@ -17,15 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, Counter
 
-from lenshouse.api.app import (
-    ORJSON,
-    SENSOR_RETRY_S,
-    Reader,
-    TooMany,
-    Writer,
-    _read_body,
-    _within,
-)
+from lenshouse.api.app import ORJSON, Reader, Writer, _read_body, _within, admit
 from lenshouse.api.auth import request_tenant
 from lenshouse.points import BadInput
 from lenshouse.prometheus import promql
@@ -35,7 +27,6 @@ from lenshouse.prometheus.series import SeriesIds
 from lenshouse.prometheus.write import to_batch
 from lenshouse.storage.errors import RetryableError
 from lenshouse.storage.matchers import Matcher
-from lenshouse.tenancy.quotas import SensorLimit
 
 BUILD_INFO = {"version": "2.42.0", "revision": "lenshouse", "branch": "lenshouse",
               "buildUser": "lenshouse", "buildDate": "", "goVersion": ""}  # fmt: skip
@@ -73,14 +64,7 @@ def add_remote_write_route(
         req = await run_in_threadpool(decode_write_request, body, content_encoding)
         converted = await run_in_threadpool(to_batch, req, tenant, ids)
         batch = converted.batch.validate()
-        _within(request.app.state.points_quota, tenant, len(batch), "points")
-        limit: SensorLimit = request.app.state.sensor_quota
-        would = limit.admit(tenant, batch.sensor)
-        if would is not None:
-            raise TooMany(
-                f"tenant {tenant!r} would have {would} sensors; its quota is {limit.limit}",
-                SENSOR_RETRY_S,
-            )
+        admit(request, tenant, batch)
         headers = await writer.write(batch, None, body) if len(batch) else {}
         samples.labels("stored").inc(len(batch))
         samples.labels("stale_marker").inc(req.stale_markers)
