@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import re
 import threading
 import time
 from pathlib import Path
 
-import httpx
 import typer
 import uvicorn
 from rich.console import Console
@@ -17,7 +17,7 @@ from rich.table import Table
 
 from lenshouse.node import DEFAULT_DATA_DIR, Node
 from lenshouse.storage.backend import BLOCK_CACHE_MB
-from lenshouse.tenancy.client import tenant_headers
+from lenshouse.tenancy.client import TOKEN_ENV
 
 app = typer.Typer(
     help="lenshouse: a time-series store for high-frequency sensors on ClickHouse.",
@@ -401,34 +401,35 @@ def lens(
     rows: int = typer.Option(5, help="buckets to print per sensor"),
 ) -> None:
     """Print a lens from a running server."""
+    from lenshouse.client import Client, LenshouseError
+
     end = end if end is not None else int(time.time() * 1000)
     start = start if start is not None else end - parse_duration_ms(last)
-    params = {"sensors": sensors, "start": start, "end": end, "points": points}
     try:
-        t0 = time.perf_counter()
-        r = httpx.get(url + "/v1/lens", params=params, headers=tenant_headers(tenant), timeout=60)
-        ms = (time.perf_counter() - t0) * 1000
-    except httpx.TransportError as e:
-        raise typer.Exit(_fail(f"cannot reach {url}: {e}")) from None
-    if r.status_code != 200:
+        ids = [int(x) for x in sensors.split(",") if x.strip()]
+    except ValueError:
+        raise typer.Exit(_fail(f"--sensors must be comma-separated ids, got {sensors!r}")) from None
+    token = os.environ.get(TOKEN_ENV) or None
+    with Client(url, token=token, tenant=tenant, retries=1) as lh:
         try:
-            message = r.json().get("error", r.text)
-        except ValueError:
-            message = r.text[:500]
-        raise typer.Exit(_fail(f"{r.status_code}: {message}"))
-    doc = r.json()
-    console.print(f"window [{doc['start']}, {doc['end']}) step {doc['step']} ms, {ms:.1f} ms")
-    for s in doc["series"]:
-        t = Table(title=f"sensor {s['sensor']}: {len(s['t'])} buckets")
+            t0 = time.perf_counter()
+            lens = lh.lens(ids, start, end, points=points)
+            ms = (time.perf_counter() - t0) * 1000
+        except LenshouseError as e:
+            what = f"cannot reach {url}: {e.message}" if e.status == 0 else str(e)
+            raise typer.Exit(_fail(what)) from None
+    console.print(f"window [{lens.start}, {lens.end}) step {lens.step} ms, {ms:.1f} ms")
+    for s in lens.series:
+        t = Table(title=f"sensor {s.sensor}: {len(s.t)} buckets")
         for col in ("t", "avg", "min", "max", "count"):
             t.add_column(col, justify="right")
-        for i in list(range(len(s["t"])))[-rows:]:
+        for i in list(range(len(s.t)))[-rows:]:
             t.add_row(
-                str(s["t"][i]),
-                f"{s['avg'][i]:.6g}",
-                f"{s['min'][i]:.6g}",
-                f"{s['max'][i]:.6g}",
-                str(s["count"][i]),
+                str(s.t[i]),
+                f"{s.avg[i]:.6g}",
+                f"{s.min[i]:.6g}",
+                f"{s.max[i]:.6g}",
+                str(s.count[i]),
             )
         console.print(t)
 

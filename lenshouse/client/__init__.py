@@ -171,8 +171,9 @@ class Client:
         """Whole buckets of avg/min/max/count (``points`` about how many, or a
         ``step`` in ms); ``match``: label matchers instead of or beside ids."""
         params: dict[str, Any] = {"start": start, "end": end, "format": "arrow"}
-        if sensors is not None:
-            params["sensors"] = _ids(sensors)
+        asked = [int(s) for s in sensors] if sensors is not None else []
+        if asked:
+            params["sensors"] = _ids(asked)
         for k, v in (("points", points), ("step", step), ("match", match)):
             if v is not None:
                 params[k] = v
@@ -181,7 +182,9 @@ class Client:
         meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
         cols = {name: table.column(name).to_numpy() for name in table.column_names}
         series = []
-        for sensor in dict.fromkeys(cols["sensor"].tolist()):
+        # Every sensor asked by id (one without points in the window has empty
+        # columns), then those only the matchers selected.
+        for sensor in dict.fromkeys([*asked, *cols["sensor"].tolist()]):
             m = cols["sensor"] == sensor
             series.append(
                 Series(int(sensor), *(cols[k][m] for k in ("t", "avg", "min", "max", "count")))
