@@ -1,5 +1,8 @@
 """Series → sensors: each distinct label set a tenant writes through remote
 write is a sensor of the catalog, with those labels (``__name__`` included).
+:class:`SeriesIds` keeps the mapping in the store's catalog (the embedded
+server); :class:`KeeperSeriesIds` in the keeper, where every gateway of a
+cluster allocates alike and the lens servers read the labels back.
 
 A new label set gets the id its hash names in the upper half of the id space
 (2^31 … 2^32−1), or the next free one after it if that id is taken (by another
@@ -16,9 +19,13 @@ new ids (and their catalog insert) per process.
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from collections.abc import Callable, Iterable
 
+from kazoo.exceptions import NodeExistsError, NoNodeError
+
+from lenshouse.coordination.zk import keeper_errors
 from lenshouse.prometheus.remote_write import Labels
 from lenshouse.storage.catalog import Catalog, check_labels
 
@@ -91,6 +98,77 @@ class SeriesIds:
             sensor = BASE + (sensor - BASE + 1) % SPAN
         taken.add(sensor)
         return sensor
+
+
+class KeeperSeriesIds:
+    """The cluster's mapping: one znode per series, ``<root>/series/<tenant>/<id>``
+    holding its labels (JSON). Creating the znode of an id claims it, so two
+    gateways that see a new label set at once agree on its id, and two label
+    sets whose hashes name the same id get different ones. Ids of sensors
+    written without labels are not known here: in a cluster, ids from 2^31 on
+    belong to remote-write series.
+
+    Ownership: request threads; ``_ids`` and ``_labels`` guarded by ``_lock``."""
+
+    def __init__(self, zk, root: str) -> None:
+        self.zk = zk
+        self.root = f"{root}/series"
+        self._lock = threading.Lock()
+        self._ids: dict[str, dict[Labels, int]] = {}
+        self._labels: dict[str, tuple[int, dict[int, dict[str, str]]]] = {}
+
+    def ids(self, tenant: str, label_sets: list[Labels]) -> list[int]:
+        out = []
+        for labels in label_sets:
+            with self._lock:
+                sensor = self._ids.setdefault(tenant, {}).get(labels)
+            if sensor is None:
+                with keeper_errors("claiming a series id"):  # a 503: the client retries
+                    sensor = self._claim(tenant, labels)
+                with self._lock:
+                    self._ids[tenant][labels] = sensor
+            out.append(sensor)
+        return out
+
+    def _claim(self, tenant: str, labels: Labels) -> int:
+        data = json.dumps(dict(labels), sort_keys=True).encode()
+        sensor = preferred_id(labels)
+        for _ in range(SPAN):  # bounded; ends at this label set's znode or a free id
+            path = f"{self.root}/{tenant}/{sensor}"
+            try:
+                self.zk.create(path, data, makepath=True)
+                return sensor
+            except NodeExistsError:
+                try:
+                    held, _ = self.zk.get(path)
+                except NoNodeError:
+                    continue  # removed meanwhile: claim it again
+                if held == data:
+                    return sensor
+            sensor = BASE + (sensor - BASE + 1) % SPAN
+        raise RuntimeError("no free series id")  # 2^31 series of one tenant
+
+    def labels_of(self, tenant: str) -> dict[int, dict[str, str]]:
+        """Every series of the tenant and its labels; read again only when a
+        series was added (the tenant znode's child version moved)."""
+        path = f"{self.root}/{tenant}"
+        with keeper_errors("reading the series' labels"):
+            stat = self.zk.exists(path)
+            if stat is None:
+                return {}
+            with self._lock:
+                known = self._labels.get(tenant)
+            if known is not None and known[0] == stat.cversion:
+                return known[1]
+            found = dict(known[1]) if known else {}
+            for child in self.zk.get_children(path):
+                sensor = int(child)
+                if sensor not in found:
+                    data, _ = self.zk.get(f"{path}/{child}")
+                    found[sensor] = json.loads(data)
+        with self._lock:
+            self._labels[tenant] = (stat.cversion, found)
+        return found
 
 
 def check_series_labels(labels: Labels) -> str | None:

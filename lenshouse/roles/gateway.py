@@ -23,8 +23,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from lenshouse.api.app import Unavailable, add_health_route, add_write_routes, base_app
 from lenshouse.api.auth import Auth
+from lenshouse.api.prometheus import add_remote_write_route
 from lenshouse.coordination.zk import Paths
 from lenshouse.points import BadInput, Erasure, PointBatch
+from lenshouse.prometheus.series import KeeperSeriesIds
 from lenshouse.stream.jetstream import LogFull, LogUnavailable, connect, discover
 from lenshouse.stream.partitions import LogLayout
 from lenshouse.stream.publisher import Publisher, batch_key
@@ -219,5 +221,8 @@ def create_gateway_app(
     app.router.lifespan_context = lifespan
     app.state.gateway = gateway
     add_write_routes(app, gateway)
+    if gateway.zk is not None:  # remote write: series ids claimed in the keeper
+        ids = KeeperSeriesIds(gateway.zk, Paths(gateway.database).root)
+        add_remote_write_route(app, gateway, ids, gateway.registry)
     add_health_route(app, gateway.health)
     return app

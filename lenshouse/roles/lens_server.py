@@ -20,6 +20,7 @@ from lenshouse.coordination.visibility import ClusterVisibility
 from lenshouse.coordination.zk import Paths, ensure_layout
 from lenshouse.coordination.zk import connect as zk_connect
 from lenshouse.lens.engine import LensEngine
+from lenshouse.prometheus.series import KeeperSeriesIds
 from lenshouse.retention.horizons import Horizons
 from lenshouse.storage.catalog import Catalog
 from lenshouse.storage.errors import StorageError
@@ -40,7 +41,9 @@ class LensServer:
         self.visibility = ClusterVisibility(self.zk, self.paths, len(store.conn.shards))
         self.horizons = Horizons(store)
         self.lenses = LensEngine(store, self.visibility, cache_bytes=0, horizons=self.horizons)
-        self.catalog = Catalog(store)
+        # Remote-write series live in the keeper (the gateways claim their ids there).
+        self.series = KeeperSeriesIds(self.zk, self.paths.root)
+        self.catalog = Catalog(store, self.series.labels_of)
         self.auth = Auth(KeeperRegistry(self.zk, self.paths))  # auth is always on here
         self.registry = CollectorRegistry()
         self.lens_seconds = Histogram(

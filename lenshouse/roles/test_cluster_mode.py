@@ -483,3 +483,46 @@ def test_deletes_are_refused_where_the_storage_cannot_apply_them(topology: dict)
         assert "18.16" in r.json()["error"] and "23.3" in r.json()["error"]
         r = httpx.delete(url + "/v1/points", params={**params, "end": 5}, headers=admin)
         assert r.status_code == 422, r.text
+
+
+def test_remote_write_through_any_gateway_maps_each_series_once(topology: dict) -> None:
+    """Prometheus remote write at both gateways: a label set gets one id from
+    the keeper whichever gateway sees it first, a resend through the other is
+    stored once, and the lens servers list and query the series by label."""
+    from lenshouse.prometheus.remote_write import RemoteSeries, encode_write_request
+    from lenshouse.prometheus.series import BASE
+
+    admin = {"Authorization": f"Bearer {topology['admin_token']}"}
+    lens1, lens2 = topology["lens_servers"]
+    gw1, gw2 = topology["gateways"]
+    name = f"rw-{uuid.uuid4().hex[:6]}"
+    r = httpx.post(f"{lens1}/v1/admin/tenants/{name}/tokens", headers=admin, timeout=10)
+    assert r.status_code == 201, r.text
+    token = {"Authorization": f"Bearer {r.json()['token']}"}
+    t0 = 1_700_000_000_000
+    ts = t0 + np.arange(1000, dtype=np.int64)
+
+    def series(job: str) -> RemoteSeries:
+        return RemoteSeries((("__name__", "rw_test"), ("job", job)), ts, np.full(1000, 2.0))
+
+    headers = {**token, "Content-Encoding": "snappy", "Content-Type": "application/x-protobuf"}
+    both = encode_write_request([series("a"), series("b")])
+    for url, body in ((gw1, both), (gw2, both), (gw2, encode_write_request([series("c")]))):
+        r = httpx.post(url + "/api/v1/write", content=body, headers=headers, timeout=30)
+        assert r.status_code == 204, r.text
+    q = {"query": 'count_over_time(rw_test{job=~"a|b|c"}[1s])', "time": int(ts[-1]) / 1000}
+
+    def counted() -> bool:
+        r = httpx.get(lens2 + "/api/v1/query", params=q, headers=token, timeout=10)
+        assert r.status_code == 200, r.text
+        got = {x["metric"]["job"]: float(x["value"][1]) for x in r.json()["data"]["result"]}
+        assert all(v <= 1000 for v in got.values()), got  # the resend never doubles
+        return got == {"a": 1000.0, "b": 1000.0, "c": 1000.0}
+
+    _wait("the remote-written series loaded", counted, CATCH_UP_S)
+    listed = httpx.get(lens1 + "/v1/sensors", params={"match": '{__name__="rw_test"}'},
+                       headers=token, timeout=10).json()["sensors"]  # fmt: skip
+    assert sorted(s["labels"]["job"] for s in listed) == ["a", "b", "c"]
+    assert all(s["sensor"] >= BASE for s in listed)
+    r = httpx.get(lens2 + "/api/v1/series", params={"match[]": "rw_test"}, headers=token)
+    assert len(r.json()["data"]) == 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 import pyarrow as pa
 
@@ -28,8 +29,14 @@ def check_labels(labels: object) -> dict[str, str]:
 
 
 class Catalog:
-    def __init__(self, store: Store) -> None:
+    def __init__(
+        self, store: Store, series: Callable[[str], dict[int, dict[str, str]]] | None = None
+    ) -> None:
+        """``series(tenant)``: sensors whose labels are kept elsewhere (a
+        cluster's remote-write series, in the keeper); labels the store's
+        entry of the same id sets win."""
         self.store = store
+        self.series = series
 
     def put(self, tenant: str, sensor: int, labels: dict[str, str]) -> None:
         self.put_many(tenant, {sensor: labels})
@@ -61,12 +68,17 @@ class Catalog:
 
     def list(self, tenant: str, matchers: list[Matcher] | None = None) -> list[dict]:
         rows = self.store.sensors_of(check_tenant(tenant))
-        out = []
-        for sensor, labels in zip(
-            rows.column("sensor").to_pylist(), rows.column("labels").to_pylist()
-        ):
-            lab = json.loads(labels)
-            if matchers and not all(m.matches(lab) for m in matchers):
-                continue
-            out.append({"sensor": sensor, "labels": lab})
-        return out
+        entries = {
+            sensor: json.loads(labels)
+            for sensor, labels in zip(
+                rows.column("sensor").to_pylist(), rows.column("labels").to_pylist()
+            )
+        }
+        if self.series is not None:  # under the catalog's own labels (loaders register
+            for sensor, labels in self.series(tenant).items():  # ids on first write, bare)
+                entries[sensor] = {**labels, **entries.get(sensor, {})}
+        return [
+            {"sensor": sensor, "labels": lab}
+            for sensor, lab in sorted(entries.items())
+            if not matchers or all(m.matches(lab) for m in matchers)
+        ]
