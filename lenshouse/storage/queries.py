@@ -329,8 +329,8 @@ def _segment_range(col: str, s) -> str:
         # The part of every bucket between two offsets: the key analysis reads
         # only the granules there (modulo is monotonic between its wraps).
         step, a, b = (int(x) for x in s.within)
-        # An Int64 divisor: with a small literal one, ClickHouse 18.16 gives the
-        # remainder a 16-bit type, and large offsets wrap.
+        # An Int64 divisor: with a small literal one, ClickHouse 18.16 counted
+        # wrong (the remainder takes a type from the divisor there).
         offset = f"modulo({col} - {int(s.lo)}, toInt64({step}))"
         cond += (f" AND {offset} >= {a}" if a else "") + f" AND {offset} < {b}"
     return f"({cond})"
