@@ -240,7 +240,6 @@ class _Parser:
                 f" {', '.join(RANGE_FUNCTIONS)} and the aggregations {', '.join(AGGREGATIONS)}"
             )
         self.take("(")
-        start = self.peek()
         sel = self.selector()
         if not self.at("["):
             raise PromQLError(f"{name} needs a range vector: {sel.text}[5m]")
@@ -257,7 +256,6 @@ class _Parser:
         self.take(")")
         if range_ms <= 0:
             raise PromQLError(f"the range of {name} must be positive")
-        assert start is not None
         return RangeFunction(name, sel, range_ms)
 
     def selector(self) -> Selector:
