@@ -27,6 +27,7 @@ from lenshouse.lens.engine import (
     LensEngine,
     parse_aggs,
     parse_sensors,
+    wants_m4,
 )
 from lenshouse.node import Node
 from lenshouse.points import BadInput, Erasure, PointBatch
@@ -342,7 +343,11 @@ def add_read_routes(app: FastAPI, reader: Reader, lens_seconds: Histogram) -> No
         end: int = Query(..., description="window end, epoch ms (exclusive)"),
         points: int | None = Query(None, description="about how many buckets (default 2500)"),
         step: int | None = Query(None, description="bucket width in ms, instead of points"),
-        agg: str | None = Query(None, description="subset of avg,min,max,count"),
+        agg: str | None = Query(
+            None,
+            description="subset of avg,min,max,count (the default) and the M4 points"
+            " first,last,tfirst,tlast,tmin,tmax",
+        ),
         format: str | None = Query(
             None, description="json (default) or arrow; or send Accept: " + ARROW
         ),
@@ -358,7 +363,9 @@ def add_read_routes(app: FastAPI, reader: Reader, lens_seconds: Histogram) -> No
         tags = _LensTags(reader.lenses, tenant, ids, request)
         if tags.fresh(if_none_match, start, end, points, step):
             return Response(status_code=304, headers={"ETag": tags.sent or ""})
-        result = reader.lenses.lens(ids, start, end, points=points, step=step, tenant=tenant)
+        result = reader.lenses.lens(
+            ids, start, end, points=points, step=step, tenant=tenant, m4=wants_m4(aggs)
+        )
         if arrow:
             response: Response = Response(_ipc(result.to_arrow(aggs)), media_type=ARROW)
         else:

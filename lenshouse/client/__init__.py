@@ -47,6 +47,18 @@ class Series:
     min: np.ndarray
     max: np.ndarray
     count: np.ndarray
+    # With ``m4=True``: each bucket's first and last point, and the times of
+    # its lowest and highest value (the earliest, on a tie).
+    first: np.ndarray | None = None
+    last: np.ndarray | None = None
+    tfirst: np.ndarray | None = None
+    tlast: np.ndarray | None = None
+    tmin: np.ndarray | None = None
+    tmax: np.ndarray | None = None
+
+
+_BASIC = ("t", "avg", "min", "max", "count")
+_M4 = ("first", "last", "tfirst", "tlast", "tmin", "tmax")
 
 
 @dataclass
@@ -167,10 +179,15 @@ class Client:
         points: int | None = None,
         step: int | None = None,
         match: str | None = None,
+        m4: bool = False,
     ) -> Lens:
         """Whole buckets of avg/min/max/count (``points`` about how many, or a
-        ``step`` in ms); ``match``: label matchers instead of or beside ids."""
+        ``step`` in ms); ``match``: label matchers instead of or beside ids;
+        ``m4``: each bucket's M4 points too (a line drawn through them is the
+        line through every raw point)."""
         params: dict[str, Any] = {"start": start, "end": end, "format": "arrow"}
+        if m4:
+            params["agg"] = ",".join(_BASIC[1:] + _M4)
         asked = [int(s) for s in sensors] if sensors is not None else []
         if asked:
             params["sensors"] = _ids(asked)
@@ -186,9 +203,8 @@ class Client:
         # columns), then those only the matchers selected.
         for sensor in dict.fromkeys([*asked, *cols["sensor"].tolist()]):
             m = cols["sensor"] == sensor
-            series.append(
-                Series(int(sensor), *(cols[k][m] for k in ("t", "avg", "min", "max", "count")))
-            )
+            extra = {k: cols[k][m] for k in _M4} if m4 else {}
+            series.append(Series(int(sensor), *(cols[k][m] for k in _BASIC), **extra))
         return Lens(int(meta["start"]), int(meta["end"]), int(meta["step"]), series)
 
     def export(self, sensors: Iterable[int], start: int, end: int) -> pa.Table:

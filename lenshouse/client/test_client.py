@@ -35,6 +35,9 @@ def test_writes_of_every_shape_read_back_exactly(live_server: LiveServer) -> Non
         for sensor, values in ((1, v), (2, v * 2)):
             want = brute_force(ts, values, lens.start, lens.end, lens.step)
             assert mismatch(lens[sensor], want) is None
+        m4 = lh.lens([1], T0, T0 + 20_000, step=1000, m4=True)
+        assert m4[1].tmax is not None
+        assert mismatch(m4[1], brute_force(ts, v, m4.start, m4.end, m4.step)) is None
         table = lh.export([3], T0, T0 + 20_000)
         assert table.column("ts").to_pylist() == ts[:10].tolist()
         lh.put_sensor(1, {"kind": "vibration"})

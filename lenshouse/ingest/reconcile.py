@@ -14,8 +14,8 @@ to store with what is there, and adds only what is missing:
 - raw: the load's rows (by their ``seq``) against the rows it prepared;
 - each tier, finest first: over the cells the load touched, the tier's count
   per cell against its source's (raw, or the tier below). A short cell gets one
-  row for the difference: sum and count the difference, min and max the
-  source's, which is what folding the missing rows in gives.
+  row for the difference: sum and count the difference, min, max and the M4
+  points the source's, which is what folding the missing rows in gives.
 
 Rows are added without feeding views (``Store.attach``):
 the tables downstream are checked in their turn. Every decision is taken
@@ -33,7 +33,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lenshouse.ingest.dedup import PAGE_BITS, PAGE_MS, key_lookup, pair_groups
-from lenshouse.rollup import tiers
+from lenshouse.rollup import m4, tiers
+from lenshouse.storage.queries import M4_FLAT
 from lenshouse.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,11 @@ def tier_shortfall(
                     "cnt": pa.array((want["cnt"][short] - have_cnt[short]).astype(np.uint64)),
                     "min": pa.array(want["min"][short]),
                     "max": pa.array(want["max"][short]),
+                    **m4.pair_arrays(
+                        m4.M4(*(want[f][short] for f in M4_FLAT)),
+                        want["min"][short],
+                        want["max"][short],
+                    ),
                 }
             )
         )
@@ -161,6 +167,7 @@ def _folded(
         "cnt": got.column("cnt").to_numpy().astype(np.int64),
         "min": got.column("min").to_numpy().astype(np.float64),
         "max": got.column("max").to_numpy().astype(np.float64),
+        **{f: got.column(f).to_numpy() for f in M4_FLAT},
     }
 
 

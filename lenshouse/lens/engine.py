@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -21,12 +22,16 @@ from lenshouse.lens.steps import bucket_count, choose_step, whole_buckets
 from lenshouse.points import BadInput, check_tenant
 from lenshouse.retention.horizons import Floor, Horizons
 from lenshouse.retention.policy import RAW, SOURCES
+from lenshouse.rollup.m4 import M4, M4_AGGS, M4_FIELDS
 from lenshouse.rollup.tiers import TIERS
 from lenshouse.storage.errors import RetryableError
-from lenshouse.storage.head import Head, buckets
+from lenshouse.storage.head import Head, buckets, m4_buckets
+from lenshouse.storage.queries import M4_FLAT
+from lenshouse.storage.schema import M4_SOURCE
 from lenshouse.storage.store import Store
 
-AGGS = ("avg", "min", "max", "count")
+AGGS = ("avg", "min", "max", "count")  # the default
+ALL_AGGS = AGGS + M4_AGGS
 MAX_SENSORS = 10
 MAX_BUCKETS = 20_000
 # An explicit step that no tier divides is answered from raw points: at most
@@ -58,10 +63,27 @@ class Series:
     count: np.ndarray
     min: np.ndarray
     max: np.ndarray
+    m4: M4 | None = None  # when asked: each bucket's first, last, lowest and highest point
 
     @property
     def avg(self) -> np.ndarray:
         return self.sum / self.count
+
+    def column(self, agg: str) -> np.ndarray:
+        """One aggregate of every bucket (an M4 one only if the lens asked)."""
+        if agg == "avg":
+            return self.avg
+        if agg in M4_AGGS:
+            if self.m4 is None:
+                raise ValueError(f"{agg}: this lens was read without M4 points")
+            return getattr(self.m4, agg)
+        return getattr(self, agg)
+
+
+class Grid(NamedTuple):
+    step: int
+    origin: int = 0
+    m4: bool = False  # read each bucket's M4 points too
 
 
 @dataclass
@@ -83,7 +105,7 @@ class Lens:
         for s in self.series:
             item: dict = {"sensor": s.sensor, "t": np.ascontiguousarray(s.t)}
             for a in aggs:
-                item[a] = np.ascontiguousarray(s.avg if a == "avg" else getattr(s, a))
+                item[a] = np.ascontiguousarray(s.column(a))
             out.append(item)
         doc = {"start": self.start, "end": self.end, "step": self.step, "series": out}
         if self.floor is not None:
@@ -103,8 +125,8 @@ class Lens:
             "t": pa.array(_joined([s.t for s in self.series], np.int64)),
         }
         for a in aggs:
-            kind = np.int64 if a == "count" else np.float64
-            parts = [s.avg if a == "avg" else getattr(s, a) for s in self.series]
+            kind = np.int64 if a == "count" or a.startswith("t") else np.float64
+            parts = [s.column(a) for s in self.series]
             cols[a] = pa.array(_joined(parts, kind))
         meta = {"start": str(self.start), "end": str(self.end), "step": str(self.step)}
         if self.floor is not None:
@@ -132,10 +154,14 @@ def parse_aggs(text: str | None) -> tuple[str, ...]:
     if not text:
         return AGGS
     aggs = tuple(a.strip() for a in text.split(",") if a.strip())
-    bad = [a for a in aggs if a not in AGGS]
+    bad = [a for a in aggs if a not in ALL_AGGS]
     if bad or not aggs:
-        raise BadInput(f"agg must be a subset of {','.join(AGGS)}; got {text!r}", 422)
+        raise BadInput(f"agg must be a subset of {','.join(ALL_AGGS)}; got {text!r}", 422)
     return aggs
+
+
+def wants_m4(aggs: tuple[str, ...]) -> bool:
+    return any(a in M4_AGGS for a in aggs)
 
 
 class LensEngine:
@@ -188,10 +214,12 @@ class LensEngine:
         step: int | None = None,
         tenant: str | None = None,
         origin: int = 0,
+        m4: bool = False,
     ) -> Lens:
         """Buckets of ``step`` (or about ``points`` of them) meeting [start, end),
         on the grid of the epoch, or of ``origin`` (with an explicit step: the
-        buckets are [origin + n·step, origin + (n+1)·step))."""
+        buckets are [origin + n·step, origin + (n+1)·step)); with ``m4``, each
+        bucket's first, last, lowest and highest point too."""
         tenant = check_tenant(tenant)
         explicit = step is not None
         if origin and not explicit:
@@ -216,7 +244,9 @@ class LensEngine:
                 " at their edges, so the window must start after them",
                 422,
             )
-        grid = (step, origin)
+        if m4:
+            self._check_m4(tenant, start)
+        grid = Grid(step, origin, m4)
         for attempt in range(OPTIMISTIC_READS):
             read = self._read(tenant, sensors, start, end, grid, self.visibility.snapshot(), floor)
             if read is None:
@@ -230,6 +260,18 @@ class LensEngine:
             if read is None:  # raw points needed below the raw mark (cannot happen when quiet)
                 raise RetryableError("this lens needs raw points that have expired")
             return self._finish(read, sensors, start, end, grid, OPTIMISTIC_READS, floor)
+
+    def _check_m4(self, tenant: str, start: int) -> None:
+        """Refuse M4 below where this store's tiers began to hold M4 points."""
+        if self.horizons is None:
+            return
+        mark = self.horizons.marks(tenant).get(M4_SOURCE)
+        if mark is not None and start < mark:
+            raise BadInput(
+                f"first/last/tmin/tmax are known from {mark} on: the rollups below that were"
+                " made before they kept M4 points, and the raw points have expired",
+                422,
+            )
 
     def _check_edges(
         self, tenant: str, sensors: list[int], start: int, end: int, step: int
@@ -253,16 +295,16 @@ class LensEngine:
         sensors: list[int],
         start: int,
         end: int,
-        grid: tuple[int, int],
+        grid: Grid,
         snap: Snapshot,
         floor: Floor | None = None,
         quiet: bool = False,
     ) -> _Read | None:
         """One read: the newest part from the head, cached chunks, one query for
         the rest; None if the part a load in flight holds back is too long to
-        read from raw, or lies where raw points have expired. ``grid``: (step,
-        origin); the cache holds lenses on the epoch's grid only."""
-        step, origin = grid
+        read from raw, or lies where raw points have expired. The cache holds
+        lenses on the epoch's grid without M4 points only."""
+        step, origin, m4 = grid
         if not quiet and _erasing(snap.inflight, tenant, sensors, start, end):
             return None  # rows are being removed: read once the delete is done
         span = chunk_span(step)
@@ -270,7 +312,7 @@ class LensEngine:
             tenant, sensors, start, end, snap.committed_seq, span, step, origin
         )
         stored_end = min(end, max(start, boundary))  # [start, stored_end) comes from storage
-        caching = self.cache.enabled and not origin
+        caching = self.cache.enabled and not origin and not m4
         cached, missing = ({}, {})
         if caching:
             cached, missing = self._cached(tenant, sensors, start, stored_end, step, boundary)
@@ -311,11 +353,12 @@ class LensEngine:
         # flight, the cheaper unfiltered read is checked afterwards instead.
         max_seq = snap.committed_seq if cut is not None else None
         table = (
-            self.store.lens_rows(tenant, step, groups, max_seq, snap.hidden, origin)
+            self.store.lens_rows(tenant, step, groups, max_seq, snap.hidden, origin, m4)
             if groups
             else None
         )
-        read = _Read(tenant, step, snap, segments, cached, missing, _columns(table), head, origin)
+        cols = _columns(table, m4)
+        read = _Read(tenant, step, snap, segments, cached, missing, cols, head, origin, m4)
         read.valid = quiet or self._still_valid(
             snap, tenant, sensors, segments, cut is None, cached, step, (start, end)
         )
@@ -327,7 +370,7 @@ class LensEngine:
         sensors: list[int],
         start: int,
         end: int,
-        grid: tuple[int, int],
+        grid: Grid,
         floor: Floor | None = None,
     ) -> Lens:
         """Reads until one is valid, with pauses that let the loads in the way
@@ -374,11 +417,11 @@ class LensEngine:
         sensors: list[int],
         start: int,
         end: int,
-        grid: tuple[int, int],
+        grid: Grid,
         retries: int,
         floor: Floor | None = None,
     ) -> Lens:
-        step, origin = grid
+        step, origin, _ = grid
         if read.missing:
             self.cache.put_many(read.fills(sensors), read.snap)
         series = read.series(sensors, (start - origin) // step, (end - origin) // step)
@@ -493,14 +536,17 @@ def _erasing(spans, tenant: str, sensors: list[int], start: int, end: int) -> bo
 
 
 _COLUMNS = ("sensor", "b", "sum", "cnt", "min", "max")
+_FLOATS = {"sum", "min", "max", "m4_vf", "m4_vl"}
 
 
-def _columns(table: pa.Table | None) -> dict[str, np.ndarray]:
+def _columns(table: pa.Table | None, m4: bool = False) -> dict[str, np.ndarray]:
+    names = _COLUMNS + (M4_FLAT if m4 else ())
     if table is None:
-        return {name: np.empty(0, np.float64 if name[0] in "sm" else np.int64) for name in _COLUMNS}
-    cols = {name: table.column(name).to_numpy() for name in _COLUMNS}
-    cols["b"] = cols["b"].astype(np.int64, copy=False)
-    cols["cnt"] = cols["cnt"].astype(np.int64, copy=False)
+        return {n: np.empty(0, np.float64 if n in _FLOATS else np.int64) for n in names}
+    cols = {n: table.column(n).to_numpy() for n in names}
+    for n in names:
+        if n not in _FLOATS and n != "sensor":
+            cols[n] = cols[n].astype(np.int64, copy=False)
     return cols
 
 
@@ -555,6 +601,7 @@ class _Read:
     cols: dict[str, np.ndarray]
     head: dict[int, tuple[np.ndarray, np.ndarray]]
     origin: int = 0
+    m4: bool = False
     valid: bool = False
 
     def _rows(self, sensor: int) -> dict[str, np.ndarray]:
@@ -570,11 +617,16 @@ class _Read:
                 parts.append({"b": c.b, "sum": c.sum, "cnt": c.cnt, "min": c.min, "max": c.max})
             if sensor in self.head:
                 b, sm, cnt, mn, mx = buckets(*self.head[sensor], self.step, self.origin)
-                parts.append({"b": b, "sum": sm, "cnt": cnt, "min": mn, "max": mx})
+                part = {"b": b, "sum": sm, "cnt": cnt, "min": mn, "max": mx}
+                if self.m4:
+                    m = m4_buckets(*self.head[sensor], self.step, self.origin)
+                    part |= {flat: getattr(m, f) for flat, f in zip(M4_FLAT, M4_FIELDS)}
+                parts.append(part)
             rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
             keep = (rows["b"] >= b_lo) & (rows["b"] < b_hi)
             order = np.argsort(rows["b"][keep], kind="stable")
             rows = {k: v[keep][order] for k, v in rows.items()}
+            m = M4(*(rows[flat] for flat in M4_FLAT)) if self.m4 else None
             out.append(
                 Series(
                     sensor,
@@ -583,6 +635,7 @@ class _Read:
                     rows["cnt"],
                     rows["min"],
                     rows["max"],
+                    m,
                 )
             )
         return out

@@ -18,6 +18,13 @@ class Expected:
     count: np.ndarray
     min: np.ndarray
     max: np.ndarray
+    # M4: first and last point, times of the lowest and highest value (earliest on a tie)
+    tfirst: np.ndarray | None = None
+    first: np.ndarray | None = None
+    tlast: np.ndarray | None = None
+    last: np.ndarray | None = None
+    tmin: np.ndarray | None = None
+    tmax: np.ndarray | None = None
 
     @property
     def avg(self) -> np.ndarray:
@@ -38,12 +45,26 @@ def brute_force(
     mx = np.full(n, -np.inf)
     np.minimum.at(mn, inv, v)
     np.maximum.at(mx, inv, v)
+    t = ts[m]
+    # M4 by sorting each bucket's points: by time for first and last; by value
+    # (then time) for the lowest and highest.
+    by_time = np.lexsort((t, inv))
+    by_low = np.lexsort((t, v, inv))
+    by_high = np.lexsort((t, -v, inv))
+    heads = np.searchsorted(inv[by_time], np.arange(n))
+    tails = np.searchsorted(inv[by_time], np.arange(n), side="right") - 1
     return Expected(
         keys * step + origin,
         np.bincount(inv, weights=v, minlength=n),
         np.bincount(inv, minlength=n),
         mn,
         mx,
+        t[by_time][heads],
+        v[by_time][heads],
+        t[by_time][tails],
+        v[by_time][tails],
+        t[by_low][heads],
+        t[by_high][heads],
     )
 
 
@@ -56,6 +77,15 @@ def mismatch(series, expected: Expected, rtol: float = 1e-9) -> str | None:
         return f"count differs at t={expected.t[i]}: {series.count[i]} vs {expected.count[i]}"
     if not np.array_equal(series.min, expected.min) or not np.array_equal(series.max, expected.max):
         return "min or max differs"
+    m4 = getattr(series, "m4", None)  # the engine's series; a client's has the columns
+    if m4 is None and getattr(series, "tfirst", None) is not None:
+        m4 = series
+    if m4 is not None:
+        for name in ("tfirst", "first", "tlast", "last", "tmin", "tmax"):
+            got, want = getattr(m4, name), getattr(expected, name)
+            if not np.array_equal(got, want):
+                i = int(np.argmax(got != want))
+                return f"{name} differs at t={expected.t[i]}: {got[i]} vs {want[i]}"
     scale = np.maximum(np.abs(expected.avg), 1e-300)
     bad = np.abs(series.avg - expected.avg) > rtol * scale + 1e-12
     if bad.any():

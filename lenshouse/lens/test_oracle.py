@@ -1,8 +1,8 @@
 """Every lens path against the numpy oracle, on hypothesis-generated data:
 late and out-of-order batches, sparse sensors, windows that cross tier cells,
 hours and day partitions and the head's boundary, any step or point count,
-buckets on the epoch's grid or off it (an origin), asked repeatedly so that
-the lens cache answers too."""
+buckets on the epoch's grid or off it (an origin), with or without M4 points,
+asked repeatedly so that the lens cache answers too."""
 
 from __future__ import annotations
 
@@ -107,15 +107,17 @@ resolution = st.one_of(
     data=datasets(),
     seed=st.integers(0, 2**16),
     queries=st.lists(
-        st.tuples(windows, resolution, st.integers(1, 4), origins), min_size=1, max_size=12
+        st.tuples(windows, resolution, st.integers(1, 4), origins, st.booleans()),
+        min_size=1,
+        max_size=12,
     ),
 )
 def test_lens_equals_brute_force(shared_node: Node, data, seed, queries) -> None:
     tenant = f"oracle{next(_tenants)}"
     write_shuffled(shared_node, tenant, data, seed)
-    for (start, end), (kind, amount), nsensors, origin in queries:
+    for (start, end), (kind, amount), nsensors, origin, m4 in queries:
         sensors = list(range(1, nsensors + 1))
-        grid = {"origin": origin} if kind == "step" else {}
+        grid = {"origin": origin, "m4": m4} if kind == "step" else {"m4": m4}
         if kind == "step" and bucket_count(start - origin, end - origin, amount) > MAX_BUCKETS:
             continue  # more buckets than a lens serves (refused: test_bad_input)
         if kind == "step" and not usable_tiers(amount) and end - start > MAX_RAW_WINDOW_MS:
@@ -127,6 +129,7 @@ def test_lens_equals_brute_force(shared_node: Node, data, seed, queries) -> None
                 sensors, start, end, tenant=tenant, **({kind: amount}), **grid
             )
             check_lens(lens, data, start, end, nsensors)
+            assert all((s.m4 is not None) == m4 for s in lens.series)
 
 
 def check_lens(lens, data, start: int, end: int, nsensors: int) -> None:

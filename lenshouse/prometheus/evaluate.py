@@ -10,6 +10,8 @@ edges: see :mod:`lenshouse.lens.planner`), and each window folds the
 ``range / g`` buckets it covers. So every answer equals the function computed
 on the raw samples, late data included, as of the completed loads; series
 with no sample in a window have no point there, as in Prometheus.
+``last_over_time`` (and a selector on its own) reads each bucket's last point
+(the lens's M4 points) and takes, per window, the last non-empty bucket's.
 """
 
 from __future__ import annotations
@@ -102,13 +104,19 @@ class Evaluator:
         for c in range(0, len(series), MAX_SENSORS):
             chunk = series[c : c + MAX_SENSORS]
             ids = [s["sensor"] for s in chunk]
-            lens = self.lenses.lens(ids, lo, hi, step=g, tenant=tenant, origin=lo % g)
+            m4 = f.name == "last_over_time"
+            lens = self.lenses.lens(ids, lo, hi, step=g, tenant=tenant, origin=lo % g, m4=m4)
             for j, s in enumerate(lens.series):
                 b = (s.t - lo) // g
                 dense = _Dense(k)
                 dense.put(b, s.sum, s.count, s.min, s.max)
+                if s.m4 is not None:
+                    dense.last[b] = s.m4.last
                 out[c + j] = dense.windows(f.name, first, width)
-        labels = [{k: v for k, v in s["labels"].items() if k != "__name__"} for s in series]
+        labels = [
+            {k: v for k, v in s["labels"].items() if f.keeps_name or k != "__name__"}
+            for s in series
+        ]
         return Vector(labels, out)
 
 
@@ -120,6 +128,7 @@ class _Dense:
         self.cnt = np.zeros(k + 1, np.int64)
         self.min = np.full(k + 1, np.inf)
         self.max = np.full(k + 1, -np.inf)
+        self.last = np.full(k + 1, np.nan)  # each bucket's last point (for last_over_time)
 
     def put(self, b, sm, cnt, mn, mx) -> None:
         self.sum[b], self.cnt[b], self.min[b], self.max[b] = sm, cnt, mn, mx
@@ -135,6 +144,10 @@ class _Dense:
             value = np.minimum.reduceat(self.min, idx)[0::2]
         elif name == "max_over_time":
             value = np.maximum.reduceat(self.max, idx)[0::2]
+        elif name == "last_over_time":
+            # The last non-empty bucket at or before each window's last bucket.
+            seen = np.maximum.accumulate(np.where(self.cnt > 0, np.arange(len(self.cnt)), 0))
+            value = self.last[seen[first + width - 1]]
         else:
             value = np.add.reduceat(self.sum, idx)[0::2]
             if name == "avg_over_time":

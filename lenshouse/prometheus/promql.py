@@ -4,15 +4,17 @@ Supported:
 
 - a selector with label matchers: ``name{label="v", other=~"re", x!="y", z!~"re"}``
   (the name is the ``__name__`` matcher; either part may be left out);
+- a selector on its own: each series' latest sample in ``(t − 5m, t]``
+  (Prometheus' lookback, left-open as in Prometheus 3);
 - inside a range function: ``avg_over_time``, ``min_over_time``,
-  ``max_over_time``, ``sum_over_time`` or ``count_over_time`` of
-  ``selector[range]``;
+  ``max_over_time``, ``sum_over_time``, ``count_over_time`` or
+  ``last_over_time`` of ``selector[range]``;
 - aggregations of those: ``sum``, ``avg``, ``min``, ``max``, ``count``, with
   ``by (labels)`` or ``without (labels)`` before or after the parentheses;
 - number literals, and ``+ - * /`` between numbers (``1+1``: Grafana's test).
 
-Everything else (a selector on its own, ``rate``, ``offset``, ``@``, binary
-operations between series, subqueries) is refused with a sentence naming the
+Everything else (``rate``, ``offset``, ``@``, binary operations between
+series, subqueries) is refused with a sentence naming the
 part, as Prometheus' ``bad_data``.
 """
 
@@ -25,7 +27,8 @@ from dataclasses import dataclass
 from lenshouse.storage.matchers import Matcher
 
 RANGE_FUNCTIONS = ("avg_over_time", "min_over_time", "max_over_time", "sum_over_time",
-                   "count_over_time")  # fmt: skip
+                   "count_over_time", "last_over_time")  # fmt: skip
+LOOKBACK_MS = 300_000  # how far back a selector on its own finds a series' latest sample
 AGGREGATIONS = ("sum", "avg", "min", "max", "count")
 UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000,
             "w": 7 * 86_400_000, "y": 365 * 86_400_000}  # fmt: skip
@@ -46,6 +49,7 @@ class RangeFunction:
     name: str
     selector: Selector
     range_ms: int
+    keeps_name: bool = False  # a selector on its own keeps __name__; functions drop it
 
 
 @dataclass(frozen=True)
@@ -187,12 +191,7 @@ class _Parser:
                     f" {', '.join(RANGE_FUNCTIONS)}"
                 )
             self._refuse_modifiers()
-            raise PromQLError(
-                f"a selector on its own ({sel.text}) asks for each series' last sample;"
-                " lenshouse answers windows: use avg_over_time, min_over_time,"
-                " max_over_time, sum_over_time or count_over_time of"
-                f" {sel.text}[range] (with Grafana, [$__interval])"
-            )
+            return RangeFunction("last_over_time", sel, LOOKBACK_MS, keeps_name=True)
         raise PromQLError(f"unexpected {t.text!r} at {t.pos}")
 
     def _aggregation_follows(self) -> bool:

@@ -29,7 +29,7 @@ LABELS = {
     4: {"__name__": "pressure", "site": "B", "line": "1"},
 }
 FUNCTIONS = ("avg_over_time", "min_over_time", "max_over_time", "sum_over_time",
-             "count_over_time")  # fmt: skip
+             "count_over_time", "last_over_time")  # fmt: skip
 
 
 def _data() -> dict[int, tuple[np.ndarray, np.ndarray]]:
@@ -72,7 +72,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 def brute(ts: np.ndarray, value: np.ndarray, name: str, times: np.ndarray, r: int) -> np.ndarray:
-    """PromQL's range function at each time, straight from its definition."""
+    """PromQL's range function at each time, straight from its definition
+    (``ts`` ascending)."""
     out = np.full(len(times), np.nan)
     for i, t in enumerate(times):
         v = value[(ts > t - r) & (ts <= t)]
@@ -83,6 +84,7 @@ def brute(ts: np.ndarray, value: np.ndarray, name: str, times: np.ndarray, r: in
                 "max_over_time": np.max,
                 "sum_over_time": np.sum,
                 "count_over_time": len,
+                "last_over_time": lambda v: v[-1],
             }[name](v)
     return out
 
@@ -197,6 +199,28 @@ def test_aggregations_equal_their_definition(world: World, grid, op, by) -> None
         _same(got.get(key, {}), times, want, f"{op} {by} group {key}")
 
 
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(grid=grids)
+def test_a_selector_on_its_own_is_the_latest_sample_in_the_lookback(world: World, grid) -> None:
+    start, step, n, _ = grid
+    start -= start % step
+    end = start + (n - 1) * step
+    resp = world.query_range('temp{line="1"}', start, end, step)
+    if _refused(resp, start, end, step, n, 300_000):
+        return
+    got = _answer(resp)
+    times = start + step * np.arange(n, dtype=np.int64)
+    for sensor in (1, 3):
+        ts, value = world.data[sensor]
+        want = brute(ts, value, "last_over_time", times, 300_000)
+        key = tuple(sorted(LABELS[sensor].items()))  # __name__ kept, as Prometheus keeps it
+        _same(got.get(key, {}), times, want, f"temp sensor {sensor}")
+
+
 def test_instant_queries_and_scalars(world: World) -> None:
     t = T0 + SPAN // 2
     r = world.client.get(
@@ -235,7 +259,6 @@ def test_grafana_posts_forms(world: World) -> None:
     ("query", "words"),
     [
         ("rate(temp[5m])", "function 'rate' is not supported"),
-        ("temp", "a selector on its own"),
         ("temp[5m]", "inside a range function"),
         ("avg_over_time(temp[5m] offset 1m)", "'offset' modifier"),
         ("avg_over_time(temp[5m:1m])", "subqueries"),

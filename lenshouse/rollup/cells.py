@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from lenshouse.rollup import m4
 from lenshouse.rollup.tiers import TIERS
 
 FIRST = TIERS[0]
@@ -26,26 +27,28 @@ def cells(
     value: np.ndarray,
     res_ms: int = FIRST.res_ms,
 ) -> pa.Table:
-    """Sum, count, min and max per (tenant, sensor, cell) of some points, one
+    """Sum, count, min, max and M4 per (tenant, sensor, cell) of some points, one
     row per cell, sorted by key, in the tier table's column order. ``codes``
     index ``tenants`` per point; ``ts`` is positive epoch ms (so ``//`` is
     ClickHouse's ``intDiv``)."""
     cell = ts // res_ms
     if len(ts) == 0:
-        return _table(codes, tenants, sensor, cell, value, cell, value, value, res_ms)
+        none = m4.M4.empty()
+        return _table(codes, tenants, sensor, cell, value, cell, value, value, none, res_ms)
     # Runs of one key: the generator's and most senders' batches hold few.
     starts = _run_starts(codes, sensor, cell)
-    ends = np.append(starts[1:], len(ts))
     code, sid, c = codes[starts], sensor[starts], cell[starts]
     sm = np.add.reduceat(value, starts)
-    mn = np.minimum.reduceat(value, starts)
-    mx = np.maximum.reduceat(value, starts)
-    cnt = ends - starts
+    cnt = np.diff(np.append(starts, len(ts)))
+    tf, vf, tl, vl, mn, tmn, mx, tmx = m4.fold(starts, ts, value, ts, value, value, ts, value, ts)
     # A cell may be split over several runs (records of one load, interleaved
     # sensors, out-of-order points): fold runs of equal key together.
     order = np.lexsort((c, sid, code))
     code, sid, c = code[order], sid[order], c[order]
     starts = _run_starts(code, sid, c)
+    tf, vf, tl, vl, mn, tmn, mx, tmx = m4.fold(
+        starts, *(a[order] for a in (tf, vf, tl, vl, mn, tmn, mx, tmx))
+    )
     return _table(
         code[starts],
         tenants,
@@ -53,8 +56,9 @@ def cells(
         c[starts],
         np.add.reduceat(sm[order], starts),
         np.add.reduceat(cnt[order], starts),
-        np.minimum.reduceat(mn[order], starts),
-        np.maximum.reduceat(mx[order], starts),
+        mn,
+        mx,
+        m4.M4(tf, vf, tl, vl, tmn, tmx),
         res_ms,
     )
 
@@ -74,7 +78,7 @@ def _run_starts(code: np.ndarray, sensor: np.ndarray, cell: np.ndarray) -> np.nd
     return np.concatenate(([0], np.flatnonzero(change) + 1))
 
 
-def _table(code, tenants, sensor, cell, sm, cnt, mn, mx, res_ms) -> pa.Table:
+def _table(code, tenants, sensor, cell, sm, cnt, mn, mx, points: m4.M4, res_ms) -> pa.Table:
     return pa.table(
         {
             "tenant": pa.DictionaryArray.from_arrays(
@@ -86,5 +90,6 @@ def _table(code, tenants, sensor, cell, sm, cnt, mn, mx, res_ms) -> pa.Table:
             "cnt": pa.array(np.asarray(cnt, np.uint64)),
             "min": pa.array(np.asarray(mn, np.float64)),
             "max": pa.array(np.asarray(mx, np.float64)),
+            **m4.pair_arrays(points, mn, mx),
         }
     )

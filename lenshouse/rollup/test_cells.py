@@ -1,6 +1,7 @@
 """The first tier's cells, computed in the loader, equal a brute-force fold of
 the same points: runs of one sensor, interleaved sensors, several tenants,
-points out of order and repeated keys alike."""
+points out of order and repeated keys alike; the M4 pairs fold as ClickHouse
+folds tuples."""
 
 from __future__ import annotations
 
@@ -15,14 +16,22 @@ T0 = 1_700_000_000_000
 
 
 def fold(codes, sensor, ts, value, res) -> dict[tuple[int, int, int], tuple]:
-    """Per (tenant code, sensor, cell start): sum, count, min, max, point by point."""
+    """Per (tenant code, sensor, cell start): sum, count, min, max and the M4
+    pairs (min of (t, v), max of (t, v), min of (v, t), max of (v, -t)), point
+    by point."""
     out: dict[tuple[int, int, int], list] = {}
     for c, s, t, v in zip(codes.tolist(), sensor.tolist(), ts.tolist(), value.tolist()):
-        cell = out.setdefault((c, s, t // res * res), [0.0, 0, v, v])
+        cell = out.setdefault(
+            (c, s, t // res * res), [0.0, 0, v, v, (t, v), (t, v), (v, t), (v, -t)]
+        )
         cell[0] += v
         cell[1] += 1
         cell[2] = min(cell[2], v)
         cell[3] = max(cell[3], v)
+        cell[4] = min(cell[4], (t, v))
+        cell[5] = max(cell[5], (t, v))
+        cell[6] = min(cell[6], (v, t))
+        cell[7] = max(cell[7], (v, -t))
     return {k: tuple(v) for k, v in out.items()}
 
 
@@ -30,11 +39,13 @@ def as_dict(table, tenants) -> dict[tuple[int, int, int], tuple]:
     code = table.column("tenant").combine_chunks().indices.to_numpy()
     names = table.column("tenant").to_pylist()
     assert names == [tenants[c] for c in code]
-    rows = zip(
-        code.tolist(),
-        *(table.column(n).to_pylist() for n in ("sensor", "t", "sum", "cnt", "min", "max")),
-    )
-    return {(c, s, t): (sm, n, mn, mx) for c, s, t, sm, n, mn, mx in rows}
+    names = ("sensor", "t", "sum", "cnt", "min", "max")
+    pairs = [
+        [(p["1"], p["2"]) for p in table.column(n).to_pylist()]
+        for n in ("m4_first", "m4_last", "m4_low", "m4_high")
+    ]
+    rows = zip(code.tolist(), *(table.column(n).to_pylist() for n in names), *pairs)
+    return {(r[0], r[1], r[2]): tuple(r[3:]) for r in rows}
 
 
 @st.composite

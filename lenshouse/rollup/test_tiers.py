@@ -1,8 +1,9 @@
 """Every tier holds every point exactly once across crashes and upgrades: a
 tier added to a store that already holds data is filled when the store opens
 (even after a fill cut short), the first tier's cells stored by the loader
-survive a crash beside their insert, and a store whose first tier was fed by
-a view on raw moves to cells without counting a point twice."""
+survive a crash beside their insert, a store whose first tier was fed by
+a view on raw moves to cells without counting a point twice, and a store made
+before the tiers kept M4 points gets them from its raw points."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import lenshouse.rollup.tiers as tiers
 import lenshouse.storage.schema as schema
 from lenshouse.lens.oracle import brute_force, mismatch
 from lenshouse.node import Node
-from lenshouse.points import PointBatch
+from lenshouse.points import BadInput, PointBatch
 from lenshouse.rollup.cells import FIRST
 from lenshouse.rollup.tiers import TIERS, tier_view_ddl
 from lenshouse.storage.embedded import EmbeddedBackend
@@ -38,8 +39,9 @@ def write(node: Node, ts: np.ndarray, value: np.ndarray) -> None:
 def check_tier(
     node: Node, ts: np.ndarray, value: np.ndarray, tier, start: int, end: int, step: int
 ) -> None:
-    """A lens read wholly from ``tier`` equals the oracle, sensor by sensor."""
-    lens = node.lenses.lens([1, 2, 3], start, end, step=step)
+    """A lens read wholly from ``tier`` equals the oracle, sensor by sensor, M4
+    points included."""
+    lens = node.lenses.lens([1, 2, 3], start, end, step=step, m4=True)
     assert {s.tier for s in lens.segments} == {tier}, lens.segments
     for series in lens.series:
         m = ts % 3 + 1 == series.sensor
@@ -218,3 +220,67 @@ def test_a_store_whose_view_fed_the_first_tier_is_upgraded_once(
         check_every_tier(node, ts[:80_000], value[:80_000])
         write(node, ts[80_000:], value[80_000:])
         check_every_tier(node, ts, value)
+
+
+# -- M4 points in a store made before the tiers kept them ---------------------
+
+
+def without_m4(data: Path, expire_before: int) -> None:
+    """Make the store at ``data`` one of before M4: no M4 columns, views that
+    fold none, no mark; and tenant "b"'s raw points before ``expire_before``
+    expired (its tiers keep them)."""
+    backend = EmbeddedBackend(data / "clickhouse")
+    try:
+        for tier in TIERS[1:]:
+            backend.execute(f"DROP VIEW {tier.table}_mv")
+        for tier in TIERS:
+            for c in tiers.M4_COLUMNS:
+                backend.execute(f"ALTER TABLE {tier.table} DROP COLUMN {c}")
+        for tier in TIERS[1:]:
+            old = tier_view_ddl(tier).replace(f",\n    {tiers.m4_folds(raw=False)}", "")
+            assert "m4" not in old
+            backend.execute(old)
+        backend.execute("ALTER TABLE expiry DELETE WHERE source = 'm4' SETTINGS mutations_sync = 1")
+        backend.execute(
+            f"ALTER TABLE raw DELETE WHERE tenant = 'b' AND ts < {expire_before}"
+            " SETTINGS mutations_sync = 1"
+        )
+        backend.execute(f"INSERT INTO expiry VALUES ('b', 'raw', {expire_before})")
+    finally:
+        backend.close()
+
+
+def test_a_store_made_before_m4_gets_m4_from_its_raw_points(tmp_path: Path) -> None:
+    rng = np.random.default_rng(11)
+    ts = np.unique(rng.integers(T0, T0 + 4 * HOUR, 60_000)).astype(np.int64)
+    value = rng.integers(-(2**15), 2**15, len(ts)) / 8.0  # ties of value, as ADCs make
+    data = tmp_path / "data"
+    with Node(data, flush_interval=0.02) as node:
+        for tenant in ("default", "b"):
+            batch = PointBatch.from_columns(tenant, (ts % 3 + 1).astype(np.uint32), ts, value)
+            assert node.ingestor.wait_visible(node.ingestor.write_sync(batch), 30)
+    mark = T0 + 2 * HOUR
+    without_m4(data, mark)
+
+    with Node(data, flush_interval=0.02, lens_cache_mb=0) as node:
+        for tier in TIERS:  # tenant "default": M4 of every point, in every tier
+            check_tier(node, ts, value, tier, T0, T0 + 2 * HOUR, STEPS[tier.name])
+        with pytest.raises(BadInput, match="first/last/tmin/tmax are known from"):
+            node.lenses.lens([1], T0, T0 + 4 * HOUR, step=HOUR, tenant="b", m4=True)
+        above = -(-mark // HOUR) * HOUR  # whole buckets from the mark on
+        lens = node.lenses.lens([1, 2, 3], above, T0 + 4 * HOUR, step=HOUR, tenant="b", m4=True)
+        assert {s.tier.name for s in lens.segments} == {"1h"}
+        for series in lens.series:
+            m = ts % 3 + 1 == series.sensor
+            expected = brute_force(ts[m], value[m], lens.start, lens.end, lens.step)
+            assert mismatch(series, expected) is None
+        # Without M4, the expired part still answers from the tiers.
+        plain = node.lenses.lens([1], T0, T0 + 4 * HOUR, step=HOUR, tenant="b")
+        assert plain.series[0].count.sum() == np.count_nonzero(ts % 3 + 1 == 1)
+        # Late points flow through the new views with their M4 points.
+        late = np.setdiff1d(rng.integers(T0, T0 + 2 * HOUR, 5_000).astype(np.int64), ts)
+        late_v = rng.normal(0, 100, len(late))
+        write(node, late, late_v)
+        both = np.concatenate([ts, late]), np.concatenate([value, late_v])
+        for tier in TIERS:
+            check_tier(node, *both, tier, T0, T0 + 2 * HOUR, STEPS[tier.name])

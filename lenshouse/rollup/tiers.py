@@ -1,7 +1,8 @@
 """The rollup tiers and their DDL.
 
 Each tier holds, per (tenant, sensor, cell), the sum, count, min and max of the
-raw points in the cell. These states merge exactly: a late point simply adds
+raw points in the cell, and its M4 points (:mod:`lenshouse.rollup.m4`). These
+states merge exactly: a late point simply adds
 another partial row for its cell, and queries fold rows with sum/min/max, so a
 tier answers exactly what raw data would, merged or not.
 
@@ -21,6 +22,9 @@ cells a sensor, see :mod:`lenshouse.lens.steps`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from lenshouse.rollup.m4 import COLUMNS as M4_COLUMNS
+from lenshouse.rollup.m4 import PAIRS
 
 DAY_MS = 86_400_000
 
@@ -67,13 +71,47 @@ CREATE TABLE IF NOT EXISTS {tier.table} (
     sum SimpleAggregateFunction(sum, Float64) CODEC(ZSTD(1)),
     cnt SimpleAggregateFunction(sum, UInt64) CODEC(T64, ZSTD(1)),
     min SimpleAggregateFunction(min, Float64) CODEC(ZSTD(1)),
-    max SimpleAggregateFunction(max, Float64) CODEC(ZSTD(1))
+    max SimpleAggregateFunction(max, Float64) CODEC(ZSTD(1)),
+    {m4_columns(True)}
 ) ENGINE = AggregatingMergeTree
 PARTITION BY {part}
 ORDER BY (tenant, sensor, t)
 SETTINGS non_replicated_deduplication_window = {dedup_window},
     index_granularity = 2048, min_compress_block_size = 16384"""
     return table
+
+
+# Folding a column of each pair: min or max (see lenshouse.rollup.m4).
+M4_FOLD = {"m4_first": "min", "m4_last": "max", "m4_low": "min", "m4_high": "max"}
+# The pairs of raw points, as a raw row contributes them.
+M4_OF_RAW = {
+    "m4_first": "(ts, value)",
+    "m4_last": "(ts, value)",
+    "m4_low": "(value, ts)",
+    "m4_high": "(value, -ts)",
+}
+# A row holding no points (what columns added to an older store start as).
+M4_IDENTITY = {
+    "m4_first": "(toInt64(9223372036854775807), nan)",
+    "m4_last": "(toInt64(-9223372036854775808), nan)",
+    "m4_low": "(inf, toInt64(0))",
+    "m4_high": "(-inf, toInt64(0))",
+}
+
+
+def m4_type(name: str, simple: bool) -> str:
+    kind = f"Tuple({', '.join(PAIRS[name])})"
+    return f"SimpleAggregateFunction({M4_FOLD[name]}, {kind})" if simple else kind
+
+
+def m4_columns(simple: bool, codec: str = " CODEC(ZSTD(1))") -> str:
+    """The M4 pairs' column definitions (``simple``: as aggregate states)."""
+    return ",\n    ".join(f"{c} {m4_type(c, simple)}{codec}" for c in M4_COLUMNS)
+
+
+def m4_folds(raw: bool) -> str:
+    """The pairs folded from raw rows or from tier rows, named as columns."""
+    return ", ".join(f"{M4_FOLD[c]}({M4_OF_RAW[c] if raw else c}) AS {c}" for c in M4_COLUMNS)
 
 
 def tier_source(tier: Tier) -> Tier | None:
@@ -89,10 +127,12 @@ def tier_select(tier: Tier) -> str:
     source = tier_source(tier)
     if source is None:
         return f"""SELECT tenant, sensor, intDiv(ts, {r}) * {r} AS t,
-    sum(value) AS sum, count() AS cnt, min(value) AS min, max(value) AS max
+    sum(value) AS sum, count() AS cnt, min(value) AS min, max(value) AS max,
+    {m4_folds(raw=True)}
 FROM raw GROUP BY tenant, sensor, t"""
     return f"""SELECT tenant, sensor, intDiv(t, {r}) * {r} AS t,
-    sum(sum) AS sum, sum(cnt) AS cnt, min(min) AS min, max(max) AS max
+    sum(sum) AS sum, sum(cnt) AS cnt, min(min) AS min, max(max) AS max,
+    {m4_folds(raw=False)}
 FROM {source.table} GROUP BY tenant, sensor, t"""
 
 

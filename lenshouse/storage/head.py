@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from lenshouse.rollup.m4 import M4, of_points
+
 # Points are kept this long after they leave the head (cheap insurance; reads
 # fix ``lo`` and slice under the same lock, so they need no slack).
 EVICT_SLACK_MS = 5_000
@@ -264,3 +266,10 @@ def buckets(
         np.minimum.reduceat(value, starts),
         np.maximum.reduceat(value, starts),
     )
+
+
+def m4_buckets(ts: np.ndarray, value: np.ndarray, step: int, origin: int = 0) -> M4:
+    """Each bucket's M4 points, in the order of :func:`buckets`."""
+    b = (ts - origin) // step
+    starts = np.concatenate(([0], np.flatnonzero(b[1:] != b[:-1]) + 1)) if len(b) else b
+    return of_points(starts, ts, value)

@@ -13,7 +13,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from lenshouse.rollup.tiers import Tier
+from lenshouse.rollup.m4 import PAIRS
+from lenshouse.rollup.tiers import M4_COLUMNS, M4_FOLD, M4_OF_RAW, Tier
 
 _TENANT = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -102,15 +103,34 @@ def load_keys(tenant: str, seq: int, pairs, unit_ms: int, limit: int = MAX_CONDI
     )
 
 
+# The M4 pairs folded and taken apart into plain columns (old servers and the
+# native protocol's readers handle tuples poorly): see lenshouse.rollup.m4.
+M4_FLAT = ("m4_tf", "m4_vf", "m4_tl", "m4_vl", "m4_tmin", "m4_tmax")
+
+
+def m4_flat(pairs: dict[str, str]) -> str:
+    """``pairs``: per M4 column, the expression of its pair in each row."""
+    f = {c: f"{M4_FOLD[c]}({pairs[c]})" for c in M4_COLUMNS}
+    return (
+        f"tupleElement({f['m4_first']}, 1) AS m4_tf, tupleElement({f['m4_first']}, 2) AS m4_vf,"
+        f" tupleElement({f['m4_last']}, 1) AS m4_tl, tupleElement({f['m4_last']}, 2) AS m4_vl,"
+        f" tupleElement({f['m4_low']}, 2) AS m4_tmin,"
+        f" negate(tupleElement({f['m4_high']}, 2)) AS m4_tmax"
+    )
+
+
+_M4_OF_TIER = {c: c for c in M4_COLUMNS}
+
+
 def folded(tier: Tier | None, tenant: str, r: int, pairs, limit: int = MAX_CONDITIONS) -> str:
-    """Per (sensor, cell of ``r`` ms): sum, count, min and max folded from
+    """Per (sensor, cell of ``r`` ms): sum, count, min, max and M4 folded from
     raw (``tier`` None) or a tier's rows."""
     if tier is None:
         column, source = "ts", "raw"
-        folds = "sum(value) AS sum, count() AS cnt, min(value) AS min, max(value) AS max"
+        folds = f"{_RAW_AGGS}, {m4_flat(M4_OF_RAW)}"
     else:
         column, source = "t", identifier(tier.table)
-        folds = "sum(sum) AS sum, sum(cnt) AS cnt, min(min) AS min, max(max) AS max"
+        folds = f"{_TIER_AGGS}, {m4_flat(_M4_OF_TIER)}"
     r = int(r)
     return (
         f"SELECT sensor, intDiv({column}, {r}) * {r} AS c, {folds} FROM {source}"
@@ -297,11 +317,11 @@ def erase_count(first: Tier, tenant: str, sensors: list[int], start: int, end: i
 
 def edge_cells(first: Tier, tenant: str, sensors: list[int], ranges: list[tuple[int, int]]) -> str:
     """First-tier cells of the raw points in ``ranges`` (cell-aligned), in the
-    tier table's column order, sorted by key."""
+    tier table's column order (M4 taken apart), sorted by key."""
     r = first.res_ms
     where = " OR ".join(f"({_erase_where(None, tenant, sensors, a, b)})" for a, b in ranges)
     return (
-        f"SELECT tenant, sensor, intDiv(ts, {r}) * {r} AS t, {_RAW_AGGS}"
+        f"SELECT tenant, sensor, intDiv(ts, {r}) * {r} AS t, {_RAW_AGGS}, {m4_flat(M4_OF_RAW)}"
         f" FROM raw WHERE {where} GROUP BY tenant, sensor, t ORDER BY tenant, sensor, t"
     )
 
@@ -320,6 +340,13 @@ _AS_ROWS = {  # a source's columns as rows of (s, c, mn, mx), keyed by "is raw"
     True: "value AS s, toUInt64(1) AS c, value AS mn, value AS mx",
     False: "sum AS s, cnt AS c, min AS mn, max AS mx",
 }
+_M4_ROW = {c: f"{c}_r" for c in M4_COLUMNS}  # M4 pairs as rows, in the union
+_M4_AS_ROWS = {
+    True: ", ".join(f"{M4_OF_RAW[c]} AS {c}_r" for c in M4_COLUMNS),
+    False: ", ".join(f"{c} AS {c}_r" for c in M4_COLUMNS),
+}
+_ZERO_PAIR = {"Int64": "toInt64(0)", "Float64": "0.0"}
+_NO_M4 = "".join(f", ({', '.join(_ZERO_PAIR[k] for k in PAIRS[c])}) AS {c}_r" for c in M4_COLUMNS)
 IN_ORDER_MIN_STEP = 20  # ms: raw buckets at least this wide are aggregated in key order
 
 
@@ -343,11 +370,13 @@ def lens(
     max_seq: int | None,
     hidden: tuple[int, ...] = (),
     origin: int = 0,
+    m4: bool = False,
 ) -> LensQuery:
     """One query over each group's segments for its sensors, raw rows up to
     ``max_seq`` (but not the ``hidden`` loads) when given. ``groups`` are
     (sensor ids, segments) pairs; a segment has ``tier`` (None for raw),
-    ``lo``, ``hi`` and ``within``. Bucket n is [origin + n·step, …)."""
+    ``lo``, ``hi`` and ``within``. Bucket n is [origin + n·step, …). With
+    ``m4``, each bucket's M4 points too (columns ``M4_FLAT``)."""
     step, origin = int(step), int(origin)
     who = f"tenant = {tenant_literal(tenant)}"
 
@@ -370,11 +399,13 @@ def lens(
         # filtered first, and values are read only from granules with edges
         # in them (measured 3x faster for a minute's edges at 1 kHz).
         edges = any(s.within for _, segs in groups for s in segs if s.tier is None)
-        sources.append(("raw", "ts", ("PREWHERE " if edges else "WHERE ") + raw + seq, _RAW_AGGS))
+        aggs = f"{_RAW_AGGS}, {m4_flat(M4_OF_RAW)}" if m4 else _RAW_AGGS
+        sources.append(("raw", "ts", ("PREWHERE " if edges else "WHERE ") + raw + seq, aggs))
     tables = dict.fromkeys(s.tier.table for _, segs in groups for s in segs if s.tier)
     for table in tables:
         cond = where("t", lambda s, table=table: s.tier is not None and s.tier.table == table)
-        sources.append((identifier(table), "t", f"WHERE {cond}", _TIER_AGGS))
+        aggs = f"{_TIER_AGGS}, {m4_flat(_M4_OF_TIER)}" if m4 else _TIER_AGGS
+        sources.append((identifier(table), "t", f"WHERE {cond}", aggs))
     if len(sources) == 1:
         # One source (the usual case): aggregated directly, which measured
         # 15-25% faster than through a subquery.
@@ -387,16 +418,21 @@ def lens(
             # steps) and slower for narrow ones (10 s at 5 ms steps).
             table == "raw" and step >= IN_ORDER_MIN_STEP,
         )
+
+    def as_rows(raw: bool) -> str:
+        return _AS_ROWS[raw] + (f", {_M4_AS_ROWS[raw]}" if m4 else "")
+
     parts = [
-        f"SELECT sensor, {t} AS t, {_AS_ROWS[table == 'raw']} FROM {table} {cond}"
+        f"SELECT sensor, {t} AS t, {as_rows(table == 'raw')} FROM {table} {cond}"
         for table, t, cond, _ in sources
     ] or [
         "SELECT toUInt32(0) AS sensor, toInt64(0) AS t, 0.0 AS s, toUInt64(0) AS c,"
-        " 0.0 AS mn, 0.0 AS mx WHERE 0"
+        f" 0.0 AS mn, 0.0 AS mx{_NO_M4 if m4 else ''} WHERE 0"
     ]
     union = " UNION ALL ".join(parts)
+    aggs = f"{_ROW_AGGS}, {m4_flat(_M4_ROW)}" if m4 else _ROW_AGGS
     return LensQuery(
-        f"SELECT sensor, {bucket('t')} AS b, {_ROW_AGGS} FROM ({union})"
+        f"SELECT sensor, {bucket('t')} AS b, {aggs} FROM ({union})"
         " GROUP BY sensor, b ORDER BY sensor, b",
         False,
     )

@@ -5,8 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lenshouse.rollup.tiers import (
+    M4_COLUMNS,
+    M4_IDENTITY,
     TIERS,
     Tier,
+    m4_folds,
+    m4_type,
     tier_select,
     tier_source,
     tier_table_ddl,
@@ -84,6 +88,12 @@ CREATE TABLE IF NOT EXISTS expiry ({EXPIRY_COLUMNS})
 ENGINE = ReplacingMergeTree(before) ORDER BY (tenant, source)"""
 
 
+# The expiry row that says a store's tiers hold M4 points for all they hold
+# but what the per-tenant "m4" marks exclude (tenant "*" is no tenant's name).
+M4_SOURCE = "m4"
+M4_DONE = f"SELECT count() AS n FROM expiry WHERE tenant = '*' AND source = '{M4_SOURCE}'"
+
+
 @dataclass
 class Upgrade:
     """What opening an existing store leaves to do once the load in doubt, if
@@ -91,12 +101,16 @@ class Upgrade:
 
     tiers: list[Tier] = field(default_factory=list)  # new tiers, to fill
     raw_view: bool = False  # the first tier is still fed by a view on raw
+    m4: bool = False  # the tiers' M4 points are to be filled from raw
 
     def finish(self, backend: Backend) -> None:
         if self.raw_view:
             # From now on the loader stores the first tier's cells itself.
             backend.execute(f"DROP VIEW IF EXISTS {TIERS[0].table}_mv")
             self.raw_view = False
+        if self.m4:
+            fill_m4(backend)
+            self.m4 = False
         add_tiers(backend, self.tiers)
         self.tiers = []
 
@@ -116,6 +130,7 @@ def create_schema(backend: Backend) -> Upgrade:
     backend.execute(EXPIRY_DDL)
     if "raw" not in existing:  # a new store: every tier, empty
         add_tiers(backend, list(TIERS), fill=False)
+        backend.execute(f"INSERT INTO expiry VALUES ('*', '{M4_SOURCE}', 0)")
         return Upgrade()
     # Stores made before the merge setting get it too (a no-op otherwise).
     backend.execute(f"ALTER TABLE raw MODIFY SETTING {RAW_MERGE_SETTINGS}, {OLD_PARTS_SETTINGS}")
@@ -125,7 +140,57 @@ def create_schema(backend: Backend) -> Upgrade:
     # Every store has had the first tier; a coarser one is complete once its
     # view exists.
     new = [t for t in TIERS[1:] if f"{t.table}_mv" not in existing]
-    return Upgrade(new, raw_view=f"{TIERS[0].table}_mv" in existing)
+    m4 = not backend.query(M4_DONE).column("n")[0].as_py()
+    if m4:
+        add_m4_columns(backend, [t for t in TIERS if t.table in existing and t not in new])
+    return Upgrade(new, raw_view=f"{TIERS[0].table}_mv" in existing, m4=m4)
+
+
+def add_m4_columns(backend: Backend, tiers: list[Tier]) -> None:
+    """Give a store made before M4 existed its columns, holding no points, and
+    views that carry them (nothing loads meanwhile)."""
+    for tier in tiers:
+        have = set(
+            backend.query(
+                "SELECT name FROM system.columns WHERE database = currentDatabase()"
+                f" AND table = '{tier.table}'"
+            )
+            .column("name")
+            .to_pylist()
+        )
+        for c in M4_COLUMNS:
+            if c not in have:
+                backend.execute(
+                    f"ALTER TABLE {tier.table} ADD COLUMN {c} {m4_type(c, True)}"
+                    f" DEFAULT {M4_IDENTITY[c]} CODEC(ZSTD(1))"
+                )
+        if tier_source(tier) is not None:
+            backend.execute(f"DROP VIEW IF EXISTS {tier.table}_mv")
+            backend.execute(tier_view_ddl(tier))
+
+
+def fill_m4(backend: Backend) -> None:
+    """Add to the first tier, a day of raw points at a time, rows holding only
+    the M4 points of the raw points (count 0: no other aggregate moves); the
+    views carry them up. Redone whole after a crash: folding them twice
+    changes nothing. Where a tenant's raw points have expired, the tiers below
+    its raw mark lack M4: a mark says so, and M4 lenses start after it."""
+    first = TIERS[0]
+    days = backend.query("SELECT DISTINCT intDiv(ts, 86400000) AS d FROM raw ORDER BY d")
+    r = first.res_ms
+    names = ", ".join(M4_COLUMNS)
+    for day in days.column("d").to_pylist():
+        backend.execute(
+            f"INSERT INTO {first.table} (tenant, sensor, t, sum, cnt, min, max, {names})"
+            f" SELECT tenant, sensor, intDiv(ts, {r}) * {r} AS t, 0, 0, inf, -inf,"
+            f" {m4_folds(raw=True)} FROM raw WHERE intDiv(ts, 86400000) = {int(day)}"
+            " GROUP BY tenant, sensor, t"
+        )
+    backend.execute(
+        f"INSERT INTO expiry SELECT tenant, '{M4_SOURCE}', max(before) FROM expiry"
+        " WHERE source = 'raw' GROUP BY tenant"
+    )
+    backend.execute(f"INSERT INTO expiry VALUES ('*', '{M4_SOURCE}', 0)")
 
 
 def add_tiers(backend: Backend, tiers: list[Tier], fill: bool = True) -> None:

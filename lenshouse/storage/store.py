@@ -22,6 +22,7 @@ from typing import Protocol
 
 import pyarrow as pa
 
+from lenshouse.rollup import m4
 from lenshouse.rollup.cells import FIRST
 from lenshouse.rollup.tiers import DAY_MS, TIERS, Tier
 from lenshouse.storage import queries, tiering
@@ -78,6 +79,7 @@ class Store(Protocol):
         max_seq: int | None,
         hidden: tuple[int, ...] = (),
         origin: int = 0,
+        m4: bool = False,
     ) -> pa.Table: ...
     def export_rows(
         self,
@@ -92,6 +94,7 @@ class Store(Protocol):
     ) -> pa.Table: ...
     def points_about(self, tenant: str, sensors: list[int], start: int, end: int) -> int:
         """The loaded points of ``sensors`` in the hours [start, end) meets."""
+
     def health(self) -> dict:
         """What /healthz reports about storage (its kind, reachable shards, …)."""
 
@@ -217,8 +220,9 @@ class SqlStore:
         max_seq: int | None,
         hidden: tuple[int, ...] = (),
         origin: int = 0,
+        m4: bool = False,
     ) -> pa.Table:
-        q = queries.lens(tenant, step, groups, max_seq, hidden, origin)
+        q = queries.lens(tenant, step, groups, max_seq, hidden, origin, m4)
         with self._running_lock:
             busy = self._running > 0
             self._running += 1
@@ -350,7 +354,15 @@ def _as_cells(rows: pa.Table) -> pa.Table:
         "cnt": rows.column("cnt").cast(pa.uint64()),
         "min": rows.column("min").cast(pa.float64()),
         "max": rows.column("max").cast(pa.float64()),
+        **m4.pair_arrays(
+            flat_m4(rows), rows.column("min").to_numpy(), rows.column("max").to_numpy()
+        ),
     })  # fmt: skip
+
+
+def flat_m4(rows: pa.Table) -> m4.M4:
+    """The M4 columns of query rows (``queries.M4_FLAT``)."""
+    return m4.M4(*(rows.column(c).to_numpy() for c in queries.M4_FLAT))
 
 
 class EmbeddedStore(SqlStore):

@@ -28,7 +28,7 @@ hash alike, and a retried load's blocks always do.
 from __future__ import annotations
 
 from lenshouse.rollup.cells import FIRST
-from lenshouse.rollup.tiers import TIERS, Tier
+from lenshouse.rollup.tiers import TIERS, Tier, m4_columns, m4_folds
 from lenshouse.storage.queries import identifier
 from lenshouse.storage.replicated.dialect import Dialect
 from lenshouse.storage.schema import EXPIRY_COLUMNS, RETENTION_COLUMNS
@@ -105,6 +105,7 @@ def tier_local(d: Dialect, cluster: str, database: str, tier: Tier) -> str:
     cnt {agg("sum", "UInt64")}{c(d, "T64, ZSTD(1)")},
     min {agg("min", "Float64")}{c(d, "ZSTD(1)")},
     max {agg("max", "Float64")}{c(d, "ZSTD(1)")},
+    {m4_columns(d.simple_aggregates, c(d, "ZSTD(1)"))},
     seq {agg("max", "UInt64")}
 ) ENGINE = {_replicated(engine, database, name)}
 PARTITION BY {part}
@@ -124,7 +125,8 @@ def tier_view(cluster: str, database: str, tier: Tier) -> str:
     return f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {view} ON CLUSTER {cluster}
 TO {database}.{tier.table}_local AS
 SELECT tenant, sensor, intDiv(t, {r}) * {r} AS t,
-    sum(sum) AS sum, sum(cnt) AS cnt, min(min) AS min, max(max) AS max, max(seq) AS seq
+    sum(sum) AS sum, sum(cnt) AS cnt, min(min) AS min, max(max) AS max,
+    {m4_folds(raw=False)}, max(seq) AS seq
 FROM {database}.{FIRST.table}_local GROUP BY tenant, sensor, t"""
 
 

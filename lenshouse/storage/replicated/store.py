@@ -105,7 +105,23 @@ class ClusterStore(SqlStore):
         if wanted - names:
             for sql in schema.statements(self.dialect, self.conn.cluster, self.conn.database):
                 self.backend.execute(sql, {"distributed_ddl_task_timeout": DDL_TIMEOUT_S})
+        self._check_m4()
         return Upgrade()
+
+    def _check_m4(self) -> None:
+        """A cluster made before the tiers kept M4 points is not upgraded in
+        place: its views would have to be replaced on every shard while loads
+        run. Say so rather than fail every load."""
+        first = f"{FIRST.table}_local"
+        have = self.backend.query(
+            "SELECT name FROM system.columns WHERE database ="
+            f" {queries.string_literal(self.conn.database)} AND table = '{first}'"
+        )
+        if "m4_first" not in have.column("name").to_pylist():
+            raise FatalError(
+                f"{self.conn.database}.{first} has no M4 columns: this cluster's schema predates"
+                " them; create the cluster's database anew (or export and re-ingest)"
+            )
 
     def finish_upgrade(self, upgrade: Upgrade) -> None:
         return None  # the cluster schema has no older versions to upgrade
@@ -214,9 +230,10 @@ class ClusterStore(SqlStore):
         max_seq: int | None,
         hidden: tuple[int, ...] = (),
         origin: int = 0,
+        m4: bool = False,
     ) -> pa.Table:
         return self._read(lambda: super(ClusterStore, self).lens_rows(
-            tenant, step, groups, max_seq, hidden, origin))  # fmt: skip
+            tenant, step, groups, max_seq, hidden, origin, m4))  # fmt: skip
 
     def points_about(self, tenant: str, sensors: list[int], start: int, end: int) -> int:
         return self._read(lambda: super(ClusterStore, self).points_about(

@@ -83,14 +83,17 @@ def test_the_modern_schema_runs_and_its_views_fold_exactly(engine) -> None:
                 plain(sql).replace("SETTINGS index_granularity", "SETTINGS index_granularity")
             )
     rng = np.random.default_rng(1)
-    ts = 1_700_000_000_000 + np.sort(rng.integers(0, 7_200_000, 5000))
+    ts = 1_700_000_000_000 + np.sort(
+        rng.choice(7_200_000, 5000, replace=False)
+    )  # unique, as stored
     value = rng.normal(size=5000)
     rows = ",".join(f"('t', 3, {t}, {v!r}, 1)" for t, v in zip(ts.tolist(), value.tolist()))
     conn.query(f"INSERT INTO lh.raw_local VALUES {rows}")
     # The loader's cells, as it stores them (with their load's seq).
     conn.query(
         "INSERT INTO lh.rollup_100ms_local SELECT tenant, sensor, intDiv(ts, 100) * 100,"
-        " sum(value), count(), min(value), max(value), 1 FROM lh.raw_local"
+        " sum(value), count(), min(value), max(value), min((ts, value)), max((ts, value)),"
+        " min((value, ts)), max((value, -ts)), 1 FROM lh.raw_local"
         " GROUP BY tenant, sensor, intDiv(ts, 100) * 100"
     )
     for tier in TIERS[1:]:
@@ -98,13 +101,15 @@ def test_the_modern_schema_runs_and_its_views_fold_exactly(engine) -> None:
         want = str(
             conn.query(
                 f"SELECT intDiv(ts, {r}) AS c, count(), round(sum(value), 9), min(value),"
-                f" max(value) FROM lh.raw_local GROUP BY c ORDER BY c",
+                " max(value), argMin(value, ts), argMax(value, ts), argMin(ts, (value, ts)),"
+                f" argMax(ts, (value, -ts)) FROM lh.raw_local GROUP BY c ORDER BY c",
                 "TSV",
             )
         )
         got = str(
             conn.query(
-                f"SELECT intDiv(t, {r}) AS c, sum(cnt), round(sum(sum), 9), min(min), max(max)"
+                f"SELECT intDiv(t, {r}) AS c, sum(cnt), round(sum(sum), 9), min(min), max(max),"
+                " min(m4_first).2, max(m4_last).2, min(m4_low).2, -max(m4_high).2"
                 f" FROM lh.{tier.table}_local GROUP BY c ORDER BY c",
                 "TSV",
             )
