@@ -396,7 +396,7 @@ def lens_params(**kw) -> dict:
         (lens_params(sensors="4294967296"), "sensor ids are 0 .. 2^32-1"),
         (lens_params(end=BASE), f"end ({BASE}) must be after start ({BASE})"),
         (lens_params(end=BASE - 1), f"end ({BASE - 1}) must be after start ({BASE})"),
-        (lens_params(agg="median"), "agg must be a subset of avg,min,max,count; got 'median'"),
+        (lens_params(agg="median"), "agg must be a subset of avg,min,max,count,first,last,tfirst"),
         (lens_params(agg="avg,p99"), "agg must be a subset of avg,min,max,count"),
         (lens_params(agg=","), "agg must be a subset"),
         (lens_params(step=0), "step must be at least 1 ms"),

@@ -30,7 +30,6 @@ from lenshouse.bench.ingest import arrow_client
 from lenshouse.bench.lens import lens_dataset, prepare_lens
 from lenshouse.bench.prepare import Dataset
 from lenshouse.generators.load import LoadConfig, parse_mix, run_load_to_file, summarize
-from lenshouse.storage.introspect import parts_by_table
 
 MIN_WINDOW_MS, MAX_WINDOW_MS = 10_000, 600_000
 CLIENTS_MIX = "10s,1m,5m,10m"  # the 20 clients' windows, equally likely
@@ -75,7 +74,7 @@ def _reader(
 
 def _counters(srv: BenchServer) -> dict:
     doc = srv.ingest_counters()
-    parts = parts_by_table(srv.node.backend)
+    parts = srv.parts()
     doc["parts_raw"] = parts.get("raw", {}).get("parts", 0)
     doc["parts_all"] = sum(p["parts"] for p in parts.values())
     return doc

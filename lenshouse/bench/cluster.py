@@ -28,7 +28,7 @@ import numpy as np
 import typer
 
 from lenshouse.bench.common import console
-from lenshouse.generators.sender import SendStats, encode_arrow, post_batch
+from lenshouse.generators.sender import SendStats, batch_client, encode_arrow
 from lenshouse.points import PointBatch
 from lenshouse.scenarios.server import ServerProcess, wait_loaded
 
@@ -48,13 +48,13 @@ def _day(url: str, end_ms: int) -> int:
     """Sensors 1..10 at 1 Hz over the day before ``end_ms``."""
     t = np.arange(end_ms - 86_400_000, end_ms, 1000, dtype=np.int64)
     stats = SendStats()
-    with httpx.Client(timeout=60) as client:
+    with batch_client(url, "default", stats) as client:
         for lo in range(0, len(t), 10_000):
             part = t[lo : lo + 10_000]
             sensor = np.repeat(np.arange(1, 11, dtype=np.uint32), len(part))
             ts = np.tile(part, 10)
             batch = PointBatch("default", sensor, ts, np.sin(ts / 6e4) + sensor)
-            post_batch(client, url, encode_arrow(batch), "default", stats, time.monotonic() + 120)
+            client.write_body(encode_arrow(batch))
     return len(t) * 10
 
 

@@ -219,7 +219,9 @@ def git_state(repo: Path | None = None) -> dict:
 class BenchServer:
     """A :class:`~lenshouse.node.Node` and uvicorn in this process, on a free
     loopback port. Load clients run in other processes; this process only
-    serves and samples counters."""
+    serves and samples counters. Scenarios reach the node only through the
+    methods below (its public counters, ClickHouse's system tables), never
+    its fields."""
 
     def __init__(
         self,
@@ -234,7 +236,7 @@ class BenchServer:
         self.block_cache_mb = block_cache_mb
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.node = None
+        self._node = None
         self._server = None
         self._thread: threading.Thread | None = None
 
@@ -244,7 +246,7 @@ class BenchServer:
         from lenshouse.api.app import create_app
         from lenshouse.node import Node
 
-        self.node = Node(
+        self._node = Node(
             self.data_dir,
             flush_interval=self.flush_interval,
             lens_cache_mb=self.lens_cache_mb,
@@ -252,7 +254,7 @@ class BenchServer:
         ).start()
         try:
             config = uvicorn.Config(
-                create_app(self.node),
+                create_app(self._node),
                 host="127.0.0.1",
                 port=self.port,
                 log_level="warning",
@@ -267,7 +269,7 @@ class BenchServer:
                     raise RuntimeError(f"the HTTP server did not start on {self.url}")
                 time.sleep(0.02)
         except BaseException:
-            self.node.stop()
+            self._node.stop()
             raise
         return self
 
@@ -276,12 +278,12 @@ class BenchServer:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(15)
-        if self.node is not None:
-            self.node.stop()
+        if self._node is not None:
+            self._node.stop()
 
     # -- counters -------------------------------------------------------------
     def ingest_counters(self) -> dict:
-        ing = self.node.ingestor
+        ing = self._node.ingestor
         return {
             "accepted": ing.points_accepted,
             "loaded": ing.loader.stats.rows_loaded,
@@ -293,32 +295,81 @@ class BenchServer:
 
     def wait_loaded(self, timeout: float) -> bool:
         """Wait until everything acknowledged is visible to lenses."""
-        ing = self.node.ingestor
+        ing = self._node.ingestor
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             # queued_rows drops last, after the loaded-points counter moved on
             if ing.loader.loaded_lsn >= ing.wal.next_lsn and ing.loader.stats.queued_rows == 0:
                 return True
-            check_loader(self.node)
+            check_loader(self._node)
             time.sleep(0.05)
         return False
 
     def events(self, names: tuple[str, ...] = ("SelectedRows", "SelectedMarks")) -> dict:
-        return profile_events(self.node.backend, names)
+        return profile_events(self._node.backend, names)
 
     def wait_merges(self, timeout: float) -> float:
-        return wait_merges(self.node.backend, timeout)
+        return wait_merges(self._node.backend, timeout)
 
     def drop_block_cache(self) -> None:
         """Empty ClickHouse's uncompressed cache: the next read decodes from disk."""
-        drop_block_cache(self.node.backend)
+        drop_block_cache(self._node.backend)
+
+    def parts(self) -> dict[str, dict]:
+        """Active parts per table (parts, rows, bytes on disk)."""
+        from lenshouse.storage.introspect import parts_by_table
+
+        return parts_by_table(self._node.backend)
+
+    def optimize_final(self, tables) -> None:
+        """Merge each table's parts into one (to measure bytes per point)."""
+        from lenshouse.storage.introspect import optimize_final
+
+        for name in tables:
+            optimize_final(self._node.backend, name)
+
+    def raw_columns(self) -> dict:
+        from lenshouse.storage.introspect import raw_columns
+
+        return raw_columns(self._node.backend)
+
+    def lens_cache(self) -> dict:
+        cache = self._node.lenses.cache
+        return {
+            "hits": cache.hits,
+            "misses": cache.misses,
+            "hit_ratio": cache.hits / max(1, cache.hits + cache.misses),
+            "invalidated": cache.invalidated,
+            "refused": cache.refused,
+            "bytes": cache.bytes,
+        }
+
+    def write_dataset(self, ds, **kw) -> dict:
+        """Write a prepared dataset in process (faster than HTTP; see
+        :func:`lenshouse.bench.prepare.write_dataset`)."""
+        from lenshouse.bench.prepare import write_dataset
+
+        return write_dataset(self._node, ds, **kw)
+
+    def wait_visible(self, timeout: float) -> bool:
+        """Wait until every write acknowledged so far is visible to lenses."""
+        ing = self._node.ingestor
+        return ing.wait_visible(ing.wal.next_lsn - 1, timeout)
+
+    def retention(self, now_ms: int, keep_raw_ms: str):
+        """Keep raw points ``keep_raw_ms`` and run maintenance as of ``now_ms``."""
+        from lenshouse.retention import maintain
+
+        maintain.set_policy(self._node.store, "default", {"raw": keep_raw_ms})
+        return maintain.run(
+            self._node.store, now_ms=now_ms, settle_s=0, horizons=self._node.horizons
+        )
 
 
 def check_loader(node) -> None:
     """Raise if the node's loader thread has died (it logs why), rather than
     waiting for loads that will never come."""
-    thread = getattr(node.ingestor.loader, "_thread", None)
-    if thread is not None and not thread.is_alive():
+    if not node.ingestor.loader.running:
         raise RuntimeError("the loader thread stopped; see the log above for its error")
 
 

@@ -172,9 +172,7 @@ def _post_as_fast_as_acked(
     """``senders`` threads post ``body_for(k)`` (body, points) for k = 0, 1, …
     to ``path``, back to back for ``seconds`` (or until ``bodies`` are
     acknowledged); every acknowledgement is timed."""
-    import httpx
-
-    from lenshouse.generators.sender import SendStats, post_batch
+    from lenshouse.generators.sender import SendStats, batch_client
 
     counter = itertools.count()
     lock = threading.Lock()
@@ -185,7 +183,7 @@ def _post_as_fast_as_acked(
     stop_at = t0 + seconds
 
     def sender() -> None:
-        with httpx.Client(base_url=url, timeout=120.0) as client:
+        with batch_client(url, tenant, stats, 120.0, timeout=120.0) as client:
             while time.monotonic() < stop_at:
                 k = next(counter)
                 if bodies is not None and k >= bodies:
@@ -193,10 +191,7 @@ def _post_as_fast_as_acked(
                 body, n = body_for(k)
                 t = time.monotonic()
                 try:
-                    post_batch(
-                        client, "", body, tenant, stats, t + 120.0, content_type,
-                        path=path, encoding=encoding,
-                    )  # fmt: skip
+                    client.write_body(body, content_type, path=path, encoding=encoding)
                 except (RuntimeError, TimeoutError) as e:
                     errors.append(str(e)[:200])
                     return

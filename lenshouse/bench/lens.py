@@ -32,7 +32,7 @@ import orjson
 import pyarrow as pa
 
 from lenshouse.bench.common import DAY_MS, BenchConfig, BenchServer, console, spawn
-from lenshouse.bench.prepare import Dataset, progress_bar, write_dataset
+from lenshouse.bench.prepare import Dataset, progress_bar
 from lenshouse.generators.load import (
     LoadConfig,
     LoadResult,
@@ -41,8 +41,9 @@ from lenshouse.generators.load import (
     run_load_to_file,
     summarize,
 )
+from lenshouse.lens.engine import AGGS
 from lenshouse.lens.steps import bucket_count
-from lenshouse.storage.introspect import parts_by_table
+from lenshouse.rollup.m4 import M4_AGGS
 
 # Fixed, so a re-run on the same --data finds its datasets again.
 LENS_END_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -90,8 +91,10 @@ def measure_windows(
     queries: int,
     points: int,
     seed: int,
+    agg: str | None = None,
 ) -> dict:
-    """Sequential lenses over ``ds``; per window latency percentiles and rows read."""
+    """Sequential lenses over ``ds``; per window latency percentiles and rows read
+    (``agg``: the aggregates asked for, else the default four)."""
     rng = random.Random(seed)
     sensors = ",".join(map(str, ds.ids))
     out: dict = {}
@@ -117,6 +120,8 @@ def measure_windows(
             start = rng.randint(ds.start_ms, ds.end_ms - w.ms)
             end = start + w.ms
             params = {"sensors": sensors, "start": start, "end": end, "points": points}
+            if agg:
+                params["agg"] = agg
             # Each window is asked for in both formats, in random order.
             binary = arrow(params) if rng.random() < 0.5 else None
             srv.drop_block_cache()
@@ -206,7 +211,8 @@ def measure_windows(
             lat = doc["latency_ms"]
             alat = doc["arrow"]["latency_ms"]
             console.print(
-                f"  {ds.name} {name:>4}: p50 {lat['p50']:7.1f} ms  p95 {lat['p95']:7.1f} ms"
+                f"  {ds.name}{' +M4' if agg else ''} {name:>4}: p50 {lat['p50']:7.1f} ms"
+                f"  p95 {lat['p95']:7.1f} ms"
                 f"  (Arrow p50 {alat.get('p50', float('nan')):5.1f} ms)"
                 f"  rows read p50 {doc.get('rows_read', {}).get('p50', float('nan')):>11,.0f}"
                 f"  bound {doc.get('bound', 0):>11,}  errors {doc['errors']}"
@@ -215,7 +221,7 @@ def measure_windows(
 
 
 def _parts(srv: BenchServer) -> dict:
-    parts = parts_by_table(srv.node.backend)
+    parts = srv.parts()
     return {t: {"parts": r["parts"], "rows": r["rows"]} for t, r in parts.items()}
 
 
@@ -224,7 +230,7 @@ def prepare_lens(srv: BenchServer, cfg: BenchConfig, month: bool = True) -> dict
     prep = {}
     with progress_bar() as progress:
         for ds in sets:
-            prep[ds.name] = write_dataset(srv.node, ds, progress=progress)
+            prep[ds.name] = srv.write_dataset(ds, progress=progress)
     for name, doc in prep.items():
         if not doc["skipped"]:
             console.print(
@@ -245,6 +251,16 @@ def run_lens(cfg: BenchConfig, workdir: Path) -> dict:
         lens = measure_windows(
             srv, lens_dataset(cfg), cfg.lens_windows, cfg.lens_queries, cfg.points, cfg.seed
         )
+        # The same windows with each bucket's M4 points (what a pixel-exact line needs).
+        lens_m4 = measure_windows(
+            srv,
+            lens_dataset(cfg),
+            cfg.lens_windows,
+            cfg.lens_queries,
+            cfg.points,
+            cfg.seed + 2,
+            agg=",".join((*AGGS, *M4_AGGS)),
+        )
         month = measure_windows(
             srv,
             month_dataset(cfg),
@@ -253,7 +269,7 @@ def run_lens(cfg: BenchConfig, workdir: Path) -> dict:
             cfg.points,
             cfg.seed + 1,
         )
-    return {"prepare": prep, "lens": lens, "month": month}
+    return {"prepare": prep, "lens": lens, "lens_m4": lens_m4, "month": month}
 
 
 def run_concurrency(cfg: BenchConfig, workdir: Path) -> dict:

@@ -25,7 +25,7 @@ from lenshouse.bench.common import (
     sampler,
     spawn,
 )
-from lenshouse.bench.prepare import Dataset, progress_bar, write_dataset
+from lenshouse.bench.prepare import Dataset, progress_bar
 from lenshouse.generators.load import LoadConfig, LoadResult, parse_mix, run_load_to_file
 
 
@@ -75,7 +75,7 @@ def run_mixed(cfg: BenchConfig, workdir: Path) -> dict:
     )
     with BenchServer(data, block_cache_mb=cfg.block_cache_mb) as srv:
         with progress_bar() as progress:
-            prep = write_dataset(srv.node, prefill, progress=progress)
+            prep = srv.write_dataset(prefill, progress=progress)
         srv.wait_merges(15.0)
         live_seconds = int(cfg.mixed_warmup + cfg.duration + 2)
         console.print(
@@ -124,15 +124,7 @@ def run_mixed(cfg: BenchConfig, workdir: Path) -> dict:
             ingest = live.result(timeout=live_seconds + 120)
             drained = srv.wait_loaded(cfg.drain_timeout)
         after = srv.ingest_counters()
-        cache = srv.node.lenses.cache
-        lens_cache = {
-            "hits": cache.hits,
-            "misses": cache.misses,
-            "hit_ratio": cache.hits / max(1, cache.hits + cache.misses),
-            "invalidated": cache.invalidated,
-            "refused": cache.refused,
-            "bytes": cache.bytes,
-        }
+        lens_cache = srv.lens_cache()
         timeline = relative_timeline(samples, before)
     shutil.rmtree(data, ignore_errors=True)
     during = [s for s in timeline if t_users <= s["t"] <= t_users_end]

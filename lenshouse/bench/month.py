@@ -16,8 +16,7 @@ import httpx
 
 from lenshouse.bench.common import BenchConfig, BenchServer, console
 from lenshouse.bench.lens import measure_windows
-from lenshouse.bench.prepare import Dataset, progress_bar, write_dataset
-from lenshouse.retention import maintain
+from lenshouse.bench.prepare import Dataset, progress_bar
 from lenshouse.rollup.tiers import DAY_MS
 
 MONTH_END_MS = 1_764_547_200_000  # 2025-12-01T00:00:00Z: whole days, in the past
@@ -47,18 +46,16 @@ def run_month(cfg: BenchConfig, workdir: Path) -> dict:
     with BenchServer(Path(workdir) / "month", lens_cache_mb=0,
                      block_cache_mb=cfg.block_cache_mb) as srv:  # fmt: skip
         with progress_bar() as progress:
-            prep = write_dataset(srv.node, ds, chunk_points=4_000_000, progress=progress)
+            prep = srv.write_dataset(ds, chunk_points=4_000_000, progress=progress)
         if not prep["skipped"]:
             rate = f"{prep['points_per_s']:,.0f} points/s through log + loader"
             console.print(f"  wrote {prep['points']:,} points in {prep['seconds']:.0f} s ({rate})")
         merge_wait = srv.wait_merges(600.0)
-        store = srv.node.store
         disk_before = _disk(srv)
         counted = _counted(srv.url, ds)
         before = measure_windows(srv, ds, windows, cfg.lens_queries, cfg.points, cfg.seed)
-        maintain.set_policy(store, "default", {"raw": KEEP_RAW})
         t0 = time.monotonic()
-        report = maintain.run(store, now_ms=ds.end_ms, settle_s=0, horizons=srv.node.horizons)
+        report = srv.retention(ds.end_ms, KEEP_RAW)
         retention_s = time.monotonic() - t0
         disk_after = _disk(srv)
         counted_after = _counted(srv.url, ds)
@@ -90,6 +87,5 @@ def run_month(cfg: BenchConfig, workdir: Path) -> dict:
 
 
 def _disk(srv: BenchServer) -> dict[str, int]:
-    from lenshouse.storage.introspect import parts_by_table
 
-    return {t: int(r["bytes_on_disk"]) for t, r in parts_by_table(srv.node.backend).items()}
+    return {t: int(r["bytes_on_disk"]) for t, r in srv.parts().items()}

@@ -26,8 +26,8 @@ PAGE_POINTS = 2500
 REDRAWS = 5
 
 
-def _fill(node, now_ms: int) -> None:
-    from lenshouse.points import PointBatch
+def _fill(srv: BenchServer, now_ms: int) -> None:
+    from lenshouse.client import Client
 
     ts = np.arange(now_ms - 3_600_000, now_ms, 1000, dtype=np.int64)
     ids = np.arange(1, PAGE_SENSORS + 1)
@@ -35,8 +35,9 @@ def _fill(node, now_ms: int) -> None:
     ts_col = np.tile(ts, PAGE_SENSORS)
     values = 2.0 * sensor_col + np.sin(ts_col / 60_000.0 * (1 + 0.3 * sensor_col))
     values += np.random.default_rng(7).normal(0, 0.3, len(values))
-    lsn = node.ingestor.write_sync(PointBatch.from_columns("default", sensor_col, ts_col, values))
-    if not node.ingestor.wait_visible(lsn, 60):
+    with Client(srv.url) as lh:
+        lh.write(sensor=sensor_col, ts=ts_col, value=values)
+    if not srv.wait_visible(60):
         raise RuntimeError("the page's data did not become visible in 60 s")
 
 
@@ -66,7 +67,7 @@ def run_page(cfg: BenchConfig, workdir: Path) -> dict:
     ids = ",".join(str(i) for i in range(1, PAGE_SENSORS + 1))
     query = f"?sensors={ids}&start={start}&end={end}&points={PAGE_POINTS}"
     with BenchServer(workdir / "page") as srv, sync_playwright() as p:
-        _fill(srv.node, now)
+        _fill(srv, now)
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             for _ in range(rounds):

@@ -44,7 +44,6 @@ from lenshouse.bench.ingest import _merged, _start_ms, _text_bodies, text_client
 from lenshouse.bench.storage import _dir_bytes
 from lenshouse.cluster.processes import serving
 from lenshouse.generators.load import summarize
-from lenshouse.storage.introspect import parts_by_table
 
 PEERS = ("lenshouse", "victoriametrics", "influxdb")
 STEP_MS = 240
@@ -90,7 +89,7 @@ class _Lenshouse(Peer):
         return len(r.json()["series"][0]["t"])
 
     def store_bytes(self) -> int:
-        return sum(p["bytes_on_disk"] for p in parts_by_table(self.srv.node.backend).values())
+        return sum(p["bytes_on_disk"] for p in self.srv.parts().values())
 
     def stored(self, client: httpx.Client, start: int, end: int) -> int:
         return int(self.srv.ingest_counters()["loaded"])

@@ -35,7 +35,7 @@ import typer
 
 from lenshouse.bench.common import console
 from lenshouse.cluster import processes
-from lenshouse.generators.sender import SendStats, Targets, encode_arrow, post_batch
+from lenshouse.generators.sender import SendStats, batch_client, encode_arrow
 from lenshouse.points import PointBatch
 from lenshouse.tenancy.client import TOKEN_ENV
 
@@ -152,18 +152,16 @@ def _sustained(root: Path, sensors: int, rate_hz: int, seconds: int, procs: int)
 
 def _small_batches(doc: dict, seconds: float, tenant: str) -> list[float]:
     """Back-to-back batches of 1000 points; the acknowledgement times."""
-    targets = Targets(doc["gateways"])
     stats = SendStats()
     acks = []
     t0 = time.monotonic()
     base = (int(time.time()) - 3600) * 1000
-    with httpx.Client(timeout=15) as client:
+    with batch_client(doc["gateways"], tenant, stats, 60.0, doc.get("admin_token")) as client:
         k = 0
         while time.monotonic() - t0 < seconds:
             ts = base + k * 1000 + np.arange(1000, dtype=np.int64)
             batch = PointBatch(tenant, np.full(1000, 7, np.uint32), ts, np.sin(ts / 1e3))
-            post_batch(client, targets, encode_arrow(batch), tenant, stats, time.monotonic() + 60,
-                       token=doc.get("admin_token"))  # fmt: skip
+            client.write_body(encode_arrow(batch))
             acks.append(time.monotonic())
             k += 1
     return acks

@@ -74,7 +74,7 @@ class Dataset:
 
 def fleet_chunk(fleet: Fleet, k0: int, n: int, tenant: str = "default") -> PointBatch:
     """Seconds ``k0 .. k0+n-1`` of every sensor in one batch, sensor-major."""
-    p = fleet._params()
+    p = fleet.params()
     k = np.arange(k0, k0 + n, dtype=np.int64)
     rel = (k[:, None] * 1000 + fleet.offsets_ms()[None, :]).ravel()  # ms since start
     t = rel / 1000.0

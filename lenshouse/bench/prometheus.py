@@ -91,8 +91,7 @@ def _synthetic(srv: BenchServer, cfg: BenchConfig, workdir: Path, start: int) ->
     ]
     results = [c.result(timeout=None) for c in kids]
     done = time.monotonic()
-    ing = srv.node.ingestor
-    assert ing.wait_visible(ing.wal.next_lsn - 1, 600)
+    assert srv.wait_visible(600)
     sent = _merged(results)
     # Each client's clock starts once its bodies are encoded.
     posting = max(r["elapsed"] for r in results)
@@ -158,8 +157,7 @@ def _query_data(srv: BenchServer, cfg: BenchConfig, start: int) -> int:
                 r.raise_for_status()
             labels = {"__name__": "bench_q", "sensor": str(s)}
             c.put(f"/v1/sensors/{s}", json={"labels": labels}).raise_for_status()
-    ing = srv.node.ingestor
-    assert ing.wait_visible(ing.wal.next_lsn - 1, 600)
+    assert srv.wait_visible(600)
     return span
 
 

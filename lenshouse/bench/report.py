@@ -123,7 +123,9 @@ def evaluate(results: dict) -> list[dict]:
                 )
     lens = results.get("lens")
     if lens:
-        for key, label in (("lens", "1 kHz"), ("month", "10 Hz")):
+        for key, label in (("lens", "1 kHz"), ("lens_m4", "1 kHz with M4"), ("month", "10 Hz")):
+            if key not in lens:
+                continue
             wins = lens[key]["windows"]
             for name, w in wins.items():
                 if "rows_read" not in w:
@@ -618,7 +620,14 @@ def markdown(results: dict, targets: list[dict], images: list[str]) -> str:
     lens = results.get("lens")
     if lens:
         out += ["", "## Lens, single user, no ingest", ""]
-        for key, label in (("lens", "10 sensors, 1 kHz"), ("month", "10 sensors, 10 Hz")):
+        kinds = (
+            ("lens", "10 sensors, 1 kHz"),
+            ("lens_m4", "10 sensors, 1 kHz, with the M4 points (agg=…,first,last,tmin,tmax)"),
+            ("month", "10 sensors, 10 Hz"),
+        )
+        for key, label in kinds:
+            if key not in lens:
+                continue
             rows = []
             for name, w in lens[key]["windows"].items():
                 if "rows_read" not in w:

@@ -19,9 +19,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from lenshouse.bench.common import BenchConfig, BenchServer, console
-from lenshouse.bench.prepare import Dataset, progress_bar, write_dataset
+from lenshouse.bench.prepare import Dataset, progress_bar
 from lenshouse.rollup.tiers import TIERS
-from lenshouse.storage.introspect import optimize_final, parts_by_table, raw_columns
 
 TABLES = ("raw", *(t.table for t in TIERS))
 
@@ -53,19 +52,17 @@ def _measure(cfg: BenchConfig, data: Path, ds: Dataset, settle: float) -> dict:
     shutil.rmtree(data, ignore_errors=True)
     with BenchServer(data, block_cache_mb=cfg.block_cache_mb) as srv:
         with progress_bar() as progress:
-            prep = write_dataset(srv.node, ds, progress=progress)
-        backend = srv.node.backend
+            prep = srv.write_dataset(ds, progress=progress)
         time.sleep(settle)
-        parts = parts_by_table(backend)
+        parts = srv.parts()
         store = sum(p["bytes_on_disk"] for p in parts.values())
         whole = _dir_bytes(data)
         log_bytes = _dir_bytes(data / "wal")
         before = _per_point(parts, ds.points)
-        for name in TABLES:
-            optimize_final(backend, name)
+        srv.optimize_final(TABLES)
         srv.wait_merges(60.0)
-        after = _per_point(parts_by_table(backend), ds.points)
-        columns = raw_columns(backend)
+        after = _per_point(srv.parts(), ds.points)
+        columns = srv.raw_columns()
     shutil.rmtree(data, ignore_errors=True)
     rollups = sum(after[t.table]["bytes_on_disk"] for t in TIERS)
     n = ds.points

@@ -3,6 +3,7 @@ against a scripted transport, and the examples of docs/client.md, run."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from lenshouse.client import Client, LenshouseError
+from lenshouse.client import AsyncClient, Client, LenshouseError
 from lenshouse.conftest import LiveServer
 from lenshouse.lens.oracle import brute_force, mismatch
 
@@ -93,6 +94,42 @@ def test_refusals_are_not_retried_and_a_persistent_failure_ends() -> None:
     with Client("http://lh", transport=transport, retries=3) as lh, pytest.raises(LenshouseError):
         lh.labels()
     assert len(seen) == 4
+
+
+def test_a_failed_attempt_moves_to_the_next_server_until_the_time_is_up() -> None:
+    answers = [httpx.ConnectError("refused"), httpx.Response(502), httpx.Response(204)]
+    transport, seen = _scripted(answers)
+    moves: list[bool] = []
+    with Client(
+        "http://a,http://b", transport=transport, retries=0, retry_for_s=30, on_retry=moves.append
+    ) as lh:
+        lh.write(sensor=1, ts=[T0], value=[1.0])
+    # Round-robin from a, then b, then a: retried for 30 s, not counted (retries=0).
+    assert [r.url.host for r in seen] == ["a", "b", "a"] and moves == [True, True]
+    transport, seen = _scripted([httpx.Response(503, headers={"Retry-After": "0.2"})])
+    with Client("http://a", transport=transport, retry_for_s=0.5) as lh:
+        with pytest.raises(LenshouseError) as e:
+            lh.write(sensor=1, ts=[T0], value=[1.0])
+    assert e.value.status == 503 and 2 <= len(seen) <= 5
+
+
+def test_async_lenses_equal_the_oracle(live_server: LiveServer) -> None:
+    ts = T0 + np.arange(5_000, dtype=np.int64)
+    v = np.cos(ts / 1e3)
+    with Client(live_server.url) as lh:
+        lh.write(sensor=4, ts=ts, value=v)
+    node = live_server.node
+    assert node.ingestor.wait_visible(node.ingestor.wal.next_lsn - 1, 30)
+
+    async def read():
+        async with AsyncClient(live_server.url) as lh:
+            return await asyncio.gather(
+                lh.lens([4], T0, T0 + 5_000, step=500), lh.lens([4], T0, T0 + 5_000, points=7)
+            )
+
+    for lens in asyncio.run(read()):
+        want = brute_force(ts, v, lens.start, lens.end, lens.step)
+        assert mismatch(lens[4], want) is None
 
 
 def test_the_documented_examples_run(live_server: LiveServer) -> None:

@@ -10,7 +10,8 @@ window, error counts and throughput.
 Windows either end at the present (live views, ``span=None``) or are placed
 uniformly at random inside a fixed ``span`` of data (history).
 
-Runs on asyncio with one ``httpx.AsyncClient``; keep it in its own process
+Runs on asyncio with one :class:`lenshouse.client.AsyncClient` (no retries: every
+answer is a sample); keep it in its own process
 when the server runs in-process, so that both do not share one interpreter.
 """
 
@@ -25,11 +26,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
-import httpx
 import orjson
 import pyarrow as pa
 
-from lenshouse.tenancy.client import tenant_headers
+from lenshouse.client import AsyncClient, LenshouseError
 
 SECOND = 1_000
 MINUTE = 60 * SECOND
@@ -234,7 +234,7 @@ def choose_request(
 
 async def _user(
     uid: int,
-    client: httpx.AsyncClient,
+    client: AsyncClient,
     cfg: LoadConfig,
     t0: float,
     stop_at: float,
@@ -243,7 +243,6 @@ async def _user(
     rng = random.Random(cfg.seed * 1_000_003 + uid)
     if cfg.ramp > 0 and cfg.users > 1:
         await asyncio.sleep(cfg.ramp * uid / cfg.users)
-    headers = tenant_headers(cfg.tenant, cfg.token)
     while time.monotonic() < stop_at:
         window, sensors, start, end = choose_request(rng, cfg, int(time.time() * 1000))
         params = {
@@ -256,20 +255,22 @@ async def _user(
         began = time.monotonic()
         sample = Sample(began - t0, uid, window.name, len(sensors), 0, 0.0, math.nan, 0)
         try:
-            r = await client.get("/v1/lens", params=params, headers=headers)
+            r = await client.lens_response(params)
             sample.latency_ms = (time.monotonic() - began) * 1000
             sample.status = r.status_code
             sample.bytes = len(r.content)
             server = r.headers.get("x-lens-ms")
             sample.server_ms = float(server) if server else math.nan
-            if r.status_code != 200:
-                sample.error = r.text[:200]
-            elif cfg.parse and cfg.answer == "arrow":
+            if cfg.parse and cfg.answer == "arrow":
                 sample.buckets = pa.ipc.open_stream(r.content).read_all().num_rows
             elif cfg.parse:
                 doc = orjson.loads(r.content)
                 sample.buckets = sum(len(s["t"]) for s in doc["series"])
-        except (httpx.HTTPError, OSError) as e:
+        except LenshouseError as e:  # not retried: every answer is a sample
+            sample.latency_ms = (time.monotonic() - began) * 1000
+            sample.status = e.status  # 0: no answer
+            sample.error = e.message[:200]
+        except OSError as e:
             sample.latency_ms = (time.monotonic() - began) * 1000
             sample.error = f"{type(e).__name__}: {e}"[:200]
         out.append(sample)
@@ -289,11 +290,10 @@ async def run_load_async(
         raise ValueError(f"answer must be json or arrow, got {cfg.answer!r}")
     if not cfg.sensors:
         raise ValueError("the sensor pool is empty")
-    limits = httpx.Limits(max_connections=cfg.users, max_keepalive_connections=cfg.users)
     samples: list[Sample] = []
     cpu = os.times()
-    async with httpx.AsyncClient(
-        base_url=cfg.url.rstrip("/"), timeout=cfg.timeout, limits=limits
+    async with AsyncClient(
+        cfg.url, cfg.token, cfg.tenant, cfg.timeout, retries=0, connections=cfg.users
     ) as client:
         t0 = time.monotonic()
         stop_at = t0 + cfg.duration

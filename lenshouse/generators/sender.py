@@ -1,22 +1,23 @@
 """Feeds a running lenshouse with generated sensor data over HTTP (Arrow IPC),
 through an optional unreliable middle layer (delays, reordering, replays),
-retrying every batch until it is acknowledged."""
+retrying every batch until it is acknowledged (with :mod:`lenshouse.client`)."""
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import httpx
 import numpy as np
 import pyarrow as pa
 
+from lenshouse.client import Client
+from lenshouse.client.retries import parse_urls
 from lenshouse.generators.signals import Fleet
 from lenshouse.points import PointBatch
-from lenshouse.tenancy.client import tenant_headers
 
 ARROW = "application/vnd.apache.arrow.stream"
 _SCHEMA = pa.schema([("sensor", pa.uint32()), ("ts", pa.int64()), ("value", pa.float64())])
@@ -80,80 +81,38 @@ class SendStats:
     failed_at: list[float] = field(default_factory=list)  # monotonic times of failed attempts
 
 
-class Targets:
-    """The servers a sender writes to ("A,B,…": any gateway takes any batch).
-    Batches start round-robin; a batch whose attempt fails (no connection,
-    a timeout, 5xx) is retried on the next server.
-
-    Ownership: one sending thread."""
-
-    def __init__(self, urls: str | list[str]) -> None:
-        if isinstance(urls, str):
-            urls = [u.strip().rstrip("/") for u in urls.split(",") if u.strip()]
-        self.urls = urls or [""]
-        self._next = 0
-
-    def __len__(self) -> int:
-        return len(self.urls)
-
-    def start(self) -> int:
-        i = self._next
-        self._next = (i + 1) % len(self.urls)
-        return i
+_STATS_LOCK = threading.Lock()
 
 
-def post_batch(
-    client: httpx.Client,
-    url: str | Targets,
-    body: bytes,
+def batch_client(
+    url: str | list[str],
     tenant: str,
     stats: SendStats,
-    deadline: float,
-    content_type: str = ARROW,
-    batch_id: str | None = None,
+    give_up_after: float = 120.0,
     token: str | None = None,
-    path: str = "/v1/write",
-    encoding: str | None = None,
-) -> None:
-    """POST to ``path`` until acknowledged (2xx) or the deadline passes; 4xx
-    is not retried, 429 and 503 wait for their ``Retry-After``. ``encoding``:
-    the body's Content-Encoding (remote write's ``snappy``)."""
-    targets = url if isinstance(url, Targets) else Targets([url])
-    headers = {"Content-Type": content_type, **tenant_headers(tenant, token)}
-    if encoding is not None:
-        headers["Content-Encoding"] = encoding
-    if batch_id is not None:
-        headers["X-Batch-Id"] = batch_id
-    delay = 0.05
-    i = targets.start()
-    while True:
-        wait = delay
-        try:
-            r = client.post(targets.urls[i] + path, content=body, headers=headers)
-            if r.status_code < 300:
-                return
-            if 400 <= r.status_code < 500 and r.status_code != 429:
-                raise RuntimeError(f"server refused a batch: {r.status_code} {r.text}")
-            wait = max(delay, _retry_after(r))
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError("server did not acknowledge a batch in time")
-        stats.retries += 1
-        if len(stats.failed_at) < 100_000:
-            stats.failed_at.append(time.monotonic())
-        if len(targets) > 1:
-            i = (i + 1) % len(targets)
-            stats.failovers += 1
-        time.sleep(min(wait, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 2, 2.0)
+    timeout: float | None = None,
+) -> Client:
+    """A client that sends each batch until it is acknowledged, for at most
+    ``give_up_after`` seconds, to ``url`` (or spread over several: "A,B"),
+    counting every retry in ``stats``. A server that does not answer is left
+    sooner when there is somewhere else to go."""
+    urls = parse_urls(url)
 
+    def note(failover: bool) -> None:
+        with _STATS_LOCK:  # sending threads may share the stats
+            stats.retries += 1
+            stats.failovers += failover
+            if len(stats.failed_at) < 100_000:
+                stats.failed_at.append(time.monotonic())
 
-def _retry_after(r: httpx.Response) -> float:
-    try:
-        return min(10.0, float(r.headers.get("Retry-After", 0)))
-    except ValueError:
-        return 0.0
+    return Client(
+        urls,
+        token=token,
+        tenant=tenant,
+        timeout=timeout or (60.0 if len(urls) == 1 else 15.0),
+        retry_for_s=give_up_after,
+        on_retry=note,
+    )
 
 
 def run(
@@ -170,20 +129,11 @@ def run(
     ``url`` (or spread over several: "A,B")."""
     stats = SendStats()
     middle = middle or MiddleLayer()
-    targets = Targets(url)
     t0 = time.monotonic()
-    # With somewhere else to go, a server that does not answer is left sooner.
-    with httpx.Client(timeout=60.0 if len(targets) == 1 else 15.0) as client:
+    with batch_client(url, tenant, stats, give_up_after) as client:
 
         def send(batch: PointBatch) -> None:
-            post_batch(
-                client,
-                targets,
-                encode_arrow(batch),
-                tenant,
-                stats,
-                time.monotonic() + give_up_after,
-            )
+            client.write_body(encode_arrow(batch))
             stats.batches += 1
             stats.points += len(batch)
 

@@ -35,7 +35,7 @@ class Fleet:
     def ids(self) -> np.ndarray:
         return np.arange(self.first_id, self.first_id + self.sensors, dtype=np.uint32)
 
-    def _params(self) -> dict[str, np.ndarray]:
+    def params(self) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(self.seed)
         n = self.sensors
         return {
@@ -52,7 +52,7 @@ class Fleet:
 
     def second(self, k: int, tenant: str = "default") -> PointBatch:
         """All sensors' samples for second ``k`` after ``start_ms``, sensor-major."""
-        p = self._params()
+        p = self.params()
         ts1 = self.start_ms + k * 1000 + self.offsets_ms()
         t = (ts1 - self.start_ms) / 1000.0
         signal = p["amp"][:, None] * np.sin(

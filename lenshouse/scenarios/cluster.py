@@ -26,9 +26,9 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import numpy as np
 
+from lenshouse.client import Client, Lens, LenshouseError
 from lenshouse.cluster import processes
 from lenshouse.generators.sender import MiddleLayer
 from lenshouse.generators.signals import Fleet
@@ -36,13 +36,13 @@ from lenshouse.scenarios.faults import FAULTS, Fault
 from lenshouse.scenarios.ledger import (
     Ledger,
     Verdict,
+    ask,
     check_answer,
     lens_checks,
     random_lens,
     verdict,
 )
 from lenshouse.scenarios.workload import Workload
-from lenshouse.tenancy.client import tenant_headers
 
 LAG_OK_S = 2.0  # recovered: ingest lag back under this, for good
 
@@ -148,25 +148,26 @@ class _LensUsers:
         url = self.urls[k % len(self.urls)]
         s, ts, _ = self.settled.distinct()
         settled_ids, lo, hi = np.unique(s), int(ts.min()), int(ts.max()) + 1
-        with httpx.Client(timeout=60) as client:
+        # No retries: every answer, an error too, is a sample.
+        live = Client(url, token=self.token, tenant=self.tenant, timeout=60.0, retries=0)
+        settled = Client(url, token=self.token, tenant=self.settled.tenant, timeout=60.0, retries=0)
+        with live, settled:
             for i in range(100_000):  # bounded; stops with the scenario
                 if self._stop.is_set():
                     return
                 check = i % self.every == self.every - 1
-                tenant = self.settled.tenant if check else self.tenant
                 params = random_lens(rng, settled_ids, lo, hi) if check else self._live(rng)
                 t = time.monotonic()
                 try:
-                    headers = tenant_headers(tenant, self.token)
-                    r = client.get(url + "/v1/lens", params=params, headers=headers)
-                    status = r.status_code
-                except httpx.HTTPError:
-                    status = 0
+                    lens = ask(settled if check else live, params)
+                    status = 200
+                except LenshouseError as e:
+                    status = e.status  # 0: no answer
                 self.samples.append((t - self.t0, time.monotonic() - t, status))
                 if status != 200:
                     self._stop.wait(0.2)
                 elif check:
-                    self._check(t - self.t0, params, r.json())
+                    self._check(t - self.t0, params, lens)
 
     def _live(self, rng: np.random.Generator) -> dict:
         """A lens a dashboard would ask: up to 3 sensors, the last 10 s–10 min."""
@@ -174,11 +175,11 @@ class _LensUsers:
         width = int(rng.choice([10_000, 60_000, 600_000]))
         end = newest - int(rng.integers(0, 5_000))
         ids = rng.choice(np.arange(1, self.fleet.sensors + 1), min(3, self.fleet.sensors))
-        return {"sensors": ",".join(map(str, set(ids.tolist()))), "start": end - width,
+        return {"sensors": sorted(set(ids.tolist())), "start": end - width,
                 "end": end, "points": 2500}  # fmt: skip
 
-    def _check(self, t: float, params: dict, doc: dict) -> None:
-        bad = check_answer(doc, *self.settled.distinct())
+    def _check(self, t: float, params: dict, lens: Lens) -> None:
+        bad = check_answer(lens, *self.settled.distinct())
         self.checks.append((t, bad is None))
         if bad:
             self.problems.append(f"settled lens at {t:.1f} s {params}: {bad}")

@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 from lenshouse.generators.signals import Fleet
@@ -43,10 +42,10 @@ def run(data: Path, cfg: CrashConfig, say=print) -> Verdict:
 
     def stream() -> None:
         try:
-            with httpx.Client(timeout=30) as client:
+            with ledger.client(server.url, timeout=30.0) as client:
                 k = 0
                 while k < cfg.seconds or killing.is_set():
-                    ledger.send(client, server.url, fleet.second(k))
+                    ledger.send(client, fleet.second(k))
                     k += 1
                     time.sleep(cfg.pace_s)
         except BaseException as e:  # reported in the verdict

@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 from lenshouse.generators.signals import Fleet
@@ -37,7 +36,7 @@ def run(data: Path, cfg: LateConfig, say=print) -> Verdict:
     steps = cfg.seconds // cfg.batch_seconds
     ok = total = 0
     problems: list[str] = []
-    with ServerProcess(data) as server, httpx.Client() as client:
+    with ServerProcess(data) as server, ledger.client(server.url) as client:
         for step in range(steps + 3600 // cfg.batch_seconds + 1):
             if step < steps:
                 ks = range(step * cfg.batch_seconds, (step + 1) * cfg.batch_seconds)
@@ -56,11 +55,10 @@ def run(data: Path, cfg: LateConfig, say=print) -> Verdict:
                 on_time = ~late
                 ledger.send(
                     client,
-                    server.url,
                     PointBatch("default", b.sensor[on_time], b.ts[on_time], b.value[on_time]),
                 )
             for part in held.pop(step, []):
-                ledger.send(client, server.url, part)
+                ledger.send(client, part)
             if not held and step >= steps:
                 break
             if step % 10 == 0:

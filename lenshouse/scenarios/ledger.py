@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import io
-import time
 from dataclasses import dataclass, field
 
-import httpx
 import numpy as np
 import pyarrow as pa
 
-from lenshouse.generators.sender import SendStats, Targets, encode_arrow, post_batch
+from lenshouse.client import Client, Lens, LenshouseError
+from lenshouse.generators.sender import SendStats, batch_client, encode_arrow
 from lenshouse.lens.oracle import brute_force, mismatch
 from lenshouse.points import PointBatch
-from lenshouse.tenancy.client import tenant_headers
 
 
 class JsonSeries:
@@ -37,13 +34,20 @@ class Ledger:
     stats: SendStats = field(default_factory=SendStats)
     _distinct: tuple | None = None
 
-    def send(
-        self, client: httpx.Client, url: str | Targets, batch: PointBatch, timeout: float = 180
-    ) -> None:
-        """POST until acknowledged, then remember the batch as accepted."""
+    def client(self, url: str | list[str], give_up_after: float = 180.0, **kw) -> Client:
+        """A client that sends this ledger's batches until acknowledged, its
+        retries counted in the ledger's stats."""
+        return batch_client(url, self.tenant, self.stats, give_up_after, self.token, **kw)
+
+    def reader(self, url: str, retries: int = 5) -> Client:
+        """A client that reads as this ledger's tenant."""
+        return Client(url, token=self.token, tenant=self.tenant, timeout=120.0, retries=retries)
+
+    def send(self, client: Client, batch: PointBatch) -> None:
+        """POST until acknowledged (``client``: from :meth:`client`), then
+        remember the batch as accepted."""
         self.sent_points += len(batch)
-        post_batch(client, url, encode_arrow(batch), self.tenant, self.stats,
-                   time.monotonic() + timeout, token=self.token)  # fmt: skip
+        client.write_body(encode_arrow(batch))
         self.acked.append(batch)
         self._distinct = None
 
@@ -90,19 +94,10 @@ class Verdict:
 def fetch_stored(
     url: str, tenant: str, sensors: list[int], start: int, end: int, token: str | None = None
 ):
-    parts = []
-    for i in range(0, len(sensors), 10):
-        ids = ",".join(map(str, sensors[i : i + 10]))
-        params = {"sensors": ids, "start": start, "end": end}
-        for _ in range(100_000):  # each answer is at most the server's limit: follow on
-            r = httpx.get(url + "/v1/export", params=params,
-                          headers=tenant_headers(tenant, token), timeout=120)  # fmt: skip
-            r.raise_for_status()
-            parts.append(pa.ipc.open_stream(io.BytesIO(r.content)).read_all())
-            after = r.headers.get("X-Lenshouse-Next-After")
-            if after is None:
-                break
-            params = {**params, "after": after}
+    """Every stored point of the sensors in [start, end), through the export
+    (ten sensors a request, every continuation followed)."""
+    with Client(url, token=token, tenant=tenant, timeout=120.0) as client:
+        parts = [client.export(sensors[i : i + 10], start, end) for i in range(0, len(sensors), 10)]
     t = pa.concat_tables(parts)
     return (t.column("sensor").to_numpy().astype(np.int64), t.column("ts").to_numpy(),
             t.column("value").to_numpy())  # fmt: skip
@@ -116,17 +111,18 @@ def lens_checks(
     sensors = np.unique(s)
     lo, hi = int(t.min()), int(t.max()) + 1
     ok, problems = 0, []
-    for _ in range(n):
-        params = random_lens(rng, sensors, lo, hi)
-        r = httpx.get(url + "/v1/lens", params=params,
-                      headers=tenant_headers(ledger.tenant, ledger.token), timeout=60)  # fmt: skip
-        if r.status_code != 200:
-            problems.append(f"lens {params}: HTTP {r.status_code} {r.text[:200]}")
-            continue
-        bad = check_answer(r.json(), s, t, v)
-        if bad:
-            problems.append(f"lens {params} {bad}")
-        ok += bad is None
+    with ledger.reader(url, retries=0) as client:
+        for _ in range(n):
+            params = random_lens(rng, sensors, lo, hi)
+            try:
+                lens = ask(client, params)
+            except LenshouseError as e:
+                problems.append(f"lens {params}: HTTP {e}"[:300])
+                continue
+            bad = check_answer(lens, s, t, v)
+            if bad:
+                problems.append(f"lens {params} {bad}")
+            ok += bad is None
     return ok, problems
 
 
@@ -136,19 +132,24 @@ def random_lens(rng: np.random.Generator, sensors: np.ndarray, lo: int, hi: int)
     a = int(rng.integers(lo - 1000, hi))
     b = int(rng.integers(a + 1, hi + 2000))
     pick = rng.choice(sensors, size=min(len(sensors), int(rng.integers(1, 11))), replace=False)
-    return {"sensors": ",".join(map(str, pick)), "start": a, "end": b,
+    return {"sensors": [int(x) for x in pick], "start": a, "end": b,
             "points": int(rng.integers(10, 3000))}  # fmt: skip
 
 
-def check_answer(doc: dict, s: np.ndarray, t: np.ndarray, v: np.ndarray) -> str | None:
+def ask(client: Client, params: dict) -> Lens:
+    """The lens of :func:`random_lens`'s parameters."""
+    return client.lens(params["sensors"], params["start"], params["end"], points=params["points"])
+
+
+def check_answer(lens: Lens, s: np.ndarray, t: np.ndarray, v: np.ndarray) -> str | None:
     """What is wrong with a lens answer against the oracle over the distinct
     points (s, t, v), or None if every series is exact."""
-    for series in doc["series"]:
-        m = s == series["sensor"]
-        expected = brute_force(t[m], v[m], doc["start"], doc["end"], doc["step"])
-        bad = mismatch(JsonSeries(series), expected)
+    for series in lens.series:
+        m = s == series.sensor
+        expected = brute_force(t[m], v[m], lens.start, lens.end, lens.step)
+        bad = mismatch(series, expected)
         if bad:
-            return f"sensor {series['sensor']}: {bad}"
+            return f"sensor {series.sensor}: {bad}"
     return None
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 from lenshouse.generators.signals import Fleet
@@ -35,29 +34,32 @@ def run(data: Path, cfg: ReplayConfig, say=print) -> Verdict:
     ledger = Ledger()
     later: dict[int, list[PointBatch]] = {}
     counts = {"immediate": 0, "later": 0, "resplit": 0}
-    with ServerProcess(data, dedup_pages=cfg.dedup_pages) as server, httpx.Client() as client:
+    with (
+        ServerProcess(data, dedup_pages=cfg.dedup_pages) as server,
+        ledger.client(server.url) as client,
+    ):
         prev = None
         for k in range(cfg.seconds):
             batch = fleet.second(k)
-            ledger.send(client, server.url, batch)
+            ledger.send(client, batch)
             for old in later.pop(k, []):
-                ledger.send(client, server.url, old)
+                ledger.send(client, old)
             if rng.random() < cfg.fraction:
                 kind = rng.choice(["immediate", "later", "resplit"])
                 counts[kind] += 1
                 if kind == "immediate":
-                    ledger.send(client, server.url, batch)
+                    ledger.send(client, batch)
                 elif kind == "later":
                     later.setdefault(k + cfg.later_s, []).append(batch)
                 elif prev is not None:
                     for part in resplit(prev, batch, rng):
-                        ledger.send(client, server.url, part)
+                        ledger.send(client, part)
             prev = batch
             if k % 100 == 99:
                 say(f"  sent {k + 1}/{cfg.seconds} batches")
         for k in sorted(later):
             for old in later[k]:
-                ledger.send(client, server.url, old)
+                ledger.send(client, old)
         server.wait_loaded()
         v = verdict("replay", server.url, ledger, rng, cfg.checks)
         h = server.health()

@@ -8,9 +8,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import httpx
-
-from lenshouse.generators.sender import MiddleLayer, Targets
+from lenshouse.client import Client
+from lenshouse.generators.sender import MiddleLayer
 from lenshouse.generators.signals import Fleet
 from lenshouse.points import PointBatch
 from lenshouse.scenarios.ledger import Ledger
@@ -58,24 +57,23 @@ class Workload:
             raise self.error
 
     def _run(self) -> None:
-        targets = Targets(self.gateways)
         t0 = time.monotonic()
         try:
-            with httpx.Client(timeout=15.0) as client:
+            with self.ledger.client(self.gateways, self.give_up_after) as client:
                 for k in range(self.seconds):
                     if self.realtime:
                         time.sleep(max(0.0, t0 + k + 1 - time.monotonic()))
                     self.middle.push(self.fleet.second(k, self.tenant), time.monotonic())
                     for batch in self.middle.due(time.monotonic()):
-                        self._send(client, targets, batch)
+                        self._send(client, batch)
                 for batch in self.middle.drain():
-                    self._send(client, targets, batch)
+                    self._send(client, batch)
         except BaseException as e:  # surfaced by join()
             self.error = e
 
-    def _send(self, client: httpx.Client, targets: Targets, batch: PointBatch) -> None:
+    def _send(self, client: Client, batch: PointBatch) -> None:
         t = time.monotonic()
-        self.ledger.send(client, targets, batch, timeout=self.give_up_after)
+        self.ledger.send(client, batch)
         self.acks.append(Ack(t, time.monotonic(), len(batch)))
 
     def ack_latencies(self) -> list[float]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from clickhouse_driver import Client
@@ -18,7 +17,7 @@ from fastapi.testclient import TestClient
 from lenshouse.api.app import create_app
 from lenshouse.cluster import clickhouse_hosts, start, stop
 from lenshouse.conftest import cluster_store
-from lenshouse.generators.sender import SendStats, encode_arrow, post_batch
+from lenshouse.generators.sender import SendStats, batch_client, encode_arrow
 from lenshouse.lens.oracle import brute_force, mismatch
 from lenshouse.lens.test_concurrent import check_during_ingest, make_batches
 from lenshouse.node import Node
@@ -221,12 +220,12 @@ def test_a_server_killed_during_loads_loses_and_doubles_nothing(
         b.ts[:] += k * 5_000
     stats = SendStats()
 
-    def send(client: httpx.Client, b: PointBatch) -> None:
-        post_batch(client, server.url, encode_arrow(b), "default", stats, time.monotonic() + 30)
+    def send(client, b: PointBatch) -> None:
+        client.write_body(encode_arrow(b))
 
     try:
         server.start()
-        with httpx.Client(timeout=30) as client:
+        with batch_client(server.url, "default", stats, 30.0, timeout=30.0) as client:
             for b in batches[:5]:
                 send(client, b)
             time.sleep(0.3)  # loads under way

@@ -1,0 +1,179 @@
+"""The synchronous client (see :mod:`lenshouse.client`)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import httpx
+import numpy as np
+import pyarrow as pa
+
+from lenshouse.client.answers import ARROW, Lens, ids_param, ipc, lens_params, read_lens
+from lenshouse.client.retries import (
+    Attempts,
+    LenshouseError,
+    Targets,
+    message,
+    parse_urls,
+    retry_after,
+    retryable,
+)
+from lenshouse.tenancy.client import tenant_headers
+
+
+class Client:
+    def __init__(
+        self,
+        url: str | list[str],
+        token: str | None = None,
+        tenant: str | None = None,
+        timeout: float = 60.0,
+        retries: int = 5,
+        transport: httpx.BaseTransport | None = None,
+        *,
+        retry_for_s: float | None = None,
+        on_retry: Callable[[bool], None] | None = None,
+    ) -> None:
+        """``url``: a server, or several ("A,B" or a list: requests start
+        round-robin, a failed attempt moves to the next); ``token``: a
+        tenant's bearer token (auth on; else ``LENSHOUSE_TOKEN``); ``tenant``:
+        the ``X-Tenant`` header (auth off, or with an admin token).
+        ``retry_for_s``: retry for that long instead of ``retries`` times;
+        ``on_retry``: told of each retry (and whether it changes server)."""
+        self.targets = Targets(parse_urls(url))
+        self.retries, self.retry_for_s, self.on_retry = retries, retry_for_s, on_retry
+        self.http = httpx.Client(
+            headers=tenant_headers(tenant, token), timeout=timeout, transport=transport
+        )
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    # -- the one request loop -------------------------------------------------
+    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        urls = self.targets.urls
+        i = self.targets.first()
+        attempts = Attempts(self.retries, self.retry_for_s, self.on_retry, len(urls))
+        for _ in range(1_000_000):  # bounded by the policy, which raises first
+            try:
+                r = self.http.request(method, urls[i] + path, **kw)
+            except httpx.TransportError as e:
+                wait = attempts.failed(0, f"{method} {path}: {e}")
+            else:
+                if r.status_code < 400:
+                    return r
+                if not retryable(r.status_code):
+                    raise LenshouseError(r.status_code, message(r))
+                wait = attempts.failed(r.status_code, message(r), retry_after(r))
+            i = (i + 1) % len(urls)
+            time.sleep(wait)
+        raise AssertionError("unreachable")
+
+    # -- writes ----------------------------------------------------------------
+    def write(
+        self,
+        sensor: int | Sequence[int] | np.ndarray | None = None,
+        ts: Sequence[int] | np.ndarray | None = None,
+        value: Sequence[float] | np.ndarray | None = None,
+        *,
+        frame: Any = None,
+        table: pa.Table | None = None,
+        batch_id: str | None = None,
+    ) -> None:
+        """Write points: columns (a single ``sensor`` id applies to all), a
+        pandas ``frame`` or an Arrow ``table`` with columns sensor, ts, value."""
+        if table is None:
+            if frame is not None:
+                table = pa.Table.from_pandas(frame[["sensor", "ts", "value"]], preserve_index=False)
+            else:
+                if ts is None or value is None or sensor is None:
+                    raise ValueError("write needs sensor, ts and value (or frame=, table=)")
+                t = np.asarray(ts, np.int64)
+                s = np.asarray(sensor, np.uint32)
+                if s.ndim == 0:
+                    s = np.full(len(t), s, np.uint32)
+                table = pa.table({"sensor": s, "ts": t, "value": np.asarray(value, np.float64)})
+        table = table.select(["sensor", "ts", "value"]).cast(
+            pa.schema([("sensor", pa.uint32()), ("ts", pa.int64()), ("value", pa.float64())])
+        )
+        self.write_body(ipc(table), batch_id=batch_id)
+
+    def write_body(
+        self,
+        body: bytes,
+        content_type: str = ARROW,
+        *,
+        batch_id: str | None = None,
+        encoding: str | None = None,
+        path: str = "/v1/write",
+    ) -> None:
+        """POST an encoded body (Arrow IPC, JSON, line protocol, or with
+        ``encoding`` and ``path``, a snappy remote-write request) until it is
+        acknowledged."""
+        headers = {"Content-Type": content_type, "X-Batch-Id": batch_id or uuid.uuid4().hex}
+        if encoding is not None:
+            headers["Content-Encoding"] = encoding
+        self._request("POST", path, content=body, headers=headers)
+
+    def delete(self, sensors: Iterable[int], start: int, end: int) -> dict:
+        """Delete those sensors' points in [start, end); the server's answer."""
+        params = {"sensors": ids_param(sensors), "start": start, "end": end}
+        return self._request(
+            "DELETE", "/v1/points", params=params, headers={"X-Batch-Id": uuid.uuid4().hex}
+        ).json()
+
+    # -- reads -----------------------------------------------------------------
+    def lens(
+        self,
+        sensors: Iterable[int] | None,
+        start: int,
+        end: int,
+        *,
+        points: int | None = None,
+        step: int | None = None,
+        match: str | None = None,
+        m4: bool = False,
+    ) -> Lens:
+        """Whole buckets of avg/min/max/count (``points`` about how many, or a
+        ``step`` in ms); ``match``: label matchers instead of or beside ids;
+        ``m4``: each bucket's M4 points too (a line drawn through them is the
+        line through every raw point)."""
+        params = lens_params(sensors, start, end, points, step, match, m4)
+        r = self._request("GET", "/v1/lens", params=params)
+        return read_lens(r.content, sensors, m4)
+
+    def export(self, sensors: Iterable[int], start: int, end: int) -> pa.Table:
+        """Raw points of completed loads in [start, end), every part of them."""
+        params: dict[str, Any] = {"sensors": ids_param(sensors), "start": start, "end": end}
+        parts = []
+        for _ in range(1_000_000):  # bounded: each part moves past the last
+            r = self._request("GET", "/v1/export", params=params)
+            parts.append(pa.ipc.open_stream(r.content).read_all())
+            after = r.headers.get("X-Lenshouse-Next-After")
+            if not after:
+                break
+            params["after"] = after
+        return pa.concat_tables(parts)
+
+    def sensors(self, match: str | None = None) -> list[dict]:
+        params = {"match": match} if match else {}
+        return self._request("GET", "/v1/sensors", params=params).json()["sensors"]
+
+    def put_sensor(self, sensor: int, labels: dict[str, str]) -> None:
+        self._request("PUT", f"/v1/sensors/{sensor}", json={"labels": labels})
+
+    def labels(self) -> list[str]:
+        return self._request("GET", "/v1/labels").json()["labels"]
+
+    def health(self) -> dict:
+        """The first server's ``/healthz`` (its 503 answers too: they say why)."""
+        return self.http.get(self.targets.urls[0] + "/healthz").json()
