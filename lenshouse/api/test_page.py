@@ -434,3 +434,52 @@ def test_the_picker_selects_by_label_matchers(node, tab: Tab) -> None:
     tab.page.fill("#sensor-search", "L0")  # words search again
     assert tab.page.locator(".sensor-list li.match").count() == 0
     assert_no_console_errors(tab)
+
+
+# Opaque pixels of the chart's canvas: lines (the bands are drawn translucent).
+LINE_PIXELS = """(() => {
+    const c = document.querySelector('#chart canvas');
+    const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let lit = 0;
+    for (let i = 0; i < px.length; i += 4) if (px[i + 3] > 200) lit++;
+    return lit;
+})()"""
+
+
+def test_the_raw_line_is_drawn_through_each_buckets_m4_points(node, tab: Tab) -> None:
+    """In raw-line mode the page asks for M4 points and draws each sensor's
+    line through them: what it holds equals the lens's answer, and the line
+    covers the buckets' spread, where the avg line is one thin line."""
+    fill(node, sensors=2, hours=0.5, every_ms=50)  # ~40 points per bucket
+    tab.open("?sensors=1,2&last=30m&line=raw")
+    tab.wait_renders(1)
+    page = tab.page
+    lens_url = next(u for u in reversed(tab.urls) if "/v1/lens" in u)
+    assert "first" in parse_qs(urlsplit(lens_url).query)["agg"][0]
+    assert tab.stats()["lastRender"]["raw"] is True
+    assert page.get_attribute("#raw", "aria-pressed") == "true"
+    # What the page draws from is the lens's own M4 answer, bucket for bucket.
+    held = page.evaluate(
+        "(() => { const v = window.lenshouse.view; const xs = window.lenshouse.plot.data[0];"
+        " return v.m4.map(p => xs.map((x, i) => p[0][i] == null ? null :"
+        " [x, p[0][i], p[1][i], p[2][i], p[3][i], p[4][i], p[5][i]]).filter(r => r)); })()"
+    )
+    answer = page.evaluate("url => fetch(url).then(r => r.json())", lens_url)
+    for rows, series in zip(held, answer["series"], strict=True):
+        want = [
+            [t, *(series[f][j] for f in ("tfirst", "first", "tlast", "last", "tmin", "tmax"))]
+            for j, t in enumerate(series["t"])
+        ]
+        assert rows == want
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "lens-page-raw.png"))
+    raw_lit = page.evaluate(LINE_PIXELS)
+
+    page.click("#raw")  # back to the avg line
+    tab.wait_renders(2)
+    assert "line" not in tab.query() and tab.stats()["lastRender"]["raw"] is False
+    assert "agg" not in parse_qs(urlsplit(tab.urls[-1]).query)
+    avg_lit = page.evaluate(LINE_PIXELS)
+    # The noise spreads each bucket's points: the raw line fills much of the band.
+    assert raw_lit > 3 * avg_lit, (raw_lit, avg_lit)
+    assert_no_console_errors(tab)

@@ -107,9 +107,11 @@ def test_a_failed_attempt_moves_to_the_next_server_until_the_time_is_up() -> Non
     # Round-robin from a, then b, then a: retried for 30 s, not counted (retries=0).
     assert [r.url.host for r in seen] == ["a", "b", "a"] and moves == [True, True]
     transport, seen = _scripted([httpx.Response(503, headers={"Retry-After": "0.2"})])
-    with Client("http://a", transport=transport, retry_for_s=0.5) as lh:
-        with pytest.raises(LenshouseError) as e:
-            lh.write(sensor=1, ts=[T0], value=[1.0])
+    with (
+        Client("http://a", transport=transport, retry_for_s=0.5) as lh,
+        pytest.raises(LenshouseError) as e,
+    ):
+        lh.write(sensor=1, ts=[T0], value=[1.0])
     assert e.value.status == 503 and 2 <= len(seen) <= 5
 
 

@@ -14,9 +14,10 @@ and any set of rows of a cell folds to the cell's true M4.
 Timestamps are unique per sensor (first value wins), so first and last are
 single points; ties of value pick the earliest time.
 
-Rows that hold no points (``IDENTITY``) change nothing when folded in: a store
-made before these columns existed gets them filled from its raw points by
-rows of that kind (see :mod:`lenshouse.storage.schema`).
+Rows that hold no points (``M4_IDENTITY`` in :mod:`lenshouse.rollup.tiers`)
+change nothing when folded in: a store made before these columns existed gets
+them filled from its raw points by rows of that kind (see
+:mod:`lenshouse.storage.schema`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ PAIRS = {
     "m4_high": ("Float64", "Int64"),
 }
 _BIG = np.iinfo(np.int64).max
-_SMALL = np.iinfo(np.int64).min
 
 
 @dataclass
@@ -50,13 +50,6 @@ class M4:
     last: np.ndarray
     tmin: np.ndarray
     tmax: np.ndarray
-
-    def take(self, index) -> M4:
-        return M4(*(getattr(self, f)[index] for f in M4_FIELDS))
-
-    @staticmethod
-    def concat(parts: list[M4]) -> M4:
-        return M4(*(np.concatenate([getattr(p, f) for p in parts]) for f in M4_FIELDS))
 
     @staticmethod
     def empty() -> M4:
@@ -120,16 +113,3 @@ def pair_arrays(m: M4, mn: np.ndarray, mx: np.ndarray) -> dict[str, pa.Array]:
         "m4_low": pair(np.asarray(mn, f64), m.tmin.astype(i64)),
         "m4_high": pair(np.asarray(mx, f64), -m.tmax.astype(i64)),
     }
-
-
-def identity(n: int) -> dict[str, pa.Array]:
-    """Tuple columns of ``n`` rows that hold no points: folding them changes nothing."""
-    big, small = np.full(n, _BIG), np.full(n, _SMALL)
-    nan = np.full(n, np.nan)
-    m = M4(big, nan, small, nan, np.zeros(n, np.int64), np.zeros(n, np.int64))
-    return pair_arrays(m, np.full(n, np.inf), np.full(n, -np.inf))
-
-
-def known(m: M4) -> np.ndarray:
-    """Buckets whose M4 points are known (not only rows made before M4 existed)."""
-    return m.tfirst != _BIG

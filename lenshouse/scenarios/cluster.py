@@ -194,7 +194,8 @@ def _max_lag(doc: dict) -> float | None:
 def run_fault(root: Path, fault: Fault, cfg: ClusterConfig, say=print) -> ClusterVerdict:
     root = Path(root)
     doc = processes.up(root, roles=True)  # everything running before the fault
-    seconds = int(cfg.before_s + (0 if fault.instant else cfg.fault_s) + cfg.after_s)
+    hold = max(cfg.fault_s, fault.min_s)
+    seconds = int(cfg.before_s + (0 if fault.instant else hold) + cfg.after_s)
     fleet = Fleet(sensors=cfg.sensors, rate_hz=cfg.rate_hz, seed=cfg.seed,
                   start_ms=(int(time.time()) - 5) * 1000)  # fmt: skip
     tenant = f"scn-{fault.name}-{uuid.uuid4().hex[:6]}"
@@ -202,7 +203,7 @@ def run_fault(root: Path, fault: Fault, cfg: ClusterConfig, say=print) -> Cluste
                          seed=cfg.seed)  # fmt: skip
     settled = _settle(root, doc, cfg, middle, tenant + "-settled")
     w = Workload(doc["gateways"], fleet, seconds, tenant=tenant, middle=middle,
-                 give_up_after=max(300.0, 3 * cfg.fault_s),
+                 give_up_after=max(300.0, 3 * hold),
                  token=doc.get("admin_token"))  # fmt: skip
     t0 = time.monotonic()
     tl = Timeline()
@@ -228,7 +229,7 @@ def run_fault(root: Path, fault: Fault, cfg: ClusterConfig, say=print) -> Cluste
         t_in = time.monotonic()
         state = fault.inject(root)
         if not fault.instant:
-            time.sleep(max(0.0, cfg.fault_s - (time.monotonic() - t_in)))
+            time.sleep(max(0.0, hold - (time.monotonic() - t_in)))
         fault.lift(root, state)
         t_out = time.monotonic()
         tl.fault = (t_in - t0, t_out - t0)

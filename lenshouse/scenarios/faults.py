@@ -37,6 +37,8 @@ class Fault:
     instant: bool = False  # nothing to hold: lifted as soon as injected
     needs_iptables: bool = False
     lenses_answer: bool = True  # some lens server still answers while it is on
+    # Held at least this long, whatever the run's fault length: see the partition.
+    min_s: float = 0.0
 
 
 def _doc(root: Path) -> Doc:
@@ -191,6 +193,11 @@ FAULTS: dict[str, Fault] = {
             _partition,
             _heal,
             needs_iptables=True,
+            # A cut server's sockets go silent: a read already on one waits out
+            # its timeout (15 s, lenshouse.storage.replicated.connection), and
+            # only later reads go to the replicas that answer. Held longer than
+            # that, the fault shows lenses answering while it is on.
+            min_s=20.0,
         ),
         Fault(
             "gateway-kill",

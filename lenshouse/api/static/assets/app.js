@@ -1,5 +1,6 @@
 /* The lens page: pick sensors and a time window, draw each sensor's avg line
- * with its min–max band from GET /v1/lens.
+ * (or its raw line, from the buckets' M4 points) with its min–max band from
+ * GET /v1/lens.
  *
  * Plain ES2020 with no build step; uPlot is vendored under assets/vendor so
  * the page works offline. The URL query string is the single source of
@@ -10,6 +11,10 @@
   const MAX_SENSORS = 10;
   const MAX_POINTS = 20000; // the server's MAX_BUCKETS
   const LIVE_MS = 1000;
+  // The lens columns the raw line is drawn from, in m4Path's order.
+  const M4_FIELDS = ["tfirst", "first", "tlast", "last", "tmin", "tmax"];
+  const M4_AGGS = ["avg", "min", "max", "count", ...M4_FIELDS].join(",");
+  const linearPath = uPlot.paths.linear();
   const DEFAULT_LAST = "1h";
   const PICKER_LIMIT = 500; // rows drawn in the picker; the search narrows the rest
   // Fixed y-axis width and right padding make the plot width (and so the point
@@ -27,6 +32,7 @@
   const el = {
     wrap: $("chart-wrap"), chart: $("chart"), message: $("message"), legend: $("legend"),
     status: $("status"), windowLabel: $("window-label"), live: $("live"), notice: $("notice"),
+    raw: $("raw"),
     presets: $("presets"), customToggle: $("custom-toggle"), customForm: $("custom-form"),
     customStart: $("custom-start"), customEnd: $("custom-end"),
     search: $("sensor-search"), list: $("sensor-list"), picked: $("picked-count"),
@@ -90,7 +96,7 @@
 
   function readUrl() {
     const q = new URLSearchParams(location.search);
-    const s = { sensors: null, last: null, start: null, end: null, live: false, points: null };
+    const s = { sensors: null, last: null, start: null, end: null, live: false, points: null, raw: false };
     if (q.has("sensors")) s.sensors = parseIds(q.get("sensors"));
     const start = parseTime(q.get("start"));
     const end = parseTime(q.get("end"));
@@ -112,6 +118,7 @@
       s.last = asked || parseDuration(DEFAULT_LAST);
     }
     s.live = q.get("live") === "1";
+    s.raw = q.get("line") === "raw";
     if (s.live && s.last == null) s.last = s.end - s.start;
     const points = Number(q.get("points"));
     if (Number.isInteger(points) && points >= 1) s.points = Math.min(points, MAX_POINTS);
@@ -124,6 +131,7 @@
     if (state.last != null) parts.push(`last=${formatDuration(state.last)}`);
     else parts.push(`start=${Math.round(state.start)}`, `end=${Math.round(state.end)}`);
     if (state.live) parts.push("live=1");
+    if (state.raw) parts.push("line=raw");
     if (state.points) parts.push(`points=${state.points}`);
     history.replaceState(null, "", `${location.pathname}?${parts.join("&")}`);
   }
@@ -147,6 +155,13 @@
   function setLast(ms) {
     Object.assign(state, { last: Math.max(10, Math.round(ms)), start: null, end: null });
     navigated();
+  }
+
+  function setRaw(on) {
+    state.raw = on;
+    el.raw.setAttribute("aria-pressed", String(on));
+    writeUrl();
+    refresh();
   }
 
   function setLive(on, { quiet = false } = {}) {
@@ -230,7 +245,11 @@
     }
     const { start, end } = currentWindow();
     const points = requestedPoints();
-    const url = `/v1/lens?sensors=${ids.join(",")}&start=${start}&end=${end}&points=${points}`;
+    // The raw line needs each bucket's M4 points (first, last, and when the
+    // lowest and highest values came): drawn through them, a bucket's line is
+    // the one every raw point in it would draw.
+    const agg = state.raw ? `&agg=${M4_AGGS}` : "";
+    const url = `/v1/lens?sensors=${ids.join(",")}&start=${start}&end=${end}&points=${points}${agg}`;
     const ctl = new AbortController();
     const seq = ++requestSeq;
     inflight = ctl;
@@ -296,10 +315,12 @@
     const bySensor = new Map(body.series.map((s) => [s.sensor, s]));
     const data = [xs];
     const counts = [];
+    const m4 = [];
     for (const id of ids) {
       const cols = [new Array(n).fill(null), new Array(n).fill(null), new Array(n).fill(null)];
       const count = new Array(n).fill(0);
       const s = bySensor.get(id);
+      const pts = s && s.first ? M4_FIELDS.map(() => new Array(n).fill(null)) : null;
       for (let j = 0; s && j < s.t.length; j++) {
         const i = Math.floor(s.t[j] / step) - first;
         if (i < 0 || i >= n) continue;
@@ -307,21 +328,55 @@
         cols[1][i] = s.min[j];
         cols[2][i] = s.max[j];
         count[i] = s.count[j];
+        if (pts) M4_FIELDS.forEach((f, c) => (pts[c][i] = s[f][j]));
       }
       data.push(...cols);
       counts.push(count);
+      m4.push(pts);
     }
-    return { data, counts };
+    return { data, counts, m4: state.raw ? m4 : null };
+  }
+
+  /* The raw line of sensor k: through each bucket's first point, its lowest
+   * and highest (in the order they came) and its last, at their own times;
+   * broken where buckets are empty. uPlot calls this instead of drawing the
+   * avg line while the page is in raw-line mode. */
+  function m4Path(u, si, i0, i1) {
+    const k = (si - 1) / 3;
+    const pts = view && view.m4 && view.m4[k];
+    if (!pts) return linearPath(u, si, i0, i1);
+    const [tf, vf, tl, vl, tmin, tmax] = pts;
+    const lo = u.data[si + 1];
+    const hi = u.data[si + 2];
+    const x = (t) => u.valToPos(t, "x", true);
+    const y = (v) => u.valToPos(v, "y", true);
+    const stroke = new Path2D();
+    let open = false;
+    for (let i = i0; i <= i1; i++) {
+      if (tf[i] == null) {
+        open = false;
+        continue;
+      }
+      const low = [tmin[i], lo[i]];
+      const high = [tmax[i], hi[i]];
+      const inner = low[0] <= high[0] ? [low, high] : [high, low];
+      for (const [t, v] of [[tf[i], vf[i]], ...inner, [tl[i], vl[i]]]) {
+        if (open) stroke.lineTo(x(t), y(v));
+        else stroke.moveTo(x(t), y(v));
+        open = true;
+      }
+    }
+    return { stroke, fill: null, clip: null, band: null, gaps: null, flags: 0 };
   }
 
   /* The answer covers whole buckets, so it may reach up to a step beyond the
    * window asked for; the view stays the window the user chose. */
   function draw(body, ids, latency, url, win) {
     const t0 = performance.now();
-    const { data, counts } = align(body, ids);
+    const { data, counts, m4 } = align(body, ids);
     const t1 = performance.now();
     const rebuilt = ensurePlot(ids);
-    view = { start: win.start, end: win.end, step: body.step, counts, ids };
+    view = { start: win.start, end: win.end, step: body.step, counts, ids, m4 };
     // batch() commits synchronously, so the time below includes the canvas redraw.
     plot.batch(() => {
       plot.setData(data, false);
@@ -330,7 +385,7 @@
     const t2 = performance.now();
     const buckets = counts.reduce((sum, c) => sum + c.filter((k) => k > 0).length, 0);
     stats.renders++;
-    stats.lastRender = { prepareMs: t1 - t0, ms: t2 - t1, rebuilt, series: ids.length, points: data[0].length };
+    stats.lastRender = { prepareMs: t1 - t0, ms: t2 - t1, rebuilt, series: ids.length, points: data[0].length, raw: !!m4 };
     stats.lastLens = { url, step: body.step, latencyMs: latency, start: body.start, end: body.end, buckets };
     stats.history.push({ step: body.step, start: body.start, end: body.end, ids: ids.slice() });
     if (stats.history.length > 50) stats.history.shift();
@@ -389,7 +444,7 @@
       const c = colorOf(k);
       const show = !hidden.has(id);
       const edge = { stroke: alpha(c, 0.35), width: 1, points: { show: false }, show };
-      series.push({ label: `#${id} avg`, stroke: c, width: 1.5, show });
+      series.push({ label: `#${id} avg`, stroke: c, width: 1.5, show, paths: m4Path });
       series.push({ ...edge, label: `#${id} min` });
       series.push({ ...edge, label: `#${id} max` });
       bands.push({ series: [3 + 3 * k, 2 + 3 * k], fill: alpha(c, 0.14) });
@@ -877,6 +932,8 @@
       "=": zoomIn,
       l: () => setLive(!state.live),
       L: () => setLive(!state.live),
+      r: () => setRaw(!state.raw),
+      R: () => setRaw(!state.raw),
     };
     const act = actions[e.key];
     if (act) {
@@ -899,6 +956,7 @@
     $("zoom-out").addEventListener("click", zoomOut);
     $("zoom-in").addEventListener("click", zoomIn);
     el.live.addEventListener("click", () => setLive(!state.live));
+    el.raw.addEventListener("click", () => setRaw(!state.raw));
     el.search.addEventListener("input", onSearch);
     $("clear-sensors").addEventListener("click", () => setSensors([]));
     el.list.addEventListener("change", onPick);
@@ -926,6 +984,7 @@
     // The button shows the URL's live state at once; its timer starts once
     // the sensors are known (below).
     el.live.setAttribute("aria-pressed", String(state.live));
+    el.raw.setAttribute("aria-pressed", String(state.raw));
     renderWindowControls();
     if (urlProblems.length) {
       el.notice.textContent = `${urlProblems.join("; ")}: showing the last ` +
@@ -954,6 +1013,7 @@
     setWindow,
     setLast,
     setLive,
+    setRaw,
     zoomOut,
     zoomIn,
     pan,
