@@ -246,10 +246,13 @@ def _column(col: pa.ChunkedArray) -> np.ndarray:
         return names[arr.indices.to_numpy(zero_copy_only=False)]
     if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
         return np.asarray(arr.to_pylist(), dtype=object)
-    if pa.types.is_struct(arr.type):  # a Tuple column (the M4 pairs): the driver takes tuples
+    if pa.types.is_struct(arr.type):
+        # A Tuple column (the M4 pairs): the driver's numpy mode takes a
+        # structured array, an element per field.
         fields = [arr.field(i).to_numpy(zero_copy_only=False) for i in range(arr.type.num_fields)]
-        out = np.empty(len(arr), dtype=object)
-        out[:] = list(zip(*(f.tolist() for f in fields)))
+        out = np.empty(len(arr), dtype=[(f"f{i}", f.dtype) for i, f in enumerate(fields)])
+        for i, f in enumerate(fields):
+            out[f"f{i}"] = f
         return out
     return arr.to_numpy(zero_copy_only=False)
 
