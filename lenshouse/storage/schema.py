@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lenshouse.rollup.tiers import (
+    M4_CODEC,
     M4_COLUMNS,
     M4_IDENTITY,
     TIERS,
@@ -162,7 +163,7 @@ def add_m4_columns(backend: Backend, tiers: list[Tier]) -> None:
             if c not in have:
                 backend.execute(
                     f"ALTER TABLE {tier.table} ADD COLUMN {c} {m4_type(c, True)}"
-                    f" DEFAULT {M4_IDENTITY[c]} CODEC(ZSTD(1))"
+                    f" DEFAULT {M4_IDENTITY[c]}{M4_CODEC}"
                 )
         if tier_source(tier) is not None:
             backend.execute(f"DROP VIEW IF EXISTS {tier.table}_mv")

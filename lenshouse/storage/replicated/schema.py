@@ -105,7 +105,7 @@ def tier_local(d: Dialect, cluster: str, database: str, tier: Tier) -> str:
     cnt {agg("sum", "UInt64")}{c(d, "T64, ZSTD(1)")},
     min {agg("min", "Float64")}{c(d, "ZSTD(1)")},
     max {agg("max", "Float64")}{c(d, "ZSTD(1)")},
-    {m4_columns(d.simple_aggregates, c(d, "ZSTD(1)"))},
+    {m4_columns(d.simple_aggregates, c(d, "Delta, ZSTD(1)"))},
     seq {agg("max", "UInt64")}
 ) ENGINE = {_replicated(engine, database, name)}
 PARTITION BY {part}
