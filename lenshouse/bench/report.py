@@ -461,6 +461,8 @@ def plot_latency(results: dict, path: Path) -> bool:
     lens = results.get("lens")
     if lens:
         panels.append(("single user, 10 sensors, 1 kHz data", lens["lens"]["windows"]))
+        if "lens_m4" in lens:
+            panels.append(("the same, with M4 points", lens["lens_m4"]["windows"]))
         panels.append(("single user, 10 sensors, 10 Hz data", lens["month"]["windows"]))
     if results.get("mixed"):
         panels.append(("mixed: users + live ingest", results["mixed"]["by_window"]))
