@@ -139,6 +139,20 @@ def fill(node, sensors: int = 4, hours: float = 2.0, every_ms: int = 1000) -> in
     return int(ts[-1])
 
 
+def canvas_pixels(page: Page, above_alpha: int) -> int:
+    """Pixels of the chart's canvas more opaque than ``above_alpha`` (0-255)."""
+    return page.evaluate(
+        """a => {
+            const c = document.querySelector('#chart canvas');
+            const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let lit = 0;
+            for (let i = 0; i < px.length; i += 4) if (px[i + 3] > a) lit++;
+            return lit;
+        }""",
+        above_alpha,
+    )
+
+
 def assert_no_console_errors(tab: Tab) -> None:
     assert tab.errors == [], "the page logged errors:\n" + "\n".join(tab.errors)
 
@@ -163,16 +177,7 @@ def test_page_draws_the_chosen_sensors(node, tab: Tab) -> None:
     assert re.fullmatch(r"step \d+ s · [\d,]+ buckets · lens [\d.]+ ms · draw [\d.]+ ms", status)
     assert page.locator("#message").is_hidden()
     # The canvas holds drawn pixels, not just the background.
-    drawn = page.evaluate(
-        """(() => {
-            const c = document.querySelector('#chart canvas');
-            const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-            let lit = 0;
-            for (let i = 0; i < px.length; i += 4) if (px[i + 3] > 0) lit++;
-            return lit;
-        })()"""
-    )
-    assert drawn > 10_000
+    assert canvas_pixels(page, 0) > 10_000
 
     # The picker lists the catalog with labels, and its search filters by label.
     assert page.locator("#sensor-list li").count() == 4
@@ -436,16 +441,6 @@ def test_the_picker_selects_by_label_matchers(node, tab: Tab) -> None:
     assert_no_console_errors(tab)
 
 
-# Opaque pixels of the chart's canvas: lines (the bands are drawn translucent).
-LINE_PIXELS = """(() => {
-    const c = document.querySelector('#chart canvas');
-    const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-    let lit = 0;
-    for (let i = 0; i < px.length; i += 4) if (px[i + 3] > 200) lit++;
-    return lit;
-})()"""
-
-
 def test_the_raw_line_is_drawn_through_each_buckets_m4_points(node, tab: Tab) -> None:
     """In raw-line mode the page asks for M4 points and draws each sensor's
     line through them: what it holds equals the lens's answer, and the line
@@ -473,13 +468,13 @@ def test_the_raw_line_is_drawn_through_each_buckets_m4_points(node, tab: Tab) ->
         assert rows == want
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "lens-page-raw.png"))
-    raw_lit = page.evaluate(LINE_PIXELS)
+    raw_lit = canvas_pixels(page, 200)  # opaque: lines (the bands are translucent)
 
     page.click("#raw")  # back to the avg line
     tab.wait_renders(2)
     assert "line" not in tab.query() and tab.stats()["lastRender"]["raw"] is False
     assert "agg" not in parse_qs(urlsplit(tab.urls[-1]).query)
-    avg_lit = page.evaluate(LINE_PIXELS)
+    avg_lit = canvas_pixels(page, 200)
     # The noise spreads each bucket's points: the raw line fills much of the band.
     assert raw_lit > 3 * avg_lit, (raw_lit, avg_lit)
     assert_no_console_errors(tab)

@@ -11,13 +11,8 @@ import httpx
 
 from lenshouse.client.answers import Lens, lens_params, read_lens
 from lenshouse.client.retries import (
-    Attempts,
-    LenshouseError,
     Targets,
-    message,
     parse_urls,
-    retry_after,
-    retryable,
 )
 from lenshouse.tenancy.client import tenant_headers
 
@@ -49,21 +44,15 @@ class AsyncClient:
 
     async def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
         """One request under the retry policy; any 4xx raises."""
-        urls = self.targets.urls
-        i = self.targets.first()
-        attempts = Attempts(self.retries, None, None, len(urls))
+        attempts = self.targets.attempts(self.retries, None, None)
         for _ in range(1_000_000):  # bounded by the policy, which raises first
             try:
-                r = await self.http.request(method, urls[i] + path, **kw)
+                r = await self.http.request(method, attempts.url(path), **kw)
+                wait = attempts.answered(r)
             except httpx.TransportError as e:
-                wait = attempts.failed(0, f"{method} {path}: {e}")
-            else:
-                if r.status_code < 400:
-                    return r
-                if not retryable(r.status_code):
-                    raise LenshouseError(r.status_code, message(r))
-                wait = attempts.failed(r.status_code, message(r), retry_after(r))
-            i = (i + 1) % len(urls)
+                wait = attempts.lost(f"{method} {path}: {e}")
+            if wait is None:
+                return r
             await asyncio.sleep(wait)
         raise AssertionError("unreachable")
 

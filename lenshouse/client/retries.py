@@ -9,7 +9,8 @@ goes to the next one. Writes carry an ``X-Batch-Id``, so an attempt that was
 applied before its answer was lost is stored once.
 
 Ownership: a :class:`Targets` belongs to one client; its only mutable field,
-``_next``, is advanced under the client's own lock.
+``_next``, is advanced under its own lock. An :class:`Attempts` belongs to the
+one request (and thread or task) that made it.
 """
 
 from __future__ import annotations
@@ -51,6 +52,12 @@ class Targets:
     _next: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    def attempts(
+        self, retries: int, retry_for_s: float | None, on_retry: Callable[[bool], None] | None
+    ) -> Attempts:
+        """A new request's attempts, starting at the next server in turn."""
+        return Attempts(self.urls, self.first(), retries, retry_for_s, on_retry)
+
     def first(self) -> int:
         with self._lock:
             i = self._next
@@ -60,13 +67,16 @@ class Targets:
 
 @dataclass
 class Attempts:
-    """One request's attempts: call :meth:`failed` after each failure; it
-    says how long to wait, or raises once the policy gives up."""
+    """One request's attempts, for either client's loop: send to
+    :meth:`url`, then report the answer (:meth:`answered`) or the lost
+    connection (:meth:`lost`); each says how long to wait before the next
+    attempt (None: the answer is final), or raises once the policy gives up."""
 
+    urls: list[str]
+    server: int  # the index of the server the next attempt goes to
     retries: int
     retry_for_s: float | None
     on_retry: Callable[[bool], None] | None  # called with "moves to another server"
-    servers: int
     delay: float = FIRST_DELAY_S
     count: int = 0
     deadline: float | None = None
@@ -75,14 +85,28 @@ class Attempts:
         if self.retry_for_s is not None:
             self.deadline = time.monotonic() + self.retry_for_s
 
-    def failed(self, status: int, message: str, retry_after: float | None = None) -> float:
+    def url(self, path: str) -> str:
+        return self.urls[self.server] + path
+
+    def answered(self, r: httpx.Response) -> float | None:
+        if r.status_code < 400:
+            return None
+        if not retryable(r.status_code):
+            raise LenshouseError(r.status_code, message(r))
+        return self._failed(r.status_code, message(r), retry_after(r))
+
+    def lost(self, what: str) -> float:
+        return self._failed(0, what)
+
+    def _failed(self, status: int, message: str, retry_after: float | None = None) -> float:
         self.count += 1
         now = time.monotonic()
         over = now > self.deadline if self.deadline is not None else self.count > self.retries
         if over:
             raise LenshouseError(status, message)
         if self.on_retry is not None:
-            self.on_retry(self.servers > 1)
+            self.on_retry(len(self.urls) > 1)
+        self.server = (self.server + 1) % len(self.urls)
         wait = max(self.delay, retry_after or 0.0)
         if self.deadline is not None:
             wait = min(wait, max(0.0, self.deadline - now))

@@ -13,13 +13,8 @@ import pyarrow as pa
 
 from lenshouse.client.answers import ARROW, Lens, ids_param, ipc, lens_params, read_lens
 from lenshouse.client.retries import (
-    Attempts,
-    LenshouseError,
     Targets,
-    message,
     parse_urls,
-    retry_after,
-    retryable,
 )
 from lenshouse.tenancy.client import tenant_headers
 
@@ -60,21 +55,15 @@ class Client:
 
     # -- the one request loop -------------------------------------------------
     def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        urls = self.targets.urls
-        i = self.targets.first()
-        attempts = Attempts(self.retries, self.retry_for_s, self.on_retry, len(urls))
+        attempts = self.targets.attempts(self.retries, self.retry_for_s, self.on_retry)
         for _ in range(1_000_000):  # bounded by the policy, which raises first
             try:
-                r = self.http.request(method, urls[i] + path, **kw)
+                r = self.http.request(method, attempts.url(path), **kw)
+                wait = attempts.answered(r)
             except httpx.TransportError as e:
-                wait = attempts.failed(0, f"{method} {path}: {e}")
-            else:
-                if r.status_code < 400:
-                    return r
-                if not retryable(r.status_code):
-                    raise LenshouseError(r.status_code, message(r))
-                wait = attempts.failed(r.status_code, message(r), retry_after(r))
-            i = (i + 1) % len(urls)
+                wait = attempts.lost(f"{method} {path}: {e}")
+            if wait is None:
+                return r
             time.sleep(wait)
         raise AssertionError("unreachable")
 
