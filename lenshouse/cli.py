@@ -533,6 +533,7 @@ _register_bench()
 
 
 def _register_cluster() -> None:
+    from lenshouse.bench.brief import bench_brief
     from lenshouse.bench.cluster import bench_cluster
     from lenshouse.bench.pipeline import bench_pipeline
     from lenshouse.cluster.cli import cluster_app
@@ -549,6 +550,7 @@ def _register_cluster() -> None:
     app.add_typer(deploy_app, name="deploy")
     app.command("bench-cluster")(bench_cluster)
     app.command("bench-pipeline")(bench_pipeline)
+    app.command("bench-brief")(bench_brief)
     register(app)
 
 

@@ -373,6 +373,7 @@ def add_read_routes(app: FastAPI, reader: Reader, lens_seconds: Histogram) -> No
         elapsed = time.perf_counter() - t0  # the answer encoded, as a client waits for it
         lens_seconds.observe(elapsed)
         response.headers["X-Lens-Ms"] = f"{elapsed * 1000:.2f}"
+        response.headers["X-Lens-Reads"] = str(result.retries + 1)  # storage reads it took
         response.headers["ETag"] = tags.tag(result.watermark)
         return response
 

@@ -207,3 +207,28 @@ def test_prometheus_scenario_counts_what_it_sent(tmp_path) -> None:
     assert _ordered(q["query_range"]) and _ordered(q["lens"])
     rows = [t for t in doc["targets"] if t["id"] == "prometheus"]
     assert len(rows) == 3
+
+
+def test_brief_runs_the_public_commands_and_reports_what_they_did(tmp_path) -> None:
+    """``bench-brief`` at a tiny scale on an embedded server of its own: the
+    generator's points are loaded, the load users' lenses are counted per
+    window, and the CPU of each process role and the lag are reported."""
+    from typer.testing import CliRunner
+
+    from lenshouse.cli import app
+
+    out = tmp_path / "brief"
+    args = ["bench-brief", "--sensors", "20", "--rate-hz", "100", "--users", "3",
+            "--duration", "6", "--warmup", "4", "--out", str(out),
+            "--data", str(tmp_path / "data"), "--port", "18391"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "brief.json").read_text())
+    assert doc["mode"] == "embedded" and doc["offered_points_per_s"] == 2000
+    assert doc["lenses"]["requests"] > 0 and doc["lenses"]["errors"] == 0, doc["errors"]
+    assert sum(w["requests"] for w in doc["by_window"].values()) == doc["lenses"]["requests"]
+    assert 0 < doc["loaded_points_per_s"] <= 2000 * 1.5
+    assert {"server", "generator", "load"} <= set(doc["cpu_core_s"])
+    assert doc["lens_core_ms_per_lens"] > 0
+    assert doc["lag_s"]["max"] is not None
+    assert (out / "brief.md").read_text().startswith("# The brief's workload, embedded")

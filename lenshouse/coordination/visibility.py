@@ -26,6 +26,17 @@ from lenshouse.coordination.zk import Paths, keeper_errors
 from lenshouse.ingest.visibility import LoadSpan, Snapshot
 
 
+def floor(doc: progress.PartitionDoc) -> int:
+    """The seq up to which every load of the partition is complete: below its
+    pending load (its loads run one at a time, in seq order), else its last
+    completed one; -1 before its first."""
+    if doc.pending:
+        return int(doc.pending["seq"]) - 1
+    if doc.history:
+        return int(doc.history[-1]["seq"])
+    return -1
+
+
 class ClusterVisibility:
     """Ownership: stateless between calls (each reads the keeper); any
     request thread may use it."""
@@ -53,6 +64,8 @@ class ClusterVisibility:
             started=counter,
             hidden=tuple(s.seq for s in pending),
             watermark=min((s.seq for s in pending), default=counter),
+            floors=tuple(floor(d) for d in docs),
+            completed=tuple(tuple(progress.span_of(h) for h in d.history or ()) for d in docs),
         )
 
     def started_since(self, snap: Snapshot) -> list[LoadSpan] | None:

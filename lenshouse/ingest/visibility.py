@@ -97,6 +97,13 @@ class Snapshot:
     # Every load not complete at this snapshot is among ``started_since`` of a
     # snapshot with ``started`` = this: what an answer read here reflects.
     watermark: int = 0
+    # Per shard where each shard completes its loads in seq order (cluster
+    # mode: a log partition per shard): the loads completed there are those
+    # with seq <= floors[k]. Reads pinned to them need no re-check.
+    floors: tuple[int, ...] | None = None
+    # Per shard, its completed loads still on record, oldest first (time
+    # ranges only): what a chunk read at older floors must not meet.
+    completed: tuple[tuple[LoadSpan, ...], ...] | None = None
 
 
 class Loads(Protocol):

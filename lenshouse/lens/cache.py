@@ -163,3 +163,97 @@ def _has_sensor(keys: np.ndarray, sensor: int) -> bool:
     base = np.uint64(sensor << 32)
     i = np.searchsorted(keys, base, "left")
     return bool(i < len(keys) and (int(keys[i]) >> 32) == sensor)
+
+
+class PinnedCache:
+    """Chunks of pinned reads (cluster mode: lens servers, which see no load
+    begin): each is kept with the shard floors it was read at, and serves a
+    later snapshot only while no load completed since then (every partition's
+    loads on record, ``Snapshot.completed``) wrote into its time range.
+
+    A chunk read as of floors F equals the raw points of the loads up to F; a
+    later snapshot at F' reads the loads up to F'; the loads between are on
+    record with their time range (the keeper keeps each partition's last
+    ones), so if none of them meets the chunk's range, the chunk equals its
+    read at F' too. If some are no longer on record, the chunk is dropped.
+
+    Ownership: any request thread; ``_lock`` guards ``_entries`` and ``bytes``."""
+
+    def __init__(self, max_bytes: int = 256 << 20) -> None:
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[Key, tuple[Chunk, tuple[int, ...]]] = OrderedDict()
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self.invalidated = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_bytes > 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: Key, valid: Validity) -> Chunk | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and not valid(entry[1], key):
+                self._drop(key)
+                self.invalidated += 1
+                entry = None
+            if entry is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return entry[0]
+
+    def put_many(self, items: list[tuple[Key, Chunk]], snap: Snapshot) -> int:
+        if not self.enabled or not items or snap.floors is None:
+            return 0
+        with self._lock:
+            for key, chunk in items:
+                if key in self._entries:
+                    self._drop(key)
+                self._entries[key] = (chunk, snap.floors)
+                self.bytes += chunk.nbytes
+            while self.bytes > self.max_bytes and self._entries:
+                self._drop(next(iter(self._entries)))
+        return len(items)
+
+    def _drop(self, key: Key) -> None:
+        chunk, _ = self._entries.pop(key)
+        self.bytes -= chunk.nbytes
+
+
+class Validity:
+    """Whether a chunk read at some floors still holds at ``snap`` for
+    ``tenant``: per partition, the loads completed after the chunk's floor
+    (all on record), their time ranges folded from the newest back, so that
+    one lookup answers for any chunk."""
+
+    def __init__(self, snap: Snapshot, tenant: str) -> None:
+        assert snap.floors is not None and snap.completed is not None
+        self.floors = snap.floors
+        self.parts = []
+        for spans in snap.completed:
+            oldest = spans[0].seq if spans else None
+            mine = [s for s in spans if tenant in s.tenants]
+            seqs = np.array([s.seq for s in mine], np.int64)
+            lo = np.minimum.accumulate(np.array([s.min_ts for s in mine][::-1], np.int64))[::-1]
+            hi = np.maximum.accumulate(np.array([s.max_ts for s in mine][::-1], np.int64))[::-1]
+            self.parts.append((oldest, seqs, lo, hi))
+
+    def __call__(self, floors: tuple[int, ...], key: Key) -> bool:
+        _, _, step, n, upto = key
+        lo, hi = n * chunk_span(step), n * chunk_span(step) + upto * step
+        for then, now, (oldest, seqs, first, last) in zip(floors, self.floors, self.parts):
+            if then == now:
+                continue
+            if then > now or oldest is None or oldest > then:
+                return False  # an older snapshot, or loads since then no longer on record
+            i = int(np.searchsorted(seqs, then, "right"))
+            if i < len(seqs) and first[i] < hi and last[i] >= lo:
+                return False
+        return True

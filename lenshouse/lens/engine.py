@@ -16,7 +16,15 @@ import numpy as np
 import pyarrow as pa
 
 from lenshouse.ingest.visibility import Loads, Snapshot
-from lenshouse.lens.cache import CHUNK_BUCKETS, Chunk, Key, LensCache, chunk_span
+from lenshouse.lens.cache import (
+    CHUNK_BUCKETS,
+    Chunk,
+    Key,
+    LensCache,
+    PinnedCache,
+    Validity,
+    chunk_span,
+)
 from lenshouse.lens.planner import Segment, plan, raw_span, usable_tiers
 from lenshouse.lens.steps import bucket_count, choose_step, whole_buckets
 from lenshouse.points import BadInput, check_tenant
@@ -176,6 +184,7 @@ class LensEngine:
         self.store = store
         self.visibility = visibility
         self.cache = LensCache(visibility, cache_bytes)
+        self.pinned = PinnedCache(cache_bytes)  # lenses pinned to shard floors (cluster mode)
         self.head = head or Head(0)
         self.horizons = horizons
         self.boot = secrets.token_hex(4)  # tags of another process never match
@@ -307,6 +316,8 @@ class LensEngine:
         step, origin, m4 = grid
         if not quiet and _erasing(snap.inflight, tenant, sensors, start, end):
             return None  # rows are being removed: read once the delete is done
+        if snap.floors is not None:
+            return self._read_pinned(tenant, sensors, start, end, grid, snap, floor)
         span = chunk_span(step)
         boundary, head = self.head.read(
             tenant, sensors, start, end, snap.committed_seq, span, step, origin
@@ -363,6 +374,76 @@ class LensEngine:
             snap, tenant, sensors, segments, cut is None, cached, step, (start, end)
         )
         return read
+
+    def _read_pinned(
+        self,
+        tenant: str,
+        sensors: list[int],
+        start: int,
+        end: int,
+        grid: Grid,
+        snap: Snapshot,
+        floor: Floor | None,
+    ) -> _Read | None:
+        """One read of exactly the loads complete at ``snap`` on each shard
+        (their ``floors``), whatever loads run meanwhile: no re-read. Only a
+        delete begun during the read (rows masked, not added) can spoil it."""
+        step, origin, m4 = grid
+        held = floor.tiers if floor is not None else None
+        caching = self.pinned.enabled and not origin and not m4 and snap.completed is not None
+        cached: dict[int, dict[int, Chunk]] = {}
+        missing: dict[int, list[tuple[int, int]]] = {}
+        if caching:
+            cached, missing = self._pinned_cached(tenant, sensors, start, end, step, snap)
+        # Sensors lacking the same chunks are read together.
+        wanted: dict[tuple[tuple[int, int], ...], list[int]] = {}
+        for sensor in sensors:
+            if caching:
+                ranges = tuple(_chunk_ranges(missing.get(sensor, []), step))
+            else:
+                ranges = ((start, end),)
+            if ranges:
+                wanted.setdefault(ranges, []).append(sensor)
+        groups = [
+            (ids, [g for a, b in rs for g in plan(a, b, step, None, held, origin)])
+            for rs, ids in wanted.items()
+        ]
+        segments = [g for _, segs in groups for g in segs]
+        if floor is not None and any(
+            g.tier is None and g.lo < dict(floor.expired)[RAW] for g in segments
+        ):
+            return None
+        table = (
+            self.store.pinned_lens_rows(tenant, step, groups, snap.floors, origin, m4)
+            if groups
+            else None
+        )
+        cols = _columns(table, m4)
+        read = _Read(tenant, step, snap, segments, cached, missing, cols, {}, origin, m4)
+        read.valid = True
+        if self.store.can_erase:
+            newer = self.visibility.started_since(snap)
+            read.valid = newer is not None and not _erasing(newer, tenant, sensors, start, end)
+        return read
+
+    def _pinned_cached(
+        self, tenant: str, sensors: list[int], start: int, end: int, step: int, snap: Snapshot
+    ) -> tuple[dict[int, dict[int, Chunk]], dict[int, list[tuple[int, int]]]]:
+        """Cached chunks still valid at ``snap``, and per sensor the (chunk,
+        buckets) it lacks; the last chunk is held up to the window's end."""
+        valid = Validity(snap, tenant)
+        span = chunk_span(step)
+        cached: dict[int, dict[int, Chunk]] = {}
+        missing: dict[int, list[tuple[int, int]]] = {}
+        for sensor in sensors:
+            for n in range(start // span, -(-end // span)):
+                upto = (end - n * span) // step if end < (n + 1) * span else CHUNK_BUCKETS
+                chunk = self.pinned.get((tenant, sensor, step, n, upto), valid)
+                if chunk is None:
+                    missing.setdefault(sensor, []).append((n, upto))
+                else:
+                    cached.setdefault(sensor, {})[n] = chunk
+        return cached, missing
 
     def _patient(
         self,
@@ -423,7 +504,8 @@ class LensEngine:
     ) -> Lens:
         step, origin, _ = grid
         if read.missing:
-            self.cache.put_many(read.fills(sensors), read.snap)
+            cache = self.pinned if read.snap.floors is not None else self.cache
+            cache.put_many(read.fills(sensors), read.snap)
         series = read.series(sensors, (start - origin) // step, (end - origin) // step)
         return Lens(
             start, end, step, series, read.segments, retries, floor, origin, read.snap.watermark
@@ -464,9 +546,15 @@ class LensEngine:
         if mark is not None and start < mark:
             start = min(mark, end)  # below it raw points have expired (or are going)
         snap = self.visibility.snapshot()
-        rows = self.store.export_rows(
-            tenant, sensors, start, end, snap.committed_seq, limit + 1, snap.hidden, after
-        ).select(["sensor", "ts", "value"])
+        if snap.floors is not None:
+            rows = self.store.pinned_export_rows(
+                tenant, sensors, start, end, snap.floors, limit + 1, after
+            )
+        else:
+            rows = self.store.export_rows(
+                tenant, sensors, start, end, snap.committed_seq, limit + 1, snap.hidden, after
+            )
+        rows = rows.select(["sensor", "ts", "value"])
         if rows.num_rows <= limit:
             return rows, None
         rows = rows.slice(0, limit)

@@ -148,6 +148,9 @@ def lens_server(
     quota_lens_per_s: float = typer.Option(
         0, help="each tenant's lens and export requests to this server a second (0: none)"
     ),
+    lens_cache_mb: float = typer.Option(
+        256, help="memory for cached lens chunks (0 turns the cache off)"
+    ),
 ) -> None:
     """Answer lenses, export and the catalog from the cluster, exact as of completed loads."""
     from lenshouse.cli import _cluster_store
@@ -156,7 +159,7 @@ def lens_server(
 
     store = _cluster_store(clickhouse, cluster, database, None, connect_wait,
                            clickhouse_user, clickhouse_password)  # fmt: skip
-    server = LensServer(_split(keeper), store)
+    server = LensServer(_split(keeper), store, cache_bytes=int(lens_cache_mb * 2**20))
     _run(create_lens_app(server, Quotas(lens_per_s=quota_lens_per_s)), host, port)
 
 

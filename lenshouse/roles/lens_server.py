@@ -2,9 +2,13 @@
 cluster, exact as of the loads every loader completed (read from the keeper,
 :mod:`lenshouse.coordination.visibility`).
 
-It keeps no lens cache and no head: both are exact only where every load's
-footprint is seen as it begins, which a process that loads nothing does not
-see. Its reads are ClickHouse's (with each server's block cache)."""
+Each lens is read pinned to the loads each shard had completed
+(:mod:`lenshouse.storage.replicated.pinned`), from the shards that hold its
+sensors only. Its chunk cache (:class:`lenshouse.lens.cache.PinnedCache`)
+keeps what lenses read with the floors they read at, and serves a chunk
+again while no load completed since (on record in the keeper) wrote into
+its time range. It keeps no head: the newest seconds are read from
+ClickHouse."""
 
 from __future__ import annotations
 
@@ -33,14 +37,18 @@ class LensServer:
     """Ownership: immutable after construction; the engine, the store and the
     keeper client are used by any request thread."""
 
-    def __init__(self, keeper: list[str], store: ClusterStore) -> None:
+    def __init__(
+        self, keeper: list[str], store: ClusterStore, cache_bytes: int = 256 << 20
+    ) -> None:
         self.store = store
         self.paths = Paths(store.conn.database)
         self.zk = zk_connect(keeper)
         ensure_layout(self.zk, self.paths)
         self.visibility = ClusterVisibility(self.zk, self.paths, len(store.conn.shards))
         self.horizons = Horizons(store)
-        self.lenses = LensEngine(store, self.visibility, cache_bytes=0, horizons=self.horizons)
+        self.lenses = LensEngine(
+            store, self.visibility, cache_bytes=cache_bytes, horizons=self.horizons
+        )
         # Remote-write series live in the keeper (the gateways claim their ids there).
         self.series = KeeperSeriesIds(self.zk, self.paths.root)
         self.catalog = Catalog(store, self.series.labels_of)
@@ -55,6 +63,14 @@ class LensServer:
 
     def health(self) -> tuple[dict, bool]:
         doc: dict = {"role": "lens", "keeper_connected": self.zk.connected, **self.store.health()}
+        cache = self.lenses.pinned
+        doc["lens_cache"] = {
+            "chunks": len(cache),
+            "bytes": cache.bytes,
+            "hits": cache.hits,
+            "misses": cache.misses,
+            "invalidated": cache.invalidated,
+        }
         try:
             snap = self.visibility.snapshot()
             doc["loads_started"] = snap.started

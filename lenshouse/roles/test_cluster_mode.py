@@ -22,6 +22,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lenshouse.cluster import processes
 from lenshouse.cluster.testing import cluster_available
@@ -239,6 +241,130 @@ def test_lenses_during_ingest_reflect_completed_loads(topology: dict, cluster: d
                 f"{bad} in lens {answer['start']}..{answer['end']} step {answer['step']}"
             )
     assert not problems, problems[:3]
+
+
+@pytest.fixture(scope="module")
+def streaming(topology: dict, cluster: dict) -> Iterator[tuple[Workload, object]]:
+    """A workload streaming through both gateways for the tests that read
+    while it runs (stopped once they are done), and a store to check with."""
+    w = _workload(topology, "streaming", 600).start()
+    store = cluster_store(cluster, database="lenshouse")
+    time.sleep(3)
+    try:
+        yield w, store
+    finally:
+        w.stop()
+        w.join(120)
+        store.close()
+
+
+_STEPS = (10, 100, 1_000, 10_000, 60_000)
+_WIDTHS = (300, 2_000, 60_000, 3_600_000, 86_400_000)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    back=st.integers(-3_000, 1_500),
+    width=st.one_of(st.sampled_from(_WIDTHS), st.integers(100, 120_000)),
+    res=st.one_of(
+        st.tuples(st.just("points"), st.integers(5, 2500)),
+        st.tuples(st.just("step"), st.sampled_from(_STEPS)),
+    ),
+    sensors=st.lists(st.integers(1, SENSORS), min_size=1, max_size=4, unique=True),
+    m4=st.booleans(),
+    server=st.integers(0, 1),
+)
+def test_lenses_while_loads_run_equal_the_oracle_of_their_loads(
+    topology: dict, streaming, back, width, res, sensors, m4, server
+) -> None:
+    """Windows ending at the newest points, fine and coarse, from either lens
+    server while both partitions load back to back: each answer is one read
+    (two at most), exact over a prefix of each partition's loads."""
+    w, store = streaming
+    assert w.streaming, "the workload must still be streaming while lenses are read"
+    end = w.fleet.start_ms + int(1000 * (time.monotonic() - w.started)) + back
+    start = end - width
+    kind, amount = res
+    if kind == "step" and (end - start) // amount > 20_000:
+        kind, amount = "points", 2500
+    params = {"sensors": ",".join(map(str, sensors)), "start": start, "end": end, kind: amount}
+    if m4:
+        params["agg"] = "avg,min,max,count,first,last,tfirst,tlast,tmin,tmax"
+    url = topology["lens_servers"][server]
+    r = httpx.get(
+        url + "/v1/lens", params=params, headers=tenant_headers(w.tenant, w.token), timeout=30
+    )
+    assert r.status_code == 200, r.text[:300]
+    assert int(r.headers["X-Lens-Reads"]) <= 2, r.headers["X-Lens-Reads"]
+    answer = r.json()
+    rows = store.backend.query(
+        "SELECT sensor, ts, value, seq FROM raw"
+        f" WHERE tenant = '{w.tenant}' AND sensor IN ({params['sensors']})"
+        f" AND ts >= {answer['start']} AND ts < {answer['end']} ORDER BY sensor, ts"
+    )
+    bad = _explained({**answer, "tenant": w.tenant}, rows, topology["shards"])
+    assert bad is None, f"{bad} in lens {params}"
+
+
+def test_cached_lenses_of_both_lens_servers_see_a_late_batch(topology: dict) -> None:
+    """Both lens servers cache a window's chunks; a late batch lands in it
+    through the other gateway; both then answer the oracle over every point
+    (the cached chunks it wrote into are read again), while chunks it did not
+    touch keep answering from the cache."""
+    from lenshouse.generators.sender import ARROW, encode_arrow
+    from lenshouse.points import PointBatch
+
+    tenant = f"late-{uuid.uuid4().hex[:6]}"
+    headers = {"Authorization": f"Bearer {topology['admin_token']}", "X-Tenant": tenant}
+    gw1, gw2 = topology["gateways"]
+    t0 = 1_700_000_000_000
+    ts = np.arange(t0, t0 + 60_000, 2, dtype=np.int64)  # every other ms, a minute
+    late_ts = ts[(ts >= t0 + 50_000) & (ts < t0 + 51_000)] + 1  # the odd ms of one second
+    sensors = np.arange(1, 5, dtype=np.uint32)
+
+    def post(url: str, when: np.ndarray, value: float) -> None:
+        batch = PointBatch(tenant, np.repeat(sensors, len(when)), np.tile(when, len(sensors)),
+                           np.full(len(when) * len(sensors), value))  # fmt: skip
+        r = httpx.post(url + "/v1/write", content=encode_arrow(batch), timeout=30,
+                       headers={"Content-Type": ARROW, **headers})  # fmt: skip
+        assert r.status_code == 204, r.text
+
+    post(gw1, ts, 1.0)
+    params = {"sensors": "1,2,3,4", "start": t0, "end": t0 + 60_000, "step": 100}
+
+    def counts(url: str) -> list[int]:
+        r = httpx.get(url + "/v1/lens", params=params, headers=headers, timeout=30)
+        assert r.status_code == 200, r.text
+        return [sum(s["count"]) for s in r.json()["series"]]
+
+    for url in topology["lens_servers"]:
+        _wait("the batch loaded", lambda url=url: counts(url) == [len(ts)] * 4, CATCH_UP_S)
+    before = [_cache(url) for url in topology["lens_servers"]]
+    for url in topology["lens_servers"]:
+        assert counts(url) == [len(ts)] * 4
+    hits = [_cache(url)["hits"] - b["hits"] for url, b in zip(topology["lens_servers"], before)]
+    assert all(h > 0 for h in hits), f"the second reads came from the cache: {hits}"
+    post(gw2, late_ts, 3.0)
+    every = np.concatenate([ts, late_ts])
+    value = np.concatenate([np.ones(len(ts)), np.full(len(late_ts), 3.0)])
+    want = brute_force(every, value, t0, t0 + 60_000, 100)
+    for url in topology["lens_servers"]:
+        _wait("the late batch seen", lambda url=url: counts(url) == [len(every)] * 4, CATCH_UP_S)
+        seen = _cache(url)
+        r = httpx.get(url + "/v1/lens", params=params, headers=headers, timeout=30)
+        for series in r.json()["series"]:
+            assert mismatch(JsonSeries(series), want) is None, url
+        after = _cache(url)
+        assert after["invalidated"] > 0, "the chunk the late batch wrote into was dropped"
+        assert after["hits"] > seen["hits"], "the chunks it did not write into still answer"
+
+
+def _cache(url: str) -> dict:
+    return httpx.get(url + "/healthz", timeout=10).json()["lens_cache"]
 
 
 def test_a_gateway_killed_mid_stream(topology: dict) -> None:
@@ -526,3 +652,46 @@ def test_remote_write_through_any_gateway_maps_each_series_once(topology: dict) 
     assert all(s["sensor"] >= BASE for s in listed)
     r = httpx.get(lens2 + "/api/v1/series", params={"match[]": "rw_test"}, headers=token)
     assert len(r.json()["data"]) == 3
+
+
+def test_with_a_shard_down_lenses_of_the_other_shard_answer(topology: dict) -> None:
+    """Both replicas of shard 2 stopped: a lens of sensors on shard 1 answers
+    200 and exact; a lens that needs shard 2 answers 503 naming it."""
+    from lenshouse.generators.sender import ARROW, encode_arrow
+    from lenshouse.points import PointBatch
+
+    root = _root(topology)
+    tenant = f"shard-{uuid.uuid4().hex[:6]}"
+    headers = {"Authorization": f"Bearer {topology['admin_token']}", "X-Tenant": tenant}
+    ids = np.arange(1, 41, dtype=np.uint32)
+    shard = partition_of(tenant, ids, topology["shards"])
+    on_1, on_2 = int(ids[shard == 0][0]), int(ids[shard == 1][0])
+    ts = 1_700_000_000_000 + np.arange(5000, dtype=np.int64)
+    batch = PointBatch(tenant, np.repeat([on_1, on_2], len(ts)).astype(np.uint32),
+                       np.tile(ts, 2), np.ones(2 * len(ts)))  # fmt: skip
+    r = httpx.post(topology["gateways"][0] + "/v1/write", content=encode_arrow(batch),
+                   headers={"Content-Type": ARROW, **headers}, timeout=30)  # fmt: skip
+    assert r.status_code == 204, r.text
+    lens = topology["lens_servers"][0] + "/v1/lens"
+
+    def ask(sensor: int, step: int = 100) -> httpx.Response:
+        params = {"sensors": sensor, "start": int(ts[0]), "end": int(ts[-1]) + 1, "step": step}
+        return httpx.get(lens, params=params, headers=headers, timeout=60)
+
+    for s in (on_1, on_2):
+        _wait("loaded", lambda s=s: sum(ask(s).json()["series"][0]["count"]) == 5000, CATCH_UP_S)
+    down = [n["name"] for n in topology["nodes"] if n["name"].startswith("ch-s2-")]
+    for name in down:
+        processes.stop(root, name, kill=True)
+    try:
+        # A step not asked before: no cached chunk answers, the shard must be read.
+        r = ask(on_1, step=50)
+        assert r.status_code == 200, r.text
+        assert sum(r.json()["series"][0]["count"]) == 5000
+        r = ask(on_2, step=50)
+        assert r.status_code == 503, r.text
+        assert "shard 2" in r.json()["error"], r.text
+    finally:
+        for name in down:
+            processes.start(root, name)
+    _wait("shard 2 back", lambda: ask(on_2).status_code == 200, 60)

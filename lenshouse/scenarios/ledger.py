@@ -23,6 +23,11 @@ class JsonSeries:
         self.min = np.asarray(doc["min"], np.float64)
         self.max = np.asarray(doc["max"], np.float64)
         self.avg = np.asarray(doc["avg"], np.float64)
+        if "tfirst" in doc:  # the M4 points, when the lens asked for them
+            for name in ("tfirst", "tlast", "tmin", "tmax"):
+                setattr(self, name, np.asarray(doc[name], np.int64))
+            for name in ("first", "last"):
+                setattr(self, name, np.asarray(doc[name], np.float64))
 
 
 @dataclass

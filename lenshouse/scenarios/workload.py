@@ -39,11 +39,22 @@ class Workload:
     acks: list[Ack] = field(default_factory=list)
     error: BaseException | None = None
     _thread: threading.Thread | None = None
+    started: float = 0.0  # monotonic time the stream began
+    _stop: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         self.ledger = Ledger(self.tenant, self.token)
 
+    @property
+    def streaming(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self) -> None:
+        """End the stream early (what was pushed is still sent)."""
+        self._stop.set()
+
     def start(self) -> Workload:
+        self.started = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="workload", daemon=True)
         self._thread.start()
         return self
@@ -61,6 +72,8 @@ class Workload:
         try:
             with self.ledger.client(self.gateways, self.give_up_after) as client:
                 for k in range(self.seconds):
+                    if self._stop.is_set():
+                        break
                     if self.realtime:
                         time.sleep(max(0.0, t0 + k + 1 - time.monotonic()))
                     self.middle.push(self.fleet.second(k, self.tenant), time.monotonic())

@@ -174,6 +174,7 @@ def export(
     limit: int,
     hidden: tuple[int, ...] = (),
     after: tuple[int, int] | None = None,
+    table: str = "raw",
 ) -> str:
     """Raw points in (sensor, ts) order; ``after``: only those past that key
     (the continuation of an export cut at its limit)."""
@@ -182,7 +183,8 @@ def export(
         s, t = int(after[0]), int(after[1])
         past = f" AND (sensor > {s} OR (sensor = {s} AND ts > {t}))"
     return (
-        f"SELECT sensor, ts, value FROM raw WHERE tenant = {tenant_literal(tenant)}"
+        f"SELECT sensor, ts, value FROM {identifier(table)}"
+        f" WHERE tenant = {tenant_literal(tenant)}"
         f" AND sensor IN ({_ints(sensors)}) AND ts >= {int(start)} AND ts < {int(end)}"
         f"{past}{seq_filter(max_seq, hidden)} ORDER BY sensor, ts LIMIT {int(limit)}"
     )

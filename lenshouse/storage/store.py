@@ -92,6 +92,28 @@ class Store(Protocol):
         hidden: tuple[int, ...] = (),
         after: tuple[int, int] | None = None,
     ) -> pa.Table: ...
+    def pinned_lens_rows(
+        self,
+        tenant: str,
+        step: int,
+        groups,
+        floors: tuple[int, ...],
+        origin: int = 0,
+        m4: bool = False,
+    ) -> pa.Table:
+        """As ``lens_rows``, of exactly the loads up to each shard's floor
+        (stores whose shards complete their loads in seq order: the cluster)."""
+
+    def pinned_export_rows(
+        self,
+        tenant: str,
+        sensors: list[int],
+        start: int,
+        end: int,
+        floors: tuple[int, ...],
+        limit: int,
+        after: tuple[int, int] | None = None,
+    ) -> pa.Table: ...
     def points_about(self, tenant: str, sensors: list[int], start: int, end: int) -> int:
         """The loaded points of ``sensors`` in the hours [start, end) meets."""
 

@@ -22,6 +22,7 @@ read once, at connection, and never changes after.
 
 from __future__ import annotations
 
+import itertools
 import queue
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -160,6 +161,17 @@ class ClusterConnection:
             )
             for s in self.shards
         }
+        # Reads of one shard's local tables: each client starts at another
+        # replica (spreading reads) and fails over to the rest.
+        self._read_pools = {
+            s.number: _Pool(
+                lambda s=s, k=itertools.count(): _client(
+                    _rotated(s.replicas, next(k)), db, user, password, READ_TIMEOUT_S
+                ),
+                max(2, pool_size // 2) * len(s.replicas),
+            )
+            for s in self.shards
+        }
 
     def _ensure_database(self, c: Client) -> None:
         """Every node gets the database (the one place DDL runs outside the
@@ -212,6 +224,21 @@ class ClusterConnection:
                 )
             )
 
+    def query_shard(self, shard: int, sql: str, settings: Settings | None = None) -> pa.Table:
+        """``sql`` on one replica of ``shard`` (its local tables), failing over
+        to the others when a connection cannot be made."""
+        wanted = {"receive_timeout": REMOTE_TIMEOUT_S, "send_timeout": REMOTE_TIMEOUT_S}
+        with self._read_pools[shard].client() as c:
+            return _to_arrow(
+                *_run(
+                    c,
+                    sql,
+                    settings=wanted | dict(settings or {}),
+                    columnar=True,
+                    with_column_types=True,
+                )
+            )
+
     def insert(self, table: str, data: pa.Table, token: str | None = None) -> None:
         raise NotImplementedError("a cluster insert names its shard: use insert_shard")
 
@@ -235,8 +262,13 @@ class ClusterConnection:
 
     def close(self) -> None:
         self._any.close()
-        for p in self._shard_pools.values():
+        for p in [*self._shard_pools.values(), *self._read_pools.values()]:
             p.close()
+
+
+def _rotated(items: tuple[str, ...], k: int) -> list[str]:
+    k %= len(items)
+    return [*items[k:], *items[:k]]
 
 
 def _column(col: pa.ChunkedArray) -> np.ndarray:
@@ -260,6 +292,10 @@ def _column(col: pa.ChunkedArray) -> np.ndarray:
 def _to_arrow(columns, types) -> pa.Table:
     out = {}
     for (name, kind), values in zip(types, columns or [[] for _ in types]):
+        if kind.startswith("Array("):  # ragged: each row's own array
+            inner = _arrow_type(kind[len("Array(") : -1]) or pa.int64()
+            out[name] = pa.array([list(v) for v in values], type=pa.list_(inner))
+            continue
         values = np.asarray(values)
         kind_type = _arrow_type(kind)
         if len(values) == 0:  # an empty result has no typed arrays

@@ -35,6 +35,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -45,7 +46,7 @@ from lenshouse.rollup.tiers import TIERS, Tier
 from lenshouse.storage import queries
 from lenshouse.storage.backend import Settings
 from lenshouse.storage.errors import FatalError, RetryableError, ShardUnavailable, StorageError
-from lenshouse.storage.replicated import schema
+from lenshouse.storage.replicated import pinned, schema
 from lenshouse.storage.replicated.connection import ClusterConnection, Shard
 from lenshouse.storage.replicated.dialect import Dialect
 from lenshouse.storage.replicated.sharding import shard_of
@@ -86,6 +87,8 @@ class ClusterStore(SqlStore):
         self._in_doubt: set[str] = set()  # tokens of inserts that failed once
         self._doubt_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(len(conn.shards), thread_name_prefix="shard-insert")
+        # Lens reads of single shards, run side by side.
+        self._reads = ThreadPoolExecutor(8 * len(conn.shards), thread_name_prefix="shard-read")
 
     @classmethod
     def connect(
@@ -235,6 +238,65 @@ class ClusterStore(SqlStore):
         return self._read(lambda: super(ClusterStore, self).lens_rows(
             tenant, step, groups, max_seq, hidden, origin, m4))  # fmt: skip
 
+    def pinned_lens_rows(
+        self,
+        tenant: str,
+        step: int,
+        groups,
+        floors: tuple[int, ...],
+        origin: int = 0,
+        m4: bool = False,
+    ) -> pa.Table:
+        """A lens's rows as of the loads up to each shard's floor (``floors[k]``
+        for the k-th shard; see :mod:`~lenshouse.storage.replicated.pinned`),
+        read only from the shards that hold its sensors, in parallel. A shard
+        none of whose replicas answers fails the lens naming it; lenses of the
+        other shards' sensors do not notice."""
+        by_shard = self._groups_by_shard(tenant, groups)
+        with self._running_lock:
+            busy = self._running > 0
+            self._running += 1
+        try:
+            settings = self.lens_settings(busy, False)
+            jobs = [
+                self._reads.submit(
+                    self._pinned_shard, k, tenant, step, g, floors[k], origin, m4, settings
+                )
+                for k, g in by_shard.items()
+                if floors[k] >= 0  # no load has completed there yet
+            ]
+            parts = [j.result() for j in jobs]
+        finally:
+            with self._running_lock:
+                self._running -= 1
+        return pinned.fold(parts, m4)
+
+    def _groups_by_shard(self, tenant: str, groups) -> dict[int, list]:
+        """Each group's sensors split by the shard (0-based) that holds them."""
+        out: dict[int, list] = {}
+        n = len(self.conn.shards)
+        for ids, segs in groups:
+            ids = list(ids)
+            owner = shard_of(tenant, np.asarray(ids, np.uint32), n) if n > 1 else [0] * len(ids)
+            mine: dict[int, list[int]] = {}
+            for sensor, k in zip(ids, owner):
+                mine.setdefault(int(k), []).append(sensor)
+            for k, sensors in mine.items():
+                out.setdefault(k, []).append((sensors, segs))
+        return out
+
+    def _pinned_shard(
+        self, k: int, tenant: str, step: int, groups, floor: int, origin: int, m4: bool, settings
+    ) -> pa.Table:
+        shard = self.conn.shards[k]
+
+        def run(sql: str) -> pa.Table:
+            return self.conn.query_shard(shard.number, sql, settings)
+
+        return self._read(
+            lambda: pinned.read(run, tenant, step, groups, floor, origin, m4), shard=shard
+        )
+
     def points_about(self, tenant: str, sensors: list[int], start: int, end: int) -> int:
         return self._read(lambda: super(ClusterStore, self).points_about(
             tenant, sensors, start, end))  # fmt: skip
@@ -253,15 +315,47 @@ class ClusterStore(SqlStore):
         return self._read(lambda: super(ClusterStore, self).export_rows(
             tenant, sensors, start, end, max_seq, limit, hidden, after))  # fmt: skip
 
-    def _read(self, run):
-        """``run()``, tried again while it fails retryably, within the patience."""
+    def pinned_export_rows(
+        self,
+        tenant: str,
+        sensors: list[int],
+        start: int,
+        end: int,
+        floors: tuple[int, ...],
+        limit: int,
+        after: tuple[int, int] | None = None,
+    ) -> pa.Table:
+        """Raw points of the loads up to each shard's floor, from the shards
+        that hold ``sensors`` only, in (sensor, ts) order, at most ``limit``."""
+        by_shard = self._groups_by_shard(tenant, [(sensors, ())])
+        jobs = []
+        for k, groups in by_shard.items():
+            if floors[k] < 0:
+                continue
+            shard = self.conn.shards[k]
+            ids = [s for g, _ in groups for s in g]
+            sql = queries.export(tenant, ids, start, end, floors[k], limit, (), after, "raw_local")
+            run = partial(self.conn.query_shard, shard.number, sql)
+            jobs.append(self._reads.submit(self._read, run, shard))
+        parts = [j.result() for j in jobs]
+        if not parts:
+            return pa.table({
+                "sensor": pa.array([], pa.uint32()), "ts": pa.array([], pa.int64()),
+                "value": pa.array([], pa.float64()),
+            })  # fmt: skip
+        rows = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        return rows.sort_by([("sensor", "ascending"), ("ts", "ascending")]).slice(0, limit)
+
+    def _read(self, run, shard: Shard | None = None):
+        """``run()``, tried again while it fails retryably, within the patience
+        (``shard``: a read of that shard alone)."""
         deadline = time.monotonic() + READ_PATIENCE_S
         for attempt in range(1, READ_TRIES + 1):
             try:
                 return run()
             except RetryableError as e:
                 if attempt == READ_TRIES or time.monotonic() > deadline:
-                    raise self._unavailable(e) from None
+                    raise self._unavailable(e, shard) from None
                 log.info("read failed (%s); reading again", str(e).splitlines()[0][:200])
                 time.sleep(0.1 * attempt)
         raise AssertionError("unreachable")
@@ -271,9 +365,10 @@ class ClusterStore(SqlStore):
         settings["skip_unavailable_shards"] = 0
         return self.dialect.settings(settings)
 
-    def _unavailable(self, error: RetryableError) -> RetryableError:
+    def _unavailable(self, error: RetryableError, shard: Shard | None = None) -> RetryableError:
         """Name the shards none of whose replicas answers, if that is why."""
-        down = [s.name for s in self.conn.shards if not any(self._alive(a) for a in s.replicas)]
+        asked = self.conn.shards if shard is None else [shard]
+        down = [s.name for s in asked if not any(self._alive(a) for a in s.replicas)]
         return ShardUnavailable(down, str(error).splitlines()[0]) if down else error
 
     def _alive(self, address: str) -> bool:
@@ -394,6 +489,7 @@ class ClusterStore(SqlStore):
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._reads.shutdown(wait=True)
         super().close()
 
     def health(self) -> dict:

@@ -1,0 +1,240 @@
+"""Lens reads pinned to a set of completed loads, on one shard.
+
+A lens server does not load: loads of other processes run while it reads,
+one after another, and a read must not see half of one. Every row lenshouse
+writes carries the ``seq`` of its load, and one log partition (so one
+shard) completes its loads in seq order, one at a time. So on a shard, the
+loads completed at a moment are exactly those with ``seq <= floor``, the
+shard's *floor* (:mod:`lenshouse.coordination.visibility`), and a read that
+takes only their rows is exact as of that moment, whatever loads run
+meanwhile: no re-read, no waiting.
+
+- **Raw rows** are never folded: ``seq <= floor`` selects them exactly.
+- **Tier rows** may have been folded by merges (``AggregatingMergeTree`` on
+  current servers keeps the ``max`` of the folded rows' seqs; 18.16 never
+  folds them). A tier *cell* whose rows all have ``seq <= floor`` holds only
+  completed loads, and all of them (each completed load is in every
+  replica's parts before its completion is recorded): it is *clean*. A
+  cell with a newer row (a load in flight, or one that completed after the
+  floor was read) may hold completed data folded into that row: it is
+  *dirty*, and is read again from finer data: a coarser tier's dirty cells
+  from the first tier (100 ms), the first tier's dirty cells from raw rows.
+
+A cell is judged clean or dirty, and its rows folded, in one query, which
+reads one set of parts of its table: a merge cannot move rows between the
+judgement and the sum. Each level reads exactly the cells the level above
+found dirty, so the cells of the three levels are disjoint and cover the
+window. Dirty cells are the few that loads after the floor touched: the
+newest cell of each tier for each sensor, and the cells of late points. At
+most three queries per shard, whatever loads do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from lenshouse.lens.planner import Segment
+from lenshouse.rollup import m4 as m4fold
+from lenshouse.rollup.cells import FIRST
+from lenshouse.rollup.m4 import COLUMNS as M4_COLUMNS
+from lenshouse.rollup.tiers import M4_FOLD, M4_OF_RAW, TIERS
+from lenshouse.storage.queries import M4_FLAT, _segment_range, identifier, tenant_literal
+
+RAW_SOURCE = 255  # the ``src`` of rows read from raw points
+Groups = Sequence[tuple[Sequence[int], Sequence[Segment]]]
+
+
+def _m4_flat(pairs: dict[str, str], cond: str | None) -> str:
+    """The M4 pairs folded (only the rows where ``cond`` holds) and taken apart."""
+    f = {
+        c: f"{M4_FOLD[c]}If({pairs[c]}, {cond})" if cond else f"{M4_FOLD[c]}({pairs[c]})"
+        for c in M4_COLUMNS
+    }
+    return (
+        f"tupleElement({f['m4_first']}, 1) AS m4_tf, tupleElement({f['m4_first']}, 2) AS m4_vf,"
+        f" tupleElement({f['m4_last']}, 1) AS m4_tl, tupleElement({f['m4_last']}, 2) AS m4_vl,"
+        f" tupleElement({f['m4_low']}, 2) AS m4_tmin,"
+        f" negate(tupleElement({f['m4_high']}, 2)) AS m4_tmax"
+    )
+
+
+def _where(tenant: str, col: str, groups: Groups, pick: Callable[[Segment], bool]) -> str | None:
+    terms = []
+    for ids, segs in groups:
+        ranges = " OR ".join(_segment_range(col, s) for s in segs if pick(s))
+        if ranges:
+            terms.append(f"(sensor IN ({','.join(str(int(i)) for i in ids)}) AND ({ranges}))")
+    return f"tenant = {tenant_literal(tenant)} AND ({' OR '.join(terms)})" if terms else None
+
+
+def query(
+    tenant: str,
+    step: int,
+    groups: Groups,
+    floor: int,
+    origin: int = 0,
+    m4: bool = False,
+    suffix: str = "_local",
+) -> str | None:
+    """One query over the groups' segments on one shard's tables (``suffix``
+    names them): per (sensor, bucket) the fold of raw rows and clean tier
+    cells of loads up to ``floor``, with the dirty cells of each tier listed
+    (``dirty``: their times; ``src``: the tier's index, RAW_SOURCE for raw).
+    Rows of one bucket may come from several sources; None if no segment."""
+    step, origin, floor = int(step), int(origin), int(floor)
+
+    def bucket(col: str) -> str:
+        return f"intDiv({col} - {origin}, {step})" if origin else f"intDiv({col}, {step})"
+
+    selects = []
+    raw = _where(tenant, "ts", groups, lambda s: s.tier is None)
+    if raw:
+        edges = any(s.within for _, segs in groups for s in segs if s.tier is None)
+        m4_cols = f", {_m4_flat(M4_OF_RAW, None)}" if m4 else ""
+        selects.append(
+            f"SELECT sensor, {bucket('ts')} AS b, sum(value) AS sum, count() AS cnt,"
+            f" min(value) AS min, max(value) AS max{m4_cols}, emptyArrayInt64() AS dirty,"
+            f" toUInt8({RAW_SOURCE}) AS src FROM raw{suffix}"
+            f" {'PREWHERE' if edges else 'WHERE'} {raw} AND seq <= {floor}"
+            " GROUP BY sensor, b"
+        )
+    tiers = dict.fromkeys(s.tier for _, segs in groups for s in segs if s.tier is not None)
+    for tier in tiers:
+        cond = _where(tenant, "t", groups, lambda s, tier=tier: s.tier == tier)
+        inner_m4 = "".join(f", {M4_FOLD[c]}({c}) AS p_{c}" for c in M4_COLUMNS) if m4 else ""
+        outer_m4 = f", {_m4_flat({c: f'p_{c}' for c in M4_COLUMNS}, 'ok')}" if m4 else ""
+        selects.append(
+            "SELECT sensor, b, sumIf(s, ok) AS sum, sumIf(c, ok) AS cnt, minIf(mn, ok) AS min,"
+            f" maxIf(mx, ok) AS max{outer_m4}, groupArrayIf(t, NOT ok) AS dirty,"
+            f" toUInt8({TIERS.index(tier)}) AS src FROM ("
+            f"SELECT sensor, t, {bucket('t')} AS b, sum(sum) AS s, sum(cnt) AS c,"
+            f" min(min) AS mn, max(max) AS mx{inner_m4}, max(seq) <= {floor} AS ok"
+            f" FROM {identifier(tier.table)}{suffix} WHERE {cond} GROUP BY sensor, t"
+            ") GROUP BY sensor, b"
+        )
+    return " UNION ALL ".join(selects) if selects else None
+
+
+def finer(rows: pa.Table) -> tuple[list[Segment], list[Segment]]:
+    """The dirty cells in ``rows`` as segments to read again, per sensor
+    (``Segment.within`` unused): (first-tier segments, raw segments)."""
+    first: list[tuple[int, Segment]] = []
+    raw: list[tuple[int, Segment]] = []
+    if rows.num_rows == 0:
+        return [], []
+    sensors = rows.column("sensor").to_numpy()
+    srcs = rows.column("src").to_numpy()
+    dirty = rows.column("dirty").to_pylist()
+    for sensor, src, cells in zip(sensors, srcs, dirty):
+        if not cells:
+            continue
+        tier = TIERS[int(src)]
+        into, source = (raw, None) if tier == FIRST else (first, FIRST)
+        for t in cells:
+            into.append((int(sensor), Segment(source, int(t), int(t) + tier.res_ms)))
+    return _tagged(first), _tagged(raw)
+
+
+def _tagged(cells: list[tuple[int, Segment]]) -> list:
+    """(sensor, segment) pairs as groups of one sensor, neighbours merged."""
+    by_sensor: dict[int, list[Segment]] = {}
+    for sensor, seg in sorted(cells, key=lambda x: (x[0], x[1].lo)):
+        segs = by_sensor.setdefault(sensor, [])
+        if segs and segs[-1].hi == seg.lo:
+            segs[-1] = Segment(seg.tier, segs[-1].lo, seg.hi)
+        else:
+            segs.append(seg)
+    return [([s], segs) for s, segs in by_sensor.items()]
+
+
+def read(
+    run: Callable[[str], pa.Table],
+    tenant: str,
+    step: int,
+    groups: Groups,
+    floor: int,
+    origin: int = 0,
+    m4: bool = False,
+    suffix: str = "_local",
+) -> pa.Table:
+    """A lens's buckets on one shard as of ``floor``: the query above, then the
+    dirty cells again from finer data (at most two more queries), folded per
+    (sensor, b) into the columns of a lens read (sensor, b, sum, cnt, min,
+    max and, with ``m4``, ``M4_FLAT``), ordered by sensor and bucket."""
+    parts: list[pa.Table] = []
+
+    def level(gs: Groups) -> tuple[list, list]:
+        sql = query(tenant, step, gs, floor, origin, m4, suffix)
+        if sql is None:
+            return [], []
+        rows = run(sql)
+        parts.append(rows)
+        return finer(rows)
+
+    to_first, to_raw = level(groups)
+    if to_first:
+        again, more_raw = level(to_first)
+        assert not again, "first-tier cells are read again from raw rows, not from a tier"
+        to_raw += more_raw
+    if to_raw:
+        left = level(to_raw)
+        assert left == ([], []), "raw rows are never dirty"
+    return fold(parts, m4)
+
+
+_FLOATS = {"sum", "min", "max", "m4_vf", "m4_vl"}
+
+
+def fold(parts: list[pa.Table], m4: bool) -> pa.Table:
+    """Rows of the same (sensor, b) folded into one; rows holding no point dropped."""
+    names = ("sensor", "b", "sum", "cnt", "min", "max") + (M4_FLAT if m4 else ())
+    cols = {
+        n: np.concatenate(
+            [p.column(n).to_numpy() for p in parts if p.num_rows]
+            or [np.empty(0, np.float64 if n in _FLOATS else np.int64)]
+        )
+        for n in names
+    }
+    for n in names:
+        kind = np.float64 if n in _FLOATS else np.int64
+        cols[n] = cols[n].astype(kind, copy=False)
+    keep = cols["cnt"] > 0
+    cols = {n: v[keep] for n, v in cols.items()}
+    order = np.lexsort((cols["b"], cols["sensor"]))
+    cols = {n: v[order] for n, v in cols.items()}
+    n = len(order)
+    if n:
+        new = np.concatenate(([True], (np.diff(cols["sensor"]) != 0) | (np.diff(cols["b"]) != 0)))
+        if not new.all():
+            cols = _reduce(cols, np.flatnonzero(new), m4)
+    out = {n: pa.array(v) for n, v in cols.items()}
+    out["sensor"] = pa.array(cols["sensor"].astype(np.uint32))
+    return pa.table(out)
+
+
+def _reduce(cols: dict[str, np.ndarray], starts: np.ndarray, m4: bool) -> dict[str, np.ndarray]:
+    out = {
+        "sensor": cols["sensor"][starts],
+        "b": cols["b"][starts],
+        "sum": np.add.reduceat(cols["sum"], starts),
+        "cnt": np.add.reduceat(cols["cnt"], starts),
+        "min": np.minimum.reduceat(cols["min"], starts),
+        "max": np.maximum.reduceat(cols["max"], starts),
+    }
+    if m4:
+        tf, vf, tl, vl, _, tmn, _, tmx = m4fold.fold(
+            starts,
+            cols["m4_tf"],
+            cols["m4_vf"],
+            cols["m4_tl"],
+            cols["m4_vl"],
+            cols["min"],
+            cols["m4_tmin"],
+            cols["max"],
+            cols["m4_tmax"],
+        )
+        out |= {"m4_tf": tf, "m4_vf": vf, "m4_tl": tl, "m4_vl": vl, "m4_tmin": tmn, "m4_tmax": tmx}
+    return out
