@@ -47,9 +47,15 @@ def parse_seconds(text: str) -> int:
 
 
 def _serve_in_thread(node: Node, host: str, port: int, auth=None) -> uvicorn.Server:
-    from lenshouse.api.app import create_app
+    from lenshouse.api.app import KEEP_ALIVE_S, create_app
 
-    config = uvicorn.Config(create_app(node, auth), host=host, port=port, log_level="warning")
+    config = uvicorn.Config(
+        create_app(node, auth),
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_keep_alive=KEEP_ALIVE_S,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="http", daemon=True)
     thread.start()
@@ -306,7 +312,7 @@ def serve(
         tiering=_tiering(cold_dir, hot, clickhouse),
         background_nice=background_nice,
     )
-    from lenshouse.api.app import create_app
+    from lenshouse.api.app import KEEP_ALIVE_S, create_app
     from lenshouse.retention.maintain import Schedule
 
     where = f"cluster {cluster} via {clickhouse}" if clickhouse else str(data.resolve())
@@ -321,7 +327,7 @@ def serve(
             _auth(data, host, auth),
             Quotas(quota_points_per_s, quota_lens_per_s, sensors=quota_sensors),
         )
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_keep_alive=KEEP_ALIVE_S)
     finally:
         if schedule is not None:
             schedule.stop()

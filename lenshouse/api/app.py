@@ -40,6 +40,10 @@ from lenshouse.storage.store import erase_bounds
 from lenshouse.tenancy.quotas import Limiter, Quotas, SensorLimit
 
 MAX_BODY_BYTES = 256 << 20
+# An idle client connection is kept this long (uvicorn's default is 5 s): a
+# user who looks at a chart for a few seconds between lenses would otherwise
+# meet a connection the server is closing as it sends its next request.
+KEEP_ALIVE_S = 75
 OFF_LOOP_BYTES = 64 << 10  # bodies at least this large are decoded off the event loop
 ERASE_WAIT_S = 30.0  # an embedded delete answers once applied, or 202 after this
 SENSOR_RETRY_S = 60  # a sensor quota frees up only when the operator acts

@@ -61,7 +61,7 @@ class Client:
                 r = self.http.request(method, attempts.url(path), **kw)
                 wait = attempts.answered(r)
             except httpx.TransportError as e:
-                wait = attempts.lost(f"{method} {path}: {e}")
+                wait = attempts.lost(f"{method} {path}: {type(e).__name__} {e}".rstrip())
             if wait is None:
                 return r
             time.sleep(wait)

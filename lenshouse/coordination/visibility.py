@@ -16,10 +16,13 @@ missing from what it reads next.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import NamedTuple
 
 from kazoo.client import KazooClient
+from kazoo.exceptions import NoNodeError
 
 from lenshouse.coordination import progress
 from lenshouse.coordination.zk import Paths, keeper_errors
@@ -37,9 +40,16 @@ def floor(doc: progress.PartitionDoc) -> int:
     return -1
 
 
+class _Parsed(NamedTuple):
+    zxid: int  # the node's last modification: same zxid, same content
+    doc: progress.PartitionDoc
+    completed: tuple[LoadSpan, ...]
+
+
 class ClusterVisibility:
-    """Ownership: stateless between calls (each reads the keeper); any
-    request thread may use it."""
+    """Ownership: each call reads the keeper; any request thread may use it.
+    ``_parsed`` (each partition's document as last parsed, reused while the
+    node is unchanged) is guarded by ``_lock``."""
 
     can_hold = False  # loads run in other processes and cannot be held back
 
@@ -47,16 +57,36 @@ class ClusterVisibility:
         self.zk = zk
         self.paths = paths
         self.partitions = partitions
+        self._lock = threading.Lock()
+        self._parsed: dict[int, _Parsed] = {}
 
-    def _read(self) -> tuple[int, list[progress.PartitionDoc]]:
+    def _read(self) -> tuple[int, list[_Parsed]]:
         with keeper_errors("reading which loads are complete"):
             self.zk.sync(self.paths.root)
             raw, _ = self.zk.get(self.paths.seq)
-            docs = [progress.read(self.zk, self.paths, p)[0] for p in range(self.partitions)]
+            docs = [self._partition(p) for p in range(self.partitions)]
         return int(raw), docs
 
+    def _partition(self, p: int) -> _Parsed:
+        """Partition ``p``'s document; parsed again only when it changed (a
+        lens server reads it for every lens, a loader changes it twice a load)."""
+        try:
+            raw, stat = self.zk.get(self.paths.partition(p))
+        except NoNodeError:
+            return _Parsed(-1, progress.PartitionDoc(), ())
+        with self._lock:
+            known = self._parsed.get(p)
+        if known is not None and known.zxid == stat.mzxid:
+            return known
+        doc = progress.PartitionDoc.parse(raw)
+        parsed = _Parsed(stat.mzxid, doc, tuple(progress.span_of(h) for h in doc.history or ()))
+        with self._lock:
+            self._parsed[p] = parsed
+        return parsed
+
     def snapshot(self) -> Snapshot:
-        counter, docs = self._read()
+        counter, parsed = self._read()
+        docs = [x.doc for x in parsed]
         pending = [progress.span_of(d.span) for d in docs if d.pending and d.span]
         return Snapshot(
             committed_seq=counter - 1,
@@ -65,7 +95,7 @@ class ClusterVisibility:
             hidden=tuple(s.seq for s in pending),
             watermark=min((s.seq for s in pending), default=counter),
             floors=tuple(floor(d) for d in docs),
-            completed=tuple(tuple(progress.span_of(h) for h in d.history or ()) for d in docs),
+            completed=tuple(x.completed for x in parsed),
         )
 
     def started_since(self, snap: Snapshot) -> list[LoadSpan] | None:
@@ -75,7 +105,8 @@ class ClusterVisibility:
 
     def begun_after(self, started: int) -> list[LoadSpan] | None:
         """Loads of seq ``started`` and later; None if some are no longer on record."""
-        counter, docs = self._read()
+        counter, parsed = self._read()
+        docs = [x.doc for x in parsed]
         if counter == started:
             return []
         found: dict[int, LoadSpan] = {}

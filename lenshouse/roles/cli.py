@@ -41,8 +41,10 @@ def _split(text: str) -> list[str]:
 
 
 def _run(app, host: str, port: int) -> None:
+    from lenshouse.api.app import KEEP_ALIVE_S
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_keep_alive=KEEP_ALIVE_S)
 
 
 def gateway(

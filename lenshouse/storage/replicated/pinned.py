@@ -70,6 +70,11 @@ def _where(tenant: str, col: str, groups: Groups, pick: Callable[[Segment], bool
     return f"tenant = {tenant_literal(tenant)} AND ({' OR '.join(terms)})" if terms else None
 
 
+# The dirty cells' times as text (an array column costs the native client a
+# slow path per query): usually empty, a few numbers otherwise.
+_DIRTY = "arrayStringConcat(arrayMap(x -> toString(x), groupArrayIf(t, NOT ok)), ' ')"
+
+
 def query(
     tenant: str,
     step: int,
@@ -82,7 +87,7 @@ def query(
     """One query over the groups' segments on one shard's tables (``suffix``
     names them): per (sensor, bucket) the fold of raw rows and clean tier
     cells of loads up to ``floor``, with the dirty cells of each tier listed
-    (``dirty``: their times; ``src``: the tier's index, RAW_SOURCE for raw).
+    (``dirty``: their times, as text; ``src``: the tier's index, RAW_SOURCE for raw).
     Rows of one bucket may come from several sources; None if no segment."""
     step, origin, floor = int(step), int(origin), int(floor)
 
@@ -96,7 +101,7 @@ def query(
         m4_cols = f", {_m4_flat(M4_OF_RAW, None)}" if m4 else ""
         selects.append(
             f"SELECT sensor, {bucket('ts')} AS b, sum(value) AS sum, count() AS cnt,"
-            f" min(value) AS min, max(value) AS max{m4_cols}, emptyArrayInt64() AS dirty,"
+            f" min(value) AS min, max(value) AS max{m4_cols}, '' AS dirty,"
             f" toUInt8({RAW_SOURCE}) AS src FROM raw{suffix}"
             f" {'PREWHERE' if edges else 'WHERE'} {raw} AND seq <= {floor}"
             " GROUP BY sensor, b"
@@ -108,7 +113,7 @@ def query(
         outer_m4 = f", {_m4_flat({c: f'p_{c}' for c in M4_COLUMNS}, 'ok')}" if m4 else ""
         selects.append(
             "SELECT sensor, b, sumIf(s, ok) AS sum, sumIf(c, ok) AS cnt, minIf(mn, ok) AS min,"
-            f" maxIf(mx, ok) AS max{outer_m4}, groupArrayIf(t, NOT ok) AS dirty,"
+            f" maxIf(mx, ok) AS max{outer_m4}, {_DIRTY} AS dirty,"
             f" toUInt8({TIERS.index(tier)}) AS src FROM ("
             f"SELECT sensor, t, {bucket('t')} AS b, sum(sum) AS s, sum(cnt) AS c,"
             f" min(min) AS mn, max(max) AS mx{inner_m4}, max(seq) <= {floor} AS ok"
@@ -128,9 +133,10 @@ def finer(rows: pa.Table) -> tuple[list[Segment], list[Segment]]:
     sensors = rows.column("sensor").to_numpy()
     srcs = rows.column("src").to_numpy()
     dirty = rows.column("dirty").to_pylist()
-    for sensor, src, cells in zip(sensors, srcs, dirty):
-        if not cells:
+    for sensor, src, text in zip(sensors, srcs, dirty):
+        if not text:
             continue
+        cells = text.split()
         tier = TIERS[int(src)]
         into, source = (raw, None) if tier == FIRST else (first, FIRST)
         for t in cells:
