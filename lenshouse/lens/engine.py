@@ -412,7 +412,8 @@ class LensEngine:
         if floor is not None and any(
             g.tier is None and g.lo < dict(floor.expired)[RAW] for g in segments
         ):
-            return None
+            # As a read with loads held back says (no waiting changes it).
+            raise RetryableError("this lens needs raw points that have expired")
         table = (
             self.store.pinned_lens_rows(tenant, step, groups, snap.floors, origin, m4)
             if groups
