@@ -9,11 +9,11 @@ from pathlib import Path
 
 from lenshouse.ingest.ingestor import Ingestor
 from lenshouse.lens.engine import LensEngine
+from lenshouse.lens.head import Head
 from lenshouse.retention.horizons import Horizons
 from lenshouse.storage.backend import BLOCK_CACHE_MB, Backend
 from lenshouse.storage.catalog import Catalog
 from lenshouse.storage.embedded import EmbeddedBackend
-from lenshouse.storage.head import Head
 from lenshouse.storage.priority import BACKGROUND_NICE, Renicer
 from lenshouse.storage.store import EmbeddedStore, Store
 from lenshouse.storage.tiering import Tiering

@@ -27,7 +27,7 @@ from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
 from lenshouse.coordination.zk import Paths, keeper_errors
 from lenshouse.ingest.loader import Fenced, LoaderState, Pending
-from lenshouse.ingest.visibility import LoadSpan
+from lenshouse.lens.visibility import LoadSpan
 
 HISTORY = 256  # completed loads kept per partition
 MAX_FOOTPRINT_KEYS = 16_384  # a larger footprint is kept as its time range only

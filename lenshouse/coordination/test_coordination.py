@@ -15,10 +15,10 @@ from lenshouse.cluster.testing import cluster_available
 from lenshouse.coordination import progress
 from lenshouse.coordination.ownership import Ownership
 from lenshouse.coordination.progress import PartitionProgress
-from lenshouse.coordination.visibility import ClusterVisibility
 from lenshouse.coordination.zk import Paths, connect, ensure_layout
 from lenshouse.ingest.loader import Fenced, Pending
-from lenshouse.ingest.visibility import LoadSpan
+from lenshouse.lens.cluster_visibility import ClusterVisibility
+from lenshouse.lens.visibility import LoadSpan
 
 pytestmark = pytest.mark.skipif(not cluster_available(), reason="ZooKeeper not installed")
 

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lenshouse.ingest.loader import Loader
-from lenshouse.ingest.visibility import Visibility
 from lenshouse.ingest.wal import WriteAheadLog
+from lenshouse.lens.visibility import Visibility
 from lenshouse.points import BadInput, Erasure, PointBatch
 from lenshouse.storage.store import Store
 

@@ -33,14 +33,14 @@ import pyarrow as pa
 
 from lenshouse.ingest.dedup import Duplicates, SeenIndex, count_conflicts
 from lenshouse.ingest.reconcile import reconcile
-from lenshouse.ingest.visibility import (
+from lenshouse.ingest.wal import Record, WriteAheadLog
+from lenshouse.lens.visibility import (
     LoadSpan,
     Visibility,
     erase_footprint,
     footprint_keys,
     footprint_sensors,
 )
-from lenshouse.ingest.wal import Record, WriteAheadLog
 from lenshouse.points import Erasure, PointBatch
 from lenshouse.rollup.cells import cells, footprint_points
 from lenshouse.rollup.tiers import TIERS

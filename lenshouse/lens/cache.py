@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lenshouse.ingest.visibility import Loads, LoadSpan, Snapshot
+from lenshouse.lens.visibility import Loads, LoadSpan, Snapshot
 
 CHUNK_BUCKETS = 64
 ENTRY_OVERHEAD = 400  # bytes of Python objects per entry, besides its arrays

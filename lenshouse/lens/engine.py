@@ -15,7 +15,6 @@ from typing import NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from lenshouse.ingest.visibility import Loads, Snapshot
 from lenshouse.lens.cache import (
     CHUNK_BUCKETS,
     Chunk,
@@ -25,15 +24,16 @@ from lenshouse.lens.cache import (
     Validity,
     chunk_span,
 )
+from lenshouse.lens.head import Head, buckets, m4_buckets
 from lenshouse.lens.planner import Segment, plan, raw_span, usable_tiers
 from lenshouse.lens.steps import bucket_count, choose_step, whole_buckets
+from lenshouse.lens.visibility import Loads, Snapshot
 from lenshouse.points import BadInput, check_tenant
 from lenshouse.retention.horizons import Floor, Horizons
 from lenshouse.retention.policy import RAW, SOURCES
 from lenshouse.rollup.m4 import M4, M4_AGGS, M4_FIELDS
 from lenshouse.rollup.tiers import TIERS
 from lenshouse.storage.errors import RetryableError
-from lenshouse.storage.head import Head, buckets, m4_buckets
 from lenshouse.storage.queries import M4_FLAT
 from lenshouse.storage.schema import M4_SOURCE
 from lenshouse.storage.store import Store

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from lenshouse.ingest.visibility import LoadSpan, Visibility, footprint_keys
 from lenshouse.lens.cache import CHUNK_BUCKETS, Chunk, LensCache, chunk_span
 from lenshouse.lens.oracle import brute_force, mismatch
 from lenshouse.lens.test_concurrent import SPAN, check_during_ingest, make_batches
 from lenshouse.lens.test_concurrent import T0 as C0
+from lenshouse.lens.visibility import LoadSpan, Visibility, footprint_keys
 from lenshouse.node import Node
 from lenshouse.points import PointBatch
 

@@ -10,8 +10,8 @@ import threading
 import numpy as np
 import pytest
 
-from lenshouse.ingest.visibility import CELL_BITS, LoadSpan
 from lenshouse.lens.test_oracle import T0, check_lens, write_shuffled
+from lenshouse.lens.visibility import CELL_BITS, LoadSpan
 from lenshouse.node import Node
 
 

@@ -1,6 +1,6 @@
 """The lens server: lenses, export and the catalog over the ClickHouse
 cluster, exact as of the loads every loader completed (read from the keeper,
-:mod:`lenshouse.coordination.visibility`).
+:mod:`lenshouse.lens.cluster_visibility`).
 
 Each lens is read pinned to the loads each shard had completed
 (:mod:`lenshouse.storage.replicated.pinned`), from the shards that hold its
@@ -20,9 +20,9 @@ from lenshouse.api.auth import Auth, add_admin_routes
 from lenshouse.api.metrics import LENS_BUCKETS
 from lenshouse.api.prometheus import add_query_routes
 from lenshouse.api.retention import add_retention_routes
-from lenshouse.coordination.visibility import ClusterVisibility
 from lenshouse.coordination.zk import Paths, ensure_layout
 from lenshouse.coordination.zk import connect as zk_connect
+from lenshouse.lens.cluster_visibility import ClusterVisibility
 from lenshouse.lens.engine import LensEngine
 from lenshouse.prometheus.series import KeeperSeriesIds
 from lenshouse.retention.horizons import Horizons

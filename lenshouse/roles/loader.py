@@ -26,7 +26,7 @@ from lenshouse.coordination.progress import PartitionProgress
 from lenshouse.coordination.zk import Paths, ensure_layout
 from lenshouse.coordination.zk import connect as zk_connect
 from lenshouse.ingest.loader import Loader
-from lenshouse.ingest.visibility import Visibility
+from lenshouse.lens.visibility import Visibility
 from lenshouse.retention.horizons import Horizons
 from lenshouse.storage.replicated.store import ClusterStore
 from lenshouse.stream import jetstream

@@ -9,7 +9,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lenshouse.ingest.visibility import footprint_keys
+from lenshouse.lens.visibility import footprint_keys
 from lenshouse.rollup.cells import cells, footprint_points
 
 T0 = 1_700_000_000_000

@@ -5,7 +5,7 @@ one after another, and a read must not see half of one. Every row lenshouse
 writes carries the ``seq`` of its load, and one log partition (so one
 shard) completes its loads in seq order, one at a time. So on a shard, the
 loads completed at a moment are exactly those with ``seq <= floor``, the
-shard's *floor* (:mod:`lenshouse.coordination.visibility`), and a read that
+shard's *floor* (:mod:`lenshouse.lens.cluster_visibility`), and a read that
 takes only their rows is exact as of that moment, whatever loads run
 meanwhile: no re-read, no waiting.
 

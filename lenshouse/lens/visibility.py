@@ -109,7 +109,7 @@ class Snapshot:
 class Loads(Protocol):
     """What lenses ask about loads: :class:`Visibility` in the process that
     loads, or the keeper's record of every loader's loads in cluster mode
-    (:class:`lenshouse.coordination.visibility.ClusterVisibility`)."""
+    (:class:`lenshouse.lens.cluster_visibility.ClusterVisibility`)."""
 
     can_hold: bool
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from lenshouse.lens.head import EVICT_SLACK_MS, Head, buckets
 from lenshouse.lens.oracle import brute_force
-from lenshouse.storage.head import EVICT_SLACK_MS, Head, buckets
 
 NOW = 1_800_000_000_000
 

@@ -26,7 +26,7 @@ from kazoo.exceptions import NoNodeError
 
 from lenshouse.coordination import progress
 from lenshouse.coordination.zk import Paths, keeper_errors
-from lenshouse.ingest.visibility import LoadSpan, Snapshot
+from lenshouse.lens.visibility import LoadSpan, Snapshot
 
 
 def floor(doc: progress.PartitionDoc) -> int:
