@@ -327,15 +327,7 @@ class LensEngine:
         cached, missing = ({}, {})
         if caching:
             cached, missing = self._cached(tenant, sensors, start, stored_end, step, boundary)
-        # Sensors lacking the same chunks are read together.
-        wanted: dict[tuple[tuple[int, int], ...], list[int]] = {}
-        for sensor in sensors:
-            if caching:
-                ranges = tuple(_chunk_ranges(missing.get(sensor, []), step))
-            else:
-                ranges = ((start, stored_end),) if start < stored_end else ()
-            if ranges:
-                wanted.setdefault(ranges, []).append(sensor)
+        wanted = _wanted(sensors, missing if caching else None, step, start, stored_end)
         cut = None
         if wanted and not quiet:
             cut = self._head_cut(snap, tenant, sensors, *_bounds(wanted))
@@ -395,15 +387,7 @@ class LensEngine:
         missing: dict[int, list[tuple[int, int]]] = {}
         if caching:
             cached, missing = self._pinned_cached(tenant, sensors, start, end, step, snap)
-        # Sensors lacking the same chunks are read together.
-        wanted: dict[tuple[tuple[int, int], ...], list[int]] = {}
-        for sensor in sensors:
-            if caching:
-                ranges = tuple(_chunk_ranges(missing.get(sensor, []), step))
-            else:
-                ranges = ((start, end),)
-            if ranges:
-                wanted.setdefault(ranges, []).append(sensor)
+        wanted = _wanted(sensors, missing if caching else None, step, start, end)
         groups = [
             (ids, [g for a, b in rs for g in plan(a, b, step, None, held, origin)])
             for rs, ids in wanted.items()
@@ -637,6 +621,26 @@ def _columns(table: pa.Table | None, m4: bool = False) -> dict[str, np.ndarray]:
         if n not in _FLOATS and n != "sensor":
             cols[n] = cols[n].astype(np.int64, copy=False)
     return cols
+
+
+def _wanted(
+    sensors: list[int],
+    missing: dict[int, list[tuple[int, int]]] | None,
+    step: int,
+    start: int,
+    end: int,
+) -> dict[tuple[tuple[int, int], ...], list[int]]:
+    """The time ranges to read per sensor (the chunks it lacks, or with no
+    cache all of [start, end)); sensors lacking the same are read together."""
+    wanted: dict[tuple[tuple[int, int], ...], list[int]] = {}
+    for sensor in sensors:
+        if missing is not None:
+            ranges = tuple(_chunk_ranges(missing.get(sensor, []), step))
+        else:
+            ranges = ((start, end),) if start < end else ()
+        if ranges:
+            wanted.setdefault(ranges, []).append(sensor)
+    return wanted
 
 
 def _bounds(wanted: dict[tuple[tuple[int, int], ...], list[int]]) -> tuple[int, int]:

@@ -108,9 +108,13 @@ def load_keys(tenant: str, seq: int, pairs, unit_ms: int, limit: int = MAX_CONDI
 M4_FLAT = ("m4_tf", "m4_vf", "m4_tl", "m4_vl", "m4_tmin", "m4_tmax")
 
 
-def m4_flat(pairs: dict[str, str]) -> str:
-    """``pairs``: per M4 column, the expression of its pair in each row."""
-    f = {c: f"{M4_FOLD[c]}({pairs[c]})" for c in M4_COLUMNS}
+def m4_flat(pairs: dict[str, str], cond: str | None = None) -> str:
+    """``pairs``: per M4 column, the expression of its pair in each row;
+    ``cond``: fold only the rows where it holds."""
+    f = {
+        c: f"{M4_FOLD[c]}If({pairs[c]}, {cond})" if cond else f"{M4_FOLD[c]}({pairs[c]})"
+        for c in M4_COLUMNS
+    }
     return (
         f"tupleElement({f['m4_first']}, 1) AS m4_tf, tupleElement({f['m4_first']}, 2) AS m4_vf,"
         f" tupleElement({f['m4_last']}, 1) AS m4_tl, tupleElement({f['m4_last']}, 2) AS m4_vl,"
@@ -365,6 +369,25 @@ def _segment_range(col: str, s) -> str:
     return f"({cond})"
 
 
+def bucket_of(col: str, step: int, origin: int = 0) -> str:
+    """The bucket number of ``col``: buckets are [origin + n·step, …)."""
+    step, origin = int(step), int(origin)
+    return f"intDiv({col} - {origin}, {step})" if origin else f"intDiv({col}, {step})"
+
+
+def segments_where(tenant: str, col: str, groups, pick) -> str | None:
+    """The tenant's rows in the segments ``pick`` keeps, of each group's sensors
+    (``groups``: (sensor ids, segments) pairs); None if it keeps none."""
+    terms = []
+    for ids, segs in groups:
+        ranges = " OR ".join(_segment_range(col, s) for s in segs if pick(s))
+        if ranges:
+            terms.append(f"(sensor IN ({_ints(ids)}) AND ({ranges}))")
+    if not terms:
+        return None
+    return f"tenant = {tenant_literal(tenant)} AND ({' OR '.join(terms)})"
+
+
 def lens(
     tenant: str,
     step: int,
@@ -380,18 +403,12 @@ def lens(
     ``lo``, ``hi`` and ``within``. Bucket n is [origin + n·step, …). With
     ``m4``, each bucket's M4 points too (columns ``M4_FLAT``)."""
     step, origin = int(step), int(origin)
-    who = f"tenant = {tenant_literal(tenant)}"
 
     def bucket(col: str) -> str:
-        return f"intDiv({col} - {origin}, {step})" if origin else f"intDiv({col}, {step})"
+        return bucket_of(col, step, origin)
 
     def where(col: str, pick) -> str | None:
-        terms = []
-        for ids, segs in groups:
-            ranges = " OR ".join(_segment_range(col, s) for s in segs if pick(s))
-            if ranges:
-                terms.append(f"(sensor IN ({_ints(ids)}) AND ({ranges}))")
-        return f"{who} AND ({' OR '.join(terms)})" if terms else None
+        return segments_where(tenant, col, groups, pick)
 
     sources = []  # (table, time column, condition, aggregates of its own columns)
     raw = where("ts", lambda s: s.tier is None)

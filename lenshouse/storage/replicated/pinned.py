@@ -41,33 +41,10 @@ from lenshouse.rollup import m4 as m4fold
 from lenshouse.rollup.cells import FIRST
 from lenshouse.rollup.m4 import COLUMNS as M4_COLUMNS
 from lenshouse.rollup.tiers import M4_FOLD, M4_OF_RAW, TIERS
-from lenshouse.storage.queries import M4_FLAT, _segment_range, identifier, tenant_literal
+from lenshouse.storage.queries import M4_FLAT, bucket_of, identifier, m4_flat, segments_where
 
 RAW_SOURCE = 255  # the ``src`` of rows read from raw points
 Groups = Sequence[tuple[Sequence[int], Sequence[Segment]]]
-
-
-def _m4_flat(pairs: dict[str, str], cond: str | None) -> str:
-    """The M4 pairs folded (only the rows where ``cond`` holds) and taken apart."""
-    f = {
-        c: f"{M4_FOLD[c]}If({pairs[c]}, {cond})" if cond else f"{M4_FOLD[c]}({pairs[c]})"
-        for c in M4_COLUMNS
-    }
-    return (
-        f"tupleElement({f['m4_first']}, 1) AS m4_tf, tupleElement({f['m4_first']}, 2) AS m4_vf,"
-        f" tupleElement({f['m4_last']}, 1) AS m4_tl, tupleElement({f['m4_last']}, 2) AS m4_vl,"
-        f" tupleElement({f['m4_low']}, 2) AS m4_tmin,"
-        f" negate(tupleElement({f['m4_high']}, 2)) AS m4_tmax"
-    )
-
-
-def _where(tenant: str, col: str, groups: Groups, pick: Callable[[Segment], bool]) -> str | None:
-    terms = []
-    for ids, segs in groups:
-        ranges = " OR ".join(_segment_range(col, s) for s in segs if pick(s))
-        if ranges:
-            terms.append(f"(sensor IN ({','.join(str(int(i)) for i in ids)}) AND ({ranges}))")
-    return f"tenant = {tenant_literal(tenant)} AND ({' OR '.join(terms)})" if terms else None
 
 
 # The dirty cells' times as text (an array column costs the native client a
@@ -89,16 +66,16 @@ def query(
     cells of loads up to ``floor``, with the dirty cells of each tier listed
     (``dirty``: their times, as text; ``src``: the tier's index, RAW_SOURCE for raw).
     Rows of one bucket may come from several sources; None if no segment."""
-    step, origin, floor = int(step), int(origin), int(floor)
+    floor = int(floor)
 
     def bucket(col: str) -> str:
-        return f"intDiv({col} - {origin}, {step})" if origin else f"intDiv({col}, {step})"
+        return bucket_of(col, step, origin)
 
     selects = []
-    raw = _where(tenant, "ts", groups, lambda s: s.tier is None)
+    raw = segments_where(tenant, "ts", groups, lambda s: s.tier is None)
     if raw:
         edges = any(s.within for _, segs in groups for s in segs if s.tier is None)
-        m4_cols = f", {_m4_flat(M4_OF_RAW, None)}" if m4 else ""
+        m4_cols = f", {m4_flat(M4_OF_RAW)}" if m4 else ""
         selects.append(
             f"SELECT sensor, {bucket('ts')} AS b, sum(value) AS sum, count() AS cnt,"
             f" min(value) AS min, max(value) AS max{m4_cols}, '' AS dirty,"
@@ -108,9 +85,9 @@ def query(
         )
     tiers = dict.fromkeys(s.tier for _, segs in groups for s in segs if s.tier is not None)
     for tier in tiers:
-        cond = _where(tenant, "t", groups, lambda s, tier=tier: s.tier == tier)
+        cond = segments_where(tenant, "t", groups, lambda s, tier=tier: s.tier == tier)
         inner_m4 = "".join(f", {M4_FOLD[c]}({c}) AS p_{c}" for c in M4_COLUMNS) if m4 else ""
-        outer_m4 = f", {_m4_flat({c: f'p_{c}' for c in M4_COLUMNS}, 'ok')}" if m4 else ""
+        outer_m4 = f", {m4_flat({c: f'p_{c}' for c in M4_COLUMNS}, 'ok')}" if m4 else ""
         selects.append(
             "SELECT sensor, b, sumIf(s, ok) AS sum, sumIf(c, ok) AS cnt, minIf(mn, ok) AS min,"
             f" maxIf(mx, ok) AS max{outer_m4}, {_DIRTY} AS dirty,"
