@@ -228,11 +228,14 @@ def mutations_running(table: str, database: str) -> str:
     )
 
 
-def points_about(coarsest: Tier, tenant: str, sensors: list[int], lo: int, hi: int) -> str:
-    """At least the loaded points of ``sensors`` in [lo, hi): whole coarsest cells."""
+def points_about(
+    coarsest: Tier, tenant: str, sensors: list[int], lo: int, hi: int, suffix: str = ""
+) -> str:
+    """At least the loaded points of ``sensors`` in [lo, hi): whole coarsest
+    cells (``suffix``: of a shard's local table)."""
     r = coarsest.res_ms
     return (
-        f"SELECT sum(cnt) AS n FROM {identifier(coarsest.table)}"
+        f"SELECT sum(cnt) AS n FROM {identifier(coarsest.table + suffix)}"
         f" WHERE tenant = {tenant_literal(tenant)} AND sensor IN ({_ints(sensors)})"
         f" AND t >= {int(lo) // r * r} AND t < {int(hi)}"
     )

@@ -178,6 +178,9 @@ def test_a_pinned_read_equals_the_oracle_over_its_loads(target, loads, merges, l
         if seq in merge_after:  # fold rows of earlier and later loads together
             target.merge(merge_after[seq])
     sensors = sorted({int(s) for sensor, _, _ in loads for s in sensor.tolist()}) or [1]
+    if isinstance(target, ClusterTarget):  # the edge-scan guard reads where lenses read
+        every = sum(len(ts) for _, ts, _ in loads)
+        assert target.store.points_about(tenant, sensors, T0, T0 + SPAN + 1) == every
     for floor, start, width, step, origin, m4 in lenses:
         floor = min(floor, len(loads) - 1)
         if not usable_tiers(step) and width > 600_000:
