@@ -1,13 +1,13 @@
 """What a lens server may see, read from the keeper: the loads of every loader.
 
-A snapshot reads the load counter and each partition's pending load. Every
-seq below the counter belongs to a load that is either complete or pending
-(allocation and intent are one transaction), so a lens sees exactly the
-completed loads by reading raw rows with ``seq`` below the counter except
-the pending ones, and keeps its rollup reads clear of the pending loads'
-spans. Loads that begin while a lens reads are found afterwards (seqs from
-the snapshot's counter on, in the partitions' pending loads and histories)
-and the lens reads again if they touched what it read.
+A snapshot reads the load counter and each partition's document: its
+pending load and its last completed ones. A partition's loads complete one
+at a time, in seq order, and write one shard, so the shard's *floor* (below
+the pending load, else the last completed one) says exactly which of its
+rows a lens may read (:mod:`lenshouse.storage.replicated.pinned`); the
+completed loads on record tell the chunk cache what changed since a chunk
+was read. Loads begun after a snapshot (``begun_after``) are read from the
+same documents, for ETags and deletes.
 
 Reads go through ``sync`` first, so the keeper server this process talks to
 has caught up with the leader: no load whose insert a lens could see is
@@ -43,7 +43,15 @@ def floor(doc: progress.PartitionDoc) -> int:
 class _Parsed(NamedTuple):
     zxid: int  # the node's last modification: same zxid, same content
     doc: progress.PartitionDoc
+    floor: int
+    pending: LoadSpan | None
     completed: tuple[LoadSpan, ...]
+
+    @classmethod
+    def of(cls, zxid: int, doc: progress.PartitionDoc) -> _Parsed:
+        pending = progress.span_of(doc.span) if doc.pending and doc.span else None
+        completed = tuple(progress.span_of(h) for h in doc.history or ())
+        return cls(zxid, doc, floor(doc), pending, completed)
 
 
 class ClusterVisibility:
@@ -73,28 +81,26 @@ class ClusterVisibility:
         try:
             raw, stat = self.zk.get(self.paths.partition(p))
         except NoNodeError:
-            return _Parsed(-1, progress.PartitionDoc(), ())
+            return _Parsed.of(-1, progress.PartitionDoc())
         with self._lock:
             known = self._parsed.get(p)
         if known is not None and known.zxid == stat.mzxid:
             return known
-        doc = progress.PartitionDoc.parse(raw)
-        parsed = _Parsed(stat.mzxid, doc, tuple(progress.span_of(h) for h in doc.history or ()))
+        parsed = _Parsed.of(stat.mzxid, progress.PartitionDoc.parse(raw))
         with self._lock:
             self._parsed[p] = parsed
         return parsed
 
     def snapshot(self) -> Snapshot:
         counter, parsed = self._read()
-        docs = [x.doc for x in parsed]
-        pending = [progress.span_of(d.span) for d in docs if d.pending and d.span]
+        pending = [x.pending for x in parsed if x.pending is not None]
         return Snapshot(
             committed_seq=counter - 1,
             inflight=tuple(pending),
             started=counter,
             hidden=tuple(s.seq for s in pending),
             watermark=min((s.seq for s in pending), default=counter),
-            floors=tuple(floor(d) for d in docs),
+            floors=tuple(x.floor for x in parsed),
             completed=tuple(x.completed for x in parsed),
         )
 
@@ -126,7 +132,8 @@ class ClusterVisibility:
         return self.snapshot().committed_seq
 
     def on_begin(self, callback: Callable[[LoadSpan], None]) -> None:
-        """Not told of loads as they begin: a lens server runs without a lens cache."""
+        """Not told of loads as they begin: lens servers check their cached
+        chunks against the completed loads on record instead (``PinnedCache``)."""
 
     @contextmanager
     def quiet(self) -> Iterator[Snapshot]:

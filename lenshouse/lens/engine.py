@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -34,7 +35,7 @@ from lenshouse.retention.policy import RAW, SOURCES
 from lenshouse.rollup.m4 import M4, M4_AGGS, M4_FIELDS
 from lenshouse.rollup.tiers import TIERS
 from lenshouse.storage.errors import RetryableError
-from lenshouse.storage.queries import M4_FLAT
+from lenshouse.storage.queries import FLOAT_COLUMNS, M4_FLAT
 from lenshouse.storage.schema import M4_SOURCE
 from lenshouse.storage.store import Store
 
@@ -417,18 +418,9 @@ class LensEngine:
         """Cached chunks still valid at ``snap``, and per sensor the (chunk,
         buckets) it lacks; the last chunk is held up to the window's end."""
         valid = Validity(snap, tenant)
-        span = chunk_span(step)
-        cached: dict[int, dict[int, Chunk]] = {}
-        missing: dict[int, list[tuple[int, int]]] = {}
-        for sensor in sensors:
-            for n in range(start // span, -(-end // span)):
-                upto = (end - n * span) // step if end < (n + 1) * span else CHUNK_BUCKETS
-                chunk = self.pinned.get((tenant, sensor, step, n, upto), valid)
-                if chunk is None:
-                    missing.setdefault(sensor, []).append((n, upto))
-                else:
-                    cached.setdefault(sensor, {})[n] = chunk
-        return cached, missing
+        return _lookup(
+            lambda key: self.pinned.get(key, valid), tenant, sensors, start, end, step, end
+        )
 
     def _patient(
         self,
@@ -459,23 +451,9 @@ class LensEngine:
     ) -> tuple[dict[int, dict[int, Chunk]], dict[int, list[tuple[int, int]]]]:
         """Cached chunks meeting [start, end), and per sensor the (chunk, buckets)
         it lacks; a chunk the head's ``boundary`` cuts is held up to it."""
-        cached: dict[int, dict[int, Chunk]] = {}
-        missing: dict[int, list[tuple[int, int]]] = {}
         if not self.cache.enabled or start >= end:
-            return cached, missing
-        span = chunk_span(step)
-        chunks = []
-        for n in range(start // span, -(-end // span)):
-            upto = (boundary - n * span) // step if boundary < (n + 1) * span else CHUNK_BUCKETS
-            chunks.append((n, upto))
-        for sensor in sensors:
-            for n, upto in chunks:
-                chunk = self.cache.get((tenant, sensor, step, n, upto))
-                if chunk is None:
-                    missing.setdefault(sensor, []).append((n, upto))
-                else:
-                    cached.setdefault(sensor, {})[n] = chunk
-        return cached, missing
+            return {}, {}
+        return _lookup(self.cache.get, tenant, sensors, start, end, step, boundary)
 
     def _finish(
         self,
@@ -609,18 +587,45 @@ def _erasing(spans, tenant: str, sensors: list[int], start: int, end: int) -> bo
 
 
 _COLUMNS = ("sensor", "b", "sum", "cnt", "min", "max")
-_FLOATS = {"sum", "min", "max", "m4_vf", "m4_vl"}
 
 
 def _columns(table: pa.Table | None, m4: bool = False) -> dict[str, np.ndarray]:
     names = _COLUMNS + (M4_FLAT if m4 else ())
     if table is None:
-        return {n: np.empty(0, np.float64 if n in _FLOATS else np.int64) for n in names}
+        return {n: np.empty(0, np.float64 if n in FLOAT_COLUMNS else np.int64) for n in names}
     cols = {n: table.column(n).to_numpy() for n in names}
     for n in names:
-        if n not in _FLOATS and n != "sensor":
+        if n not in FLOAT_COLUMNS and n != "sensor":
             cols[n] = cols[n].astype(np.int64, copy=False)
     return cols
+
+
+def _lookup(
+    get: Callable[[Key], Chunk | None],
+    tenant: str,
+    sensors: list[int],
+    start: int,
+    end: int,
+    step: int,
+    boundary: int,
+) -> tuple[dict[int, dict[int, Chunk]], dict[int, list[tuple[int, int]]]]:
+    """The chunks ``get`` has for [start, end) per sensor, and the (chunk,
+    buckets) each lacks; a chunk that ``boundary`` cuts is held up to it."""
+    span = chunk_span(step)
+    chunks = []
+    for n in range(start // span, -(-end // span)):
+        upto = (boundary - n * span) // step if boundary < (n + 1) * span else CHUNK_BUCKETS
+        chunks.append((n, upto))
+    cached: dict[int, dict[int, Chunk]] = {}
+    missing: dict[int, list[tuple[int, int]]] = {}
+    for sensor in sensors:
+        for n, upto in chunks:
+            chunk = get((tenant, sensor, step, n, upto))
+            if chunk is None:
+                missing.setdefault(sensor, []).append((n, upto))
+            else:
+                cached.setdefault(sensor, {})[n] = chunk
+    return cached, missing
 
 
 def _wanted(

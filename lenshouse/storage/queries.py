@@ -106,6 +106,8 @@ def load_keys(tenant: str, seq: int, pairs, unit_ms: int, limit: int = MAX_CONDI
 # The M4 pairs folded and taken apart into plain columns (old servers and the
 # native protocol's readers handle tuples poorly): see lenshouse.rollup.m4.
 M4_FLAT = ("m4_tf", "m4_vf", "m4_tl", "m4_vl", "m4_tmin", "m4_tmax")
+# The float columns of a lens read (the rest are integers).
+FLOAT_COLUMNS = frozenset({"sum", "min", "max", "m4_vf", "m4_vl"})
 
 
 def m4_flat(pairs: dict[str, str], cond: str | None = None) -> str:

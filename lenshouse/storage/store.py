@@ -16,7 +16,8 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -245,11 +246,18 @@ class SqlStore:
         m4: bool = False,
     ) -> pa.Table:
         q = queries.lens(tenant, step, groups, max_seq, hidden, origin, m4)
+        with self._lens_running() as busy:
+            return self.backend.query(q.sql, self.lens_settings(busy, q.raw_in_order))
+
+    @contextmanager
+    def _lens_running(self) -> Iterator[bool]:
+        """Count a lens read as running while the block runs; yields whether
+        others were running when it began."""
         with self._running_lock:
             busy = self._running > 0
             self._running += 1
         try:
-            return self.backend.query(q.sql, self.lens_settings(busy, q.raw_in_order))
+            yield busy
         finally:
             with self._running_lock:
                 self._running -= 1

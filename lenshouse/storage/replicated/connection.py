@@ -271,7 +271,7 @@ def _unpinged(client: Client) -> Client:
     (the driver pings before every query: a round trip, measured at 9 % of a
     lens server's CPU). A connection the server has closed fails the query
     itself as a network error, which the stores read again."""
-    for conn in {id(c): c for c in [client.connection, *client.connections]}.values():
+    for conn in [client.connection, *client.connections]:  # alt hosts: one connection
 
         def force_connect(conn=conn) -> None:
             conn.check_query_execution()
@@ -308,10 +308,6 @@ def _column(col: pa.ChunkedArray) -> np.ndarray:
 def _to_arrow(columns, types) -> pa.Table:
     out = {}
     for (name, kind), values in zip(types, columns or [[] for _ in types]):
-        if kind.startswith("Array("):  # ragged: each row's own array
-            inner = _arrow_type(kind[len("Array(") : -1]) or pa.int64()
-            out[name] = pa.array([list(v) for v in values], type=pa.list_(inner))
-            continue
         values = np.asarray(values)
         kind_type = _arrow_type(kind)
         if len(values) == 0:  # an empty result has no typed arrays

@@ -41,7 +41,14 @@ from lenshouse.rollup import m4 as m4fold
 from lenshouse.rollup.cells import FIRST
 from lenshouse.rollup.m4 import COLUMNS as M4_COLUMNS
 from lenshouse.rollup.tiers import M4_FOLD, M4_OF_RAW, TIERS
-from lenshouse.storage.queries import M4_FLAT, bucket_of, identifier, m4_flat, segments_where
+from lenshouse.storage.queries import (
+    FLOAT_COLUMNS,
+    M4_FLAT,
+    bucket_of,
+    identifier,
+    m4_flat,
+    segments_where,
+)
 
 RAW_SOURCE = 255  # the ``src`` of rows read from raw points
 Groups = Sequence[tuple[Sequence[int], Sequence[Segment]]]
@@ -100,9 +107,9 @@ def query(
     return " UNION ALL ".join(selects) if selects else None
 
 
-def finer(rows: pa.Table) -> tuple[list[Segment], list[Segment]]:
-    """The dirty cells in ``rows`` as segments to read again, per sensor
-    (``Segment.within`` unused): (first-tier segments, raw segments)."""
+def finer(rows: pa.Table) -> tuple[list, list]:
+    """The dirty cells in ``rows`` as groups to read again, a group per sensor
+    (``Segment.within`` unused): (from the first tier, from raw rows)."""
     first: list[tuple[int, Segment]] = []
     raw: list[tuple[int, Segment]] = []
     if rows.num_rows == 0:
@@ -168,21 +175,18 @@ def read(
     return fold(parts, m4)
 
 
-_FLOATS = {"sum", "min", "max", "m4_vf", "m4_vl"}
-
-
 def fold(parts: list[pa.Table], m4: bool) -> pa.Table:
     """Rows of the same (sensor, b) folded into one; rows holding no point dropped."""
     names = ("sensor", "b", "sum", "cnt", "min", "max") + (M4_FLAT if m4 else ())
     cols = {
         n: np.concatenate(
             [p.column(n).to_numpy() for p in parts if p.num_rows]
-            or [np.empty(0, np.float64 if n in _FLOATS else np.int64)]
+            or [np.empty(0, np.float64 if n in FLOAT_COLUMNS else np.int64)]
         )
         for n in names
     }
     for n in names:
-        kind = np.float64 if n in _FLOATS else np.int64
+        kind = np.float64 if n in FLOAT_COLUMNS else np.int64
         cols[n] = cols[n].astype(kind, copy=False)
     keep = cols["cnt"] > 0
     cols = {n: v[keep] for n, v in cols.items()}

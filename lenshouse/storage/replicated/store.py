@@ -252,11 +252,11 @@ class ClusterStore(SqlStore):
         read only from the shards that hold its sensors, in parallel. A shard
         none of whose replicas answers fails the lens naming it; lenses of the
         other shards' sensors do not notice."""
-        by_shard = self._groups_by_shard(tenant, groups)
-        with self._running_lock:
-            busy = self._running > 0
-            self._running += 1
-        try:
+        by_shard: dict[int, list] = {}
+        for ids, segs in groups:
+            for k, mine in self._by_shard(tenant, ids).items():
+                by_shard.setdefault(k, []).append((mine, segs))
+        with self._lens_running() as busy:
             settings = self.lens_settings(busy, False)
             jobs = [
                 self._reads.submit(
@@ -266,23 +266,16 @@ class ClusterStore(SqlStore):
                 if floors[k] >= 0  # no load has completed there yet
             ]
             parts = [j.result() for j in jobs]
-        finally:
-            with self._running_lock:
-                self._running -= 1
         return pinned.fold(parts, m4)
 
-    def _groups_by_shard(self, tenant: str, groups) -> dict[int, list]:
-        """Each group's sensors split by the shard (0-based) that holds them."""
-        out: dict[int, list] = {}
+    def _by_shard(self, tenant: str, sensors) -> dict[int, list[int]]:
+        """``sensors`` by the shard (0-based) that holds them."""
+        ids = [int(s) for s in sensors]
         n = len(self.conn.shards)
-        for ids, segs in groups:
-            ids = list(ids)
-            owner = shard_of(tenant, np.asarray(ids, np.uint32), n) if n > 1 else [0] * len(ids)
-            mine: dict[int, list[int]] = {}
-            for sensor, k in zip(ids, owner):
-                mine.setdefault(int(k), []).append(sensor)
-            for k, sensors in mine.items():
-                out.setdefault(k, []).append((sensors, segs))
+        owner = shard_of(tenant, np.asarray(ids, np.uint32), n) if n > 1 else [0] * len(ids)
+        out: dict[int, list[int]] = {}
+        for sensor, k in zip(ids, owner):
+            out.setdefault(int(k), []).append(sensor)
         return out
 
     def _pinned_shard(
@@ -300,9 +293,8 @@ class ClusterStore(SqlStore):
     def points_about(self, tenant: str, sensors: list[int], start: int, end: int) -> int:
         """From the shards that hold ``sensors`` only (as lenses read)."""
         total = 0
-        for k, groups in self._groups_by_shard(tenant, [(sensors, ())]).items():
+        for k, ids in self._by_shard(tenant, sensors).items():
             shard = self.conn.shards[k]
-            ids = [s for g, _ in groups for s in g]
             sql = queries.points_about(TIERS[-1], tenant, ids, start, end, "_local")
             rows = self._read(partial(self.conn.query_shard, shard.number, sql), shard)
             total += int(rows.column("n")[0].as_py() or 0)
@@ -334,13 +326,11 @@ class ClusterStore(SqlStore):
     ) -> pa.Table:
         """Raw points of the loads up to each shard's floor, from the shards
         that hold ``sensors`` only, in (sensor, ts) order, at most ``limit``."""
-        by_shard = self._groups_by_shard(tenant, [(sensors, ())])
         jobs = []
-        for k, groups in by_shard.items():
+        for k, ids in self._by_shard(tenant, sensors).items():
             if floors[k] < 0:
                 continue
             shard = self.conn.shards[k]
-            ids = [s for g, _ in groups for s in g]
             sql = queries.export(tenant, ids, start, end, floors[k], limit, (), after, "raw_local")
             run = partial(self.conn.query_shard, shard.number, sql)
             jobs.append(self._reads.submit(self._read, run, shard))
