@@ -41,6 +41,7 @@ class StorageError(RuntimeError):
     """A query or insert the storage refused or could not run."""
 
     code: int | None = None
+    network: bool = False  # the server was not reached (or went silent)
 
 
 class RetryableError(StorageError):
@@ -73,4 +74,5 @@ def classify(message: str, code: int | None = None, network: bool = False) -> St
     kind = RetryableError if network or code in RETRYABLE_CODES else FatalError
     err = kind(message)
     err.code = code
+    err.network = network or code in (209, 210)
     return err

@@ -12,18 +12,25 @@ give up after ``READ_TIMEOUT_S`` of silence (a running query sends progress
 packets, so a long lens is not cut short), and tell the server to wait no
 longer than ``REMOTE_TIMEOUT_S`` for a remote shard's replica (the setting
 reaches the ``Distributed`` table's own connections), so a read from the cut
-node fails in seconds and the next one goes elsewhere. Inserts and DDL may
-legitimately wait longer (a quorum, a task queued on every node).
+node fails in seconds. A shard's own reads (its local tables, answering in
+well under a second) give up after ``SHARD_READ_TIMEOUT_S``. Either way the
+replica that went silent is then *suspect* for ``SUSPECT_S``: every client of
+the pool that is about to read from it moves to another replica first, so
+one read waits out the timeout, not one per pooled connection. Inserts and
+DDL may legitimately wait longer (a quorum, a task queued on every node).
 
 Ownership: a clickhouse-driver ``Client`` runs one query at a time, so each
 sits in a pool (a queue) and a thread holds it for one call. ``layout`` is
-read once, at connection, and never changes after.
+read once, at connection, and never changes after. A pool's suspects are
+shared by its threads, under their own lock.
 """
 
 from __future__ import annotations
 
 import itertools
 import queue
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -34,7 +41,7 @@ from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
 
 from lenshouse.storage.backend import Settings
-from lenshouse.storage.errors import StorageError, classify
+from lenshouse.storage.errors import RetryableError, StorageError, classify
 from lenshouse.storage.queries import identifier, string_literal
 
 _NETWORK = (
@@ -66,6 +73,10 @@ def parse_address(address: str) -> tuple[str, int]:
 
 
 READ_TIMEOUT_S = 15  # client side: silence on a read's socket
+# A running query sends progress packets every interactive_delay (0.1 s), so
+# a shard read's socket is silent this long only when the replica is gone.
+SHARD_READ_TIMEOUT_S = 5
+SUSPECT_S = 30.0  # how long reads avoid a replica that went silent
 REMOTE_TIMEOUT_S = 10  # server side: a Distributed read's wait on a remote replica
 WRITE_TIMEOUT_S = 60  # inserts (a quorum wait is silent) and DDL
 
@@ -89,9 +100,40 @@ def _client(
     )
 
 
+class _Suspects:
+    """Replicas that recently failed a read on the network, and until when
+    reads avoid them. ``_until`` is guarded by ``_lock`` (the pool's threads
+    share it)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._until: dict[tuple[str, int], float] = {}
+
+    def mark(self, host: tuple[str, int]) -> None:
+        with self._lock:
+            self._until[host] = time.monotonic() + SUSPECT_S
+
+    def _suspect(self, host: tuple[str, int], now: float) -> bool:
+        return self._until.get(host, 0.0) > now
+
+    def steer(self, client: Client) -> None:
+        """Point ``client`` at a replica that is not suspect, if there is one
+        (its failover order rotated, its connection to the suspect dropped)."""
+        hosts = client.connection.hosts
+        now = time.monotonic()
+        with self._lock:
+            if not self._suspect(hosts[0], now):
+                return
+            good = [i for i, h in enumerate(hosts) if not self._suspect(h, now)]
+        if good:
+            client.disconnect()
+            hosts.rotate(-good[0])
+
+
 class _Pool:
-    def __init__(self, make, size: int) -> None:
+    def __init__(self, make, size: int, suspects: _Suspects | None = None) -> None:
         self._free: queue.Queue[Client] = queue.Queue()
+        self._suspects = suspects
         self._all = [make() for _ in range(size)]
         for c in self._all:
             self._free.put(c)
@@ -100,7 +142,14 @@ class _Pool:
     def client(self) -> Iterator[Client]:
         c = self._free.get()
         try:
+            if self._suspects:
+                self._suspects.steer(c)
             yield c
+        except RetryableError as e:
+            if self._suspects and e.network:
+                self._suspects.mark(c.connection.hosts[0])
+                c.disconnect()
+            raise
         finally:
             self._free.put(c)
 
@@ -154,7 +203,9 @@ class ClusterConnection:
         order = list(dict.fromkeys([*seeds, *every]))
         db = self.database
         self._order = order
-        self._any = _Pool(lambda: _client(order, db, user, password, READ_TIMEOUT_S), pool_size)
+        self._any = _Pool(
+            lambda: _client(order, db, user, password, READ_TIMEOUT_S), pool_size, _Suspects()
+        )
         self._shard_pools = {
             s.number: _Pool(
                 lambda s=s: _client(list(s.replicas), db, user, password, WRITE_TIMEOUT_S), 1
@@ -166,9 +217,12 @@ class ClusterConnection:
         self._read_pools = {
             s.number: _Pool(
                 lambda s=s, k=itertools.count(): _unpinged(
-                    _client(_rotated(s.replicas, next(k)), db, user, password, READ_TIMEOUT_S)
+                    _client(
+                        _rotated(s.replicas, next(k)), db, user, password, SHARD_READ_TIMEOUT_S
+                    )
                 ),
                 max(2, pool_size // 2) * len(s.replicas),
+                _Suspects(),
             )
             for s in self.shards
         }
