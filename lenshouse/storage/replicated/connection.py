@@ -217,9 +217,7 @@ class ClusterConnection:
         self._read_pools = {
             s.number: _Pool(
                 lambda s=s, k=itertools.count(): _unpinged(
-                    _client(
-                        _rotated(s.replicas, next(k)), db, user, password, SHARD_READ_TIMEOUT_S
-                    )
+                    _client(_rotated(s.replicas, next(k)), db, user, password, SHARD_READ_TIMEOUT_S)
                 ),
                 max(2, pool_size // 2) * len(s.replicas),
                 _Suspects(),
