@@ -630,7 +630,7 @@ def role_argv(doc: Doc, spec: NodeSpec) -> list[str]:
     if spec.role == "loader":
         replicas = ["--log-replicas", str(min(3, _topology(doc).nats))]
         return [*base, "loader", *log, *keeper, *storage, *replicas, "--member", spec.name, *where]
-    return [*base, "lens-server", *keeper, *storage, *where]
+    return [*base, "lens-server", *log, *keeper, *storage, *where]
 
 
 def _up_roles(root: Path, doc: Doc, topo: Topology) -> None:

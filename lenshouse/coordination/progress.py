@@ -176,6 +176,11 @@ class PartitionProgress:
                 state.pending = Pending(seq, pending.first_lsn, pending.last_lsn)
                 return seq
 
+    def last_completed(self) -> int:
+        """The seq of the partition's last completed load (-1: none yet)."""
+        history = self.doc.history or []
+        return int(history[-1]["seq"]) if history else -1
+
     def done(self, state: LoaderState) -> None:
         done = self.doc.pending
         assert done is not None

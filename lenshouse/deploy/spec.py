@@ -82,4 +82,12 @@ def role_args(role: str, topo: Topology, where: Addresses, member: str | None = 
             *name,
             *listen,
         ]
-    return ["lens-server", "--keeper", where.keeper_clients(), *storage, *listen]
+    return [
+        "lens-server",
+        "--nats",
+        where.nats_urls(),
+        "--keeper",
+        where.keeper_clients(),
+        *storage,
+        *listen,
+    ]

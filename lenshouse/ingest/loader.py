@@ -237,6 +237,9 @@ class Loader:
         self.backlog_end = getattr(wal, "next_lsn", 0)
         # Called with (seq, rows) once a load is stored, before lenses may see it.
         self.on_loaded: list[Callable[[int, pa.Table], None]] = []
+        # Called with (seq, rows) once a load's intent is on record, before its
+        # inserts: its seq and rows are final (a replay repeats both).
+        self.on_intent: list[Callable[[int, pa.Table], None]] = []
         # Each tenant's raw expiry mark (lenshouse.retention.horizons), if any.
         self.raw_mark: Callable[[str], int | None] | None = None
         # Called with (tenant, sensors, start, end) once a delete is applied,
@@ -452,6 +455,8 @@ class Loader:
                 pa.array(np.full(table.num_rows, seq, np.uint64)),
             )
             span = replace(span, seq=seq)
+        for callback in self.on_intent:
+            callback(seq, table)
         t0 = time.perf_counter()
         self.visibility.begin(span)
         token = f"lh-{self.state.epoch}-{seq}-{first}-{last}"

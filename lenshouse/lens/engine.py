@@ -25,6 +25,7 @@ from lenshouse.lens.cache import (
     Validity,
     chunk_span,
 )
+from lenshouse.lens.cluster_head import ClusterHead
 from lenshouse.lens.head import Head, buckets, m4_buckets
 from lenshouse.lens.planner import Segment, plan, raw_span, usable_tiers
 from lenshouse.lens.steps import bucket_count, choose_step, whole_buckets
@@ -181,8 +182,10 @@ class LensEngine:
         cache_bytes: int = 256 << 20,
         head: Head | None = None,
         horizons: Horizons | None = None,
+        cluster_head: ClusterHead | None = None,
     ) -> None:
         self.store = store
+        self.cluster_head = cluster_head  # lens servers: the newest seconds per shard
         self.visibility = visibility
         self.cache = LensCache(visibility, cache_bytes)
         self.pinned = PinnedCache(cache_bytes)  # lenses pinned to shard floors (cluster mode)
@@ -384,11 +387,20 @@ class LensEngine:
         step, origin, m4 = grid
         held = floor.tiers if floor is not None else None
         caching = self.pinned.enabled and not origin and not m4 and snap.completed is not None
+        boundaries, head = self._pinned_head(tenant, sensors, start, end, snap, step, origin)
         cached: dict[int, dict[int, Chunk]] = {}
         missing: dict[int, list[tuple[int, int]]] = {}
-        if caching:
-            cached, missing = self._pinned_cached(tenant, sensors, start, end, step, snap)
-        wanted = _wanted(sensors, missing if caching else None, step, start, end)
+        wanted: dict[tuple[tuple[int, int], ...], list[int]] = {}
+        for boundary, ids in _by_boundary(sensors, boundaries).items():
+            stored_end = min(end, max(start, boundary))  # the rest comes from the head
+            if caching:
+                c, m = self._pinned_cached(tenant, ids, start, stored_end, step, snap, boundary)
+                cached |= c
+                missing |= m
+            for rs, group in _wanted(
+                ids, missing if caching else None, step, start, stored_end
+            ).items():
+                wanted.setdefault(rs, []).extend(group)
         groups = [
             (ids, [g for a, b in rs for g in plan(a, b, step, None, held, origin)])
             for rs, ids in wanted.items()
@@ -405,21 +417,50 @@ class LensEngine:
             else None
         )
         cols = _columns(table, m4)
-        read = _Read(tenant, step, snap, segments, cached, missing, cols, {}, origin, m4)
+        read = _Read(tenant, step, snap, segments, cached, missing, cols, head, origin, m4)
         read.valid = True
         if self.store.can_erase:
             newer = self.visibility.started_since(snap)
             read.valid = newer is not None and not _erasing(newer, tenant, sensors, start, end)
         return read
 
+    def _pinned_head(
+        self,
+        tenant: str,
+        sensors: list[int],
+        start: int,
+        end: int,
+        snap: Snapshot,
+        step: int,
+        origin: int,
+    ) -> tuple[dict[int, int], dict[int, tuple[np.ndarray, np.ndarray]]]:
+        """Per sensor where the head's part begins (``end``: no head), and the
+        head's points from there on, once every load complete at ``snap`` is
+        accounted for."""
+        head = self.cluster_head
+        if head is None or not head.enabled:
+            return dict.fromkeys(sensors, end), {}
+        head.settle(snap)
+        return head.read(tenant, sensors, start, end, snap, step, origin)
+
     def _pinned_cached(
-        self, tenant: str, sensors: list[int], start: int, end: int, step: int, snap: Snapshot
+        self,
+        tenant: str,
+        sensors: list[int],
+        start: int,
+        end: int,
+        step: int,
+        snap: Snapshot,
+        boundary: int,
     ) -> tuple[dict[int, dict[int, Chunk]], dict[int, list[tuple[int, int]]]]:
         """Cached chunks still valid at ``snap``, and per sensor the (chunk,
-        buckets) it lacks; the last chunk is held up to the window's end."""
+        buckets) it lacks; a chunk the head's ``boundary`` (or the window's
+        end) cuts is held up to it."""
+        if start >= end:
+            return {}, {}
         valid = Validity(snap, tenant)
         return _lookup(
-            lambda key: self.pinned.get(key, valid), tenant, sensors, start, end, step, end
+            lambda key: self.pinned.get(key, valid), tenant, sensors, start, end, step, boundary
         )
 
     def _patient(
@@ -646,6 +687,14 @@ def _wanted(
         if ranges:
             wanted.setdefault(ranges, []).append(sensor)
     return wanted
+
+
+def _by_boundary(sensors: list[int], boundaries: dict[int, int]) -> dict[int, list[int]]:
+    """Sensors grouped by where their head's part begins (one per shard)."""
+    out: dict[int, list[int]] = {}
+    for s in sensors:
+        out.setdefault(boundaries[s], []).append(s)
+    return out
 
 
 def _bounds(wanted: dict[tuple[tuple[int, int], ...], list[int]]) -> tuple[int, int]:

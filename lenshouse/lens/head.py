@@ -69,6 +69,12 @@ class Head:
             self._floor = -(2**62) if newest_stored_ms is None else newest_stored_ms + 1
             self._lo = -(2**62)
 
+    def disown_below(self, ts: int) -> None:
+        """Claim nothing below ``ts`` any more (points of a load this head
+        will never hold lie below it)."""
+        with self._lock:
+            self._floor = max(self._floor, ts)
+
     def lo(self) -> int:
         """Every loaded point at or after this time is in the head. It never
         moves back, even if the wall clock does."""

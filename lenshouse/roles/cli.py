@@ -153,6 +153,20 @@ def lens_server(
     lens_cache_mb: float = typer.Option(
         256, help="memory for cached lens chunks (0 turns the cache off)"
     ),
+    nats: str = typer.Option(
+        "",
+        "--nats",
+        envvar="LENSHOUSE_NATS",
+        help="NATS servers, comma-separated: the loaders announce their loads there for the head"
+        " (none: no head, the newest seconds are read from ClickHouse)",
+    ),
+    log: str = PREFIX,
+    head_seconds: float = typer.Option(
+        65.0, help="seconds of the newest points kept in memory per shard (0: no head)"
+    ),
+    head_mb: float = typer.Option(
+        2048, help="memory for the head (16 bytes a point); past it, it keeps fewer seconds"
+    ),
 ) -> None:
     """Answer lenses, export and the catalog from the cluster, exact as of completed loads."""
     from lenshouse.cli import _cluster_store
@@ -161,7 +175,15 @@ def lens_server(
 
     store = _cluster_store(clickhouse, cluster, database, None, connect_wait,
                            clickhouse_user, clickhouse_password)  # fmt: skip
-    server = LensServer(_split(keeper), store, cache_bytes=int(lens_cache_mb * 2**20))
+    server = LensServer(
+        _split(keeper),
+        store,
+        cache_bytes=int(lens_cache_mb * 2**20),
+        nats=_split(nats),
+        log_prefix=log,
+        head_seconds=head_seconds,
+        head_bytes=int(head_mb * 2**20),
+    )
     _run(create_lens_app(server, Quotas(lens_per_s=quota_lens_per_s)), host, port)
 
 

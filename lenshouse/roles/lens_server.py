@@ -4,13 +4,18 @@ cluster, exact as of the loads every loader completed (read from the keeper,
 
 Each lens is read pinned to the loads each shard had completed
 (:mod:`lenshouse.storage.replicated.pinned`), from the shards that hold its
-sensors only. Its chunk cache (:class:`lenshouse.lens.cache.PinnedCache`)
-keeps what lenses read with the floors they read at, and serves a chunk
-again while no load completed since (on record in the keeper) wrote into
-its time range. It keeps no head: the newest seconds are read from
-ClickHouse."""
+sensors only. The newest seconds come from the head
+(:mod:`lenshouse.lens.cluster_head`), which keeps the rows every loader
+announces on NATS (:mod:`lenshouse.stream.loaded`); older chunks from the
+chunk cache (:class:`lenshouse.lens.cache.PinnedCache`), which keeps what
+lenses read with the floors they read at, and serves a chunk again while no
+load completed since (on record in the keeper) wrote into its time range;
+the rest from ClickHouse. Without NATS addresses it keeps no head."""
 
 from __future__ import annotations
+
+import logging
+import threading
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Histogram
@@ -22,6 +27,7 @@ from lenshouse.api.prometheus import add_query_routes
 from lenshouse.api.retention import add_retention_routes
 from lenshouse.coordination.zk import Paths, ensure_layout
 from lenshouse.coordination.zk import connect as zk_connect
+from lenshouse.lens.cluster_head import ClusterHead
 from lenshouse.lens.cluster_visibility import ClusterVisibility
 from lenshouse.lens.engine import LensEngine
 from lenshouse.prometheus.series import KeeperSeriesIds
@@ -29,25 +35,58 @@ from lenshouse.retention.horizons import Horizons
 from lenshouse.storage.catalog import Catalog
 from lenshouse.storage.errors import StorageError
 from lenshouse.storage.replicated.store import ClusterStore
+from lenshouse.stream import jetstream
+from lenshouse.stream.jetstream import LoopThread
+from lenshouse.stream.loaded import Feed
+from lenshouse.stream.partitions import LogLayout, partition_of
 from lenshouse.tenancy.keeper import KeeperRegistry
 from lenshouse.tenancy.quotas import Quotas
+
+log = logging.getLogger(__name__)
+
+OPEN_EVERY_S = 1.0  # how often closed partitions of the head are opened again
 
 
 class LensServer:
     """Ownership: immutable after construction; the engine, the store and the
-    keeper client are used by any request thread."""
+    keeper client are used by any request thread; the opener thread opens
+    the head's partitions, the feed thread fills them."""
 
     def __init__(
-        self, keeper: list[str], store: ClusterStore, cache_bytes: int = 256 << 20
+        self,
+        keeper: list[str],
+        store: ClusterStore,
+        cache_bytes: int = 256 << 20,
+        nats: list[str] | None = None,
+        log_prefix: str = "LH",
+        head_seconds: float = 65.0,
+        head_bytes: int = 2 << 30,
     ) -> None:
         self.store = store
         self.paths = Paths(store.conn.database)
         self.zk = zk_connect(keeper)
         ensure_layout(self.zk, self.paths)
-        self.visibility = ClusterVisibility(self.zk, self.paths, len(store.conn.shards))
+        shards = len(store.conn.shards)
+        self.visibility = ClusterVisibility(self.zk, self.paths, shards)
         self.horizons = Horizons(store)
+        self.head: ClusterHead | None = None
+        self._stop = threading.Event()
+        self._loop: LoopThread | None = None
+        self._feed: Feed | None = None
+        if nats and head_seconds > 0:
+            self.head = ClusterHead(
+                shards,
+                lambda tenant, sensors: partition_of(tenant, sensors, shards),
+                head_seconds,
+                head_bytes,
+            )
+            self._start_feed(nats, LogLayout(log_prefix, shards))
         self.lenses = LensEngine(
-            store, self.visibility, cache_bytes=cache_bytes, horizons=self.horizons
+            store,
+            self.visibility,
+            cache_bytes=cache_bytes,
+            horizons=self.horizons,
+            cluster_head=self.head,
         )
         # Remote-write series live in the keeper (the gateways claim their ids there).
         self.series = KeeperSeriesIds(self.zk, self.paths.root)
@@ -61,6 +100,34 @@ class LensServer:
             registry=self.registry,
         )
 
+    def _start_feed(self, nats: list[str], layout: LogLayout) -> None:
+        assert self.head is not None
+        self._loop = LoopThread("lens-nats")
+        nc = self._loop.run(jetstream.connect(nats, "lens-server"))
+        self._feed = Feed(self._loop, nc, layout, self.head.add).start()
+        threading.Thread(target=self._open_head, name="head-opener", daemon=True).start()
+
+    def _open_head(self) -> None:
+        """Open the head's closed partitions, now and whenever one is dropped.
+        Subscribed first: a load announced after its partition's base is read
+        is either received or found missing, never silently absent."""
+        head = self.head
+        assert head is not None
+        while not self._stop.wait(OPEN_EVERY_S):  # bounded by the server's life
+            closed = head.closed()
+            if not closed:
+                continue
+            try:
+                snap = self.visibility.snapshot()
+                assert snap.completed is not None
+                for p in closed:
+                    base = snap.completed[p][-1].seq if snap.completed[p] else -1
+                    since = head.since_ms()
+                    newest = self.store.newest_loaded(p, base, since) if base >= 0 else None
+                    head.open(p, base, newest, since)
+            except Exception as e:  # storage or keeper away: lenses read ClickHouse
+                log.info("head not opened yet: %r", e)
+
     def health(self) -> tuple[dict, bool]:
         doc: dict = {"role": "lens", "keeper_connected": self.zk.connected, **self.store.health()}
         cache = self.lenses.pinned
@@ -71,6 +138,12 @@ class LensServer:
             "misses": cache.misses,
             "invalidated": cache.invalidated,
         }
+        if self.head is not None and self._feed is not None:
+            doc["head"] = {
+                **self.head.stats(),
+                "loads_received": self._feed.loads,
+                "messages_dropped": self._feed.dropped,
+            }
         try:
             snap = self.visibility.snapshot()
             doc["loads_started"] = snap.started
@@ -83,6 +156,11 @@ class LensServer:
         return doc, ok
 
     def close(self) -> None:
+        self._stop.set()
+        if self._feed is not None:
+            self._feed.close()
+        if self._loop is not None:
+            self._loop.close()
         self.zk.stop()
         self.zk.close()
         self.store.close()

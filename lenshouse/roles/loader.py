@@ -3,7 +3,9 @@ into its ClickHouse shard with the same loader as the embedded store.
 
 Per owned partition a :class:`PartitionWorker` raises the partition's fence,
 replays the load in doubt from the log (same records, seq and tokens, so
-ClickHouse drops whatever of it landed), then follows the stream. Its
+ClickHouse drops whatever of it landed), then follows the stream. Each load's
+rows are announced on NATS as soon as its intent is on record (before its
+inserts), for the lens servers' heads (:mod:`lenshouse.stream.loaded`). Its
 progress lives in the keeper, its records in the log: a loader on another
 host continues exactly where this one stopped. Nothing is kept on local disk.
 """
@@ -31,6 +33,7 @@ from lenshouse.retention.horizons import Horizons
 from lenshouse.storage.replicated.store import ClusterStore
 from lenshouse.stream import jetstream
 from lenshouse.stream.jetstream import LoopThread, PartitionStream
+from lenshouse.stream.loaded import Announcer
 from lenshouse.stream.partitions import LogLayout
 
 log = logging.getLogger(__name__)
@@ -74,6 +77,12 @@ class PartitionWorker:
                 progress=self.progress,
             )
             loader.raw_mark = role.horizons.raw_mark
+            progress = self.progress
+            loader.on_intent.append(
+                lambda seq, rows: role.announcer.announce(
+                    self.partition, seq, progress.last_completed(), rows
+                )
+            )
             self.loader = loader
             loader.recover()  # the load in doubt, exactly as first attempted
             if self._stopped.is_set():
@@ -165,6 +174,7 @@ class LoaderRole:
         self.loop = LoopThread()
         self.nc = self.loop.run(jetstream.connect(nats, self.member))
         self.js = self.nc.jetstream()
+        self.announcer = Announcer(self.loop, self.nc, self.layout)  # for the lens servers' heads
         self._ensure_streams(log_replicas, log_budget)
         self.ownership = Ownership(
             self.zk, self.paths, self.layout.partitions, self.member, self._worker

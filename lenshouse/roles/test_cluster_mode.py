@@ -54,10 +54,12 @@ def _root(doc: dict) -> Path:
 
 
 def _workload(doc: dict, name: str, seconds: int, **middle) -> Workload:
-    """A workload of a tenant of its own (new on every run: a cluster may be reused)."""
+    """A workload of a tenant of its own (new on every run: a cluster may be
+    reused), stamped with the wall clock, as sensors are: the lens servers'
+    heads hold its newest seconds."""
     tenant = f"{name}-{uuid.uuid4().hex[:6]}"
     fleet = Fleet(sensors=SENSORS, rate_hz=RATE_HZ, seed=zlib.crc32(name.encode()) % 1000,
-                  start_ms=1_700_000_000_000)  # fmt: skip
+                  start_ms=int(time.time() * 1000))  # fmt: skip
     layer = MiddleLayer(reorder=True, duplicate=0.2, replay_after_s=(0.2, 3.0), seed=1, **middle)
     return Workload(doc["gateways"], fleet, seconds, tenant=tenant, middle=layer,
                     token=doc["admin_token"])  # fmt: skip
@@ -308,6 +310,23 @@ def test_lenses_while_loads_run_equal_the_oracle_of_their_loads(
     )
     bad = _explained({**answer, "tenant": w.tenant}, rows, topology["shards"])
     assert bad is None, f"{bad} in lens {params}"
+
+
+def test_the_lens_servers_heads_answer_the_newest_seconds(topology: dict, streaming) -> None:
+    """Both lens servers hold every partition's newest loads (announced by the
+    loaders): a lens of the last few seconds reads no ClickHouse at all."""
+    w, _ = streaming
+    for url in topology["lens_servers"]:
+        head = httpx.get(url + "/healthz", timeout=10).json()["head"]
+        assert head["open_partitions"] == list(range(topology["shards"])), head
+        assert head["loads_received"] > 0 and head["points"] > 0, head
+        end = w.fleet.start_ms + int(1000 * (time.monotonic() - w.started)) - 2_000
+        params = {"sensors": "1,2,3", "start": end - 3_000, "end": end, "points": 300}
+        r = httpx.get(url + "/v1/lens", params=params, headers=tenant_headers(w.tenant, w.token),
+                      timeout=30)  # fmt: skip
+        assert r.status_code == 200, r.text[:300]
+        after = httpx.get(url + "/healthz", timeout=10).json()["head"]
+        assert after["lenses_answered_whole"] > head["lenses_answered_whole"], after
 
 
 def test_cached_lenses_of_both_lens_servers_see_a_late_batch(topology: dict) -> None:

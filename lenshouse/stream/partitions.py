@@ -17,7 +17,8 @@ from lenshouse.storage.replicated.sharding import shard_of
 @dataclass(frozen=True)
 class LogLayout:
     """The streams of one deployment: ``{prefix}_P{n}`` with subject
-    ``{prefix}.p{n}``, for n in 0 .. partitions-1."""
+    ``{prefix}.p{n}``, for n in 0 .. partitions-1; loads are announced on
+    ``{prefix}.loaded.p{n}``."""
 
     prefix: str = "LH"
     partitions: int = 2
@@ -27,6 +28,17 @@ class LogLayout:
 
     def subject(self, partition: int) -> str:
         return f"{self.prefix.lower()}.p{partition}"
+
+    def loaded_subject(self, partition: int) -> str:
+        """Where the partition's loader announces each load's rows (core NATS,
+        outside every stream: nothing is stored)."""
+        return f"{self.prefix.lower()}.loaded.p{partition}"
+
+    def loaded_partition(self, subject: str) -> int | None:
+        head, _, p = subject.rpartition(".p")
+        if head != f"{self.prefix.lower()}.loaded" or not p.isdigit():
+            return None
+        return int(p) if int(p) < self.partitions else None
 
 
 def split(batch: PointBatch, partitions: int) -> list[tuple[int, PointBatch]]:

@@ -225,3 +225,12 @@ def _reduce(cols: dict[str, np.ndarray], starts: np.ndarray, m4: bool) -> dict[s
         )
         out |= {"m4_tf": tf, "m4_vf": vf, "m4_tl": tl, "m4_vl": vl, "m4_tmin": tmn, "m4_tmax": tmx}
     return out
+
+
+def newest_sql(database: str, floor: int, since: int) -> str:
+    """The newest point at or after ``since`` of the loads up to ``floor`` on
+    one shard, and how many there are (``max`` of nothing is 0 on 18.16)."""
+    return (
+        f"SELECT max(ts) AS newest, count() AS n FROM {identifier(database)}.raw_local"
+        f" WHERE ts >= {int(since)} AND seq <= {int(floor)}"
+    )

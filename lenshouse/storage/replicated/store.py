@@ -290,6 +290,14 @@ class ClusterStore(SqlStore):
             lambda: pinned.read(run, tenant, step, groups, floor, origin, m4), shard=shard
         )
 
+    def newest_loaded(self, k: int, floor: int, since: int) -> int | None:
+        """The newest point at or after ``since`` of the loads up to ``floor``
+        on the k-th shard (0-based); None if there is none."""
+        shard = self.conn.shards[k]
+        sql = pinned.newest_sql(self.conn.database, floor, since)
+        rows = self._read(partial(self.conn.query_shard, shard.number, sql), shard)
+        return int(rows.column("newest")[0].as_py()) if rows.column("n")[0].as_py() else None
+
     def points_about(self, tenant: str, sensors: list[int], start: int, end: int) -> int:
         """From the shards that hold ``sensors`` only (as lenses read)."""
         total = 0
