@@ -101,32 +101,44 @@ class LensServer:
         )
 
     def _start_feed(self, nats: list[str], layout: LogLayout) -> None:
-        assert self.head is not None
         self._loop = LoopThread("lens-nats")
-        nc = self._loop.run(jetstream.connect(nats, "lens-server"))
-        self._feed = Feed(self._loop, nc, layout, self.head.add).start()
-        threading.Thread(target=self._open_head, name="head-opener", daemon=True).start()
+        threading.Thread(
+            target=self._follow, args=(nats, layout), name="head-opener", daemon=True
+        ).start()
 
-    def _open_head(self) -> None:
-        """Open the head's closed partitions, now and whenever one is dropped.
-        Subscribed first: a load announced after its partition's base is read
-        is either received or found missing, never silently absent."""
+    def _follow(self, nats: list[str], layout: LogLayout) -> None:
+        """Subscribe to the loads' announcements (NATS may come up after this
+        server: until then lenses read ClickHouse only), then open the head's
+        closed partitions, now and whenever one is dropped. Subscribed first:
+        a load announced after its partition's base is read is either
+        received or found missing, never silently absent."""
+        head, loop = self.head, self._loop
+        assert head is not None and loop is not None
+        while self._feed is None and not self._stop.is_set():  # bounded by the server's life
+            try:
+                nc = loop.run(jetstream.connect(nats, "lens-server"))
+                self._feed = Feed(loop, nc, layout, head.add).start()
+            except Exception as e:
+                log.info("NATS not reachable yet (%r): no head for now", e)
+                self._stop.wait(OPEN_EVERY_S)
+        while not self._stop.wait(OPEN_EVERY_S):
+            closed = head.closed()
+            if closed:
+                self._open(closed)
+
+    def _open(self, closed: list[int]) -> None:
         head = self.head
         assert head is not None
-        while not self._stop.wait(OPEN_EVERY_S):  # bounded by the server's life
-            closed = head.closed()
-            if not closed:
-                continue
-            try:
-                snap = self.visibility.snapshot()
-                assert snap.completed is not None
-                for p in closed:
-                    base = snap.completed[p][-1].seq if snap.completed[p] else -1
-                    since = head.since_ms()
-                    newest = self.store.newest_loaded(p, base, since) if base >= 0 else None
-                    head.open(p, base, newest, since)
-            except Exception as e:  # storage or keeper away: lenses read ClickHouse
-                log.info("head not opened yet: %r", e)
+        try:
+            snap = self.visibility.snapshot()
+            assert snap.completed is not None
+            for p in closed:
+                base = snap.completed[p][-1].seq if snap.completed[p] else -1
+                since = head.since_ms()
+                newest = self.store.newest_loaded(p, base, since) if base >= 0 else None
+                head.open(p, base, newest, since)
+        except Exception as e:  # storage or keeper away: lenses read ClickHouse
+            log.info("head not opened yet: %r", e)
 
     def health(self) -> tuple[dict, bool]:
         doc: dict = {"role": "lens", "keeper_connected": self.zk.connected, **self.store.health()}

@@ -382,6 +382,58 @@ def test_cached_lenses_of_both_lens_servers_see_a_late_batch(topology: dict) -> 
         assert after["hits"] > seen["hits"], "the chunks it did not write into still answer"
 
 
+def test_heads_of_both_lens_servers_see_a_late_batch(topology: dict) -> None:
+    """The same with the window in the last minute, which the lens servers'
+    heads answer: a late batch through the other gateway reaches both heads
+    (announced by the loader that loads it), and both answer the oracle over
+    every point, from the head alone."""
+    from lenshouse.generators.sender import ARROW, encode_arrow
+    from lenshouse.points import PointBatch
+
+    tenant = f"late-head-{uuid.uuid4().hex[:6]}"
+    headers = {"Authorization": f"Bearer {topology['admin_token']}", "X-Tenant": tenant}
+    gw1, gw2 = topology["gateways"]
+    t0 = (int(time.time()) - 20) * 1000
+    ts = np.arange(t0, t0 + 10_000, 2, dtype=np.int64)
+    late_ts = ts[(ts >= t0 + 5_000) & (ts < t0 + 6_000)] + 1
+    sensors = np.arange(1, 5, dtype=np.uint32)
+
+    def post(url: str, when: np.ndarray, value: float) -> None:
+        batch = PointBatch(tenant, np.repeat(sensors, len(when)), np.tile(when, len(sensors)),
+                           np.full(len(when) * len(sensors), value))  # fmt: skip
+        r = httpx.post(url + "/v1/write", content=encode_arrow(batch), timeout=30,
+                       headers={"Content-Type": ARROW, **headers})  # fmt: skip
+        assert r.status_code == 204, r.text
+
+    params = {"sensors": "1,2,3,4", "start": t0, "end": t0 + 10_000, "step": 10}
+
+    def counts(url: str) -> list[int]:
+        r = httpx.get(url + "/v1/lens", params=params, headers=headers, timeout=30)
+        assert r.status_code == 200, r.text
+        return [sum(s["count"]) for s in r.json()["series"]]
+
+    post(gw1, ts, 1.0)
+    for url in topology["lens_servers"]:
+        _wait("the batch loaded", lambda url=url: counts(url) == [len(ts)] * 4, CATCH_UP_S)
+    post(gw2, late_ts, 3.0)
+    every = np.concatenate([ts, late_ts])
+    value = np.concatenate([np.ones(len(ts)), np.full(len(late_ts), 3.0)])
+    want = brute_force(every, value, t0, t0 + 10_000, 10)
+    for url in topology["lens_servers"]:
+        _wait("the late batch seen", lambda url=url: counts(url) == [len(every)] * 4, CATCH_UP_S)
+        before = _head(url)
+        r = httpx.get(url + "/v1/lens", params=params, headers=headers, timeout=30)
+        for series in r.json()["series"]:
+            assert mismatch(JsonSeries(series), want) is None, url
+        after = _head(url)
+        assert after["lenses_answered_whole"] > before["lenses_answered_whole"], after
+        assert after["given_up"] == before["given_up"], after
+
+
+def _head(url: str) -> dict:
+    return httpx.get(url + "/healthz", timeout=10).json()["head"]
+
+
 def _cache(url: str) -> dict:
     return httpx.get(url + "/healthz", timeout=10).json()["lens_cache"]
 
