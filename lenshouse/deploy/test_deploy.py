@@ -215,7 +215,8 @@ def test_only_the_roles_that_need_them_reach_clickhouse_keeper_and_log() -> None
     assert sources("clickhouse", CH_PORTS["interserver"]) == {"clickhouse"}
     # Gateways read the tenants' tokens from the keeper.
     assert sources("keeper", 2181) == {"clickhouse", "loader", "lens", "gateway", "keeper"}
-    assert sources("nats", 4222) == {"gateway", "loader", "nats"}
+    # Lens servers subscribe to the loads' announcements (their heads).
+    assert sources("nats", 4222) == {"gateway", "loader", "lens", "nats"}
     assert "gateway" not in sources("clickhouse", CH_PORTS["tcp"])
 
 

