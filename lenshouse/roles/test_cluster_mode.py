@@ -329,53 +329,66 @@ def test_the_lens_servers_heads_answer_the_newest_seconds(topology: dict, stream
         assert after["lenses_answered_whole"] > head["lenses_answered_whole"], after
 
 
+class _Tenant:
+    """A tenant of its own writing sensors 1–4 through any gateway, and the
+    points per sensor a lens of it counts."""
+
+    sensors = np.arange(1, 5, dtype=np.uint32)
+
+    def __init__(self, topology: dict, name: str) -> None:
+        self.name = f"{name}-{uuid.uuid4().hex[:6]}"
+        self.headers = {"Authorization": f"Bearer {topology['admin_token']}", "X-Tenant": self.name}
+
+    def post(self, url: str, when: np.ndarray, value: float) -> None:
+        from lenshouse.generators.sender import ARROW, encode_arrow
+        from lenshouse.points import PointBatch
+
+        n = len(self.sensors)
+        batch = PointBatch(self.name, np.repeat(self.sensors, len(when)), np.tile(when, n),
+                           np.full(len(when) * n, value))  # fmt: skip
+        r = httpx.post(url + "/v1/write", content=encode_arrow(batch), timeout=30,
+                       headers={"Content-Type": ARROW, **self.headers})  # fmt: skip
+        assert r.status_code == 204, r.text
+
+    def lens(self, url: str, params: dict) -> list[dict]:
+        r = httpx.get(url + "/v1/lens", params=params, headers=self.headers, timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()["series"]
+
+    def counts(self, url: str, params: dict) -> list[int]:
+        return [sum(s["count"]) for s in self.lens(url, params)]
+
+
 def test_cached_lenses_of_both_lens_servers_see_a_late_batch(topology: dict) -> None:
     """Both lens servers cache a window's chunks; a late batch lands in it
     through the other gateway; both then answer the oracle over every point
     (the cached chunks it wrote into are read again), while chunks it did not
     touch keep answering from the cache."""
-    from lenshouse.generators.sender import ARROW, encode_arrow
-    from lenshouse.points import PointBatch
-
-    tenant = f"late-{uuid.uuid4().hex[:6]}"
-    headers = {"Authorization": f"Bearer {topology['admin_token']}", "X-Tenant": tenant}
+    tenant = _Tenant(topology, "late")
     gw1, gw2 = topology["gateways"]
     t0 = 1_700_000_000_000
     ts = np.arange(t0, t0 + 60_000, 2, dtype=np.int64)  # every other ms, a minute
     late_ts = ts[(ts >= t0 + 50_000) & (ts < t0 + 51_000)] + 1  # the odd ms of one second
-    sensors = np.arange(1, 5, dtype=np.uint32)
-
-    def post(url: str, when: np.ndarray, value: float) -> None:
-        batch = PointBatch(tenant, np.repeat(sensors, len(when)), np.tile(when, len(sensors)),
-                           np.full(len(when) * len(sensors), value))  # fmt: skip
-        r = httpx.post(url + "/v1/write", content=encode_arrow(batch), timeout=30,
-                       headers={"Content-Type": ARROW, **headers})  # fmt: skip
-        assert r.status_code == 204, r.text
-
-    post(gw1, ts, 1.0)
     params = {"sensors": "1,2,3,4", "start": t0, "end": t0 + 60_000, "step": 100}
-
-    def counts(url: str) -> list[int]:
-        r = httpx.get(url + "/v1/lens", params=params, headers=headers, timeout=30)
-        assert r.status_code == 200, r.text
-        return [sum(s["count"]) for s in r.json()["series"]]
-
+    tenant.post(gw1, ts, 1.0)
     for url in topology["lens_servers"]:
-        _wait("the batch loaded", lambda url=url: counts(url) == [len(ts)] * 4, CATCH_UP_S)
+        _wait("the batch loaded", lambda url=url: tenant.counts(url, params) == [len(ts)] * 4,
+              CATCH_UP_S)  # fmt: skip
     before = [_cache(url) for url in topology["lens_servers"]]
     for url in topology["lens_servers"]:
-        assert counts(url) == [len(ts)] * 4
+        assert tenant.counts(url, params) == [len(ts)] * 4
     hits = [_cache(url)["hits"] - b["hits"] for url, b in zip(topology["lens_servers"], before)]
     assert all(h > 0 for h in hits), f"the second reads came from the cache: {hits}"
-    post(gw2, late_ts, 3.0)
+    tenant.post(gw2, late_ts, 3.0)
     every = np.concatenate([ts, late_ts])
     value = np.concatenate([np.ones(len(ts)), np.full(len(late_ts), 3.0)])
     want = brute_force(every, value, t0, t0 + 60_000, 100)
+    seen_all = [len(every)] * 4
     for url in topology["lens_servers"]:
-        _wait("the late batch seen", lambda url=url: counts(url) == [len(every)] * 4, CATCH_UP_S)
+        _wait("the late batch seen", lambda url=url: tenant.counts(url, params) == seen_all,
+              CATCH_UP_S)  # fmt: skip
         seen = _cache(url)
-        r = httpx.get(url + "/v1/lens", params=params, headers=headers, timeout=30)
-        for series in r.json()["series"]:
+        for series in tenant.lens(url, params):
             assert mismatch(JsonSeries(series), want) is None, url
         after = _cache(url)
         assert after["invalidated"] > 0, "the chunk the late batch wrote into was dropped"
@@ -387,43 +400,26 @@ def test_heads_of_both_lens_servers_see_a_late_batch(topology: dict) -> None:
     heads answer: a late batch through the other gateway reaches both heads
     (announced by the loader that loads it), and both answer the oracle over
     every point, from the head alone."""
-    from lenshouse.generators.sender import ARROW, encode_arrow
-    from lenshouse.points import PointBatch
-
-    tenant = f"late-head-{uuid.uuid4().hex[:6]}"
-    headers = {"Authorization": f"Bearer {topology['admin_token']}", "X-Tenant": tenant}
+    tenant = _Tenant(topology, "late-head")
     gw1, gw2 = topology["gateways"]
     t0 = (int(time.time()) - 20) * 1000
     ts = np.arange(t0, t0 + 10_000, 2, dtype=np.int64)
     late_ts = ts[(ts >= t0 + 5_000) & (ts < t0 + 6_000)] + 1
-    sensors = np.arange(1, 5, dtype=np.uint32)
-
-    def post(url: str, when: np.ndarray, value: float) -> None:
-        batch = PointBatch(tenant, np.repeat(sensors, len(when)), np.tile(when, len(sensors)),
-                           np.full(len(when) * len(sensors), value))  # fmt: skip
-        r = httpx.post(url + "/v1/write", content=encode_arrow(batch), timeout=30,
-                       headers={"Content-Type": ARROW, **headers})  # fmt: skip
-        assert r.status_code == 204, r.text
-
     params = {"sensors": "1,2,3,4", "start": t0, "end": t0 + 10_000, "step": 10}
-
-    def counts(url: str) -> list[int]:
-        r = httpx.get(url + "/v1/lens", params=params, headers=headers, timeout=30)
-        assert r.status_code == 200, r.text
-        return [sum(s["count"]) for s in r.json()["series"]]
-
-    post(gw1, ts, 1.0)
+    tenant.post(gw1, ts, 1.0)
     for url in topology["lens_servers"]:
-        _wait("the batch loaded", lambda url=url: counts(url) == [len(ts)] * 4, CATCH_UP_S)
-    post(gw2, late_ts, 3.0)
+        _wait("the batch loaded", lambda url=url: tenant.counts(url, params) == [len(ts)] * 4,
+              CATCH_UP_S)  # fmt: skip
+    tenant.post(gw2, late_ts, 3.0)
     every = np.concatenate([ts, late_ts])
     value = np.concatenate([np.ones(len(ts)), np.full(len(late_ts), 3.0)])
     want = brute_force(every, value, t0, t0 + 10_000, 10)
+    seen_all = [len(every)] * 4
     for url in topology["lens_servers"]:
-        _wait("the late batch seen", lambda url=url: counts(url) == [len(every)] * 4, CATCH_UP_S)
+        _wait("the late batch seen", lambda url=url: tenant.counts(url, params) == seen_all,
+              CATCH_UP_S)  # fmt: skip
         before = _head(url)
-        r = httpx.get(url + "/v1/lens", params=params, headers=headers, timeout=30)
-        for series in r.json()["series"]:
+        for series in tenant.lens(url, params):
             assert mismatch(JsonSeries(series), want) is None, url
         after = _head(url)
         assert after["lenses_answered_whole"] > before["lenses_answered_whole"], after
