@@ -66,6 +66,7 @@ CHECK_AFTER_S = 5.0
 # room is needed.
 TRIM_ABOVE = 0.5
 DELETES_IN_FLIGHT = 64  # message deletes of a trim sent at once
+CONSUMER_TRIES = 4  # consumer creations asked before giving up (5 s each)
 SEQUENCE_NOT_FOUND = 10043  # JetStream's err_code: the stream does not hold that record
 DELETE_FAILED = 10057  # … a delete the store refused ("no message found" among others)
 
@@ -259,9 +260,17 @@ class PartitionStream:
             ack_policy=AckPolicy.NONE,
             inactive_threshold=CONSUMER_IDLE_S,
         )
-        return await self.js.pull_subscribe(
-            self.subject, durable=None, stream=self.name, config=config
-        )
+        # Right after a stream's leader changed, creating a consumer may go
+        # unanswered for a while (measured on 2.15): ask again, a few times.
+        for attempt in range(CONSUMER_TRIES):
+            try:
+                return await self.js.pull_subscribe(
+                    self.subject, durable=None, stream=self.name, config=config
+                )
+            except nats.errors.TimeoutError:
+                if attempt == CONSUMER_TRIES - 1:
+                    raise
+                await asyncio.sleep(0.5)
 
     async def _delete_all(self, seqs: range) -> int:
         return sum(await asyncio.gather(*(self._delete(seq) for seq in seqs)))
