@@ -166,6 +166,8 @@ def run_brief(
     pids |= {p.pid: "load" for p in loads}
     t_load = time.monotonic() - t0
     cpu0 = _cpu(pids)
+    if not loads:  # nobody reading: the write path alone, over the same span
+        time.sleep(duration)
     for p in loads:
         p.wait(duration + 120)
     cpu1 = _cpu(pids)
@@ -197,7 +199,9 @@ def _report(target, sensors, rate_hz, users, think, results, lag_rows, pids, cpu
     loaded = [r[2] for r in during if not math.isnan(r[2])]
     points = (loaded[-1] - loaded[0]) if len(loaded) > 1 else math.nan
     seconds = hi - lo
-    by_role: dict[str, float] = {"load": sum(r.client_cpu_seconds for r in results)}
+    by_role: dict[str, float] = {}
+    if results:
+        by_role["load"] = sum(r.client_cpu_seconds for r in results)
     for pid, role in pids.items():
         if role == "load":
             continue  # gone before it could be read: the load reports its own CPU
@@ -238,6 +242,9 @@ def _report(target, sensors, rate_hz, users, think, results, lag_rows, pids, cpu
         "lag_series": [(round(t, 1), lag) for t, lag, _ in lag_rows],
         "cpu_core_s": {r: round(v, 1) for r, v in sorted(by_role.items())},
         "cpu_cores": {r: round(v / seconds, 2) for r, v in sorted(by_role.items())},
+        "cpu_core_s_per_1m_points": (
+            {r: round(v / (points / 1e6), 3) for r, v in sorted(by_role.items())} if points else {}
+        ),
         "store_core_s_per_1m_points": round(store_cpu / (points / 1e6), 2) if points else None,
         "lens_core_ms_per_lens": (
             round(1000 * by_role.get(lens_role, math.nan) / len(ok), 1) if ok else None
@@ -302,15 +309,22 @@ def markdown(doc: dict, command: str) -> str:
         if loaded
         else "Loaded: not reported by the servers.",
         "",
-        "| process role | core-seconds | cores |",
-        "|---|---|---|",
-        *(f"| {r} | {v} | {doc['cpu_cores'][r]} |" for r, v in doc["cpu_core_s"].items()),
+        "| process role | core-seconds | cores | core-s per 1M points loaded |",
+        "|---|---|---|---|",
+        *(
+            f"| {r} | {v} | {doc['cpu_cores'][r]} | {doc['cpu_core_s_per_1m_points'].get(r, '–')} |"
+            for r, v in doc["cpu_core_s"].items()
+        ),
         "",
         f"Store CPU per 1M points loaded (every process but the generator and the load"
-        f" users, lenses included): {doc['store_core_s_per_1m_points']} core-s;"
-        f" CPU of the {'server' if doc['mode'] == 'embedded' else 'lens servers'} per lens"
-        f" answered: {doc['lens_core_ms_per_lens']} core-ms"
-        + (" (it loads too)." if doc["mode"] == "embedded" else "."),
+        f" users, lenses included): {doc['store_core_s_per_1m_points']} core-s"
+        + (
+            f"; CPU of the {'server' if doc['mode'] == 'embedded' else 'lens servers'}"
+            f" per lens answered: {doc['lens_core_ms_per_lens']} core-ms"
+            + (" (it loads too)." if doc["mode"] == "embedded" else ".")
+            if doc["lens_core_ms_per_lens"] is not None
+            else " (nobody read)."
+        ),
     ]
     return "\n".join(lines) + "\n"
 
@@ -359,7 +373,7 @@ def bench_brief(
     ),
     sensors: int = typer.Option(1000),
     rate_hz: int = typer.Option(1000),
-    users: int = typer.Option(100, help="lens users, split over the lens servers"),
+    users: int = typer.Option(100, help="lens users over the lens servers (0: nobody reads)"),
     think: float = typer.Option(1.0, help="seconds each user waits between lenses"),
     duration: float = typer.Option(60.0, help="seconds of lens load"),
     warmup: float = typer.Option(45.0, help="seconds of ingest before the users start"),

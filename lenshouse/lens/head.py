@@ -43,6 +43,10 @@ class Piece:
 
 
 class Head:
+    """Ownership: the loader's (or the feed's) thread adds and erases, lens
+    threads read; ``_lock`` guards every field below (``_series``, ``_lo``,
+    ``_floor``, ``_adds``, ``points``), and is never held while waiting."""
+
     def __init__(
         self,
         seconds: float = 65.0,
@@ -78,6 +82,11 @@ class Head:
     def lo(self) -> int:
         """Every loaded point at or after this time is in the head. It never
         moves back, even if the wall clock does."""
+        with self._lock:
+            return self._advance_lo()
+
+    def _advance_lo(self) -> int:
+        # Under _lock: it writes _lo, which reads and adds rely on.
         self._lo = max(self._lo, self._floor, int(self.clock() * 1000) - self.span_ms)
         return self._lo
 
@@ -99,7 +108,7 @@ class Head:
             self._adds += 1
             # Pieces mostly arrive in time order: drop from the front of each
             # series, and look behind the front (late pieces) now and then.
-            self._evict(self.lo() - EVICT_SLACK_MS, sweep=self._adds % 64 == 0)
+            self._evict(self._advance_lo() - EVICT_SLACK_MS, sweep=self._adds % 64 == 0)
             if self.points * POINT_BYTES > self.max_bytes:
                 self._shrink()
 
@@ -136,7 +145,7 @@ class Head:
         """Over the memory bound (a faster stream than the head was sized
         for): give up the oldest part of the window, moving ``lo`` forward."""
         now = int(self.clock() * 1000)
-        lo = self.lo()
+        lo = self._advance_lo()
         excess = 1 - self.max_bytes / (self.points * POINT_BYTES)
         cut = self._lo = lo + int(max(0, now - lo) * min(1.0, excess + 0.1)) + 1
         for key in list(self._series):
@@ -170,7 +179,7 @@ class Head:
         if not self.enabled:
             return end, {}
         with self._lock:
-            lo = self.lo() - origin
+            lo = self._advance_lo() - origin
             q = align
             while q > step and -(-lo // q) * q >= end - origin and (q // 2) % step == 0:
                 q //= 2
@@ -189,19 +198,21 @@ class Head:
         return boundary, {s: _join(ps) for s, ps in parts.items()}
 
     def _evict(self, below: int, sweep: bool) -> None:
+        # Under _lock. Runs at every add over every series: count only what goes.
         for key in list(self._series):
             pieces = self._series[key]
             if sweep:
                 kept = [p for p in pieces if p.ts[-1] >= below]
+                gone = [p for p in pieces if p.ts[-1] < below]
             else:
                 i = 0
                 while i < len(pieces) and pieces[i].ts[-1] < below:
                     i += 1
                 if i == 0:
                     continue
-                kept = pieces[i:]
-            if len(kept) != len(pieces):
-                self.points -= sum(len(p.ts) for p in pieces) - sum(len(p.ts) for p in kept)
+                kept, gone = pieces[i:], pieces[:i]
+            if gone:
+                self.points -= sum(len(p.ts) for p in gone)
                 if kept:
                     self._series[key] = kept
                 else:
@@ -221,18 +232,21 @@ def _pieces(seq: int, rows: pa.Table):
     else:
         names, codes = np.unique(tenant.to_numpy(zero_copy_only=False), return_inverse=True)
         names = list(names)
-    # Group by (tenant, sensor); a stable sort keeps each batch's time order.
+    # Group by (tenant, sensor), each group sorted by time: one sort for the
+    # whole load, then views of it (a load's pieces age, and go, together).
     key = (codes.astype(np.uint64) << np.uint64(32)) | sensor.astype(np.uint64)
     order = np.argsort(key, kind="stable")
     key, ts, value = key[order], ts[order], value[order]
-    cuts = np.flatnonzero(key[1:] != key[:-1]) + 1
-    for a, b in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [len(key)]))):
-        t, v = ts[a:b].copy(), value[a:b].copy()  # own memory: evicting frees it
-        if len(t) > 1 and (t[1:] < t[:-1]).any():
-            o = np.argsort(t, kind="stable")
-            t, v = t[o], v[o]
-        k = int(key[a])
-        yield (names[k >> 32], k & 0xFFFFFFFF), Piece(seq, t, v)
+    same = key[1:] == key[:-1]
+    if (same & (ts[1:] < ts[:-1])).any():
+        order = np.lexsort((ts, key))
+        key, ts, value = key[order], ts[order], value[order]
+        same = key[1:] == key[:-1]
+    cuts = np.flatnonzero(~same) + 1
+    starts = np.concatenate(([0], cuts)).tolist()
+    ends = np.concatenate((cuts, [len(key)])).tolist()
+    for a, b, k in zip(starts, ends, key[starts].tolist()):
+        yield (names[k >> 32], k & 0xFFFFFFFF), Piece(seq, ts[a:b], value[a:b])
 
 
 def _slice(p: Piece, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,8 @@ both against a real server.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from clickhouse_cityhash.cityhash import CityHash64
 
@@ -31,7 +33,26 @@ def city_hash64(text: str) -> int:
     return CityHash64(text.encode())
 
 
+# Sensor ids below this are looked up in a table per (tenant, shards) instead
+# of hashed row by row (a load's rows are mostly a few thousand sensors').
+TABLE_BELOW = 1 << 20
+
+
 def shard_of(tenant: str, sensors: np.ndarray, shards: int) -> np.ndarray:
     """0-based shard index (in the order of the cluster's definition) per sensor."""
+    sensors = np.asarray(sensors)
+    if len(sensors) > 1024 and int(sensors.max(initial=0)) < TABLE_BELOW:
+        return _table(tenant, shards)[sensors].astype(np.int64)
+    return _hashed(tenant, sensors, shards)
+
+
+def _hashed(tenant: str, sensors: np.ndarray, shards: int) -> np.ndarray:
     key = np.uint64(city_hash64(tenant)) ^ int_hash64(sensors)
     return (key % np.uint64(shards)).astype(np.int64)
+
+
+@functools.lru_cache(maxsize=64)
+def _table(tenant: str, shards: int) -> np.ndarray:
+    table = _hashed(tenant, np.arange(TABLE_BELOW, dtype=np.uint64), shards).astype(np.int8)
+    table.flags.writeable = False  # shared by every caller
+    return table

@@ -86,10 +86,10 @@ def test_schema_on_every_node_and_rows_on_the_servers_own_shard(cluster: dict) -
             assert {"raw", "raw_local", "sensors_local", "rollup_1h_local", "rollup_1s_mv"} <= names
         # Rows inserted through the Distributed table land where ClickHouse's
         # own sharding key sends them, which is where the loader sends them.
-        sensors = np.arange(0, 400, dtype=np.uint32)
+        sensors = np.arange(0, 2000, dtype=np.uint32)  # past the lookup table's threshold
         store.backend.execute(
             f"INSERT INTO raw SELECT 'acme', toUInt32(number), {T0} + number, 1.0, 0"
-            " FROM system.numbers LIMIT 400",
+            " FROM system.numbers LIMIT 2000",
             {"insert_distributed_sync": 1},
         )
         want = shard_of("acme", sensors, 2)
