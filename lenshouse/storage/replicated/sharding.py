@@ -33,16 +33,22 @@ def city_hash64(text: str) -> int:
     return CityHash64(text.encode())
 
 
-# Sensor ids below this are looked up in a table per (tenant, shards) instead
-# of hashed row by row (a load's rows are mostly a few thousand sensors').
+# Sensor ids below this are looked up in a table per tenant instead of hashed
+# row by row, when a call has more than LOOKUP_ABOVE rows (a load's rows are
+# mostly a few thousand sensors'). Each table spans the ids asked so far
+# (a power of two), so it costs what the tenant's sensors need.
 TABLE_BELOW = 1 << 20
+LOOKUP_ABOVE = 1024
 
 
 def shard_of(tenant: str, sensors: np.ndarray, shards: int) -> np.ndarray:
     """0-based shard index (in the order of the cluster's definition) per sensor."""
     sensors = np.asarray(sensors)
-    if len(sensors) > 1024 and int(sensors.max(initial=0)) < TABLE_BELOW:
-        return _table(tenant, shards)[sensors].astype(np.int64)
+    if len(sensors) > LOOKUP_ABOVE:
+        top = int(sensors.max())
+        if top < TABLE_BELOW:
+            size = max(4096, 1 << top.bit_length())
+            return _table(tenant, shards, size)[sensors].astype(np.int64)
     return _hashed(tenant, sensors, shards)
 
 
@@ -51,8 +57,8 @@ def _hashed(tenant: str, sensors: np.ndarray, shards: int) -> np.ndarray:
     return (key % np.uint64(shards)).astype(np.int64)
 
 
-@functools.lru_cache(maxsize=64)
-def _table(tenant: str, shards: int) -> np.ndarray:
-    table = _hashed(tenant, np.arange(TABLE_BELOW, dtype=np.uint64), shards).astype(np.int8)
+@functools.lru_cache(maxsize=256)
+def _table(tenant: str, shards: int, size: int) -> np.ndarray:
+    table = _hashed(tenant, np.arange(size, dtype=np.uint64), shards).astype(np.int8)
     table.flags.writeable = False  # shared by every caller
     return table
