@@ -341,17 +341,11 @@ def plot(doc: dict, path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, (a, b) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
-    for name in doc["by_window"]:
-        pts = [(t, ms) for t, w, st, ms in doc["samples"] if w == name and st == 200]
-        if pts:
-            a.scatter(*zip(*pts), s=4, label=name)
-    bad = [(t, ms) for t, _, st, ms in doc["samples"] if st != 200]
-    if bad:
-        a.scatter(*zip(*bad), s=8, marker="x", color="red", label="error")
-    a.set_yscale("log")
-    a.set_ylabel("lens latency, client (ms)")
-    a.legend(loc="upper left", fontsize=8, markerscale=3)
+    if doc["samples"]:
+        fig, (a, b) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+        _latency_panel(a, doc)
+    else:  # nobody read: the lag alone
+        fig, b = plt.subplots(1, 1, figsize=(9, 3.5))
     lag = [(t, v) for t, v in doc["lag_series"] if v == v]
     if lag:
         b.plot(*zip(*lag), color="black")
@@ -364,6 +358,19 @@ def plot(doc: dict, path: Path) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def _latency_panel(a, doc: dict) -> None:
+    for name in doc["by_window"]:
+        pts = [(t, ms) for t, w, st, ms in doc["samples"] if w == name and st == 200]
+        if pts:
+            a.scatter(*zip(*pts), s=4, label=name)
+    bad = [(t, ms) for t, _, st, ms in doc["samples"] if st != 200]
+    if bad:
+        a.scatter(*zip(*bad), s=8, marker="x", color="red", label="error")
+    a.set_yscale("log")
+    a.set_ylabel("lens latency, client (ms)")
+    a.legend(loc="upper left", fontsize=8, markerscale=3)
 
 
 def bench_brief(

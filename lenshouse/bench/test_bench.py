@@ -232,3 +232,23 @@ def test_brief_runs_the_public_commands_and_reports_what_they_did(tmp_path) -> N
     assert doc["lens_core_ms_per_lens"] > 0
     assert doc["lag_s"]["max"] is not None
     assert (out / "brief.md").read_text().startswith("# The brief's workload, embedded")
+
+
+def test_brief_with_nobody_reading_measures_the_write_path_over_the_span(tmp_path) -> None:
+    """``--users 0``: the same span is measured with no load users, and the CPU
+    per 1M points is reported per role."""
+    from typer.testing import CliRunner
+
+    from lenshouse.cli import app
+
+    out = tmp_path / "brief"
+    args = ["bench-brief", "--sensors", "20", "--rate-hz", "100", "--users", "0",
+            "--duration", "4", "--warmup", "2", "--out", str(out),
+            "--data", str(tmp_path / "data"), "--port", "18392"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "brief.json").read_text())
+    assert doc["seconds"] >= 4 and doc["lenses"]["requests"] == 0
+    assert 0 < doc["loaded_points_per_s"] <= 2000 * 1.5
+    assert "load" not in doc["cpu_core_s"] and doc["cpu_core_s_per_1m_points"]["server"] > 0
+    assert "(nobody read)" in (out / "brief.md").read_text()
