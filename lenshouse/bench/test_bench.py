@@ -213,17 +213,7 @@ def test_brief_runs_the_public_commands_and_reports_what_they_did(tmp_path) -> N
     """``bench-brief`` at a tiny scale on an embedded server of its own: the
     generator's points are loaded, the load users' lenses are counted per
     window, and the CPU of each process role and the lag are reported."""
-    from typer.testing import CliRunner
-
-    from lenshouse.cli import app
-
-    out = tmp_path / "brief"
-    args = ["bench-brief", "--sensors", "20", "--rate-hz", "100", "--users", "3",
-            "--duration", "6", "--warmup", "4", "--out", str(out),
-            "--data", str(tmp_path / "data"), "--port", "18391"]  # fmt: skip
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    doc = json.loads((out / "brief.json").read_text())
+    out, doc = _brief(tmp_path, users=3, duration=6, warmup=4, port=18391)
     assert doc["mode"] == "embedded" and doc["offered_points_per_s"] == 2000
     assert doc["lenses"]["requests"] > 0 and doc["lenses"]["errors"] == 0, doc["errors"]
     assert sum(w["requests"] for w in doc["by_window"].values()) == doc["lenses"]["requests"]
@@ -237,18 +227,24 @@ def test_brief_runs_the_public_commands_and_reports_what_they_did(tmp_path) -> N
 def test_brief_with_nobody_reading_measures_the_write_path_over_the_span(tmp_path) -> None:
     """``--users 0``: the same span is measured with no load users, and the CPU
     per 1M points is reported per role."""
+    out, doc = _brief(tmp_path, users=0, duration=4, warmup=2, port=18392)
+    assert doc["seconds"] >= 4 and doc["lenses"]["requests"] == 0
+    assert 0 < doc["loaded_points_per_s"] <= 2000 * 1.5
+    assert "load" not in doc["cpu_core_s"] and doc["cpu_core_s_per_1m_points"]["server"] > 0
+    assert "(nobody read)" in (out / "brief.md").read_text()
+
+
+def _brief(tmp_path, users: int, duration: int, warmup: int, port: int):
+    """``bench-brief`` at a tiny scale on an embedded server of its own: its
+    output directory and report."""
     from typer.testing import CliRunner
 
     from lenshouse.cli import app
 
     out = tmp_path / "brief"
-    args = ["bench-brief", "--sensors", "20", "--rate-hz", "100", "--users", "0",
-            "--duration", "4", "--warmup", "2", "--out", str(out),
-            "--data", str(tmp_path / "data"), "--port", "18392"]  # fmt: skip
+    args = ["bench-brief", "--sensors", "20", "--rate-hz", "100", "--users", str(users),
+            "--duration", str(duration), "--warmup", str(warmup), "--out", str(out),
+            "--data", str(tmp_path / "data"), "--port", str(port)]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    doc = json.loads((out / "brief.json").read_text())
-    assert doc["seconds"] >= 4 and doc["lenses"]["requests"] == 0
-    assert 0 < doc["loaded_points_per_s"] <= 2000 * 1.5
-    assert "load" not in doc["cpu_core_s"] and doc["cpu_core_s_per_1m_points"]["server"] > 0
-    assert "(nobody read)" in (out / "brief.md").read_text()
+    return out, json.loads((out / "brief.json").read_text())
