@@ -8,7 +8,10 @@ A data directory made with ``serve --cold-dir DIR --hot 7d`` keeps
 where new parts are written) and ``cold`` (``DIR``). Maintenance moves each
 partition of raw data and of every tier that ends more than ``hot`` ago to
 the cold volume (``ALTER TABLE … MOVE PARTITION … TO VOLUME 'cold'``); reads
-do not change, whichever disk a part is on.
+do not change, whichever disk a part is on. Age alone places a part: the
+policy's ``move_factor`` is 0, so the engine never moves parts on its own
+when the hot disk runs short of space (its default moves them below 10 %
+free, which would make placement depend on the disk's neighbours).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class Tiering:
           <default><disk>default</disk></default>
           <{COLD}><disk>{COLD}</disk></{COLD}>
         </volumes>
+        <move_factor>0</move_factor>
       </{POLICY}>
     </policies>
   </storage_configuration>
