@@ -54,6 +54,29 @@ TRIM_EVERY = 16
 # outlive it (lenshouse.storage.schema), so none goes before its merge is on disk.
 SYNC_EVERY_S = 5.0
 TRIM_RETRY_S = 1.0  # an idle loader tries a failed trim again after this
+# The longest wait between attempts of a failed storage call: after an outage,
+# loading resumes within this of the storage's return.
+RETRY_MAX_S = 2.0
+SLOW_LOAD_S = 2.0  # a load slower than this is logged with where its time went
+
+
+class _Phases:
+    """Where one load's time goes, phase by phase (for the slow-load log)."""
+
+    def __init__(self) -> None:
+        self.t0 = self._t = time.perf_counter()
+        self.spent: dict[str, float] = {}
+
+    def mark(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.spent[phase] = self.spent.get(phase, 0.0) + now - self._t
+        self._t = now
+
+    def total(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def __str__(self) -> str:
+        return ", ".join(f"{k} {v:.2f}" for k, v in self.spent.items() if v >= 0.005)
 
 
 class LoaderStopped(Exception):
@@ -429,7 +452,12 @@ class Loader:
     def _prepared(
         self, records: list[Record], seq: int | None
     ) -> tuple[pa.Table, pa.Table, LoadSpan, Duplicates]:
-        return self._retry(lambda: self._prepare(records, seq), self.index.forget)
+        t0 = time.perf_counter()
+        prepared = self._retry(lambda: self._prepare(records, seq), self.index.forget)
+        if (spent := time.perf_counter() - t0) > SLOW_LOAD_S:
+            log.info("%d records (%d rows) prepared in %.1f s", len(records),
+                     prepared[0].num_rows, spent)  # fmt: skip
+        return prepared
 
     def _store(
         self,
@@ -445,9 +473,11 @@ class Loader:
         first, last = records[0].lsn, records[-1].lsn
         table, cell_rows, span, dups = prepared
         given = -1 if seq is None else seq
+        phases = _Phases()
         seq = self._retry(
             lambda: self.progress.intent(self.state, Pending(given, first, last), span)
         )
+        phases.mark("intent")
         if seq != given:
             table = table.set_column(
                 table.schema.get_field_index("seq"),
@@ -461,19 +491,25 @@ class Loader:
         self.visibility.begin(span)
         token = f"lh-{self.state.epoch}-{seq}-{first}-{last}"
         errors = self.stats.insert_errors
+        phases.mark("announce")
         if table.num_rows:
             self._retry(lambda: self.store.insert_raw(table, token))
+            phases.mark("raw")
             if self.store_cells:
                 # Its views fill the coarser tiers; a replay after a crash
                 # between the two inserts stores only what is missing.
                 self._retry(lambda: self.store.insert_cells(cell_rows, seq, token + "-cells"))
+                phases.mark("cells")
         self._register_sensors(span, token)
+        phases.mark("sensors")
         doubt = in_doubt or self.stats.insert_errors > errors
         if doubt and not self.store.atomic_dedup:
             self._retry(lambda: self._reconcile(seq, table, cell_rows, span))
+            phases.mark("reconcile")
         if len(dups):  # counted before completion so that readers see final counts
             self.stats.conflicts += self._retry(lambda: count_conflicts(self.store, dups, seq))
             self.stats.duplicates += len(dups)
+            phases.mark("duplicates")
         self.stats.last_insert_seconds = time.perf_counter() - t0
         for callback in self.on_loaded:
             callback(seq, table)
@@ -486,9 +522,12 @@ class Loader:
             self.state.pending = None
             self._retry(lambda: self.progress.done(self.state))
             self._loaded.notify_all()
+        phases.mark("complete")
         self.stats.loads += 1
         self.stats.rows_loaded += table.num_rows
         self._dequeue(last, sum(len(r.batch) for r in records))
+        if phases.total() > SLOW_LOAD_S:
+            log.info("load %d: %d rows in %.1f s (%s)", seq, table.num_rows, phases.total(), phases)
 
         if self.stats.loads % TRIM_EVERY == 0 or self._sync_due():
             self._trim()
@@ -621,7 +660,7 @@ class Loader:
                     on_error()
                 if self._stop.wait(delay):
                     raise LoaderStopped from e
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, RETRY_MAX_S)
 
     def _prepare(
         self, records: list[Record], seq: int | None

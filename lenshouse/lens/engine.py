@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -192,6 +193,9 @@ class LensEngine:
         self.head = head or Head(0)
         self.horizons = horizons
         self.boot = secrets.token_hex(4)  # tags of another process never match
+        # Around each lens: a lens server's yielding to loads catching up
+        # (lenshouse.lens.catch_up); nothing elsewhere.
+        self.pace: Callable[[], AbstractContextManager[None]] = nullcontext
 
     def resolve_step(
         self, start: int, end: int, points: int | None, step: int | None, origin: int = 0
@@ -233,6 +237,20 @@ class LensEngine:
         on the grid of the epoch, or of ``origin`` (with an explicit step: the
         buckets are [origin + n·step, origin + (n+1)·step)); with ``m4``, each
         bucket's first, last, lowest and highest point too."""
+        with self.pace():
+            return self._lens(sensors, start, end, points, step, tenant, origin, m4)
+
+    def _lens(
+        self,
+        sensors: list[int],
+        start: int,
+        end: int,
+        points: int | None,
+        step: int | None,
+        tenant: str | None,
+        origin: int,
+        m4: bool,
+    ) -> Lens:
         tenant = check_tenant(tenant)
         explicit = step is not None
         if origin and not explicit:

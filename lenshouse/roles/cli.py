@@ -167,9 +167,15 @@ def lens_server(
     head_mb: float = typer.Option(
         2048, help="memory for the head (16 bytes a point); past it, it keeps fewer seconds"
     ),
+    catch_up_share: float = typer.Option(
+        0.25,
+        help="while a loader catches up (announced 10 s behind, until 2 s), lenses run one at"
+        " a time and take at most this share of the time (0: lenses never yield)",
+    ),
 ) -> None:
     """Answer lenses, export and the catalog from the cluster, exact as of completed loads."""
     from lenshouse.cli import _cluster_store
+    from lenshouse.lens.catch_up import CatchUp
     from lenshouse.roles.lens_server import LensServer, create_lens_app
     from lenshouse.tenancy.quotas import Quotas
 
@@ -183,6 +189,7 @@ def lens_server(
         log_prefix=log,
         head_seconds=head_seconds,
         head_bytes=int(head_mb * 2**20),
+        catch_up=CatchUp(share=catch_up_share) if catch_up_share > 0 else None,
     )
     _run(create_lens_app(server, Quotas(lens_per_s=quota_lens_per_s)), host, port)
 

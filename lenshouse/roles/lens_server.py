@@ -27,6 +27,7 @@ from lenshouse.api.prometheus import add_query_routes
 from lenshouse.api.retention import add_retention_routes
 from lenshouse.coordination.zk import Paths, ensure_layout
 from lenshouse.coordination.zk import connect as zk_connect
+from lenshouse.lens.catch_up import CatchUp
 from lenshouse.lens.cluster_head import ClusterHead
 from lenshouse.lens.cluster_visibility import ClusterVisibility
 from lenshouse.lens.engine import LensEngine
@@ -61,6 +62,7 @@ class LensServer:
         log_prefix: str = "LH",
         head_seconds: float = 65.0,
         head_bytes: int = 2 << 30,
+        catch_up: CatchUp | None = None,
     ) -> None:
         self.store = store
         self.paths = Paths(store.conn.database)
@@ -73,6 +75,7 @@ class LensServer:
         self._stop = threading.Event()
         self._loop: LoopThread | None = None
         self._feed: Feed | None = None
+        self.catch_up = catch_up  # lenses yield to a loader catching up (heard on NATS)
         if nats and head_seconds > 0:
             self.head = ClusterHead(
                 shards,
@@ -88,6 +91,8 @@ class LensServer:
             horizons=self.horizons,
             cluster_head=self.head,
         )
+        if catch_up is not None:
+            self.lenses.pace = catch_up.turn
         # Remote-write series live in the keeper (the gateways claim their ids there).
         self.series = KeeperSeriesIds(self.zk, self.paths.root)
         self.catalog = Catalog(store, self.series.labels_of)
@@ -117,7 +122,8 @@ class LensServer:
         while self._feed is None and not self._stop.is_set():  # bounded by the server's life
             try:
                 nc = loop.run(jetstream.connect(nats, "lens-server"))
-                self._feed = Feed(loop, nc, layout, head.add).start()
+                on_lag = self.catch_up.note if self.catch_up is not None else None
+                self._feed = Feed(loop, nc, layout, head.add, on_lag).start()
             except Exception as e:
                 log.info("NATS not reachable yet (%r): no head for now", e)
                 self._stop.wait(OPEN_EVERY_S)
@@ -155,6 +161,11 @@ class LensServer:
                 **self.head.stats(),
                 "loads_received": self._feed.loads,
                 "messages_dropped": self._feed.dropped,
+            }
+        if self.catch_up is not None:
+            doc["catch_up"] = {
+                "yielding": self.catch_up.catching_up(),
+                "lenses_yielded": self.catch_up.yielded,
             }
         try:
             snap = self.visibility.snapshot()

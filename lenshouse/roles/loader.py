@@ -80,7 +80,7 @@ class PartitionWorker:
             progress = self.progress
             loader.on_intent.append(
                 lambda seq, rows: role.announcer.announce(
-                    self.partition, seq, progress.last_completed(), rows
+                    self.partition, seq, progress.last_completed(), rows, loader.lag_seconds()
                 )
             )
             self.loader = loader

@@ -4,8 +4,10 @@ heads.
 A loader announces a load's rows (after deduplication: exactly the rows it
 inserts) on ``{prefix}.loaded.p{n}`` once the load's intent is on record,
 before its inserts (a replay repeats the same seq and rows), with
-its seq and the seq of the partition's previous completed load (``prev``),
-split into messages of at most ``ROWS_PER_MESSAGE`` rows. Nothing is stored
+its seq, the seq of the partition's previous completed load (``prev``) and
+how far behind the loader is (``Lh-Lag``, seconds: lens servers yield to a
+loader catching up, :mod:`lenshouse.lens.catch_up`), split into messages of
+at most ``ROWS_PER_MESSAGE`` rows. Nothing is stored
 and delivery is best effort: a lens server that misses a message finds the
 load missing (its ``prev`` chain breaks, the keeper lists it complete) and
 stops claiming that load's time range (:mod:`lenshouse.lens.cluster_head`).
@@ -13,6 +15,7 @@ stops claiming that load's time range (:mod:`lenshouse.lens.cluster_head`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -27,15 +30,18 @@ from lenshouse.stream.partitions import LogLayout
 
 log = logging.getLogger(__name__)
 
-SEQ, PREV, PART = "Lh-Seq", "Lh-Prev", "Lh-Part"
+SEQ, PREV, PART, LAG = "Lh-Seq", "Lh-Prev", "Lh-Part", "Lh-Lag"
 ROWS_PER_MESSAGE = 200_000  # ~4.2 MB: under the servers' max_payload (8 MB)
 COLUMNS = ("tenant", "sensor", "ts", "value")
 QUEUED_MESSAGES = 256  # messages a lens server holds before decoding; then drops
 
 OnLoad = Callable[[int, int, int, pa.Table], None]  # (partition, seq, prev, rows)
+OnLag = Callable[[int, float], None]  # (partition, seconds the loader is behind)
 
 
-def encode(seq: int, prev: int, rows: pa.Table) -> list[tuple[dict[str, str], bytes]]:
+def encode(
+    seq: int, prev: int, rows: pa.Table, lag_s: float = 0.0
+) -> list[tuple[dict[str, str], bytes]]:
     """A load's messages: (headers, Arrow IPC stream) each."""
     rows = rows.select(list(COLUMNS))
     n = max(1, -(-rows.num_rows // ROWS_PER_MESSAGE))
@@ -45,7 +51,7 @@ def encode(seq: int, prev: int, rows: pa.Table) -> list[tuple[dict[str, str], by
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, part.schema) as w:
             w.write_table(part)
-        headers = {SEQ: str(seq), PREV: str(prev), PART: f"{i + 1}/{n}"}
+        headers = {SEQ: str(seq), PREV: str(prev), PART: f"{i + 1}/{n}", LAG: f"{lag_s:.1f}"}
         out.append((headers, sink.getvalue().to_pybytes()))
     return out
 
@@ -57,10 +63,12 @@ class Announcer:
     def __init__(self, loop: LoopThread, nc: NATS, layout: LogLayout) -> None:
         self.loop, self.nc, self.layout = loop, nc, layout
 
-    def announce(self, partition: int, seq: int, prev: int, rows: pa.Table) -> None:
+    def announce(
+        self, partition: int, seq: int, prev: int, rows: pa.Table, lag_s: float = 0.0
+    ) -> None:
         """Never fails the load: an announcement lost is a load found missing."""
         try:
-            messages = encode(seq, prev, rows)
+            messages = encode(seq, prev, rows, lag_s)
             self.loop.spawn(self._send(self.layout.loaded_subject(partition), messages))
         except Exception as e:
             log.warning("load %d of partition %d not announced: %r", seq, partition, e)
@@ -77,11 +85,20 @@ class Feed:
     """The lens server's side: every partition's announcements, reassembled
     into loads and handed to ``on_load`` in arrival order.
 
-    Ownership: the NATS callback (loop thread) only queues messages and counts
-    ``dropped``; the feed thread owns ``_partial`` and calls ``on_load``."""
+    Ownership: the NATS callback (loop thread) only queues messages, counts
+    ``dropped`` and calls ``on_lag`` (a dropped message's lag counts too);
+    the feed thread owns ``_partial`` and calls ``on_load``."""
 
-    def __init__(self, loop: LoopThread, nc: NATS, layout: LogLayout, on_load: OnLoad) -> None:
+    def __init__(
+        self,
+        loop: LoopThread,
+        nc: NATS,
+        layout: LogLayout,
+        on_load: OnLoad,
+        on_lag: OnLag | None = None,
+    ) -> None:
         self.loop, self.nc, self.layout, self.on_load = loop, nc, layout, on_load
+        self.on_lag = on_lag
         self.dropped = 0
         self.loads = 0
         self._queue: queue.Queue[tuple[str, dict[str, str], bytes]] = queue.Queue(QUEUED_MESSAGES)
@@ -96,8 +113,14 @@ class Feed:
         return self
 
     async def _on_message(self, msg: Msg) -> None:
+        headers = dict(msg.headers or {})
+        if self.on_lag is not None and LAG in headers:
+            partition = self.layout.loaded_partition(msg.subject)
+            with contextlib.suppress(ValueError):
+                if partition is not None:
+                    self.on_lag(partition, float(headers[LAG]))
         try:
-            self._queue.put_nowait((msg.subject, dict(msg.headers or {}), msg.data))
+            self._queue.put_nowait((msg.subject, headers, msg.data))
         except queue.Full:  # the load goes missing, which the head handles
             self.dropped += 1
 
