@@ -93,42 +93,6 @@ def _tiering(cold_dir: Path | None, hot: str, clickhouse: str | None):
     return Tiering(cold_dir, parse_duration_ms(hot))
 
 
-def _cluster_store(
-    addresses: str,
-    cluster: str,
-    database: str,
-    quorum: int | None,
-    wait: float,
-    user: str = "default",
-    password: str = "",
-):
-    """A store over an existing cluster; waits up to ``wait`` seconds for it."""
-    from lenshouse.storage.errors import FatalError, StorageError
-    from lenshouse.storage.replicated.connection import parse_address
-    from lenshouse.storage.replicated.store import ClusterStore
-
-    seeds = [a for a in addresses.split(",") if a.strip()]
-    try:
-        for a in seeds:
-            parse_address(a)
-    except ValueError as e:
-        raise typer.Exit(_fail(str(e))) from None
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            return ClusterStore.connect(
-                seeds, cluster, database, insert_quorum=quorum, user=user, password=password
-            )
-        except FatalError as e:
-            raise typer.Exit(_fail(f"cluster {cluster!r} at {addresses}: {e}")) from None
-        except StorageError as e:
-            if time.monotonic() > deadline:
-                raise typer.Exit(
-                    _fail(f"no ClickHouse server of {addresses} answered in {wait:.0f} s: {e}")
-                ) from None
-            time.sleep(1.0)
-
-
 def _generator_process(url: str, sensors: int, rate_hz: int, seconds: int, start_ms: int) -> None:
     from lenshouse.generators.sender import run
     from lenshouse.generators.signals import Fleet
@@ -299,7 +263,9 @@ def serve(
         raise typer.Exit(2)
     store = None
     if clickhouse:
-        store = _cluster_store(clickhouse, cluster, database, insert_quorum, connect_wait)
+        from lenshouse.roles.cli import cluster_store
+
+        store = cluster_store(clickhouse, cluster, database, insert_quorum, connect_wait)
     node = _open_node(
         data,
         store=store,

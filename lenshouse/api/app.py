@@ -6,19 +6,29 @@ import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
 
 import orjson
 import pyarrow as pa
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 
 from lenshouse.api.auth import Auth, add_admin_routes, request_tenant
 from lenshouse.api.metrics import Metrics
+from lenshouse.api.prometheus import add_query_routes, add_remote_write_route
+from lenshouse.api.requests import (
+    ORJSON,
+    Reader,
+    TooMany,
+    Writer,
+    admit,
+    error,
+    read_body,
+    within,
+)
 from lenshouse.api.retention import add_retention_routes
 from lenshouse.ingest.formats import ARROW, decode
 from lenshouse.lens.engine import (
@@ -33,20 +43,18 @@ from lenshouse.node import Node
 from lenshouse.points import BadInput, Erasure, PointBatch
 from lenshouse.prometheus.series import SeriesIds
 from lenshouse.rollup.tiers import TIERS
-from lenshouse.storage.catalog import Catalog, check_labels
+from lenshouse.storage.catalog import check_labels
 from lenshouse.storage.errors import RetryableError, StorageError
 from lenshouse.storage.matchers import Matcher, parse_matchers
 from lenshouse.storage.store import erase_bounds
 from lenshouse.tenancy.quotas import Limiter, Quotas, SensorLimit
 
-MAX_BODY_BYTES = 256 << 20
 # An idle client connection is kept this long (uvicorn's default is 5 s): a
 # user who looks at a chart for a few seconds between lenses would otherwise
 # meet a connection the server is closing as it sends its next request.
 KEEP_ALIVE_S = 75
 OFF_LOOP_BYTES = 64 << 10  # bodies at least this large are decoded off the event loop
 ERASE_WAIT_S = 30.0  # an embedded delete answers once applied, or 202 after this
-SENSOR_RETRY_S = 60  # a sensor quota frees up only when the operator acts
 STATIC = Path(__file__).parent / "static"
 _IDS = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1}}
 _MS = {"type": "array", "items": {"type": "integer"}}
@@ -88,53 +96,6 @@ def _ipc(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-class ORJSON(JSONResponse):
-    def render(self, content) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-def error(status: int, message: str) -> ORJSON:
-    return ORJSON({"error": message}, status_code=status)
-
-
-class Writer(Protocol):
-    """What ``POST /v1/write`` hands a validated batch to: the embedded
-    ingestor (local log), or a gateway (the replicated log). Returns headers
-    for the acknowledgement."""
-
-    async def write(
-        self, batch: PointBatch, batch_id: str | None, body: bytes
-    ) -> dict[str, str]: ...
-
-    async def erase(self, erasure: Erasure, batch_id: str | None) -> tuple[dict, bool]:
-        """Log a delete; (answer, whether it is applied already)."""
-
-
-class Reader(Protocol):
-    """What the read routes use: lenses, export and the sensor catalog."""
-
-    lenses: LensEngine
-    catalog: Catalog
-
-
-class TooMany(BadInput):
-    """A tenant over its quota: 429 with the seconds to wait."""
-
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message, 429)
-        self.retry_after = retry_after
-
-
-def _within(limiter: Limiter, tenant: str, n: float, what: str) -> None:
-    wait = limiter.take(tenant, n)
-    if wait:
-        raise TooMany(
-            f"tenant {tenant!r} is over its quota of {limiter.rate:g} {what} a second;"
-            f" retry in {wait} s",
-            wait,
-        )
-
-
 class Unavailable(Exception):
     """A dependency is away (the log, the keeper): 503 with Retry-After."""
 
@@ -163,8 +124,6 @@ def add_prometheus_routes(
     app: FastAPI, writer: Writer, reader: Reader, registry: CollectorRegistry
 ) -> None:
     """Remote write in, Prometheus' query API out, over the same writer and reader."""
-    from lenshouse.api.prometheus import add_query_routes, add_remote_write_route  # uses this
-
     store = reader.lenses.store
     ids = SeriesIds(reader.catalog, lambda t: (s for tt, s in _extents(store) if tt == t))
     add_remote_write_route(app, writer, ids, registry)
@@ -281,7 +240,7 @@ def add_write_routes(app: FastAPI, writer: Writer) -> None:
         tenant: str = Depends(request_tenant),
         x_batch_id: str | None = Header(None, max_length=128),
     ) -> Response:
-        body = await _read_body(request)
+        body = await read_body(request)
         if len(body) < OFF_LOOP_BYTES:
             batch = decode(content_type, body, tenant).validate()
         else:  # decoders release the GIL in Arrow's kernels: requests decode in parallel
@@ -306,18 +265,6 @@ def add_write_routes(app: FastAPI, writer: Writer) -> None:
         doc, applied = await writer.erase(erasure, x_batch_id)
         doc = {"sensors": erasure.sensor.tolist(), "start": start, "end": end, **doc}
         return ORJSON(doc, status_code=200 if applied else 202)
-
-
-def admit(request: Request, tenant: str, batch: PointBatch) -> None:
-    """The tenant's quotas of points a second and of sensors: 429 past them."""
-    _within(request.app.state.points_quota, tenant, len(batch), "points")
-    limit: SensorLimit = request.app.state.sensor_quota
-    would = limit.admit(tenant, batch.sensor)
-    if would is not None:
-        raise TooMany(
-            f"tenant {tenant!r} would have {would} sensors; its quota is {limit.limit}",
-            SENSOR_RETRY_S,
-        )
 
 
 def check_erasable(erasure: Erasure, raw_mark: int | None) -> None:
@@ -360,7 +307,7 @@ def add_read_routes(app: FastAPI, reader: Reader, lens_seconds: Histogram) -> No
         if_none_match: str | None = Header(None, description="an ETag of this lens: 304 if fresh"),
     ) -> Response:
         t0 = time.perf_counter()
-        _within(request.app.state.lens_quota, tenant, 1, "lens requests")
+        within(request.app.state.lens_quota, tenant, 1, "lens requests")
         ids = _sensors(reader, tenant, sensors, match)
         aggs = parse_aggs(agg)
         arrow = answer_format(format, accept) == "arrow"
@@ -394,7 +341,7 @@ def add_read_routes(app: FastAPI, reader: Reader, lens_seconds: Histogram) -> No
         ),
         tenant: str = Depends(request_tenant),
     ) -> Response:
-        _within(request.app.state.lens_quota, tenant, 1, "lens requests")
+        within(request.app.state.lens_quota, tenant, 1, "lens requests")
         table, more = reader.lenses.export(
             _sensors(reader, tenant, sensors, match),
             start,
@@ -539,16 +486,3 @@ def add_page(app: FastAPI) -> None:
         if page.exists():
             return FileResponse(page)
         return ORJSON({"lenshouse": "0.1.0", "api": ["/v1/write", "/v1/lens", "/v1/sensors"]})
-
-
-async def _read_body(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise BadInput(f"batch of {declared} bytes exceeds the {MAX_BODY_BYTES}-byte limit", 413)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise BadInput(f"batch exceeds the {MAX_BODY_BYTES}-byte limit", 413)
-        chunks.append(chunk)
-    return b"".join(chunks)

@@ -17,8 +17,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, Counter
 
-from lenshouse.api.app import ORJSON, Reader, Writer, _read_body, _within, admit
 from lenshouse.api.auth import request_tenant
+from lenshouse.api.requests import ORJSON, Reader, Writer, admit, read_body, within
 from lenshouse.points import BadInput
 from lenshouse.prometheus import promql
 from lenshouse.prometheus.evaluate import Evaluator, Scalar, Times, Vector
@@ -60,7 +60,7 @@ def add_remote_write_route(
         tenant: str = Depends(request_tenant),
         content_encoding: str | None = Header(None),
     ) -> Response:
-        body = await _read_body(request)
+        body = await read_body(request)
         req = await run_in_threadpool(decode_write_request, body, content_encoding)
         converted = await run_in_threadpool(to_batch, req, tenant, ids)
         batch = converted.batch.validate()
@@ -90,7 +90,7 @@ def add_query_routes(app: FastAPI, reader: Reader) -> None:
         path: str, summary: str, handler: Callable[[dict, str], dict], names: tuple[str, ...]
     ) -> None:
         async def endpoint(request: Request, tenant: str = Depends(request_tenant)) -> Response:
-            _within(request.app.state.lens_quota, tenant, 1, "lens requests")
+            within(request.app.state.lens_quota, tenant, 1, "lens requests")
             params = await _params(request)
             return await run_in_threadpool(_answer, handler, params, tenant)
 
@@ -191,7 +191,7 @@ async def _params(request: Request) -> dict[str, list[str]]:
     """Query-string and form parameters (Grafana POSTs forms by default)."""
     out = _query_params(request)
     if request.method == "POST":
-        body = await _read_body(request)
+        body = await read_body(request)
         for k, v in parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True):
             out.setdefault(k, []).append(v)
     return out

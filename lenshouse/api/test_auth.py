@@ -336,3 +336,26 @@ def test_a_sensor_quota_counts_the_catalog_and_refuses_whole_batches(tmp_path: P
         assert node.ingestor.wait_visible(lsn, 30)
         sensors = c.get("/v1/sensors", headers={"X-Tenant": "alpha"}).json()["sensors"]
         assert sorted(s["sensor"] for s in sensors) == [1, 2, 3], "the refused batch left nothing"
+
+
+# Routes that answer without a tenant: health, metrics, the page, the API's description
+# and the Prometheus version Grafana asks for before anything else.
+PUBLIC = {"/healthz", "/metrics", "/", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
+          "/api/v1/status/buildinfo"}  # fmt: skip
+
+
+def test_every_route_but_the_public_ones_refuses_a_request_without_a_token(world: World) -> None:
+    """Enumerated from the app itself: a route added without the tenant check fails here."""
+    from fastapi.routing import APIRoute
+
+    routes = [r for r in world.c.app.routes if isinstance(r, APIRoute) and r.path not in PUBLIC]
+    assert len(routes) >= 15, [r.path for r in routes]
+    for route in routes:
+        path = route.path.replace("{sensor}", "1").replace("{tenant}", "beta")
+        path = path.replace("{name}", "x").replace("{token_id}", "x")
+        assert "{" not in path, f"fill in the path parameter of {route.path}"
+        for method in sorted(route.methods - {"HEAD"}):
+            r = world.c.request(method, path)
+            assert r.status_code == 401, (method, route.path, r.status_code, r.text)
+            assert "error" in r.json(), (method, route.path)
+    _beta_untouched(world)

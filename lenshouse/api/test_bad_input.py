@@ -17,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 import lenshouse.api.app as app_module
+import lenshouse.api.requests as requests_module
 from lenshouse.generators.sender import encode_arrow
 from lenshouse.ingest.formats import ARROW, JSON, LINE
 from lenshouse.node import Node
@@ -125,7 +126,7 @@ def probe(client: TestClient, node: Node) -> Probe:
 
 @pytest.fixture
 def small_limit(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
-    monkeypatch.setattr(app_module, "MAX_BODY_BYTES", 200)
+    monkeypatch.setattr(requests_module, "MAX_BODY_BYTES", 200)
     yield 200
 
 

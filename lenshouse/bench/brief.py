@@ -29,7 +29,7 @@ import psutil
 import typer
 from prometheus_client.parser import text_string_to_metric_families
 
-from lenshouse.bench.common import console
+from lenshouse.bench.console import console
 from lenshouse.generators.load import LoadResult, percentile
 
 LAG_METRICS = ("lenshouse_ingest_lag_seconds", "lenshouse_log_lag_seconds")

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import httpx
 
-from lenshouse.bench.common import BenchConfig, BenchServer, console, sampler, spawn
+from lenshouse.bench.common import BenchConfig, BenchServer, sampler, spawn
+from lenshouse.bench.console import console
 from lenshouse.bench.ingest import arrow_client
 from lenshouse.bench.lens import lens_dataset, prepare_lens
 from lenshouse.bench.prepare import Dataset

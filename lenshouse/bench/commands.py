@@ -14,7 +14,8 @@ from typing import Annotated
 
 import typer
 
-from lenshouse.bench.common import BenchConfig, console, git_state, machine
+from lenshouse.bench.common import BenchConfig, git_state, machine
+from lenshouse.bench.console import console
 from lenshouse.storage.backend import BLOCK_CACHE_MB
 
 SCENARIOS = ("ingest", "lens", "mixed", "storage", "concurrency", "burst")

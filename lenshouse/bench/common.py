@@ -17,12 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
+from lenshouse.bench.prepare import check_loader, write_dataset
 from lenshouse.storage.backend import BLOCK_CACHE_MB
 from lenshouse.storage.introspect import drop_block_cache, profile_events, wait_merges
-
-console = Console(stderr=True)
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -347,8 +344,6 @@ class BenchServer:
     def write_dataset(self, ds, **kw) -> dict:
         """Write a prepared dataset in process (faster than HTTP; see
         :func:`lenshouse.bench.prepare.write_dataset`)."""
-        from lenshouse.bench.prepare import write_dataset
-
         return write_dataset(self._node, ds, **kw)
 
     def wait_visible(self, timeout: float) -> bool:
@@ -364,13 +359,6 @@ class BenchServer:
         return maintain.run(
             self._node.store, now_ms=now_ms, settle_s=0, horizons=self._node.horizons
         )
-
-
-def check_loader(node) -> None:
-    """Raise if the node's loader thread has died (it logs why), rather than
-    waiting for loads that will never come."""
-    if not node.ingestor.loader.running:
-        raise RuntimeError("the loader thread stopped; see the log above for its error")
 
 
 # -- other processes ------------------------------------------------------------

@@ -35,13 +35,13 @@ from lenshouse.bench.common import (
     BenchConfig,
     BenchServer,
     MachineCpu,
-    console,
     process_cpu_seconds,
     relative_timeline,
     run_threads,
     sampler,
     spawn,
 )
+from lenshouse.bench.console import console
 
 ARROW = "application/vnd.apache.arrow.stream"
 INSERT_SETTINGS = "max_insert_threads = 1"

@@ -31,7 +31,8 @@ import httpx
 import orjson
 import pyarrow as pa
 
-from lenshouse.bench.common import DAY_MS, BenchConfig, BenchServer, console, spawn
+from lenshouse.bench.common import DAY_MS, BenchConfig, BenchServer, spawn
+from lenshouse.bench.console import console
 from lenshouse.bench.prepare import Dataset, progress_bar
 from lenshouse.generators.load import (
     LoadConfig,

@@ -17,14 +17,8 @@ import shutil
 import time
 from pathlib import Path
 
-from lenshouse.bench.common import (
-    BenchConfig,
-    BenchServer,
-    console,
-    relative_timeline,
-    sampler,
-    spawn,
-)
+from lenshouse.bench.common import BenchConfig, BenchServer, relative_timeline, sampler, spawn
+from lenshouse.bench.console import console
 from lenshouse.bench.prepare import Dataset, progress_bar
 from lenshouse.generators.load import LoadConfig, LoadResult, parse_mix, run_load_to_file
 

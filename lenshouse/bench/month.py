@@ -14,7 +14,8 @@ from pathlib import Path
 
 import httpx
 
-from lenshouse.bench.common import BenchConfig, BenchServer, console
+from lenshouse.bench.common import BenchConfig, BenchServer
+from lenshouse.bench.console import console
 from lenshouse.bench.lens import measure_windows
 from lenshouse.bench.prepare import Dataset, progress_bar
 from lenshouse.rollup.tiers import DAY_MS

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lenshouse.bench.common import BenchConfig, BenchServer, console
+from lenshouse.bench.common import BenchConfig, BenchServer
+from lenshouse.bench.console import console
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]

@@ -39,7 +39,8 @@ from pathlib import Path
 
 import httpx
 
-from lenshouse.bench.common import BenchConfig, BenchServer, console, free_port, spawn
+from lenshouse.bench.common import BenchConfig, BenchServer, free_port, spawn
+from lenshouse.bench.console import console
 from lenshouse.bench.ingest import _merged, _start_ms, _text_bodies, text_client
 from lenshouse.bench.storage import _dir_bytes
 from lenshouse.cluster.processes import serving

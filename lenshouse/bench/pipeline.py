@@ -33,7 +33,7 @@ import httpx
 import numpy as np
 import typer
 
-from lenshouse.bench.common import console
+from lenshouse.bench.console import console
 from lenshouse.cluster import processes
 from lenshouse.generators.sender import SendStats, batch_client, encode_arrow
 from lenshouse.points import PointBatch

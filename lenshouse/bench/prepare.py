@@ -29,7 +29,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from lenshouse.bench.common import check_loader, console
+from lenshouse.bench.console import console
 from lenshouse.generators.signals import Fleet, full_precision
 from lenshouse.points import PointBatch
 
@@ -70,6 +70,13 @@ class Dataset:
             seed=self.seed,
             first_id=self.first_id,
         )
+
+
+def check_loader(node) -> None:
+    """Raise if the node's loader thread has died (it logs why), rather than
+    waiting for loads that will never come."""
+    if not node.ingestor.loader.running:
+        raise RuntimeError("the loader thread stopped; see the log above for its error")
 
 
 def fleet_chunk(fleet: Fleet, k0: int, n: int, tenant: str = "default") -> PointBatch:

@@ -23,14 +23,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from lenshouse.bench.common import (
-    BenchConfig,
-    BenchServer,
-    console,
-    free_port,
-    process_cpu_seconds,
-    spawn,
-)
+from lenshouse.bench.common import BenchConfig, BenchServer, free_port, process_cpu_seconds, spawn
+from lenshouse.bench.console import console
 from lenshouse.bench.ingest import _merged, _post_as_fast_as_acked, _start_ms
 from lenshouse.generators.load import summarize
 from lenshouse.generators.sender import ARROW, encode_arrow

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from rich.table import Table
 
-from lenshouse.bench.common import clean, console
+from lenshouse.bench.common import clean
+from lenshouse.bench.console import console
 from lenshouse.generators.load import parse_mix
 
 INGEST_MIN_RATE = 3_200_000

@@ -18,7 +18,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from lenshouse.bench.common import BenchConfig, BenchServer, console
+from lenshouse.bench.common import BenchConfig, BenchServer
+from lenshouse.bench.console import console
 from lenshouse.bench.prepare import Dataset, progress_bar
 from lenshouse.rollup.tiers import TIERS
 

@@ -157,3 +157,20 @@ def test_partitions_are_shared_fairly_and_taken_over(keeper, cluster: dict) -> N
         assert a.owned() == [0, 1]
     finally:
         zk_b.close()
+
+
+def test_a_restarted_loader_of_the_same_name_fences_its_former_self(keeper) -> None:
+    """Compose and Kubernetes give a restarted loader its old name: the fence,
+    not the name, tells the two apart."""
+    zk, paths = keeper
+    old = PartitionProgress(zk, paths, 0, "loader-0")
+    state = old.load()
+    old.intent(state, Pending(-1, 1, 1), _span("t", 0, 9, 1))
+    state.next_lsn, state.pending = 2, None
+    old.done(state)
+    new = PartitionProgress(zk, paths, 0, "loader-0")
+    assert new.fence == old.fence + 1
+    with pytest.raises(Fenced):
+        old.intent(state, Pending(-1, 2, 2), _span("t", 0, 9, 1))
+    doc, _ = progress.read(zk, paths, 0)
+    assert doc.pending is None and doc.fence == new.fence

@@ -14,6 +14,7 @@ from lenshouse.ingest.dedup import PAGE_MS, SeenIndex
 from lenshouse.lens.oracle import brute_force, mismatch
 from lenshouse.node import Node
 from lenshouse.points import PointBatch
+from lenshouse.rollup.tiers import TIERS
 
 T0 = 1_700_000_000_000
 
@@ -103,8 +104,8 @@ def test_replays_in_other_shapes_store_each_point_once(node: Node) -> None:
     _s, t, v = stored(node)
     assert len(t) == 20_100 and len(np.unique(t)) == 20_100
     assert np.array_equal(v[:20_000], value)
-    for tier in ("rollup_100ms", "rollup_1s", "rollup_1m", "rollup_1h"):
-        assert tier_count(node, tier) == 20_100, tier
+    for tier in TIERS:
+        assert tier_count(node, tier.table) == 20_100, tier.table
     stats = node.ingestor.loader.stats
     assert stats.duplicates == 5000 + 10_000 + 20_000
     assert stats.conflicts == 0

@@ -4,6 +4,7 @@ its own process, against given NATS, keeper and ClickHouse addresses."""
 from __future__ import annotations
 
 import logging
+import time
 
 import typer
 import uvicorn
@@ -34,6 +35,47 @@ CH_USER = typer.Option("default", envvar="LENSHOUSE_CLICKHOUSE_USER", help="Clic
 CH_PASSWORD = typer.Option(
     "", envvar="LENSHOUSE_CLICKHOUSE_PASSWORD", show_default=False, help="ClickHouse password"
 )
+
+
+def cluster_store(
+    addresses: str,
+    cluster: str,
+    database: str,
+    quorum: int | None,
+    wait: float,
+    user: str = "default",
+    password: str = "",
+):
+    """A store over an existing cluster; waits up to ``wait`` seconds for it."""
+    from lenshouse.storage.errors import FatalError, StorageError
+    from lenshouse.storage.replicated.connection import parse_address
+    from lenshouse.storage.replicated.store import ClusterStore
+
+    seeds = [a for a in addresses.split(",") if a.strip()]
+    try:
+        for a in seeds:
+            parse_address(a)
+    except ValueError as e:
+        raise typer.Exit(_fail(str(e))) from None
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return ClusterStore.connect(
+                seeds, cluster, database, insert_quorum=quorum, user=user, password=password
+            )
+        except FatalError as e:
+            raise typer.Exit(_fail(f"cluster {cluster!r} at {addresses}: {e}")) from None
+        except StorageError as e:
+            if time.monotonic() > deadline:
+                raise typer.Exit(
+                    _fail(f"no ClickHouse server of {addresses} answered in {wait:.0f} s: {e}")
+                ) from None
+            time.sleep(1.0)
+
+
+def _fail(message: str) -> int:
+    typer.secho(f"error: {message}", err=True, fg="red")
+    return 1
 
 
 def _split(text: str) -> list[str]:
@@ -112,10 +154,9 @@ def loader(
     """Own log partitions (leases in the keeper) and load them into ClickHouse."""
     from contextlib import asynccontextmanager
 
-    from lenshouse.cli import _cluster_store
     from lenshouse.roles.loader import LoaderRole, create_loader_app
 
-    store = _cluster_store(clickhouse, cluster, database, insert_quorum, connect_wait,
+    store = cluster_store(clickhouse, cluster, database, insert_quorum, connect_wait,
                            clickhouse_user, clickhouse_password)  # fmt: skip
     role = LoaderRole(
         _split(nats),
@@ -174,12 +215,11 @@ def lens_server(
     ),
 ) -> None:
     """Answer lenses, export and the catalog from the cluster, exact as of completed loads."""
-    from lenshouse.cli import _cluster_store
     from lenshouse.lens.catch_up import CatchUp
     from lenshouse.roles.lens_server import LensServer, create_lens_app
     from lenshouse.tenancy.quotas import Quotas
 
-    store = _cluster_store(clickhouse, cluster, database, None, connect_wait,
+    store = cluster_store(clickhouse, cluster, database, None, connect_wait,
                            clickhouse_user, clickhouse_password)  # fmt: skip
     server = LensServer(
         _split(keeper),
