@@ -47,3 +47,12 @@ def test_report(tmp_path: Path) -> None:
         assert f"| {v.name} |" in text and v.line() in text
         png = tmp_path / f"cluster-{v.name}.png"
         assert png.stat().st_size > 10_000, png
+
+
+@pytest.mark.parametrize(("users", "checks", "ok"), [(0, [], True), (4, [], False),
+                                                     (4, [(1.0, True)], True),
+                                                     (4, [(1.0, False)], False)])  # fmt: skip
+def test_a_run_with_users_needs_live_checks_and_one_without_asks_none(users, checks, ok) -> None:
+    tl = scenarios.Timeline(checks=checks)
+    v = scenarios.ClusterVerdict("f", 10, 10, 10, 0, 0, 0, 5, 5, timeline=tl, users=users)
+    assert v.ok is ok

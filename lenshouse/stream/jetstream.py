@@ -59,12 +59,6 @@ CONSUMER_IDLE_S = 600.0
 # Without a message for this long while the stream holds later records, a
 # reader renews its consumer.
 CHECK_AFTER_S = 5.0
-# Loaded records are deleted only once the stream holds this share of its byte
-# budget. In the fault matrix, deleting them at every load lost acknowledged
-# records after NATS 2.9.10 servers restarted (3 runs of 3; none with no
-# deletes), as its purges did (nats-server#4196): deletes are kept to when the
-# room is needed.
-TRIM_ABOVE = 0.5
 DELETES_IN_FLIGHT = 64  # message deletes of a trim sent at once
 CONSUMER_TRIES = 4  # consumer creations asked before giving up (5 s each)
 SEQUENCE_NOT_FOUND = 10043  # JetStream's err_code: the stream does not hold that record
@@ -199,17 +193,13 @@ class PartitionStream:
         js: JetStreamContext,
         layout: LogLayout,
         partition: int,
-        trim_above: float = TRIM_ABOVE,
     ) -> None:
-        """``trim_above``: the share of the stream's byte budget past which
-        loaded records are deleted (0: at every trim)."""
         self.loop = loop
         self.nc = nc
         self.js = js
         self.partition = partition
         self.name = layout.stream(partition)
         self.subject = layout.subject(partition)
-        self.trim_above = trim_above
         self._kept_from: int | None = None  # records below it are deleted
 
     # -- blocking, for the loader's threads ----------------------------------
@@ -221,14 +211,10 @@ class PartitionStream:
         """Delete the records below ``lsn`` (they are loaded), so that the
         log's byte budget holds only what is not; how many were deleted.
         Called by one thread at a time (the loader's trim), which alone
-        keeps ``_kept_from``. Below ``trim_above`` of the budget, nothing."""
-        if self._kept_from is None or self.trim_above > 0:
+        keeps ``_kept_from``."""
+        if self._kept_from is None:
             info = self.loop.run(self.js.stream_info(self.name), timeout)
-            if self._kept_from is None:
-                self._kept_from = int(info.state.first_seq)
-            budget = info.config.max_bytes or 0
-            if budget > 0 and info.state.bytes < self.trim_above * budget:
-                return 0
+            self._kept_from = int(info.state.first_seq)
         deleted = 0
         while self._kept_from < lsn:
             chunk = range(self._kept_from, min(lsn, self._kept_from + DELETES_IN_FLIGHT))
