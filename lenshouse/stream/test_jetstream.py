@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import nats.errors
+import nats.js.errors
 import numpy as np
 import pytest
 
@@ -92,10 +94,22 @@ class Client:
         return PartitionStream(self.loop, self.nc, self.js, layout, 0)
 
     def publish(self, layout: LogLayout, seqs: range) -> None:
+        """Each record acknowledged at its position; retried, as a gateway
+        does, while the connection moves off a server just killed (the
+        message id makes a retry of a stored record a duplicate)."""
         for seq in seqs:
             headers = {payload.TENANT_HEADER: "t", "Nats-Msg-Id": f"m{seq}"}
             data = payload.encode(_batch(seq))
-            ack = self.loop.run(self.js.publish(layout.subject(0), data, headers=headers))
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    ack = self.loop.run(self.js.publish(layout.subject(0), data, headers=headers))
+                    break
+                except (nats.errors.NoRespondersError, nats.errors.TimeoutError,
+                        nats.js.errors.NoStreamResponseError):  # fmt: skip
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
             assert ack.seq == seq
 
     def info(self, stream: PartitionStream):
