@@ -107,6 +107,14 @@ def cluster_store(doc: dict, database: str | None = None):
 STORES = ["chdb", "cluster"]
 
 
+def tier_points(store, tier, where: str = "1") -> int:
+    """The points a tier's cells count in ``store`` (rows ``where`` holds),
+    wherever the store keeps that tier."""
+    at = store.tier_tables
+    sql = f"SELECT sum(cnt) AS n FROM {at.table(tier)} WHERE {at.where(tier, where)}"
+    return int(store.backend.query(sql).column("n")[0].as_py() or 0)
+
+
 def store_node(kind: str, data_dir: Path, request: pytest.FixtureRequest, **kw) -> Node:
     """A node on the embedded engine or on the test cluster (not started)."""
     if kind == "chdb":

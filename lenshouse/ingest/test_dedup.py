@@ -10,11 +10,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lenshouse.conftest import tier_points
 from lenshouse.ingest.dedup import PAGE_MS, SeenIndex
 from lenshouse.lens.oracle import brute_force, mismatch
 from lenshouse.node import Node
 from lenshouse.points import PointBatch
-from lenshouse.rollup.tiers import TIERS
+from lenshouse.retention.policy import tier_of as tier_named
+from lenshouse.rollup.tiers import TIERS, Tier
 
 T0 = 1_700_000_000_000
 
@@ -39,9 +41,8 @@ def stored(node: Node, tenant: str = "default") -> tuple[np.ndarray, np.ndarray,
     return (t.column("sensor").to_numpy(), t.column("ts").to_numpy(), t.column("value").to_numpy())
 
 
-def tier_count(node: Node, table: str, tenant: str = "default") -> int:
-    q = f"SELECT sum(cnt) AS n FROM {table} WHERE tenant = '{tenant}'"
-    return int(node.backend.query(q).column("n")[0].as_py() or 0)
+def tier_count(node: Node, tier: Tier, tenant: str = "default") -> int:
+    return tier_points(node.store, tier, f"tenant = '{tenant}'")
 
 
 class EmptyStore:
@@ -105,7 +106,7 @@ def test_replays_in_other_shapes_store_each_point_once(node: Node) -> None:
     assert len(t) == 20_100 and len(np.unique(t)) == 20_100
     assert np.array_equal(v[:20_000], value)
     for tier in TIERS:
-        assert tier_count(node, tier.table) == 20_100, tier.table
+        assert tier_count(node, tier) == 20_100, tier
     stats = node.ingestor.loader.stats
     assert stats.duplicates == 5000 + 10_000 + 20_000
     assert stats.conflicts == 0
@@ -139,7 +140,7 @@ def test_replay_after_restart_is_refused(tmp_path: Path) -> None:
         write_all(n, [b, batch(3, T0 + np.arange(2000, 4000))])
         _, t, _ = stored(n)
         assert len(t) == 4000
-        assert tier_count(n, "rollup_1s") == 4000
+        assert tier_count(n, tier_named("1s")) == 4000
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +179,7 @@ def test_random_replays_keep_lenses_exact(shared_node: Node, seed, sends, points
     write_all(shared_node, [batches[i] for i in order])
     _s, t, _ = stored(shared_node, tenant)
     assert len(t) == len(ts)
-    assert tier_count(shared_node, "rollup_1m", tenant) == len(ts)
+    assert tier_count(shared_node, tier_named("1m"), tenant) == len(ts)
     start, end = int(ts.min()) - 7, int(ts.max()) + 13
     lens = shared_node.lenses.lens([1, 2, 3], start, end, points=1000, tenant=tenant)
     for series in lens.series:

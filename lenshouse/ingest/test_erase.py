@@ -19,11 +19,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lenshouse.api.app import create_app
+from lenshouse.conftest import tier_points
 from lenshouse.ingest.wal import WriteAheadLog
 from lenshouse.lens.oracle import brute_force, mismatch
 from lenshouse.node import Node
 from lenshouse.points import BadInput, Erasure, PointBatch
-from lenshouse.rollup.tiers import TIERS
+from lenshouse.rollup.tiers import TIERS, Tier
 from lenshouse.storage.errors import FatalError
 from lenshouse.stream import payload
 
@@ -69,9 +70,8 @@ def check(node: Node, model: Model, tenant: str, windows) -> None:
             assert bad is None, f"{tenant}/{s.sensor} [{start},{end}) step {lens.step}: {bad}"
 
 
-def tier_count(node: Node, table: str, tenant: str, sensors: str) -> int:
-    sql = f"SELECT sum(cnt) AS n FROM {table} WHERE tenant = '{tenant}' AND sensor IN ({sensors})"
-    return int(node.backend.query(sql).column("n")[0].as_py())
+def tier_count(node: Node, tier: Tier, tenant: str, sensors: str) -> int:
+    return tier_points(node.store, tier, f"tenant = '{tenant}' AND sensor IN ({sensors})")
 
 
 def wait(node: Node, lsn: int) -> None:
@@ -168,7 +168,7 @@ def test_delete_rewrite_and_replay(shared: Node) -> None:
     exp = sum(len(model.arrays(s)[0]) for s in (1, 2))
     assert rows.num_rows == exp, "raw rows equal the oracle's points"
     for tier in TIERS:  # every tier counts exactly the remaining points
-        n = tier_count(node, tier.table, tenant, "1, 2")
+        n = tier_count(node, tier, tenant, "1, 2")
         assert n == exp, tier.name
 
 
@@ -251,7 +251,7 @@ def test_a_delete_cut_short_is_finished_on_restart(module_node: Shared) -> None:
     node = module_node.restart()
     assert node.ingestor.loader.loaded_lsn > lsn
     check(node, model, tenant, [([9], T0, NOW, 2500), ([9], start - HOUR, end + HOUR, 20_000)])
-    n = tier_count(node, TIERS[-1].table, tenant, "9")
+    n = tier_count(node, TIERS[-1], tenant, "9")
     assert n == len(model.arrays(9)[0])
 
 

@@ -11,7 +11,11 @@ One run, in this order:
    so no lens ever reads what is about to go.
 3. Each partition wholly below the marks of every tenant with data in it is
    dropped (cheap on every server); a partition shared with a tenant that still
-   keeps it loses only the expired tenants' rows (a delete mutation).
+   keeps it loses only the expired tenants' rows (a delete mutation). Tiers
+   that share a table (a cluster's coarser tiers) drop a partition once every
+   one of them has expired it; until then a tier expired alone loses its rows
+   by a delete (which ClickHouse 18.16 leaves queued: its rows stay, unread,
+   below the marks).
 
 Marks never go down: lengthening a retention later keeps what is left, and
 never pretends to hold what is gone.
@@ -35,7 +39,6 @@ from lenshouse.retention.policy import (
     Policy,
     merged,
     parse_policy,
-    partition_ms,
     tier_of,
 )
 from lenshouse.storage.store import Store
@@ -169,7 +172,7 @@ def run(
     for tenant in tenants:
         policy = merged(rows, tenant)
         for source in SOURCES:
-            cut = policy.cut(source, now_ms)
+            cut = policy.cut(source, now_ms, store.partition_ms(tier_of(source)))
             if cut is not None and cut > marks.get((tenant, source), _NEG):
                 marks[(tenant, source)] = cut
                 report.marks.append((tenant, source, cut))
@@ -181,6 +184,7 @@ def run(
         time.sleep(settle_s)
     for source in SOURCES:
         report.actions += _actions(store, source, tenants, marks, extents)
+    report.actions = _shared(store, report.actions)
     for i, a in enumerate(report.actions):
         say(f"{a.kind} {a.source} partition {a.partition} ({a.bytes} bytes) of {a.tenants}")
         if dry_run:
@@ -217,7 +221,7 @@ def _actions(
 ) -> list[Action]:
     """What to do to each partition of ``source`` that some tenant has expired."""
     tier = tier_of(source)
-    size = partition_ms(source)
+    size = store.partition_ms(tier)
     out = []
     for part in store.partitions(tier).to_pylist():
         p = int(part["partition"])
@@ -237,6 +241,28 @@ def _actions(
         gone = tuple(t for t in sorted(expired & present) if store.rows_in(tier, t, lo, hi))
         if gone:
             out.append(Action(source, p, lo, hi, "delete", gone, 0, 0))
+    return out
+
+
+def _shared(store: Store, actions: list[Action]) -> list[Action]:
+    """Drops of tiers that share a table: one drop of a partition that every
+    tier sharing it has expired, deletes of the tier's rows otherwise."""
+    sharing = {
+        t.name for t in (tier_of(s) for s in SOURCES) if t and not store.tier_tables.alone(t)
+    }
+    drops: dict[int, set[str]] = {}
+    for a in actions:
+        if a.kind == "drop" and a.source in sharing:
+            drops.setdefault(a.partition, set()).add(a.source)
+    out, dropped = [], set()
+    for a in actions:
+        if a.kind != "drop" or a.source not in sharing:
+            out.append(a)
+        elif drops[a.partition] != sharing:
+            out.append(replace(a, kind="delete", bytes=0, rows=0))
+        elif a.partition not in dropped:
+            dropped.add(a.partition)
+            out.append(a)
     return out
 
 

@@ -95,13 +95,14 @@ class Policy:
         if self.keep[RAW] is not None and self.keep[RAW] < DAY_MS:
             raise BadInput("raw points are kept at least 1d (they expire a day at a time)", 422)
 
-    def cut(self, source: str, now_ms: int) -> int | None:
+    def cut(self, source: str, now_ms: int, width: int | None = None) -> int | None:
         """Where the source expires now: the start of the newest partition
-        wholly older than its keep (None: kept forever)."""
+        (``width`` ms; the tier's own by default) wholly older than its keep
+        (None: kept forever)."""
         k = self.keep[source]
         if k is None:
             return None
-        p = partition_ms(source)
+        p = partition_ms(source) if width is None else width
         return (now_ms - k) // p * p
 
     def to_json(self) -> dict[str, str]:

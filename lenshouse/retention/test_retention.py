@@ -27,7 +27,9 @@ from lenshouse.retention.policy import (
     merged,
     parse_keep,
     parse_policy,
+    tier_of,
 )
+from lenshouse.rollup.tiers import TIERS
 
 SENSORS = (1, 2, 3)
 EVERY_MS = 2_000  # a point every 2 s per sensor, six days: 777,600 points
@@ -161,6 +163,36 @@ def test_expiry_keeps_lenses_exact(expiring: tuple[Node, dict, int]) -> None:
     assert {a.kind for a in again.actions} <= {"delete"}, "nothing is left to drop"
     if all(a.done for a in report.actions):
         assert not again.actions, "and nothing to delete once deletes are done"
+
+
+def test_tiers_sharing_a_table_expire_together(expiring: tuple[Node, dict, int]) -> None:
+    """A cluster keeps its coarser tiers in one table: one of them expired
+    alone loses its own rows (never the partition, which the others still
+    need), and a partition all of them have expired goes in one drop."""
+    node, data, now = expiring
+    store = node.store
+    maintain.set_policy(store, "*", {"100ms": "4d", "1s": "4d"})
+    report = maintain.run(store, now_ms=now, settle_s=0, horizons=node.horizons)
+    at = store.tier_tables
+    shared = {a.source for a in report.actions if a.source != "raw"}
+    shared = {s for s in shared if not at.alone(tier_of(s))}
+    assert all(a.kind == "delete" for a in report.actions if a.source in shared)
+    assert _check_lenses(node, data, now, np.random.default_rng(13), 40) >= 5, "10 s and up intact"
+    n_1h = store.rows_in(TIERS[-1], "b", 0, 2**62)
+
+    coarser = [t for t in TIERS if t.name not in ("100ms", "1s")]
+    maintain.set_policy(store, "*", {t.name: "4d" for t in coarser})
+    report = maintain.run(store, now_ms=now, settle_s=0, horizons=node.horizons)
+    drops = [a for a in report.actions if a.kind == "drop" and a.source != "raw"]
+    for a in drops:  # gone from every tier the dropped partition held
+        tier = tier_of(a.source)
+        held = [tier] if at.alone(tier) else [t for t in TIERS if not at.alone(t)]
+        for t in held:
+            assert store.rows_in(t, "b", a.lo, a.hi) == 0, (a, t)
+    if shared:  # one drop per partition of the shared table, not one per tier
+        parts = [a.partition for a in drops if not at.alone(tier_of(a.source))]
+        assert parts and len(parts) == len(set(parts)), drops
+        assert store.rows_in(TIERS[-1], "b", 0, 2**62) < n_1h
 
 
 def test_a_slow_read_of_the_marks_never_undoes_a_newer_one() -> None:

@@ -43,6 +43,34 @@ def _ints(values: Iterable[int]) -> str:
     return ",".join(str(int(v)) for v in values)
 
 
+@dataclass(frozen=True)
+class TierTables:
+    """Where a store keeps each tier's cells: each in a table of its own
+    (``rollup_100ms``, ``rollup_1s``, …), except the tiers named in ``shared``,
+    kept together in ``SHARED_TABLE`` with their resolution in a ``res``
+    column. A cluster keeps its coarser tiers so: an insert makes one part per
+    partition of a table, and each replicated part costs keeper work, so one
+    table instead of five makes the tiers' cost per load a fifth."""
+
+    shared: frozenset[str] = frozenset()
+
+    def table(self, tier: Tier, suffix: str = "") -> str:
+        name = SHARED_TABLE if tier.name in self.shared else tier.table
+        return identifier(name + suffix)
+
+    def where(self, tier: Tier, cond: str) -> str:
+        """``cond`` on the tier's rows of its table."""
+        return f"res = {int(tier.res_ms)} AND ({cond})" if tier.name in self.shared else cond
+
+    def alone(self, tier: Tier) -> bool:
+        """Whether the tier's table holds that tier only (its partitions can go alone)."""
+        return tier.name not in self.shared
+
+
+SHARED_TABLE = "rollup_coarse"
+OWN_TABLES = TierTables()
+
+
 def cell_conditions(
     pairs: Iterable[tuple[int, int]], unit_ms: int, column: str, limit: int = MAX_CONDITIONS
 ) -> str:
@@ -128,27 +156,35 @@ def m4_flat(pairs: dict[str, str], cond: str | None = None) -> str:
 _M4_OF_TIER = {c: c for c in M4_COLUMNS}
 
 
-def folded(tier: Tier | None, tenant: str, r: int, pairs, limit: int = MAX_CONDITIONS) -> str:
+def folded(
+    tier: Tier | None,
+    tenant: str,
+    r: int,
+    pairs,
+    limit: int = MAX_CONDITIONS,
+    at: TierTables = OWN_TABLES,
+) -> str:
     """Per (sensor, cell of ``r`` ms): sum, count, min, max and M4 folded from
     raw (``tier`` None) or a tier's rows."""
+    column = "ts" if tier is None else "t"
+    cond = f"tenant = {tenant_literal(tenant)} AND ({cell_conditions(pairs, r, column, limit)})"
     if tier is None:
-        column, source = "ts", "raw"
+        source = "raw"
         folds = f"{_RAW_AGGS}, {m4_flat(M4_OF_RAW)}"
     else:
-        column, source = "t", identifier(tier.table)
+        source, cond = at.table(tier), at.where(tier, cond)
         folds = f"{_TIER_AGGS}, {m4_flat(_M4_OF_TIER)}"
     r = int(r)
     return (
         f"SELECT sensor, intDiv({column}, {r}) * {r} AS c, {folds} FROM {source}"
-        f" WHERE tenant = {tenant_literal(tenant)} AND ({cell_conditions(pairs, r, column, limit)})"
-        " GROUP BY sensor, c"
+        f" WHERE {cond} GROUP BY sensor, c"
     )
 
 
-def extents(coarsest: Tier) -> str:
+def extents(coarsest: Tier, at: TierTables = OWN_TABLES) -> str:
     return (
-        f"SELECT tenant, sensor, min(t) AS lo, max(t) AS hi FROM {identifier(coarsest.table)}"
-        " GROUP BY tenant, sensor"
+        f"SELECT tenant, sensor, min(t) AS lo, max(t) AS hi FROM {at.table(coarsest)}"
+        f" WHERE {at.where(coarsest, '1')} GROUP BY tenant, sensor"
     )
 
 
@@ -204,8 +240,8 @@ RETENTION = (
 EXPIRY = "SELECT tenant, source, max(before) AS before FROM expiry GROUP BY tenant, source"
 
 
-def source_table(tier: Tier | None) -> str:
-    return "raw" if tier is None else identifier(tier.table)
+def source_table(tier: Tier | None, at: TierTables = OWN_TABLES) -> str:
+    return "raw" if tier is None else at.table(tier)
 
 
 def time_column(tier: Tier | None) -> str:
@@ -231,23 +267,35 @@ def mutations_running(table: str, database: str) -> str:
 
 
 def points_about(
-    coarsest: Tier, tenant: str, sensors: list[int], lo: int, hi: int, suffix: str = ""
+    coarsest: Tier,
+    tenant: str,
+    sensors: list[int],
+    lo: int,
+    hi: int,
+    suffix: str = "",
+    at: TierTables = OWN_TABLES,
 ) -> str:
     """At least the loaded points of ``sensors`` in [lo, hi): whole coarsest
     cells (``suffix``: of a shard's local table)."""
     r = coarsest.res_ms
-    return (
-        f"SELECT sum(cnt) AS n FROM {identifier(coarsest.table + suffix)}"
-        f" WHERE tenant = {tenant_literal(tenant)} AND sensor IN ({_ints(sensors)})"
+    cond = (
+        f"tenant = {tenant_literal(tenant)} AND sensor IN ({_ints(sensors)})"
         f" AND t >= {int(lo) // r * r} AND t < {int(hi)}"
     )
+    table = at.table(coarsest, suffix)
+    return f"SELECT sum(cnt) AS n FROM {table} WHERE {at.where(coarsest, cond)}"
 
 
-def rows_in(tier: Tier | None, tenant: str, lo: int, hi: int) -> str:
+def _in_range(tier: Tier | None, tenant: str, lo: int, hi: int, at: TierTables) -> str:
     t = time_column(tier)
+    cond = f"tenant = {tenant_literal(tenant)} AND {t} >= {int(lo)} AND {t} < {int(hi)}"
+    return cond if tier is None else at.where(tier, cond)
+
+
+def rows_in(tier: Tier | None, tenant: str, lo: int, hi: int, at: TierTables = OWN_TABLES) -> str:
     return (
-        f"SELECT count() AS n FROM {source_table(tier)} WHERE tenant = {tenant_literal(tenant)}"
-        f" AND {t} >= {int(lo)} AND {t} < {int(hi)}"
+        f"SELECT count() AS n FROM {source_table(tier, at)}"
+        f" WHERE {_in_range(tier, tenant, lo, hi, at)}"
     )
 
 
@@ -255,26 +303,46 @@ def drop_partition(table: str, partition: int, on_cluster: str = "") -> str:
     return f"ALTER TABLE {table}{on_cluster} DROP PARTITION {int(partition)}"
 
 
-def delete_range(table: str, tier: Tier | None, tenant: str, lo: int, hi: int, on: str = "") -> str:
-    t = time_column(tier)
-    return (
-        f"ALTER TABLE {table}{on} DELETE WHERE tenant = {tenant_literal(tenant)}"
-        f" AND {t} >= {int(lo)} AND {t} < {int(hi)}"
-    )
+def delete_range(
+    table: str,
+    tier: Tier | None,
+    tenant: str,
+    lo: int,
+    hi: int,
+    on: str = "",
+    at: TierTables = OWN_TABLES,
+) -> str:
+    return f"ALTER TABLE {table}{on} DELETE WHERE {_in_range(tier, tenant, lo, hi, at)}"
+
+
+def delete_tier(table: str, tier: Tier, lo: int, hi: int, at: TierTables) -> str:
+    """Every tenant's rows of ``tier`` in [lo, hi) (of a table it shares)."""
+    return f"ALTER TABLE {table} DELETE WHERE {at.where(tier, f't >= {int(lo)} AND t < {int(hi)}')}"
 
 
 # -- deletes (lenshouse.ingest.erase) -------------------------------------------
-def _erase_where(tier: Tier | None, tenant: str, sensors: Iterable[int], lo: int, hi: int) -> str:
+def _erase_where(
+    tier: Tier | None,
+    tenant: str,
+    sensors: Iterable[int],
+    lo: int,
+    hi: int,
+    at: TierTables = OWN_TABLES,
+) -> str:
     t = time_column(tier)
-    return (
+    cond = (
         f"tenant = {tenant_literal(tenant)} AND sensor IN ({_ints(sensors)})"
         f" AND {t} >= {int(lo)} AND {t} < {int(hi)}"
     )
+    return cond if tier is None else at.where(tier, cond)
 
 
-def erase(table: str, tier: Tier | None, tenant: str, sensors, lo: int, hi: int) -> str:
+def erase(
+    table: str, tier: Tier | None, tenant: str, sensors, lo: int, hi: int,
+    at: TierTables = OWN_TABLES,
+) -> str:  # fmt: skip
     """A lightweight delete (rows masked at once, removed by later merges)."""
-    return f"DELETE FROM {table} WHERE {_erase_where(tier, tenant, sensors, lo, hi)}"
+    return f"DELETE FROM {table} WHERE {_erase_where(tier, tenant, sensors, lo, hi, at)}"
 
 
 def hot_partitions(table: str, cold_volume: str) -> str:
@@ -306,7 +374,10 @@ def mutations_pending(tables: list[str]) -> str:
     )
 
 
-def erase_count(first: Tier, tenant: str, sensors: list[int], start: int, end: int) -> str:
+def erase_count(
+    first: Tier, tenant: str, sensors: list[int], start: int, end: int,
+    at: TierTables = OWN_TABLES,
+) -> str:  # fmt: skip
     """Raw points in [start, end): whole first-tier cells from their counts,
     the partial cells at both ends from raw."""
     r = first.res_ms
@@ -318,8 +389,8 @@ def erase_count(first: Tier, tenant: str, sensors: list[int], start: int, end: i
     edges = " OR ".join(
         f"({_erase_where(None, tenant, sensors, x, y)})" for x, y in ((start, a), (b, end)) if x < y
     )
-    whole = _erase_where(first, tenant, sensors, a, b)
-    inner = f"SELECT sum(cnt) AS n FROM {first.table} WHERE {whole}"
+    whole = _erase_where(first, tenant, sensors, a, b, at)
+    inner = f"SELECT sum(cnt) AS n FROM {at.table(first)} WHERE {whole}"
     if not edges:
         return f"SELECT toUInt64(sum(n)) AS n FROM ({inner})"
     raw = f"SELECT count() AS n FROM raw WHERE {edges}"
@@ -401,6 +472,7 @@ def lens(
     hidden: tuple[int, ...] = (),
     origin: int = 0,
     m4: bool = False,
+    at: TierTables = OWN_TABLES,
 ) -> LensQuery:
     """One query over each group's segments for its sensors, raw rows up to
     ``max_seq`` (but not the ``hidden`` loads) when given. ``groups`` are
@@ -425,11 +497,11 @@ def lens(
         edges = any(s.within for _, segs in groups for s in segs if s.tier is None)
         aggs = f"{_RAW_AGGS}, {m4_flat(M4_OF_RAW)}" if m4 else _RAW_AGGS
         sources.append(("raw", "ts", ("PREWHERE " if edges else "WHERE ") + raw + seq, aggs))
-    tables = dict.fromkeys(s.tier.table for _, segs in groups for s in segs if s.tier)
-    for table in tables:
-        cond = where("t", lambda s, table=table: s.tier is not None and s.tier.table == table)
+    tiers = dict.fromkeys(s.tier for _, segs in groups for s in segs if s.tier)
+    for tier in tiers:
+        cond = where("t", lambda s, tier=tier: s.tier == tier)
         aggs = f"{_TIER_AGGS}, {m4_flat(_M4_OF_TIER)}" if m4 else _TIER_AGGS
-        sources.append((identifier(table), "t", f"WHERE {cond}", aggs))
+        sources.append((at.table(tier), "t", f"WHERE {at.where(tier, cond)}", aggs))
     if len(sources) == 1:
         # One source (the usual case): aggregated directly, which measured
         # 15-25% faster than through a subquery.

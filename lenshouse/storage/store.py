@@ -133,8 +133,15 @@ class Store(Protocol):
     def partitions(self, tier: Tier | None) -> pa.Table:
         """(partition, bytes, rows) of raw (None) or a tier, over every shard."""
 
+    def partition_ms(self, tier: Tier | None) -> int: ...
+
+    tier_tables: queries.TierTables  # which tiers share a table (and so its partitions)
+
     def rows_in(self, tier: Tier | None, tenant: str, lo: int, hi: int) -> int: ...
-    def drop_partition(self, tier: Tier | None, partition: int) -> None: ...
+    def drop_partition(self, tier: Tier | None, partition: int) -> None:
+        """Drop a partition of the table that holds raw (None) or ``tier``
+        (with every tier that shares the table)."""
+
     def delete_range(self, tier: Tier | None, tenant: str, lo: int, hi: int) -> bool:
         """Remove a tenant's rows in [lo, hi) from raw or a tier; True once they
         are gone, False if the server finishes it later."""
@@ -176,6 +183,7 @@ class SqlStore:
     atomic_dedup = False
     # Ranges per key read (see queries.cell_conditions).
     max_conditions = queries.MAX_CONDITIONS
+    tier_tables = queries.OWN_TABLES  # where each tier's cells are
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
@@ -201,10 +209,10 @@ class SqlStore:
     # -- reads ----------------------------------------------------------------
     def tiers_present(self) -> list[Tier]:
         names = set(self.backend.query(queries.TABLES).column("name").to_pylist())
-        return [t for t in TIERS if t.table in names]
+        return [t for t in TIERS if self.tier_tables.table(t) in names]
 
     def extents(self) -> pa.Table:
-        return self.backend.query(queries.extents(TIERS[-1]))
+        return self.backend.query(queries.extents(TIERS[-1], self.tier_tables))
 
     def seen_keys(self, tenant: str, pairs: Pairs, unit_ms: int, below_seq: int) -> pa.Table:
         return self.backend.query(
@@ -222,7 +230,8 @@ class SqlStore:
         )
 
     def folded(self, tier: Tier | None, tenant: str, r: int, pairs: Pairs) -> pa.Table:
-        return self.backend.query(queries.folded(tier, tenant, r, pairs, self.max_conditions))
+        sql = queries.folded(tier, tenant, r, pairs, self.max_conditions, self.tier_tables)
+        return self.backend.query(sql)
 
     def newest_ts(self) -> int | None:
         t = self.backend.query(queries.NEWEST)
@@ -245,7 +254,7 @@ class SqlStore:
         origin: int = 0,
         m4: bool = False,
     ) -> pa.Table:
-        q = queries.lens(tenant, step, groups, max_seq, hidden, origin, m4)
+        q = queries.lens(tenant, step, groups, max_seq, hidden, origin, m4, self.tier_tables)
         with self._lens_running() as busy:
             return self.backend.query(q.sql, self.lens_settings(busy, q.raw_in_order))
 
@@ -278,7 +287,8 @@ class SqlStore:
         return settings
 
     def points_about(self, tenant: str, sensors: list[int], start: int, end: int) -> int:
-        rows = self.backend.query(queries.points_about(TIERS[-1], tenant, sensors, start, end))
+        sql = queries.points_about(TIERS[-1], tenant, sensors, start, end, at=self.tier_tables)
+        rows = self.backend.query(sql)
         return int(rows.column("n")[0].as_py() or 0)
 
     def export_rows(
@@ -312,8 +322,13 @@ class SqlStore:
     def partitions(self, tier: Tier | None) -> pa.Table:
         return self.backend.query(queries.partitions(queries.source_table(tier)))
 
+    def partition_ms(self, tier: Tier | None) -> int:
+        """How much time a partition of raw (None) or a tier spans."""
+        return DAY_MS if tier is None else tier.partition_ms
+
     def rows_in(self, tier: Tier | None, tenant: str, lo: int, hi: int) -> int:
-        return int(self.backend.query(queries.rows_in(tier, tenant, lo, hi)).column("n")[0].as_py())
+        sql = queries.rows_in(tier, tenant, lo, hi, self.tier_tables)
+        return int(self.backend.query(sql).column("n")[0].as_py())
 
     def drop_partition(self, tier: Tier | None, partition: int) -> None:
         self.backend.execute(queries.drop_partition(queries.source_table(tier), partition))
@@ -327,7 +342,8 @@ class SqlStore:
     can_erase = True
 
     def erase_count(self, tenant: str, sensors: list[int], start: int, end: int) -> int:
-        counted = self.backend.query(queries.erase_count(FIRST, tenant, sensors, start, end))
+        sql = queries.erase_count(FIRST, tenant, sensors, start, end, self.tier_tables)
+        counted = self.backend.query(sql)
         return int(counted.column("n")[0].as_py() or 0)
 
     def erase(self, tenant: str, sensors: list[int], start: int, end: int, seq: int) -> None:
@@ -349,13 +365,13 @@ class SqlStore:
             rows = self.backend.query(queries.edge_cells(FIRST, tenant, sensors, edges))
             if rows.num_rows:
                 self.insert_cells(_as_cells(rows), seq, f"lh-erase-{uuid.uuid4().hex}")
-        self._erased(["raw", *(t.table for t in tiers)])
+        self._erased(list(dict.fromkeys(["raw", *(self.tier_tables.table(t) for t in tiers)])))
 
     def _erase_rows(self, tier: Tier | None, tenant: str, sensors: list[int], lo: int, hi: int):
         # Issued without waiting: each waits for merges of its parts to end,
         # and six of them in a row took up to 6 s; together, about one.
-        table = queries.source_table(tier)
-        sql = queries.erase(table, tier, tenant, sensors, lo, hi)
+        table = queries.source_table(tier, self.tier_tables)
+        sql = queries.erase(table, tier, tenant, sensors, lo, hi, self.tier_tables)
         self.backend.execute(sql, {"lightweight_deletes_sync": 0})
 
     def _erased(self, tables: list[str]) -> None:

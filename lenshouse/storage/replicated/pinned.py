@@ -44,6 +44,8 @@ from lenshouse.rollup.tiers import M4_FOLD, M4_OF_RAW, TIERS
 from lenshouse.storage.queries import (
     FLOAT_COLUMNS,
     M4_FLAT,
+    OWN_TABLES,
+    TierTables,
     bucket_of,
     identifier,
     m4_flat,
@@ -67,6 +69,7 @@ def query(
     origin: int = 0,
     m4: bool = False,
     suffix: str = "_local",
+    at: TierTables = OWN_TABLES,
 ) -> str | None:
     """One query over the groups' segments on one shard's tables (``suffix``
     names them): per (sensor, bucket) the fold of raw rows and clean tier
@@ -101,7 +104,7 @@ def query(
             f" toUInt8({TIERS.index(tier)}) AS src FROM ("
             f"SELECT sensor, t, {bucket('t')} AS b, sum(sum) AS s, sum(cnt) AS c,"
             f" min(min) AS mn, max(max) AS mx{inner_m4}, max(seq) <= {floor} AS ok"
-            f" FROM {identifier(tier.table)}{suffix} WHERE {cond} GROUP BY sensor, t"
+            f" FROM {at.table(tier, suffix)} WHERE {at.where(tier, cond)} GROUP BY sensor, t"
             ") GROUP BY sensor, b"
         )
     return " UNION ALL ".join(selects) if selects else None
@@ -148,6 +151,7 @@ def read(
     floor: int,
     origin: int = 0,
     m4: bool = False,
+    at: TierTables = OWN_TABLES,
     suffix: str = "_local",
 ) -> pa.Table:
     """A lens's buckets on one shard as of ``floor``: the query above, then the
@@ -157,7 +161,7 @@ def read(
     parts: list[pa.Table] = []
 
     def level(gs: Groups) -> tuple[list, list]:
-        sql = query(tenant, step, gs, floor, origin, m4, suffix)
+        sql = query(tenant, step, gs, floor, origin, m4, suffix, at)
         if sql is None:
             return [], []
         rows = run(sql)

@@ -2,12 +2,19 @@
 
 Every table lenshouse writes is a ``*_local`` replicated table on each shard,
 read through a ``Distributed`` table of the plain name (``raw``,
-``rollup_1s``, ``sensors``), so the queries of
-:mod:`lenshouse.storage.queries` run unchanged on either store. Rows are
+``rollup_100ms``, ``sensors``), so the queries of
+:mod:`lenshouse.storage.queries` run on either store. Rows are
 sharded by :func:`~lenshouse.storage.replicated.sharding.shard_key` of
 (tenant, sensor): one sensor's raw rows, every rollup tier of it and its
-catalog entry live on one shard, and each coarser tier's materialized view
+catalog entry live on one shard, and the coarser tiers' materialized view
 reads the local first tier, so no view ever crosses shards.
+
+The coarser tiers (1 s to 1 h) share one table, ``rollup_coarse``, with each
+cell's resolution in a ``res`` column (see
+:class:`~lenshouse.storage.queries.TierTables`): a load makes three parts per
+shard (raw, the first tier, the coarser tiers) instead of seven, and every
+part of a replicated table costs keeper writes on each replica, its merges
+too. Its partitions are days, as the finer tiers'.
 
 Differences by server (see :class:`~lenshouse.storage.replicated.dialect.Dialect`):
 
@@ -28,8 +35,8 @@ hash alike, and a retried load's blocks always do.
 from __future__ import annotations
 
 from lenshouse.rollup.cells import FIRST
-from lenshouse.rollup.tiers import TIERS, Tier, m4_columns, m4_folds
-from lenshouse.storage.queries import identifier
+from lenshouse.rollup.tiers import DAY_MS, TIERS, Tier, m4_columns, m4_folds
+from lenshouse.storage.queries import SHARED_TABLE, TierTables, identifier
 from lenshouse.storage.replicated.dialect import Dialect
 from lenshouse.storage.schema import EXPIRY_COLUMNS, RETENTION_COLUMNS
 
@@ -42,6 +49,9 @@ DEDUP_WINDOW = 1000
 DEDUP_WINDOW_SECONDS = 7 * 86400
 
 SHARDING_KEY = "bitXor(cityHash64(tenant), intHash64(sensor))"
+
+COARSER = TIERS[1:]  # fed by one view from the first tier, into one table
+TIER_TABLES = TierTables(frozenset(t.name for t in COARSER))
 
 
 def _codec(d: Dialect, codec: str) -> str:
@@ -82,9 +92,11 @@ ORDER BY (tenant, sensor, ts)
 {_settings(d)}{merge}"""
 
 
-def tier_local(d: Dialect, cluster: str, database: str, tier: Tier) -> str:
-    name = f"{tier.table}_local"
-    part = f"intDiv(t, {tier.partition_ms})"
+def tier_local(d: Dialect, cluster: str, database: str, tier: Tier | None) -> str:
+    """The first tier's table (``tier``), or the coarser tiers' (None)."""
+    name = f"{SHARED_TABLE if tier is None else tier.table}_local"
+    part = f"intDiv(t, {DAY_MS})"
+    res, key = ("", "") if tier is not None else ("\n    res UInt32,", "res, ")
     c = _codec
     if d.simple_aggregates:
         engine = "AggregatingMergeTree"
@@ -99,7 +111,7 @@ def tier_local(d: Dialect, cluster: str, database: str, tier: Tier) -> str:
 
     return f"""CREATE TABLE IF NOT EXISTS {database}.{name} ON CLUSTER {cluster} (
     tenant {_tenant_type(d)},
-    sensor UInt32,
+    sensor UInt32,{res}
     t Int64{c(d, "Delta, ZSTD(3)")},
     sum {agg("sum", "Float64")}{c(d, "ZSTD(1)")},
     cnt {agg("sum", "UInt64")}{c(d, "T64, ZSTD(1)")},
@@ -109,25 +121,27 @@ def tier_local(d: Dialect, cluster: str, database: str, tier: Tier) -> str:
     seq {agg("max", "UInt64")}
 ) ENGINE = {_replicated(engine, database, name)}
 PARTITION BY {part}
-ORDER BY (tenant, sensor, t)
+ORDER BY (tenant, sensor, {key}t)
 {_settings(d, "index_granularity = 2048")}"""
 
 
-def tier_view(cluster: str, database: str, tier: Tier) -> str:
-    """The view feeding a coarser tier from the first tier's local table.
+def coarser_view(cluster: str, database: str) -> str:
+    """The view feeding every coarser tier from the first tier's local table,
+    in one block (one part) per insert.
 
-    Every coarser tier reads the first tier (the cells the loader inserts),
-    not the tier below: 18.16 does not pass a view's output on to the views
-    of its target table, and a hundredth of the raw rows is cheap to fold
-    once per tier."""
-    r = tier.res_ms
-    view = f"{database}.{tier.table}_mv"
+    Each coarser cell folds the first tier's cells (the loader's), not the
+    tier below: 18.16 does not pass a view's output on to the views of its
+    target table, and a hundredth of the raw rows is cheap to fold once per
+    tier."""
+    resolutions = ", ".join(f"toUInt32({t.res_ms})" for t in COARSER)
+    view = f"{database}.{SHARED_TABLE}_mv"
     return f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {view} ON CLUSTER {cluster}
-TO {database}.{tier.table}_local AS
-SELECT tenant, sensor, intDiv(t, {r}) * {r} AS t,
+TO {database}.{SHARED_TABLE}_local AS
+SELECT tenant, sensor, res, intDiv(t, res) * res AS t,
     sum(sum) AS sum, sum(cnt) AS cnt, min(min) AS min, max(max) AS max,
     {m4_folds(raw=False)}, max(seq) AS seq
-FROM {database}.{FIRST.table}_local GROUP BY tenant, sensor, t"""
+FROM {database}.{FIRST.table}_local ARRAY JOIN [{resolutions}] AS res
+GROUP BY tenant, sensor, res, t"""
 
 
 def sensors_local(d: Dialect, cluster: str, database: str) -> str:
@@ -173,13 +187,19 @@ def statements(d: Dialect, cluster: str, database: str) -> list[str]:
     in order; each is idempotent."""
     cluster, database = identifier(cluster), identifier(database)
     out = [raw_local(d, cluster, database)]
-    out += [tier_local(d, cluster, database, t) for t in TIERS]
+    out += [tier_local(d, cluster, database, t) for t in (FIRST, None)]
     out.append(sensors_local(d, cluster, database))
-    out += [distributed(cluster, database, name) for name in ("raw", "sensors")]
-    out += [distributed(cluster, database, t.table) for t in TIERS]
+    shared = ("raw", "sensors", FIRST.table, SHARED_TABLE)
+    out += [distributed(cluster, database, n) for n in shared]
     out.append(retention_local(cluster, database, "retention", RETENTION_COLUMNS, "version"))
     out.append(retention_local(cluster, database, "expiry", EXPIRY_COLUMNS, "before"))
     out += [copies(cluster, database, name) for name in ("retention", "expiry")]
-    # Views last: a coarser tier fills only from cells stored after its view.
-    out += [tier_view(cluster, database, t) for t in TIERS[1:]]
+    # The view last: the coarser tiers fill only from cells stored after it.
+    out.append(coarser_view(cluster, database))
     return out
+
+
+def tables() -> set[str]:
+    """Every table and view ``statements`` creates."""
+    out = {"raw", "sensors", FIRST.table, SHARED_TABLE, "retention", "expiry"}
+    return {n for t in out for n in (t, f"{t}_local")} | {f"{SHARED_TABLE}_mv"}

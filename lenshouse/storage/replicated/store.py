@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lenshouse.rollup.cells import FIRST
-from lenshouse.rollup.tiers import TIERS, Tier
+from lenshouse.rollup.tiers import DAY_MS, TIERS, Tier
 from lenshouse.storage import queries
 from lenshouse.storage.backend import Settings
 from lenshouse.storage.errors import FatalError, RetryableError, ShardUnavailable, StorageError
@@ -73,6 +73,7 @@ class ClusterStore(SqlStore):
     # 18.16's index analysis took minutes on a dedup read of ~1500 ranges;
     # fewer, wider ranges read a few more rows instead.
     max_conditions = 32
+    tier_tables = schema.TIER_TABLES
 
     def __init__(self, conn: ClusterConnection, insert_quorum: int | None = None) -> None:
         super().__init__(conn)
@@ -101,11 +102,13 @@ class ClusterStore(SqlStore):
     def open(self) -> Upgrade:
         """Create what the cluster lacks (``ON CLUSTER``: every node at once)."""
         names = set(self.backend.query(queries.TABLES).column("name").to_pylist())
-        wanted = {"raw", "raw_local", "sensors", "sensors_local"}
-        wanted |= {n for t in TIERS for n in (t.table, f"{t.table}_local")}
-        wanted |= {f"{t.table}_mv" for t in TIERS[1:]}
-        wanted |= {n for t in ("retention", "expiry") for n in (t, f"{t}_local")}
-        if wanted - names:
+        if f"{TIERS[1].table}_local" in names:
+            raise FatalError(
+                f"{self.conn.database} keeps a table per rollup tier: this cluster's schema"
+                f" predates {queries.SHARED_TABLE}; create the cluster's database anew"
+                " (or export and re-ingest)"
+            )
+        if schema.tables() - names:
             for sql in schema.statements(self.dialect, self.conn.cluster, self.conn.database):
                 self.backend.execute(sql, {"distributed_ddl_task_timeout": DDL_TIMEOUT_S})
         self._check_m4()
@@ -219,8 +222,8 @@ class ClusterStore(SqlStore):
         if self.quorum == 1:
             return  # reads may lag by design
         tables = [table]
-        if table == f"{FIRST.table}_local":  # and what its views feed
-            tables += [f"{t.table}_local" for t in TIERS[1:]]
+        if table == f"{FIRST.table}_local":  # and what its view feeds
+            tables.append(f"{queries.SHARED_TABLE}_local")
         for address in shard.replicas:
             for t in tables:
                 self.conn.query_replica(
@@ -289,8 +292,9 @@ class ClusterStore(SqlStore):
         def run(sql: str) -> pa.Table:
             return self.conn.query_shard(shard.number, sql, settings)
 
+        at = self.tier_tables
         return self._read(
-            lambda: pinned.read(run, tenant, step, groups, floor, origin, m4), shard=shard
+            lambda: pinned.read(run, tenant, step, groups, floor, origin, m4, at), shard=shard
         )
 
     def newest_loaded(self, k: int, floor: int, since: int) -> int | None:
@@ -306,7 +310,9 @@ class ClusterStore(SqlStore):
         total = 0
         for k, ids in self._by_shard(tenant, sensors).items():
             shard = self.conn.shards[k]
-            sql = queries.points_about(TIERS[-1], tenant, ids, start, end, "_local")
+            sql = queries.points_about(
+                TIERS[-1], tenant, ids, start, end, "_local", self.tier_tables
+            )
             rows = self._read(partial(self.conn.query_shard, shard.number, sql), shard)
             total += int(rows.column("n")[0].as_py() or 0)
         return total
@@ -409,7 +415,10 @@ class ClusterStore(SqlStore):
             self.conn.insert_shard(shard.number, table, rows, self._insert_settings(None))
 
     def _local(self, tier: Tier | None) -> str:
-        return f"{queries.source_table(tier)}_local"
+        return f"{queries.source_table(tier, self.tier_tables)}_local"
+
+    def partition_ms(self, tier: Tier | None) -> int:
+        return DAY_MS  # every table's partitions are days (see schema)
 
     def partitions(self, tier: Tier | None) -> pa.Table:
         """Each shard's partitions (as one replica of it holds them), summed."""
@@ -462,7 +471,9 @@ class ClusterStore(SqlStore):
             return False
         local = self._local(tier)
         self._on_each_shard(
-            queries.delete_range(f"{self.conn.database}.{local}", tier, tenant, lo, hi)
+            queries.delete_range(
+                f"{self.conn.database}.{local}", tier, tenant, lo, hi, at=self.tier_tables
+            )
         )
         check = queries.mutations_running(local, self.conn.database)
         deadline = time.monotonic() + MUTATION_WAIT_S
@@ -490,7 +501,7 @@ class ClusterStore(SqlStore):
         """On one replica of each shard; a lightweight delete returns once
         every replica has applied it (``lightweight_deletes_sync`` 2)."""
         table = f"{self.conn.database}.{self._local(tier)}"
-        self._on_each_shard(queries.erase(table, tier, tenant, sensors, lo, hi))
+        self._on_each_shard(queries.erase(table, tier, tenant, sensors, lo, hi, self.tier_tables))
 
     def _erased(self, tables: list[str]) -> None:
         return None  # each delete returned once applied

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from lenshouse.api.app import create_app
 from lenshouse.cluster import clickhouse_hosts, start, stop
-from lenshouse.conftest import cluster_store
+from lenshouse.conftest import cluster_store, tier_points
 from lenshouse.generators.sender import SendStats, batch_client, encode_arrow
 from lenshouse.lens.oracle import brute_force, mismatch
 from lenshouse.lens.test_concurrent import check_during_ingest, make_batches
@@ -25,6 +25,8 @@ from lenshouse.points import PointBatch
 from lenshouse.rollup.tiers import TIERS
 from lenshouse.scenarios.server import ServerProcess
 from lenshouse.storage.errors import FatalError, ShardUnavailable
+from lenshouse.storage.queries import SHARED_TABLE
+from lenshouse.storage.replicated import schema
 from lenshouse.storage.replicated.sharding import shard_of
 
 pytestmark = pytest.mark.slow
@@ -58,7 +60,7 @@ def sync_and_compare(doc: dict, db: str) -> dict[int, int]:
     """Sync every replica, check each shard's replicas hold the same rows in
     every table; returns raw rows per shard."""
     per_shard = {}
-    tables = ["raw_local", *(f"{t.table}_local" for t in TIERS)]
+    tables = ["raw_local", f"{TIERS[0].table}_local", f"{SHARED_TABLE}_local"]
     for shard in (1, 2):
         digests = []
         for n in nodes(doc, shard):
@@ -83,7 +85,7 @@ def test_schema_on_every_node_and_rows_on_the_servers_own_shard(cluster: dict) -
         store.open()  # idempotent, and cheap once the schema is there
         for n in nodes(cluster):
             names = {r[0] for r in on(n, f"SELECT name FROM system.tables WHERE database = '{db}'")}
-            assert {"raw", "raw_local", "sensors_local", "rollup_1h_local", "rollup_1s_mv"} <= names
+            assert schema.tables() <= names
         # Rows inserted through the Distributed table land where ClickHouse's
         # own sharding key sends them, which is where the loader sends them.
         sensors = np.arange(0, 2000, dtype=np.uint32)  # past the lookup table's threshold
@@ -123,8 +125,7 @@ def test_loads_land_once_on_their_shard_and_replicas_agree(cluster: dict, tmp_pa
                 assert s not in owners, f"sensor {s} on shards {owners[s]} and {shard}"
                 owners[s] = shard
         for tier in TIERS:
-            total = store.backend.query(f"SELECT sum(cnt) AS n FROM {tier.table}")
-            assert total.column("n")[0].as_py() == len(batch), tier
+            assert tier_points(store, tier) == len(batch), tier
         lens = node.lenses.lens(list(range(1, 11)), T0, T0 + 1500, step=100)
         for series in lens.series:
             m = batch.sensor == series.sensor
@@ -240,7 +241,6 @@ def test_a_server_killed_during_loads_loses_and_doubles_nothing(
         got = probe.backend.query("SELECT count() AS n, uniqExact(sensor, ts) AS k FROM raw")
         assert got.column("n")[0].as_py() == got.column("k")[0].as_py() == 8 * 100_000
         for tier in TIERS:
-            n = probe.backend.query(f"SELECT sum(cnt) AS n FROM {tier.table}").column("n")[0]
-            assert n.as_py() == 8 * 100_000, tier
+            assert tier_points(probe, tier) == 8 * 100_000, tier
     finally:
         probe.close()

@@ -16,7 +16,7 @@ import pytest
 from lenshouse.lens.planner import plan
 from lenshouse.rollup.tiers import TIERS
 from lenshouse.storage import queries
-from lenshouse.storage.replicated import schema
+from lenshouse.storage.replicated import pinned, schema
 from lenshouse.storage.replicated.dialect import CURRENT_LTS, OLDEST, Dialect
 
 
@@ -44,7 +44,11 @@ def test_lens_and_ingest_queries_parse(engine) -> None:
     groups = [([1, 2], plan(1_700_000_000_000, 1_700_000_600_000, step))]
     sqls = [
         queries.lens("default", step, groups, max_seq=7).sql,
-        queries.lens("default", step, groups, max_seq=7, hidden=(3, 5)).sql,  # cluster mode
+        queries.lens("default", step, groups, max_seq=7, hidden=(3, 5)).sql,
+        queries.lens("default", step, groups, None, at=schema.TIER_TABLES).sql,  # cluster mode
+        pinned.query("default", step, groups, 7, at=schema.TIER_TABLES),
+        queries.extents(TIERS[-1], schema.TIER_TABLES),
+        queries.points_about(TIERS[-1], "default", [1], 0, 10, "_local", schema.TIER_TABLES),
         queries.seen_keys("default", pairs, 4096, 3),
         queries.stored_values("default", pairs, 4096, 3),
         queries.extents(TIERS[-1]),
@@ -60,10 +64,15 @@ def test_lens_and_ingest_queries_parse(engine) -> None:
 
 
 def test_delete_statements_parse(engine) -> None:
+    at = schema.TIER_TABLES
     for tier in (None, *TIERS):
-        table = f"lh.{queries.source_table(tier)}_local"
-        sql = queries.erase(table, tier, "default", [1, 2], 1_700_000_000_000, 1_700_003_600_000)
+        table = f"lh.{queries.source_table(tier, at)}_local"
+        sql = queries.erase(
+            table, tier, "default", [1, 2], 1_700_000_000_000, 1_700_003_600_000, at
+        )
         assert parses(engine, sql).startswith("DELETE FROM"), sql
+        sql = queries.delete_range(table, tier, "default", 0, 86_400_000, at=at)
+        assert parses(engine, sql).startswith("ALTER TABLE"), sql
 
 
 def plain(sql: str) -> str:
@@ -110,7 +119,8 @@ def test_the_modern_schema_runs_and_its_views_fold_exactly(engine) -> None:
             conn.query(
                 f"SELECT intDiv(t, {r}) AS c, sum(cnt), round(sum(sum), 9), min(min), max(max),"
                 " min(m4_first).2, max(m4_last).2, min(m4_low).2, -max(m4_high).2"
-                f" FROM lh.{tier.table}_local GROUP BY c ORDER BY c",
+                f" FROM lh.{schema.TIER_TABLES.table(tier, '_local')}"
+                f" WHERE {schema.TIER_TABLES.where(tier, '1')} GROUP BY c ORDER BY c",
                 "TSV",
             )
         )

@@ -66,10 +66,11 @@ class ChdbTarget:
         )
 
     def merge(self, tier: Tier) -> None:
-        self.conn.query(f"OPTIMIZE TABLE {tier.table}_local FINAL")
+        self.conn.query(f"OPTIMIZE TABLE {schema.TIER_TABLES.table(tier, '_local')} FINAL")
 
     def read(self, tenant, step, groups, floor, origin=0, m4=False, run=None) -> pa.Table:
-        return pinned.read(run or self.arrow, tenant, step, groups, floor, origin, m4)
+        run = run or self.arrow
+        return pinned.read(run, tenant, step, groups, floor, origin, m4, schema.TIER_TABLES)
 
     def close(self) -> None:
         self.conn.close()
@@ -97,10 +98,10 @@ class ClusterTarget:
         self.store.insert_cells(cells(codes, [tenant], sensor, ts, value), seq, token + "-cells")
 
     def merge(self, tier: Tier) -> None:
-        db = self.store.conn.database
+        table = f"{self.store.conn.database}.{schema.TIER_TABLES.table(tier, '_local')}"
         for shard in self.store.conn.shards:
             for address in shard.replicas:
-                self.store.conn.query_replica(address, f"OPTIMIZE TABLE {db}.{tier.table}_local")
+                self.store.conn.query_replica(address, f"OPTIMIZE TABLE {table}")
 
     def read(self, tenant, step, groups, floor, origin=0, m4=False) -> pa.Table:
         floors = (floor,) * len(self.store.conn.shards)
