@@ -104,6 +104,13 @@ def test_schema_on_every_node_and_rows_on_the_servers_own_shard(cluster: dict) -
         assert not store.can_erase
         with pytest.raises(FatalError, match="cannot delete"):
             store.erase("acme", [1], T0, T0 + 10, 1)
+        # A database made with a table per coarser tier is refused, saying why.
+        for n in nodes(cluster):
+            on(n, f"CREATE TABLE {db}.rollup_1s_local (x UInt8) ENGINE = Memory")
+        old = cluster_store(cluster, db)
+        with pytest.raises(FatalError, match="predates rollup_coarse"):
+            old.open()
+        old.close()
     finally:
         store.close()
 
