@@ -24,11 +24,27 @@ MAX_SENSOR_ID = 2**32 - 1
 
 
 class BadInput(ValueError):
-    """A request the server refuses; ``status`` is the HTTP code to answer with."""
+    """A request the server refuses: malformed (the base kind), or one of the
+    kinds below. The API answers each kind with its own status."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str) -> None:
         super().__init__(message)
-        self.status = status
+
+
+class Invalid(BadInput):
+    """Well-formed, but a value is out of its bounds or inconsistent."""
+
+
+class TooLarge(BadInput):
+    """More than the server takes in one request."""
+
+
+class Unsupported(BadInput):
+    """An encoding or content type the server does not read."""
+
+
+class NotSupported(BadInput):
+    """Something this deployment cannot do (its ClickHouse is too old)."""
 
 
 @dataclass(frozen=True)
@@ -60,23 +76,19 @@ class PointBatch:
         bad = ~np.isfinite(self.value)
         if bad.any():
             i = int(np.argmax(bad))
-            raise BadInput(
+            raise Invalid(
                 f"value must be a finite number (NaN and ±inf are refused): "
                 f"{int(bad.sum())} point(s), first at row {i} (sensor {int(self.sensor[i])}, "
-                f"ts {int(self.ts[i])})",
-                422,
+                f"ts {int(self.ts[i])})"
             )
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         lo, hi = int(self.ts.min()), int(self.ts.max())
         if lo < MIN_TS_MS:
-            raise BadInput(
-                f"ts must be epoch milliseconds on or after 2000-01-01 ({MIN_TS_MS}); got {lo}",
-                422,
+            raise Invalid(
+                f"ts must be epoch milliseconds on or after 2000-01-01 ({MIN_TS_MS}); got {lo}"
             )
         if hi > now_ms + MAX_FUTURE_MS:
-            raise BadInput(
-                f"ts {hi} is more than one day ahead of the server clock ({now_ms})", 422
-            )
+            raise Invalid(f"ts {hi} is more than one day ahead of the server clock ({now_ms})")
         return self
 
 
@@ -99,11 +111,11 @@ class Erasure:
     def of(cls, tenant: str, sensors, start: int, end: int) -> Erasure:
         s = np.unique(_as_column(sensors, "sensor", np.uint32, integral=True))
         if len(s) == 0:
-            raise BadInput("a delete names at least one sensor", 422)
+            raise Invalid("a delete names at least one sensor")
         if end <= start:
-            raise BadInput(f"end ({end}) must be after start ({start})", 422)
+            raise Invalid(f"end ({end}) must be after start ({start})")
         if start < MIN_TS_MS:
-            raise BadInput(f"start must be on or after 2000-01-01 ({MIN_TS_MS}); got {start}", 422)
+            raise Invalid(f"start must be on or after 2000-01-01 ({MIN_TS_MS}); got {start}")
         return cls(check_tenant(tenant), s, int(start), int(end))
 
 

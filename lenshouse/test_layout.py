@@ -62,3 +62,46 @@ def test_no_module_imports_itself_back() -> None:
     graph = _imports()
     assert len(graph) > 100, "the package's modules were found"
     assert _cycles(graph) == []
+
+
+def test_http_status_codes_are_the_api_layers() -> None:
+    """Outside ``lenshouse/api`` a refusal names its kind (``Invalid``,
+    ``TooLarge``, …), never an HTTP status; the API maps kinds to codes."""
+    from lenshouse.api.requests import STATUS, HttpError, status_of
+    from lenshouse.points import BadInput, Invalid
+
+    offenders = []
+    for f in ROOT.rglob("*.py"):
+        rel = f.relative_to(ROOT)
+        if rel.parts[0] == "api" or f.name.startswith("test_"):
+            continue
+        for n in ast.walk(ast.parse(f.read_text())):
+            kinds = {kind.__name__ for kind, _ in STATUS}
+            is_kind = isinstance(n, ast.Call) and getattr(n.func, "id", None) in kinds
+            if is_kind and (len(n.args) > 1 or n.keywords):
+                offenders.append(f"{rel}:{n.lineno}")
+            if isinstance(n, ast.Name) and n.id == HttpError.__name__:
+                offenders.append(f"{rel}:{n.lineno}")
+    assert not offenders, offenders
+    assert status_of(Invalid("x")) == 422 and status_of(BadInput("x")) == 400
+    assert status_of(HttpError("x", 403)) == 403
+
+
+TOOLING = ("lenshouse.bench", "lenshouse.scenarios", "lenshouse.cluster")
+
+
+def test_the_product_never_imports_the_tooling() -> None:
+    """Benches, fault scenarios and the local cluster depend on the product,
+    never the reverse; ``lenshouse.cli`` registers their commands (lazily)."""
+
+    def tooling(name: str) -> bool:
+        return any(name == t or name.startswith(t + ".") for t in TOOLING)
+
+    wrong = {
+        (module, imported)
+        for module, imports in _imports().items()
+        if not tooling(module) and module != "lenshouse.cli"
+        for imported in imports
+        if tooling(imported)
+    }
+    assert not wrong, sorted(wrong)

@@ -27,6 +27,7 @@ from lenshouse.api.requests import (
     admit,
     error,
     read_body,
+    status_of,
     within,
 )
 from lenshouse.api.retention import add_retention_routes
@@ -40,7 +41,7 @@ from lenshouse.lens.engine import (
     wants_m4,
 )
 from lenshouse.node import Node
-from lenshouse.points import BadInput, Erasure, PointBatch
+from lenshouse.points import BadInput, Erasure, Invalid, PointBatch
 from lenshouse.prometheus.series import SeriesIds
 from lenshouse.rollup.tiers import TIERS
 from lenshouse.storage.catalog import check_labels
@@ -83,7 +84,7 @@ def answer_format(format: str | None, accept: str | None) -> str:
     """``json`` or ``arrow``: the ``format`` parameter, else the Accept header."""
     if format is not None:
         if format not in ("json", "arrow"):
-            raise BadInput(f"format must be json or arrow, got {format!r}", 422)
+            raise Invalid(f"format must be json or arrow, got {format!r}")
         return format
     return "arrow" if accept and ARROW in accept else "json"
 
@@ -187,10 +188,11 @@ def base_app(
 
     @app.exception_handler(BadInput)
     async def bad_input(_: Request, exc: BadInput) -> ORJSON:
-        response = error(exc.status, str(exc))
-        if exc.status == 503:
+        status = status_of(exc)
+        response = error(status, str(exc))
+        if status == 503:
             response.headers["Retry-After"] = "1"
-        if exc.status == 401:
+        if status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="lenshouse"'
         if isinstance(exc, TooMany):
             response.headers["Retry-After"] = str(exc.retry_after)
@@ -260,7 +262,7 @@ def add_write_routes(app: FastAPI, writer: Writer) -> None:
     ) -> ORJSON:
         ids = sensors if sensors is not None else sensor
         if ids is None:
-            raise BadInput("name the sensors: sensors=1,2", 422)
+            raise Invalid("name the sensors: sensors=1,2")
         erasure = Erasure.of(tenant, parse_sensors(ids), start, end)
         doc, applied = await writer.erase(erasure, x_batch_id)
         doc = {"sensors": erasure.sensor.tolist(), "start": start, "end": end, **doc}
@@ -273,10 +275,9 @@ def check_erasable(erasure: Erasure, raw_mark: int | None) -> None:
     lo, _ = erase_bounds(erasure.start, erasure.end)
     if raw_mark is not None and lo < raw_mark:
         first = erase_bounds(raw_mark - 1, raw_mark)[1]  # the first whole cell above the mark
-        raise BadInput(
+        raise Invalid(
             f"raw points before {raw_mark} have expired; a delete rebuilds the hour cells"
-            f" it cuts from raw points, so it must start at or after {first}",
-            422,
+            f" it cuts from raw points, so it must start at or after {first}"
         )
 
 
@@ -359,7 +360,7 @@ def add_read_routes(app: FastAPI, reader: Reader, lens_seconds: Histogram) -> No
     @app.put("/v1/sensors/{sensor}", status_code=204, summary="Register a sensor with labels")
     async def put_sensor(sensor: int, request: Request, tenant: str = Depends(request_tenant)):
         if not 0 <= sensor < 2**32:
-            raise BadInput("sensor ids are 0 .. 2^32-1", 422)
+            raise Invalid("sensor ids are 0 .. 2^32-1")
         raw = await request.body()
         try:
             doc = orjson.loads(raw) if raw else {}
@@ -367,7 +368,7 @@ def add_read_routes(app: FastAPI, reader: Reader, lens_seconds: Histogram) -> No
             raise BadInput(f"body is not valid JSON: {e}") from None
         if isinstance(doc, dict) and set(doc) - {"labels"}:
             # e.g. {"kind": "x"}: without this, the labels would silently be wiped.
-            raise BadInput('body must be {"labels": {"name": "value", ...}}', 422)
+            raise Invalid('body must be {"labels": {"name": "value", ...}}')
         labels = doc.get("labels", {}) if isinstance(doc, dict) else doc
         await run_in_threadpool(reader.catalog.put, tenant, sensor, check_labels(labels))
         return Response(status_code=204)
@@ -445,15 +446,15 @@ class _LensTags:
 def _sensors(reader: Reader, tenant: str, sensors: str | None, match: str | None) -> list[int]:
     """Explicit ids and the sensors the matchers select, together: 1 to 10."""
     if sensors is None and match is None:
-        raise BadInput('name the sensors: sensors=1,2 and/or match={label="value"}', 422)
+        raise Invalid('name the sensors: sensors=1,2 and/or match={label="value"}')
     ids = parse_sensors(sensors) if sensors is not None else []
     if match is not None:
         matched = reader.catalog.select(tenant, parse_matchers(match))
         if not matched and not ids:
-            raise BadInput(f"match {match} selects none of this tenant's sensors", 422)
+            raise Invalid(f"match {match} selects none of this tenant's sensors")
         ids = list(dict.fromkeys([*ids, *matched]))
     if len(ids) > MAX_SENSORS:
-        raise BadInput(f"a lens takes 1 to {MAX_SENSORS} sensors; these select {len(ids)}", 422)
+        raise Invalid(f"a lens takes 1 to {MAX_SENSORS} sensors; these select {len(ids)}")
     return ids
 
 
@@ -464,7 +465,7 @@ def _key(text: str | None) -> tuple[int, int] | None:
     try:
         return int(sensor), int(ts)
     except ValueError:
-        raise BadInput(f"after must be SENSOR:TS (integers), got {text!r}", 422) from None
+        raise Invalid(f"after must be SENSOR:TS (integers), got {text!r}") from None
 
 
 def add_health_route(app: FastAPI, health: Callable[[], tuple[dict, bool]]) -> None:

@@ -22,6 +22,7 @@ import os
 from fastapi import Depends, FastAPI, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
+from lenshouse.api.requests import HttpError
 from lenshouse.points import BadInput, check_tenant
 from lenshouse.tenancy.registry import (
     ADMIN,
@@ -55,17 +56,17 @@ class Auth:
     def grant(self, authorization: str | None) -> str:
         """The tenant or :data:`ADMIN` of the request's token; 401 without one."""
         if not authorization:
-            raise BadInput("this server needs Authorization: Bearer <token>", 401)
+            raise HttpError("this server needs Authorization: Bearer <token>", 401)
         scheme, _, token = authorization.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            raise BadInput("Authorization must be 'Bearer <token>'", 401)
+            raise HttpError("Authorization must be 'Bearer <token>'", 401)
         if self._admin_digest and hmac.compare_digest(digest(token), self._admin_digest):
             return ADMIN
         assert self.registry is not None
         granted = self.registry.grant(token)
         if granted is None:
-            raise BadInput("unknown or revoked token", 401)
+            raise HttpError("unknown or revoked token", 401)
         return granted
 
     def tenant(self, authorization: str | None, x_tenant: str | None) -> str:
@@ -75,7 +76,7 @@ class Auth:
         if granted == ADMIN:
             return check_tenant(x_tenant)
         if x_tenant not in (None, "", granted):
-            raise BadInput(f"this token is for tenant {granted!r}, not {x_tenant!r}", 403)
+            raise HttpError(f"this token is for tenant {granted!r}, not {x_tenant!r}", 403)
         return granted
 
 
@@ -91,15 +92,15 @@ def request_tenant(
 def _admin(request: Request, authorization: str | None = Header(None)) -> Registry:
     auth: Auth = request.app.state.auth
     if not auth.enabled:
-        raise BadInput("auth is off on this server: there are no tenants to administer", 404)
+        raise HttpError("auth is off on this server: there are no tenants to administer", 404)
     if auth.grant(authorization) != ADMIN:
-        raise BadInput("the admin API needs an admin token", 403)
+        raise HttpError("the admin API needs an admin token", 403)
     assert auth.registry is not None
     return auth.registry
 
 
 def _refusal(e: TenancyError) -> BadInput:
-    return BadInput(str(e), 404 if isinstance(e, NoSuchToken) else 422)
+    return HttpError(str(e), 404 if isinstance(e, NoSuchToken) else 422)
 
 
 def add_admin_routes(app: FastAPI) -> None:

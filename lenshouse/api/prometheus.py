@@ -76,8 +76,7 @@ def add_remote_write_route(
             more = len(converted.refused) - 3
             raise BadInput(
                 f"{len(converted.refused)} series skipped, the rest written: {shown}"
-                + (f" (and {more} more)" if more > 0 else ""),
-                400,
+                + (f" (and {more} more)" if more > 0 else "")
             )
         return Response(status_code=204, headers=headers)
 

@@ -9,8 +9,17 @@ import orjson
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
+from lenshouse.ingest.ingestor import Overloaded
 from lenshouse.lens.engine import LensEngine
-from lenshouse.points import BadInput, Erasure, PointBatch
+from lenshouse.points import (
+    BadInput,
+    Erasure,
+    Invalid,
+    NotSupported,
+    PointBatch,
+    TooLarge,
+    Unsupported,
+)
 from lenshouse.storage.catalog import Catalog
 from lenshouse.tenancy.quotas import Limiter, SensorLimit
 
@@ -47,12 +56,39 @@ class Reader(Protocol):
     catalog: Catalog
 
 
-class TooMany(BadInput):
+class HttpError(BadInput):
+    """A refusal of the HTTP layer itself (authentication, authorization),
+    with its status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TooMany(HttpError):
     """A tenant over its quota: 429 with the seconds to wait."""
 
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message, 429)
         self.retry_after = retry_after
+
+
+# The status each kind of refused request is answered with (the most
+# specific class first).
+STATUS: tuple[tuple[type[BadInput], int], ...] = (
+    (Overloaded, 503),
+    (Invalid, 422),
+    (TooLarge, 413),
+    (Unsupported, 415),
+    (NotSupported, 501),
+    (BadInput, 400),
+)
+
+
+def status_of(exc: BadInput) -> int:
+    if isinstance(exc, HttpError):
+        return exc.status
+    return next(code for kind, code in STATUS if isinstance(exc, kind))
 
 
 def within(limiter: Limiter, tenant: str, n: float, what: str) -> None:
@@ -81,11 +117,11 @@ def admit(request: Request, tenant: str, batch: PointBatch) -> None:
 async def read_body(request: Request) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise BadInput(f"batch of {declared} bytes exceeds the {MAX_BODY_BYTES}-byte limit", 413)
+        raise TooLarge(f"batch of {declared} bytes exceeds the {MAX_BODY_BYTES}-byte limit")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > MAX_BODY_BYTES:
-            raise BadInput(f"batch exceeds the {MAX_BODY_BYTES}-byte limit", 413)
+            raise TooLarge(f"batch exceeds the {MAX_BODY_BYTES}-byte limit")
         chunks.append(chunk)
     return b"".join(chunks)

@@ -7,6 +7,7 @@ from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
 from lenshouse.api.auth import request_tenant
+from lenshouse.api.requests import HttpError
 from lenshouse.points import BadInput, check_tenant
 from lenshouse.retention import maintain
 from lenshouse.retention.horizons import Horizons
@@ -23,7 +24,7 @@ def require_admin(request: Request, authorization: str | None = Header(None)) ->
     """An admin token where auth is on; anyone where it is off (loopback demo)."""
     auth = request.app.state.auth
     if auth.enabled and auth.grant(authorization) != ADMIN:
-        raise BadInput("the admin API needs an admin token", 403)
+        raise HttpError("the admin API needs an admin token", 403)
 
 
 def add_retention_routes(
@@ -49,7 +50,7 @@ def add_retention_routes(
         try:
             keep = await request.json()
         except ValueError:
-            raise BadInput('body must be JSON like {"raw": "30d", "100ms": "90d"}', 400) from None
+            raise BadInput('body must be JSON like {"raw": "30d", "100ms": "90d"}') from None
         policy = await run_in_threadpool(maintain.set_policy, store, tenant, keep)
         return {"tenant": tenant, "keep": policy.to_json()}
 

@@ -26,10 +26,10 @@ import numpy as np
 from lenshouse.bench.common import BenchConfig, BenchServer, free_port, process_cpu_seconds, spawn
 from lenshouse.bench.console import console
 from lenshouse.bench.ingest import _merged, _post_as_fast_as_acked, _start_ms
+from lenshouse.cluster import prometheus as testing
 from lenshouse.generators.load import summarize
 from lenshouse.generators.sender import ARROW, encode_arrow
 from lenshouse.points import PointBatch
-from lenshouse.prometheus import testing
 from lenshouse.prometheus.remote_write import CONTENT_TYPE, RemoteSeries, encode_write_request
 
 QUERY_SENSORS = 10

@@ -14,8 +14,8 @@ from lenshouse.bench.commands import SCENARIOS, run_bench
 from lenshouse.bench.common import BenchConfig
 from lenshouse.bench.ingest import _shift_text, _text_bodies
 from lenshouse.bench.prepare import Dataset, chunks
+from lenshouse.cluster import prometheus as prom_testing
 from lenshouse.ingest.formats import decode_json, decode_line_protocol
-from lenshouse.prometheus import testing as prom_testing
 from lenshouse.rollup.tiers import TIERS
 
 

@@ -18,7 +18,7 @@ from lenshouse.cluster.processes import (
     stop,
     up,
 )
-from lenshouse.cluster.topology import Topology
+from lenshouse.deploy.topology import Topology
 
 __all__ = [
     "ClusterError",

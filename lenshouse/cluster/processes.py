@@ -27,8 +27,8 @@ from typing import Any
 
 import httpx
 
-from lenshouse.cluster.config import HOST, write_node_files
-from lenshouse.cluster.topology import NodeSpec, Topology
+from lenshouse.deploy.server_config import HOST, write_node_files
+from lenshouse.deploy.topology import NodeSpec, Topology
 
 DOC_NAME = "cluster.json"
 ROLE_DATABASE = "lenshouse"  # the roles' --database (and keeper state), as they are started

@@ -24,9 +24,14 @@ from lenshouse.cluster import (
     up,
 )
 from lenshouse.cluster.cli import cluster_app
-from lenshouse.cluster.config import clickhouse_server_xml, clickhouse_users_xml, nats_conf, zoo_cfg
 from lenshouse.cluster.processes import alive, node
 from lenshouse.cluster.testing import cluster_available, running_cluster
+from lenshouse.deploy.server_config import (
+    clickhouse_server_xml,
+    clickhouse_users_xml,
+    nats_conf,
+    zoo_cfg,
+)
 
 DDL = {"distributed_ddl_task_timeout": 30}
 

@@ -1,3 +1,3 @@
 """Deployment: the compose stack and the Kubernetes manifests, rendered from
-the same :class:`~lenshouse.cluster.topology.Topology` as ``cluster up``
+the same :class:`~lenshouse.deploy.topology.Topology` as ``cluster up``
 (``lenshouse deploy render``), so the three cannot drift apart."""

@@ -5,7 +5,7 @@ the environment (``from_env``, read by 18.16 and current servers alike)."""
 
 from __future__ import annotations
 
-from lenshouse.cluster.config import DDL_PATH, remote_servers_xml, zookeeper_xml
+from lenshouse.deploy.server_config import DDL_PATH, remote_servers_xml, zookeeper_xml
 from lenshouse.deploy.spec import CH_PORTS, CH_USER, CLUSTER, PASSWORD_ENV, ZK_PORTS, Addresses
 
 HEADER = "<!-- Rendered by `lenshouse deploy render` from the cluster's topology. -->"

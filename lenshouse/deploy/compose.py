@@ -3,7 +3,6 @@ internal network, only the gateways and lens servers published, on 127.0.0.1."""
 
 from __future__ import annotations
 
-from lenshouse.cluster.topology import Topology
 from lenshouse.deploy.spec import (
     CH_USER,
     PASSWORD_ENV,
@@ -12,6 +11,7 @@ from lenshouse.deploy.spec import (
     Images,
     role_args,
 )
+from lenshouse.deploy.topology import Topology
 from lenshouse.tenancy.client import TOKEN_ENV
 from lenshouse.tenancy.registry import ADMIN_TOKEN_ENV
 

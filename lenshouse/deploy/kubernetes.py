@@ -12,7 +12,6 @@ ClickHouse and NATS configuration, volume sizes) is the overlay's.
 
 from __future__ import annotations
 
-from lenshouse.cluster.topology import Topology
 from lenshouse.deploy.clickhouse import cluster_xml, users_xml
 from lenshouse.deploy.nats import nats_conf
 from lenshouse.deploy.spec import (
@@ -27,6 +26,7 @@ from lenshouse.deploy.spec import (
     Addresses,
     Images,
 )
+from lenshouse.deploy.topology import Topology
 from lenshouse.tenancy.client import TOKEN_ENV
 from lenshouse.tenancy.registry import ADMIN_TOKEN_ENV
 

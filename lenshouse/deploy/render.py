@@ -7,10 +7,10 @@ from pathlib import Path
 
 import yaml
 
-from lenshouse.cluster.topology import Topology
 from lenshouse.deploy import compose, kubernetes
 from lenshouse.deploy.clickhouse import cluster_xml, users_xml
 from lenshouse.deploy.nats import nats_conf
+from lenshouse.deploy.topology import Topology
 
 # The topologies the files are rendered for: compose and the prod overlay run
 # what ``lenshouse cluster up`` runs; dev is the smallest whole cluster.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lenshouse.cluster.topology import Topology
+from lenshouse.deploy.topology import Topology
 
 CLUSTER = "lenshouse"  # the cluster's name in remote_servers
 DATABASE = "lenshouse"

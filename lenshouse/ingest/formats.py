@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
-from lenshouse.points import BadInput, PointBatch
+from lenshouse.points import BadInput, PointBatch, Unsupported
 
 ARROW = "application/vnd.apache.arrow.stream"
 JSON = "application/json"
@@ -34,8 +34,8 @@ def decode(content_type: str | None, body: bytes, tenant: str) -> PointBatch:
         return decode_json(body, tenant)
     if media == LINE:
         return decode_line_protocol(body, tenant)
-    raise BadInput(
-        f"unsupported Content-Type {content_type!r}; use one of {', '.join(CONTENT_TYPES)}", 415
+    raise Unsupported(
+        f"unsupported Content-Type {content_type!r}; use one of {', '.join(CONTENT_TYPES)}"
     )
 
 

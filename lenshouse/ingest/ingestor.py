@@ -18,13 +18,19 @@ MAX_BATCH_IDS = 100_000
 
 
 class Overloaded(BadInput):
-    """The loader is too far behind; the client should retry later (HTTP 503)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, 503)
+    """The loader is too far behind; the client should retry later."""
 
 
 class Ingestor:
+    """The embedded write path: the log, then the loader.
+
+    Ownership: ``write``/``erase`` run on the server's event loop, the one
+    thread that touches ``_batch_ids`` and the ``*_accepted``/``replayed``
+    counters (``write_sync``, for tests and data preparation, is used where
+    no HTTP writes run). The log's writer thread and the loader's threads own
+    their objects (see :class:`WriteAheadLog`, :class:`Loader`); others only
+    read the counters."""
+
     def __init__(
         self,
         data_dir: Path,

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lenshouse.api.requests import status_of
 from lenshouse.generators.sender import encode_arrow
 from lenshouse.ingest import formats
 from lenshouse.ingest.formats import (
@@ -307,7 +308,7 @@ def refused(fn, body: bytes) -> BadInput:
 def test_decode_unknown_content_type_is_415(content_type: str | None, fragment: str) -> None:
     with pytest.raises(BadInput) as e:
         decode(content_type, b"{}", "t")
-    assert e.value.status == 415
+    assert status_of(e.value) == 415
     assert fragment in str(e.value)
 
 
@@ -345,7 +346,7 @@ def test_decode_unknown_content_type_is_415(content_type: str | None, fragment: 
 )
 def test_decode_json_refuses(body: bytes, fragment: str) -> None:
     e = refused(decode_json, body)
-    assert e.status == 400
+    assert status_of(e) == 400
     assert fragment in str(e)
 
 
@@ -376,7 +377,7 @@ def test_decode_json_refuses(body: bytes, fragment: str) -> None:
 )
 def test_decode_line_protocol_refuses(body: bytes, fragment: str) -> None:
     e = refused(decode_line_protocol, body)
-    assert e.status == 400
+    assert status_of(e) == 400
     assert fragment in str(e)
 
 
@@ -433,7 +434,7 @@ V1 = pa.array([0.5], pa.float64())
 )
 def test_decode_arrow_refuses(body: bytes, fragment: str) -> None:
     e = refused(decode_arrow, body)
-    assert e.status == 400
+    assert status_of(e) == 400
     assert fragment in str(e)
 
 
@@ -449,7 +450,7 @@ def _batch(ts: list[int], value: list[float] | None = None) -> PointBatch:
 def test_validate_refuses_non_finite_values(bad: float) -> None:
     with pytest.raises(BadInput) as e:
         _batch([BASE, BASE + 1, BASE + 2], [1.0, bad, bad]).validate()
-    assert e.value.status == 422
+    assert status_of(e.value) == 422
     assert "value must be a finite number" in str(e.value)
     assert "2 point(s), first at row 1 (sensor 1, ts 1700000000001)" in str(e.value)
 
@@ -459,11 +460,11 @@ def test_validate_time_bounds_are_inclusive() -> None:
     _batch([MIN_TS_MS, now + MAX_FUTURE_MS]).validate(now_ms=now)
     with pytest.raises(BadInput) as e:
         _batch([MIN_TS_MS - 1, BASE]).validate(now_ms=now)
-    assert e.value.status == 422
+    assert status_of(e.value) == 422
     assert f"on or after 2000-01-01 ({MIN_TS_MS}); got {MIN_TS_MS - 1}" in str(e.value)
     with pytest.raises(BadInput) as e:
         _batch([BASE, now + MAX_FUTURE_MS + 1]).validate(now_ms=now)
-    assert e.value.status == 422
+    assert status_of(e.value) == 422
     assert "more than one day ahead of the server clock" in str(e.value)
 
 

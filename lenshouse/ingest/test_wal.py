@@ -507,3 +507,66 @@ def test_an_idle_node_trims_its_log_to_an_empty_segment(tmp_path: Path) -> None:
         assert stored() == 21_000
     finally:
         node.stop()
+
+
+def test_an_acknowledged_record_was_synced_after_its_bytes(
+    waldir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Durable before acknowledged: each append's future resolves only after
+    an fdatasync of its segment made when the segment already held it."""
+    synced: list[tuple[int, int]] = []  # (inode, the file's size then)
+    real = os.fdatasync
+
+    def spy(fd: int) -> None:
+        real(fd)
+        st = os.fstat(fd)
+        synced.append((st.st_ino, st.st_size))
+
+    monkeypatch.setattr(os, "fdatasync", spy)
+    wal = open_wal(waldir, segment_bytes=64 << 10)
+    try:
+        for k in range(12):  # across segments
+            wal.append(batch(k, n=500)).result(timeout=10)
+            seg = segment_files(waldir)[-1]
+            st = seg.stat()
+            assert any(i == st.st_ino and n >= st.st_size for i, n in synced), k
+    finally:
+        wal.close()
+
+
+def test_the_log_is_trimmed_only_after_the_store_is_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ClickHouse does not fsync its parts: the log that could replay a load
+    is cut only after the store's filesystem was synced."""
+    import lenshouse.storage.store as store_module
+
+    events: list[str] = []
+    real_syncfs, real_trim = store_module.syncfs, WriteAheadLog.truncate_before
+
+    def syncfs(path: Path) -> None:
+        events.append("sync")
+        real_syncfs(path)
+
+    def trim(self: WriteAheadLog, lsn: int) -> int:
+        events.append("trim")
+        return real_trim(self, lsn)
+
+    monkeypatch.setattr(store_module, "syncfs", syncfs)
+    monkeypatch.setattr(WriteAheadLog, "truncate_before", trim)
+    node = Node(tmp_path / "data", flush_interval=0.05).start()
+    try:
+        for k in range(20):
+            lsn = node.ingestor.write_sync(batch(k, n=1000))
+        assert node.ingestor.wait_visible(lsn)
+        deadline = time.monotonic() + 10
+        while "trim" not in events and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        node.stop()
+    assert "trim" in events
+    last = -1
+    for i, e in enumerate(events):
+        if e == "trim":  # a sync since the previous trim
+            assert "sync" in events[last + 1 : i], events
+            last = i

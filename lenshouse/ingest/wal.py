@@ -203,7 +203,16 @@ class SegmentFile:
 
 
 class WriteAheadLog:
-    """Segmented, fsynced, group-committed log of accepted batches."""
+    """Segmented, fsynced, group-committed log of accepted batches.
+
+    Ownership: before ``start`` the opening thread does everything. After it,
+    the writer thread (``wal-writer``) alone writes ``_file``, ``direct_io``,
+    ``next_lsn``, ``fsyncs`` and ``bytes_written``; other threads read them
+    as plain ints (a stale value is one a moment old). Requests reach the
+    writer only through ``_queue`` (appends, and the roll a trim asks for),
+    so no lock is needed. ``read``/``read_range`` (the loader) read closed
+    bytes of segment files; ``truncate_before`` (the loader's store thread)
+    deletes only segments the writer has left."""
 
     def __init__(
         self,

@@ -61,6 +61,13 @@ def chunk_span(step: int) -> int:
 
 
 class LensCache:
+    """Chunks of lenses computed in this process (the embedded server).
+
+    Ownership: lens request threads get and put; the loader's thread drops
+    what a load will write into (``invalidate``, from ``on_begin``, before
+    the load's rows can be read). ``_lock`` guards ``_entries``,
+    ``_by_sensor``, ``bytes`` and the counters; ``max_bytes`` is set once."""
+
     def __init__(self, visibility: Loads, max_bytes: int = 256 << 20) -> None:
         self.visibility = visibility
         self.max_bytes = max_bytes

@@ -31,7 +31,7 @@ from lenshouse.lens.head import Head, buckets, m4_buckets
 from lenshouse.lens.planner import Segment, plan, raw_span, usable_tiers
 from lenshouse.lens.steps import bucket_count, choose_step, whole_buckets
 from lenshouse.lens.visibility import Loads, Snapshot
-from lenshouse.points import BadInput, check_tenant
+from lenshouse.points import Invalid, check_tenant
 from lenshouse.retention.horizons import Floor, Horizons
 from lenshouse.retention.policy import RAW, SOURCES
 from lenshouse.rollup.m4 import M4, M4_AGGS, M4_FIELDS
@@ -97,6 +97,20 @@ class Grid(NamedTuple):
     m4: bool = False  # read each bucket's M4 points too
 
 
+@dataclass(frozen=True)
+class LensRequest:
+    """What a lens asks once checked and put on its grid: a tenant's sensors,
+    the window of whole buckets, the buckets (``grid``) and the expiry floor
+    the window meets (None while raw points hold its start)."""
+
+    tenant: str
+    sensors: list[int]
+    start: int
+    end: int
+    grid: Grid
+    floor: Floor | None = None
+
+
 @dataclass
 class Lens:
     start: int
@@ -153,11 +167,11 @@ def parse_sensors(text: str) -> list[int]:
     try:
         ids = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise BadInput("sensors must be a comma-separated list of integer ids", 422) from None
+        raise Invalid("sensors must be a comma-separated list of integer ids") from None
     if not 1 <= len(ids) <= MAX_SENSORS:
-        raise BadInput(f"a lens takes 1 to {MAX_SENSORS} sensors, got {len(ids)}", 422)
+        raise Invalid(f"a lens takes 1 to {MAX_SENSORS} sensors, got {len(ids)}")
     if any(not 0 <= i < 2**32 for i in ids):
-        raise BadInput("sensor ids are 0 .. 2^32-1", 422)
+        raise Invalid("sensor ids are 0 .. 2^32-1")
     return list(dict.fromkeys(ids))
 
 
@@ -167,7 +181,7 @@ def parse_aggs(text: str | None) -> tuple[str, ...]:
     aggs = tuple(a.strip() for a in text.split(",") if a.strip())
     bad = [a for a in aggs if a not in ALL_AGGS]
     if bad or not aggs:
-        raise BadInput(f"agg must be a subset of {','.join(ALL_AGGS)}; got {text!r}", 422)
+        raise Invalid(f"agg must be a subset of {','.join(ALL_AGGS)}; got {text!r}")
     return aggs
 
 
@@ -201,25 +215,24 @@ class LensEngine:
         self, start: int, end: int, points: int | None, step: int | None, origin: int = 0
     ) -> int:
         if end <= start:
-            raise BadInput(f"end ({end}) must be after start ({start})", 422)
+            raise Invalid(f"end ({end}) must be after start ({start})")
         if step is not None:
             if step < 1:
-                raise BadInput("step must be at least 1 ms", 422)
+                raise Invalid("step must be at least 1 ms")
             if bucket_count(start - origin, end - origin, step) > MAX_BUCKETS:
-                raise BadInput(f"step {step} gives more than {MAX_BUCKETS} buckets", 422)
+                raise Invalid(f"step {step} gives more than {MAX_BUCKETS} buckets")
             if not usable_tiers(step) and end - start > MAX_RAW_WINDOW_MS:
                 r = TIERS[0].res_ms
                 lo = max(r, step // r * r)
-                raise BadInput(
+                raise Invalid(
                     f"step {step} ms: no rollup tier divides it, so this window would be read"
                     f" from raw points (at most {MAX_RAW_WINDOW_MS // 60_000} minutes);"
-                    f" use a multiple of {r} ms (e.g. {lo} or {lo + r})",
-                    422,
+                    f" use a multiple of {r} ms (e.g. {lo} or {lo + r})"
                 )
             return step
         points = 2500 if points is None else points
         if not 1 <= points <= MAX_BUCKETS:
-            raise BadInput(f"points must be 1..{MAX_BUCKETS}", 422)
+            raise Invalid(f"points must be 1..{MAX_BUCKETS}")
         return choose_step(start, end, points)
 
     def lens(
@@ -254,7 +267,7 @@ class LensEngine:
         tenant = check_tenant(tenant)
         explicit = step is not None
         if origin and not explicit:
-            raise BadInput("a lens with an origin needs an explicit step", 422)
+            raise Invalid("a lens with an origin needs an explicit step")
         step = self.resolve_step(start, end, points, step, origin)
         origin %= step
         floor = None
@@ -270,27 +283,26 @@ class LensEngine:
             self._check_edges(tenant, sensors, start, end, step)
         if origin and floor is not None and start < dict(floor.expired).get(RAW, start):
             # Off the tiers' grid every bucket reads raw points at its edges.
-            raise BadInput(
+            raise Invalid(
                 f"{floor.reason}; buckets that start {origin} ms past the grid read raw points"
-                " at their edges, so the window must start after them",
-                422,
+                " at their edges, so the window must start after them"
             )
         if m4:
             self._check_m4(tenant, start)
-        grid = Grid(step, origin, m4)
+        req = LensRequest(tenant, sensors, start, end, Grid(step, origin, m4), floor)
         for attempt in range(OPTIMISTIC_READS):
-            read = self._read(tenant, sensors, start, end, grid, self.visibility.snapshot(), floor)
+            read = self._read(req, self.visibility.snapshot())
             if read is None:
                 break  # cheaper to read with loads held back than to read that much raw
             if read.valid:
-                return self._finish(read, sensors, start, end, grid, attempt, floor)
+                return self._finish(read, req, attempt)
         if not self.visibility.can_hold:
-            return self._patient(tenant, sensors, start, end, grid, floor)
+            return self._patient(req)
         with self.visibility.quiet() as snap:
-            read = self._read(tenant, sensors, start, end, grid, snap, floor, quiet=True)
+            read = self._read(req, snap, quiet=True)
             if read is None:  # raw points needed below the raw mark (cannot happen when quiet)
                 raise RetryableError("this lens needs raw points that have expired")
-            return self._finish(read, sensors, start, end, grid, OPTIMISTIC_READS, floor)
+            return self._finish(read, req, OPTIMISTIC_READS)
 
     def _check_m4(self, tenant: str, start: int) -> None:
         """Refuse M4 below where this store's tiers began to hold M4 points."""
@@ -298,10 +310,9 @@ class LensEngine:
             return
         mark = self.horizons.marks(tenant).get(M4_SOURCE)
         if mark is not None and start < mark:
-            raise BadInput(
+            raise Invalid(
                 f"first/last/tmin/tmax are known from {mark} on: the rollups below that were"
-                " made before they kept M4 points, and the raw points have expired",
-                422,
+                " made before they kept M4 points, and the raw points have expired"
             )
 
     def _check_edges(
@@ -313,33 +324,23 @@ class LensEngine:
             return
         n = self.store.points_about(tenant, sensors, start, end)
         if n > MAX_EDGE_SCAN_POINTS:
-            raise BadInput(
+            raise Invalid(
                 f"buckets off the tiers' grid read raw points at their edges, which here means"
                 f" scanning about {n:,} points (at most {MAX_EDGE_SCAN_POINTS:,}); narrow the"
-                " window, or use buckets on the grid (an origin of 0)",
-                422,
+                " window, or use buckets on the grid (an origin of 0)"
             )
 
-    def _read(
-        self,
-        tenant: str,
-        sensors: list[int],
-        start: int,
-        end: int,
-        grid: Grid,
-        snap: Snapshot,
-        floor: Floor | None = None,
-        quiet: bool = False,
-    ) -> _Read | None:
+    def _read(self, req: LensRequest, snap: Snapshot, quiet: bool = False) -> _Read | None:
         """One read: the newest part from the head, cached chunks, one query for
         the rest; None if the part a load in flight holds back is too long to
         read from raw, or lies where raw points have expired. The cache holds
         lenses on the epoch's grid without M4 points only."""
-        step, origin, m4 = grid
+        tenant, sensors, start, end, floor = req.tenant, req.sensors, req.start, req.end, req.floor
+        step, origin, m4 = req.grid
         if not quiet and _erasing(snap.inflight, tenant, sensors, start, end):
             return None  # rows are being removed: read once the delete is done
         if snap.floors is not None:
-            return self._read_pinned(tenant, sensors, start, end, grid, snap, floor)
+            return self._read_pinned(req, snap)
         span = chunk_span(step)
         boundary, head = self.head.read(
             tenant, sensors, start, end, snap.committed_seq, span, step, origin
@@ -389,20 +390,12 @@ class LensEngine:
         )
         return read
 
-    def _read_pinned(
-        self,
-        tenant: str,
-        sensors: list[int],
-        start: int,
-        end: int,
-        grid: Grid,
-        snap: Snapshot,
-        floor: Floor | None,
-    ) -> _Read | None:
+    def _read_pinned(self, req: LensRequest, snap: Snapshot) -> _Read | None:
         """One read of exactly the loads complete at ``snap`` on each shard
         (their ``floors``), whatever loads run meanwhile: no re-read. Only a
         delete begun during the read (rows masked, not added) can spoil it."""
-        step, origin, m4 = grid
+        tenant, sensors, start, end, floor = req.tenant, req.sensors, req.start, req.end, req.floor
+        step, origin, m4 = req.grid
         held = floor.tiers if floor is not None else None
         caching = self.pinned.enabled and not origin and not m4 and snap.completed is not None
         boundaries, head = self._pinned_head(tenant, sensors, start, end, snap, step, origin)
@@ -481,15 +474,7 @@ class LensEngine:
             lambda key: self.pinned.get(key, valid), tenant, sensors, start, end, step, boundary
         )
 
-    def _patient(
-        self,
-        tenant: str,
-        sensors: list[int],
-        start: int,
-        end: int,
-        grid: Grid,
-        floor: Floor | None = None,
-    ) -> Lens:
+    def _patient(self, req: LensRequest) -> Lens:
         """Reads until one is valid, with pauses that let the loads in the way
         finish; a 503 once they have taken ``RACE_PATIENCE_S``."""
         deadline = time.monotonic() + RACE_PATIENCE_S
@@ -497,10 +482,10 @@ class LensEngine:
         while time.monotonic() < deadline:
             time.sleep(pause)
             pause = min(pause * 2, 0.5)
-            read = self._read(tenant, sensors, start, end, grid, self.visibility.snapshot(), floor)
+            read = self._read(req, self.visibility.snapshot())
             attempt += 1
             if read is not None and read.valid:
-                return self._finish(read, sensors, start, end, grid, attempt, floor)
+                return self._finish(read, req, attempt)
         raise RetryableError(
             f"loads in flight kept changing this lens's data for {RACE_PATIENCE_S:.0f} s"
         )
@@ -514,24 +499,17 @@ class LensEngine:
             return {}, {}
         return _lookup(self.cache.get, tenant, sensors, start, end, step, boundary)
 
-    def _finish(
-        self,
-        read: _Read,
-        sensors: list[int],
-        start: int,
-        end: int,
-        grid: Grid,
-        retries: int,
-        floor: Floor | None = None,
-    ) -> Lens:
-        step, origin, _ = grid
+    def _finish(self, read: _Read, req: LensRequest, retries: int) -> Lens:
+        step, origin, _ = req.grid
+        start, end = req.start, req.end
         if read.missing:
             cache = self.pinned if read.snap.floors is not None else self.cache
-            cache.put_many(read.fills(sensors), read.snap)
-        series = read.series(sensors, (start - origin) // step, (end - origin) // step)
+            cache.put_many(read.fills(req.sensors), read.snap)
+        series = read.series(req.sensors, (start - origin) // step, (end - origin) // step)
         return Lens(
-            start, end, step, series, read.segments, retries, floor, origin, read.snap.watermark
-        )
+            start, end, step, series, read.segments, retries, req.floor, origin,
+            read.snap.watermark,
+        )  # fmt: skip
 
     def unchanged_since(
         self, watermark: int, tenant: str, sensors: list[int], start: int, end: int
@@ -560,9 +538,9 @@ class LensEngine:
         time, at most ``limit`` of them past ``after``; and the key to continue
         after if there are more (None: this was the last part)."""
         if end <= start:
-            raise BadInput(f"end ({end}) must be after start ({start})", 422)
+            raise Invalid(f"end ({end}) must be after start ({start})")
         if not 1 <= limit <= MAX_EXPORT_POINTS:
-            raise BadInput(f"limit must be 1..{MAX_EXPORT_POINTS} points", 422)
+            raise Invalid(f"limit must be 1..{MAX_EXPORT_POINTS} points")
         tenant = check_tenant(tenant)
         mark = self.horizons.raw_mark(tenant) if self.horizons is not None else None
         if mark is not None and start < mark:

@@ -150,6 +150,53 @@ def check_lens(lens, data, start: int, end: int, nsensors: int) -> None:
         )
 
 
+# Below the head (it holds the hour before the middle of the data): steps the
+# tiers divide, buckets off their grid, so every bucket is whole tier cells
+# inside and raw points at both edges, read from ClickHouse.
+BELOW_HEAD = T0 + SPAN // 2 - 3_600_000
+off_grid = st.sampled_from((1_000, 10_000, 60_000, 600_000)).flatmap(
+    lambda step: st.tuples(
+        st.just(step),
+        st.integers(1, step - 1).filter(lambda o: o % 100),
+        st.integers(T0, BELOW_HEAD - 2 * step),
+        st.integers(2 * step, 3_600_000),
+    )
+)
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(seed=st.integers(0, 2**32 - 1), queries=st.lists(off_grid, min_size=1, max_size=6))
+def test_off_grid_buckets_below_the_head(shared_node: Node, seed: int, queries) -> None:
+    """Dense enough (a point every ~70 ms) that the raw edges of buckets hold
+    points: a plan that drops or doubles an edge answers wrong."""
+    tenant = f"offgrid{next(_tenants)}"
+    rng = np.random.default_rng(seed)
+    data = {}
+    for sensor in (1, 2):
+        ts = np.unique(rng.integers(T0, BELOW_HEAD, 50_000)).astype(np.int64)
+        data[sensor] = (ts, np.round(rng.normal(0, 100, len(ts)), 2))
+    write_shuffled(shared_node, tenant, data, seed)
+    at_edges = 0
+    for step, origin, start, length in queries:
+        end = min(start + length, BELOW_HEAD)
+        lens = shared_node.lenses.lens([1, 2], start, end, tenant=tenant, step=step, origin=origin)
+        check_lens(lens, data, start, end, 2)
+        assert lens.end <= BELOW_HEAD + step and lens.origin == origin % step
+        raw = [g for g in lens.segments if g.tier is None]
+        for ts, _ in data.values():
+            inside = ts[(ts >= lens.start) & (ts < lens.end)]
+            for g in raw:
+                _, a, b = g.within or (step, 0, step)
+                offset = (inside - lens.start) % step
+                at_edges += int(((inside >= g.lo) & (inside < g.hi) & (offset >= a)
+                                 & (offset < b)).sum())  # fmt: skip
+    assert at_edges, "no lens had points in its raw edges"
+
+
 def test_long_window_reads_rollups_not_raw(shared_node: Node) -> None:
     """A day-long lens reads no raw points: its whole buckets are whole tier cells."""
     tenant = "dayscan"

@@ -17,7 +17,7 @@ import cramjam
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from lenshouse.points import BadInput
+from lenshouse.points import BadInput, TooLarge, Unsupported
 
 CONTENT_TYPE = "application/x-protobuf"
 # Prometheus marks a series that disappeared with this NaN (value/value.go):
@@ -82,17 +82,16 @@ _WriteRequest = _CLASSES["WriteRequest"]
 def decode_write_request(body: bytes, content_encoding: str | None = "snappy") -> WriteRequest:
     """A remote-write body → its series; 400 for a body that is not one."""
     if (content_encoding or "").strip().lower() != "snappy":
-        raise BadInput(
+        raise Unsupported(
             f"remote write bodies are snappy-compressed (Content-Encoding: snappy);"
-            f" got {content_encoding!r}",
-            415,
+            f" got {content_encoding!r}"
         )
     try:
         raw = bytes(cramjam.snappy.decompress_raw(body))
     except Exception as e:  # cramjam raises its own DecompressionError
         raise BadInput(f"body is not snappy block-compressed: {e}") from None
     if len(raw) > MAX_DECODED_BYTES:
-        raise BadInput(f"decompressed body exceeds {MAX_DECODED_BYTES} bytes", 413)
+        raise TooLarge(f"decompressed body exceeds {MAX_DECODED_BYTES} bytes")
     msg = _WriteRequest()
     try:
         msg.ParseFromString(raw)

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lenshouse.api.app import create_app
+from lenshouse.api.requests import status_of
 from lenshouse.node import Node
 from lenshouse.points import BadInput
 from lenshouse.prometheus.remote_write import (
@@ -65,7 +66,7 @@ def test_bad_bodies_are_refused_with_a_sentence() -> None:
         decode_write_request(b"\x00garbage", "snappy")
     with pytest.raises(BadInput, match="Content-Encoding") as e:
         decode_write_request(b"", None)
-    assert e.value.status == 415
+    assert status_of(e.value) == 415
     not_protobuf = bytes(cramjam.snappy.compress_raw(b"\xff\xff\xff\xff"))
     with pytest.raises(BadInput, match="WriteRequest"):
         decode_write_request(not_protobuf)

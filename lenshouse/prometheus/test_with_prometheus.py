@@ -15,9 +15,9 @@ import pyarrow as pa
 import pytest
 
 from lenshouse.api.auth import Auth
+from lenshouse.cluster import prometheus as testing
 from lenshouse.conftest import LiveServer, free_port
 from lenshouse.node import Node
-from lenshouse.prometheus import testing
 from lenshouse.tenancy.registry import FileRegistry
 
 pytestmark = [

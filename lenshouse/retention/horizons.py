@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lenshouse.points import BadInput
+from lenshouse.points import Invalid
 from lenshouse.retention.policy import RAW, SOURCES, resolution_ms, tier_of
 from lenshouse.rollup.tiers import Tier
 from lenshouse.storage.errors import RetryableError, StorageError
@@ -59,10 +59,9 @@ class Floor:
         if step % self.res_ms == 0:
             return step
         if explicit:
-            raise BadInput(
+            raise Invalid(
                 f"step {step} ms cannot be answered exactly here: {self.reason};"
-                f" use a multiple of {self.res_ms} ms",
-                422,
+                f" use a multiple of {self.res_ms} ms"
             )
         return -(-step // self.res_ms) * self.res_ms
 

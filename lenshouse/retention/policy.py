@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from lenshouse.points import BadInput
+from lenshouse.points import Invalid
 from lenshouse.rollup.tiers import DAY_MS, TIERS, Tier
 
 RAW = "raw"
@@ -43,7 +43,7 @@ def tier_of(source: str) -> Tier | None:
     for t in TIERS:
         if t.name == source:
             return t
-    raise BadInput(f"no source {source!r}; sources are {', '.join(SOURCES)}", 422)
+    raise Invalid(f"no source {source!r}; sources are {', '.join(SOURCES)}")
 
 
 def partition_ms(source: str) -> int:
@@ -62,7 +62,7 @@ def parse_keep(text: str) -> int | None:
         return FOREVER
     m = re.fullmatch(r"\s*(\d+)\s*(ms|s|m|h|d|w|y)\s*", text)
     if not m or int(m.group(1)) == 0:
-        raise BadInput(f"keep {text!r}: give a duration like 30d, 90d, 1y, or forever", 422)
+        raise Invalid(f"keep {text!r}: give a duration like 30d, 90d, 1y, or forever")
     return int(m.group(1)) * _UNITS[m.group(2)]
 
 
@@ -86,14 +86,13 @@ class Policy:
         for source in SOURCES:
             k = self.keep[source]
             if k is not None and (longest is None or k < longest):
-                raise BadInput(
+                raise Invalid(
                     f"{source} would be kept {format_keep(k)}, less than a finer source"
-                    f" ({format_keep(longest)}): keep coarser tiers at least as long",
-                    422,
+                    f" ({format_keep(longest)}): keep coarser tiers at least as long"
                 )
             longest = k
         if self.keep[RAW] is not None and self.keep[RAW] < DAY_MS:
-            raise BadInput("raw points are kept at least 1d (they expire a day at a time)", 422)
+            raise Invalid("raw points are kept at least 1d (they expire a day at a time)")
 
     def cut(self, source: str, now_ms: int, width: int | None = None) -> int | None:
         """Where the source expires now: the start of the newest partition
@@ -125,12 +124,12 @@ def merged(rows: Mapping[tuple[str, str], int | None], tenant: str) -> Policy:
 def parse_policy(keep: Mapping[str, str], base: Policy = DEFAULT_POLICY) -> dict[str, int | None]:
     """{"raw": "30d", ...} checked; the sources it names, in ms (None: forever)."""
     if not isinstance(keep, Mapping) or not keep:
-        raise BadInput('keep must be an object like {"raw": "30d", "100ms": "90d"}', 422)
+        raise Invalid('keep must be an object like {"raw": "30d", "100ms": "90d"}')
     out: dict[str, int | None] = {}
     for source, text in keep.items():
         tier_of(source)  # names a source
         if not isinstance(text, str):
-            raise BadInput(f"keep of {source}: a duration string like 30d, or forever", 422)
+            raise Invalid(f"keep of {source}: a duration string like 30d, or forever")
         out[source] = parse_keep(text)
     Policy({**base.keep, **out})  # checks the result
     return out

@@ -25,7 +25,7 @@ from lenshouse.api.app import Unavailable, add_health_route, add_write_routes, b
 from lenshouse.api.auth import Auth
 from lenshouse.api.prometheus import add_remote_write_route
 from lenshouse.coordination.zk import Paths
-from lenshouse.points import BadInput, Erasure, PointBatch
+from lenshouse.points import Erasure, NotSupported, PointBatch
 from lenshouse.prometheus.series import KeeperSeriesIds
 from lenshouse.stream.jetstream import LogFull, LogUnavailable, connect, discover
 from lenshouse.stream.partitions import LogLayout
@@ -144,10 +144,9 @@ class Gateway:
             raise Unavailable(f"keeper unavailable: {e!r}") from None
         doc = json.loads(raw)
         if not doc.get("deletes"):
-            raise BadInput(
+            raise NotSupported(
                 f"this cluster's ClickHouse ({doc.get('server_version')}) cannot delete rows of"
-                " replicated tables reliably; deletes need ClickHouse 23.3 or later",
-                501,
+                " replicated tables reliably; deletes need ClickHouse 23.3 or later"
             )
 
     def health(self) -> tuple[dict, bool]:

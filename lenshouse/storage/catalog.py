@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pyarrow as pa
 
-from lenshouse.points import BadInput, check_tenant
+from lenshouse.points import Invalid, check_tenant
 from lenshouse.storage.matchers import Matcher
 from lenshouse.storage.store import Store
 
@@ -17,14 +17,12 @@ MAX_LABELS = 32
 
 def check_labels(labels: object) -> dict[str, str]:
     if not isinstance(labels, dict):
-        raise BadInput("labels must be a JSON object of string keys and values", 422)
+        raise Invalid("labels must be a JSON object of string keys and values")
     if len(labels) > MAX_LABELS:
-        raise BadInput(f"at most {MAX_LABELS} labels per sensor", 422)
+        raise Invalid(f"at most {MAX_LABELS} labels per sensor")
     for k, v in labels.items():
         if not isinstance(v, str) or not k or len(k) > 64 or len(v) > 256:
-            raise BadInput(
-                "labels must map names (1-64 chars) to string values (<= 256 chars)", 422
-            )
+            raise Invalid("labels must map names (1-64 chars) to string values (<= 256 chars)")
     return dict(labels)
 
 

@@ -33,6 +33,13 @@ _INSERT_SETTINGS = (
 
 
 class EmbeddedBackend:
+    """chDB in this process: one engine, reached through several connections.
+
+    Ownership: any thread. ``_insert_lock`` guards ``_insert_conn`` (inserts
+    and statements, one at a time); each query takes a connection of its own
+    from ``_pool`` (a queue) and puts it back. Everything else is set once,
+    at construction."""
+
     name = "chdb"
 
     def __init__(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from lenshouse.points import BadInput
+from lenshouse.points import Invalid
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_.\-]*"
 _ONE = re.compile(rf'\s*({_NAME})\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*(,|$)')
@@ -48,16 +48,15 @@ def parse_matchers(text: str) -> list[Matcher]:
     body = text.strip()
     if body.startswith("{"):
         if not body.endswith("}"):
-            raise BadInput(f"match {text!r}: missing the closing '}}'", 422)
+            raise Invalid(f"match {text!r}: missing the closing '}}'")
         body = body[1:-1]
     out: list[Matcher] = []
     pos = 0
     while body[pos:].strip():
         m = _ONE.match(body, pos)
         if m is None:
-            raise BadInput(
-                f'match {text!r}: expected name="value" (or !=, =~, !~) at {body[pos:][:30]!r}',
-                422,
+            raise Invalid(
+                f'match {text!r}: expected name="value" (or !=, =~, !~) at {body[pos:][:30]!r}'
             )
         name, op, raw, _ = m.groups()
         value = _unescape(raw)
@@ -66,13 +65,11 @@ def parse_matchers(text: str) -> list[Matcher]:
             try:
                 regex = re.compile(value)
             except re.error as e:
-                raise BadInput(
-                    f"match {text!r}: {name}{op}{raw!r} is not a regex: {e}", 422
-                ) from None
+                raise Invalid(f"match {text!r}: {name}{op}{raw!r} is not a regex: {e}") from None
         out.append(Matcher(name, op, value, regex))
         pos = m.end()
     if not out:
-        raise BadInput(f"match {text!r}: no matcher", 422)
+        raise Invalid(f"match {text!r}: no matcher")
     if len(out) > MAX_MATCHERS:
-        raise BadInput(f"match: at most {MAX_MATCHERS} matchers, got {len(out)}", 422)
+        raise Invalid(f"match: at most {MAX_MATCHERS} matchers, got {len(out)}")
     return out

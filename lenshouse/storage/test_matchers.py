@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from lenshouse.api.requests import status_of
 from lenshouse.points import BadInput
 from lenshouse.storage.matchers import parse_matchers
 
@@ -55,4 +56,4 @@ def test_matchers_select_as_prometheus_does(text: str, expected: list[int]) -> N
 def test_bad_matchers_are_refused_naming_the_problem(text: str, says: str) -> None:
     with pytest.raises(BadInput, match=says) as e:
         parse_matchers(text)
-    assert e.value.status == 422
+    assert status_of(e.value) == 422

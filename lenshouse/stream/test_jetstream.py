@@ -16,9 +16,9 @@ import nats.js.errors
 import numpy as np
 import pytest
 
-from lenshouse.cluster.config import nats_conf
 from lenshouse.cluster.processes import nats_server
-from lenshouse.cluster.topology import Topology
+from lenshouse.deploy.server_config import nats_conf
+from lenshouse.deploy.topology import Topology
 from lenshouse.points import PointBatch
 from lenshouse.stream import jetstream, payload
 from lenshouse.stream.jetstream import LoopThread, PartitionStream

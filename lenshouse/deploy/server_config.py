@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from lenshouse.cluster.topology import NodeSpec, Topology
+from lenshouse.deploy.topology import NodeSpec, Topology
 
 HOST = "127.0.0.1"
 MiB = 1 << 20
