@@ -116,10 +116,18 @@ class Horizons:
 
     def marks(self, tenant: str) -> dict[str, int]:
         now = self.clock()
-        if self._read_at is None:
+        if self._read_at is None or now - self._read_at > STALE_S:
+            # Never read, or not for a while: a server nobody asked for a
+            # while has old marks without any read having failed. Read them
+            # now; only a read that fails refuses the lens (at once while
+            # the reads in the background keep failing).
+            if self.error is not None and now - self._tried_at < self.refresh_s:
+                raise RetryableError(f"expiry marks could not be read: {self.error}")
+            self._tried_at = now
             try:
                 self.refresh()
             except StorageError as e:
+                self.error = str(e)
                 raise RetryableError(f"expiry marks could not be read: {e}") from e
         elif now - self._tried_at >= self.refresh_s:
             with self._lock:
@@ -128,10 +136,6 @@ class Horizons:
                 self._tried_at = now
             if start:
                 threading.Thread(target=self._background, name="marks", daemon=True).start()
-        if self._read_at is not None and now - self._read_at > STALE_S:
-            raise RetryableError(
-                f"expiry marks not read for {now - self._read_at:.0f} s: {self.error}"
-            )
         return self._marks.get(tenant, {})
 
     def raw_mark(self, tenant: str) -> int | None:

@@ -217,3 +217,39 @@ def test_a_slow_read_of_the_marks_never_undoes_a_newer_one() -> None:
     store.before = 100  # what an older read would bring back
     h.refresh()
     assert h.raw_mark("a") == 200 and h.marks("b") == {}
+
+
+def test_marks_a_server_left_unread_while_idle_are_read_again_not_refused() -> None:
+    """A server reads the marks when lenses ask: after a quiet spell they are
+    old without any read having failed, and the next lens reads them again
+    instead of being refused; a read that fails refuses it."""
+    import pyarrow as pa
+
+    from lenshouse.retention.horizons import STALE_S, Horizons
+    from lenshouse.storage.errors import RetryableError
+
+    class Marks:
+        def __init__(self) -> None:
+            self.reads = 0
+            self.down = False
+
+        def expiry_marks(self) -> pa.Table:
+            self.reads += 1
+            if self.down:
+                raise RetryableError("ClickHouse is away")
+            return pa.table({"tenant": ["a"], "source": ["raw"], "before": [100]})
+
+    store, now = Marks(), [0.0]
+    h = Horizons(store, refresh_s=5, clock=lambda: now[0])  # type: ignore[arg-type]
+    assert h.raw_mark("a") == 100 and store.reads == 1
+    now[0] = 10 * STALE_S  # nobody asked meanwhile
+    assert h.raw_mark("a") == 100 and store.reads == 2
+    store.down, now[0] = True, 20 * STALE_S
+    with pytest.raises(RetryableError, match="could not be read"):
+        h.raw_mark("a")
+    reads = store.reads
+    with pytest.raises(RetryableError, match="ClickHouse is away"):  # at once, not read again
+        h.raw_mark("a")
+    assert store.reads == reads
+    store.down, now[0] = False, 20 * STALE_S + 5
+    assert h.raw_mark("a") == 100
