@@ -57,13 +57,8 @@ class Topology:
         return self.base_port + self._storage_ports
 
     def log_servers(self) -> list[NodeSpec]:
-        first = self.server_port + 1
-        nodes = []
-        for k in range(1, self.nats + 1):
-            p = first + PORTS_PER_NODE * (k - 1)
-            ports = {"client": p, "cluster": p + 1, "monitor": p + 2}
-            nodes.append(NodeSpec(f"nats{k}", "nats", ports, index=k))
-        return nodes
+        ports = ("client", "cluster", "monitor")
+        return _numbered("nats", "nats", self.server_port + 1, self.nats, ports)
 
     def roles(self) -> list[NodeSpec]:
         """Loaders, gateways and lens servers, in the order they start."""
@@ -90,12 +85,7 @@ class Topology:
 
     def keeper(self) -> list[NodeSpec]:
         first = self.base_port + PORTS_PER_NODE * self.shards * self.replicas
-        nodes = []
-        for k in range(1, self.keepers + 1):
-            p = first + PORTS_PER_NODE * (k - 1)
-            ports = {"client": p, "peer": p + 1, "election": p + 2}
-            nodes.append(NodeSpec(f"zk{k}", "keeper", ports, index=k))
-        return nodes
+        return _numbered("zk", "keeper", first, self.keepers, ("client", "peer", "election"))
 
     def nodes(self) -> list[NodeSpec]:
         return [*self.keeper(), *self.clickhouse()]
@@ -122,3 +112,19 @@ def port_free(port: int) -> bool:
 
 def node_dir(root: Path, name: str) -> Path:
     return root / name
+
+
+def _numbered(
+    prefix: str, role: str, first: int, count: int, names: tuple[str, ...]
+) -> list[NodeSpec]:
+    """``count`` nodes of ``role`` (``prefix``1, 2, …), each with its
+    PORTS_PER_NODE consecutive ports from ``first`` on, named ``names``."""
+    return [
+        NodeSpec(
+            f"{prefix}{k}",
+            role,
+            {n: first + PORTS_PER_NODE * (k - 1) + i for i, n in enumerate(names)},
+            index=k,
+        )
+        for k in range(1, count + 1)
+    ]
