@@ -105,3 +105,19 @@ def test_the_product_never_imports_the_tooling() -> None:
         if tooling(imported)
     }
     assert not wrong, sorted(wrong)
+
+
+def test_test_modules_read_no_clock_at_import() -> None:
+    """A constant read from the clock when the suite is collected is minutes
+    old when its tests run: clocks are read in fixtures or tests."""
+    clocks = {"time", "time_ns", "monotonic", "now", "utcnow"}
+    found = []
+    for f in ROOT.rglob("test_*.py"):
+        for node in ast.parse(f.read_text()).body:
+            if not isinstance(node, (ast.Assign, ast.AnnAssign)):
+                continue
+            for n in ast.walk(node):
+                called = isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+                if called and n.func.attr in clocks:
+                    found.append(f"{f.relative_to(ROOT)}:{node.lineno}")
+    assert not found, found

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -21,8 +22,15 @@ from lenshouse.points import PointBatch
 from lenshouse.retention.policy import DAY_MS
 from lenshouse.tenancy.registry import FileRegistry
 
-NOW = int(time.time() * 1000)
-T0 = NOW // DAY_MS * DAY_MS - 4 * DAY_MS  # four days, a point a minute
+NOW = T0 = 0  # read when the module's first test starts (see _clock)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _clock() -> None:
+    """The clock read when these tests run, not when the suite was collected."""
+    global NOW, T0
+    NOW = int(time.time() * 1000)
+    T0 = NOW // DAY_MS * DAY_MS - 4 * DAY_MS  # four days, a point a minute
 
 
 def _fill(client: TestClient, node: Node) -> None:

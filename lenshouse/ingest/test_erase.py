@@ -29,8 +29,16 @@ from lenshouse.storage.errors import FatalError
 from lenshouse.stream import payload
 
 HOUR = 3_600_000
-NOW = int(time.time() * 1000)
-T0 = NOW // HOUR * HOUR - 4 * HOUR  # four hours up to now: raw, every tier and the head
+NOW = T0 = 0  # read when the module's first test starts (see _clock)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _clock() -> None:
+    """The clock read when these tests run, not when the suite was collected:
+    the newest minute of the data must be the head's."""
+    global NOW, T0
+    NOW = int(time.time() * 1000)
+    T0 = NOW // HOUR * HOUR - 4 * HOUR  # four hours up to now: raw, every tier and the head
 
 
 class Model:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from lenshouse.lens.oracle import brute_force, mismatch
 from lenshouse.node import Node
@@ -16,8 +17,15 @@ from lenshouse.retention import maintain
 from lenshouse.rollup.tiers import DAY_MS
 from lenshouse.storage.tiering import Tiering
 
-NOW = int(time.time() * 1000)
-T0 = NOW // DAY_MS * DAY_MS - 3 * DAY_MS  # three days and some up to now
+NOW = T0 = 0  # read when the module's first test starts (see _clock)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _clock() -> None:
+    """The clock read when these tests run, not when the suite was collected."""
+    global NOW, T0
+    NOW = int(time.time() * 1000)
+    T0 = NOW // DAY_MS * DAY_MS - 3 * DAY_MS  # three days and some up to now
 
 
 def parts_by_disk(node: Node) -> dict[tuple[str, int], set[str]]:
