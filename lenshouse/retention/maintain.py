@@ -247,9 +247,7 @@ def _actions(
 def _shared(store: Store, actions: list[Action]) -> list[Action]:
     """Drops of tiers that share a table: one drop of a partition that every
     tier sharing it has expired, deletes of the tier's rows otherwise."""
-    sharing = {
-        t.name for t in (tier_of(s) for s in SOURCES) if t and not store.tier_tables.alone(t)
-    }
+    sharing = set(store.tier_tables.shared)
     drops: dict[int, set[str]] = {}
     for a in actions:
         if a.kind == "drop" and a.source in sharing:

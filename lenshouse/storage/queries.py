@@ -315,11 +315,6 @@ def delete_range(
     return f"ALTER TABLE {table}{on} DELETE WHERE {_in_range(tier, tenant, lo, hi, at)}"
 
 
-def delete_tier(table: str, tier: Tier, lo: int, hi: int, at: TierTables) -> str:
-    """Every tenant's rows of ``tier`` in [lo, hi) (of a table it shares)."""
-    return f"ALTER TABLE {table} DELETE WHERE {at.where(tier, f't >= {int(lo)} AND t < {int(hi)}')}"
-
-
 # -- deletes (lenshouse.ingest.erase) -------------------------------------------
 def _erase_where(
     tier: Tier | None,
