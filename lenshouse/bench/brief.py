@@ -133,6 +133,28 @@ def _cpu(pids: dict[int, str]) -> dict[int, float]:
     return out
 
 
+def _machine() -> dict[str, float]:
+    """The whole machine's CPU seconds so far: busy (every process, the kernel's
+    too), idle, and stolen by the hypervisor (where the host has one)."""
+    t = psutil.cpu_times()
+    idle = t.idle + getattr(t, "iowait", 0.0)
+    steal = getattr(t, "steal", 0.0)
+    return {"busy": sum(t) - idle - steal, "idle": idle, "steal": steal}
+
+
+def _yielded(target: Target) -> int | None:
+    """Lenses the cluster's lens servers ran paced behind a loader catching up."""
+    if target.mode != "cluster":
+        return None
+    n = 0
+    for url in target.lens_servers:
+        try:
+            n += int(httpx.get(url + "/healthz", timeout=5).json()["catch_up"]["lenses_yielded"])
+        except (httpx.HTTPError, KeyError, ValueError):
+            return None
+    return n
+
+
 def run_brief(
     target: Target,
     sensors: int,
@@ -165,20 +187,29 @@ def run_brief(
     ]
     pids |= {p.pid: "load" for p in loads}
     t_load = time.monotonic() - t0
-    cpu0 = _cpu(pids)
+    cpu0, machine0, yielded0 = _cpu(pids), _machine(), _yielded(target)
     if not loads:  # nobody reading: the write path alone, over the same span
         time.sleep(duration)
     for p in loads:
         p.wait(duration + 120)
-    cpu1 = _cpu(pids)
+    cpu1, machine1, yielded1 = _cpu(pids), _machine(), _yielded(target)
     t_end = time.monotonic() - t0
     gen.terminate()
     gen.wait(30)
     sampler.done.set()
     sampler.join(5)
     results = [LoadResult.from_dict(json.loads(f.read_text())) for f in files if f.exists()]
-    return _report(target, sensors, rate_hz, users, think, results, sampler.rows, pids,
-                   cpu0, cpu1, (t_load, t_end))  # fmt: skip
+    doc = _report(target, sensors, rate_hz, users, think, results, sampler.rows, pids,
+                  cpu0, cpu1, (t_load, t_end))  # fmt: skip
+    span = t_end - t_load
+    doc["machine"] = {
+        "cores": psutil.cpu_count(),
+        **{k: round((machine1[k] - machine0[k]) / span, 2) for k in machine0},
+    }
+    doc["lenses_yielded"] = (
+        yielded1 - yielded0 if yielded0 is not None and yielded1 is not None else None
+    )
+    return doc
 
 
 def _start_load(url, users, i, think, duration, sensors, out, workdir, env) -> subprocess.Popen:
@@ -316,6 +347,8 @@ def markdown(doc: dict, command: str) -> str:
             for r, v in doc["cpu_core_s"].items()
         ),
         "",
+        _machine_line(doc),
+        "",
         f"Store CPU per 1M points loaded (every process but the generator and the load"
         f" users, lenses included): {doc['store_core_s_per_1m_points']} core-s"
         + (
@@ -327,6 +360,22 @@ def markdown(doc: dict, command: str) -> str:
         ),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _machine_line(doc: dict) -> str:
+    """How full the machine was: latencies past the servers' own time are waits
+    for a core once every process together wants them all."""
+    m = doc.get("machine") or {}
+    if not m:
+        return ""
+    line = (
+        f"The machine: {m['cores']} cores, {m['busy']} busy over the span"
+        f" (the processes above {round(sum(doc['cpu_cores'].values()), 2)}),"
+        f" {m['idle']} idle, {m['steal']} stolen by the host."
+    )
+    if doc.get("lenses_yielded"):
+        line += f" Lenses run paced behind a loader catching up: {doc['lenses_yielded']}."
+    return line
 
 
 def _ms(v) -> str:

@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import psutil
 import pytest
 
 from lenshouse.bench import peers
@@ -221,7 +222,13 @@ def test_brief_runs_the_public_commands_and_reports_what_they_did(tmp_path) -> N
     assert {"server", "generator", "load"} <= set(doc["cpu_core_s"])
     assert doc["lens_core_ms_per_lens"] > 0
     assert doc["lag_s"]["max"] is not None
-    assert (out / "brief.md").read_text().startswith("# The brief's workload, embedded")
+    # the whole machine's CPU over the span holds at least the processes measured in it
+    m = doc["machine"]
+    assert m["cores"] == psutil.cpu_count() and doc["lenses_yielded"] is None
+    assert m["busy"] >= 0.9 * sum(doc["cpu_cores"].values()) - 0.05, (m, doc["cpu_cores"])
+    assert 0 <= m["idle"] <= m["cores"] and m["busy"] + m["idle"] <= m["cores"] * 1.1
+    text = (out / "brief.md").read_text()
+    assert text.startswith("# The brief's workload, embedded") and "The machine:" in text
 
 
 def test_brief_with_nobody_reading_measures_the_write_path_over_the_span(tmp_path) -> None:
