@@ -25,7 +25,31 @@ import psutil
 from lenshouse.cluster import processes
 from lenshouse.cluster.processes import Doc
 
-CGROUP_ROOT = Path("/sys/fs/cgroup/unified")  # cgroup v2 (hybrid mode: mounted here)
+
+def cgroup2_mount(mounts: str) -> Path | None:
+    """Where the cgroup v2 hierarchy is mounted, from ``/proc/self/mounts``:
+    ``/sys/fs/cgroup`` on a pure v2 host, ``/sys/fs/cgroup/unified`` in hybrid
+    mode; None without one."""
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[2] == "cgroup2":
+            return Path(fields[1].replace("\\040", " "))
+    return None
+
+
+def cgroup_of(proc_cgroup: str) -> str:
+    """A process's cgroup v2 path (``/proc/PID/cgroup``'s ``0::`` line), "/" if none."""
+    for line in proc_cgroup.splitlines():
+        if line.startswith("0::"):
+            return line[3:] or "/"
+    return "/"
+
+
+def _cgroup_root() -> Path | None:
+    try:
+        return cgroup2_mount(Path("/proc/self/mounts").read_text())
+    except OSError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -93,7 +117,8 @@ def iptables_works() -> bool:
         subprocess.run(["iptables", "-L", "OUTPUT", "-n"], check=True, capture_output=True)
     except (OSError, subprocess.CalledProcessError):
         return False
-    return (CGROUP_ROOT / "cgroup.procs").exists()
+    root = _cgroup_root()
+    return root is not None and (root / "cgroup.procs").exists()
 
 
 def _local_ports(pid: int) -> set[int]:
@@ -112,8 +137,12 @@ def _rules(group: str, ports: set[int]) -> list[list[str]]:
 
 def _partition(root: Path, name: str = "ch-s1-r1") -> dict:
     node = processes.node(_doc(root), name)
+    cgroups = _cgroup_root()
+    if cgroups is None:
+        raise RuntimeError("no cgroup v2 hierarchy is mounted: the partition needs one")
     group = f"lenshouse-cut-{name}"
-    path = CGROUP_ROOT / group
+    home = cgroup_of(Path(f"/proc/{node['pid']}/cgroup").read_text())
+    path = cgroups / group
     path.mkdir(exist_ok=True)
     (path / "cgroup.procs").write_text(str(node["pid"]))  # the process, all its threads
     ports = set(node["ports"].values()) | _local_ports(node["pid"])
@@ -121,16 +150,18 @@ def _partition(root: Path, name: str = "ch-s1-r1") -> dict:
     for rule in _rules(group, ports):
         subprocess.run(["iptables", "-I", *rule], check=True)
         added.append(rule)
-    return {"group": group, "rules": added, "pid": node["pid"]}
+    return {"group": group, "rules": added, "pid": node["pid"], "cgroups": str(cgroups),
+            "home": home}  # fmt: skip
 
 
 def _heal(root: Path, state: dict) -> None:
     for rule in state["rules"]:
         subprocess.run(["iptables", "-D", *rule], check=False)
-    path = CGROUP_ROOT / state["group"]
+    cgroups = Path(state["cgroups"])
+    path = cgroups / state["group"]
     with contextlib.suppress(OSError):
-        # Back to the root group, then the group can go.
-        (CGROUP_ROOT / "cgroup.procs").write_text(str(state["pid"]))
+        # Back to the group it came from, then ours can go.
+        (cgroups / state["home"].lstrip("/") / "cgroup.procs").write_text(str(state["pid"]))
     with contextlib.suppress(OSError):
         path.rmdir()
 
