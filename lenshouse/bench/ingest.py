@@ -80,7 +80,8 @@ def ceiling_process(
     from lenshouse.bench.prepare import fleet_chunk
     from lenshouse.generators.signals import Fleet
     from lenshouse.rollup.cells import cells
-    from lenshouse.rollup.tiers import TIERS, tier_source, tier_table_ddl, tier_view_ddl
+    from lenshouse.rollup.tiers import TIERS, tier_source
+    from lenshouse.storage.cell_sql import tier_table_ddl, tier_view_ddl
     from lenshouse.storage.schema import raw_ddl
 
     Path(path).mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ and any set of rows of a cell folds to the cell's true M4.
 Timestamps are unique per sensor (first value wins), so first and last are
 single points; ties of value pick the earliest time.
 
-Rows that hold no points (``M4_IDENTITY`` in :mod:`lenshouse.rollup.tiers`)
+Rows that hold no points (``Pair.empty`` in :mod:`lenshouse.rollup.cell`)
 change nothing when folded in: a store made before these columns existed gets
 them filled from its raw points by rows of that kind (see
 :mod:`lenshouse.storage.schema`).
@@ -27,16 +27,14 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from lenshouse.rollup.cell import M4 as M4_PAIRS
+from lenshouse.rollup.cell import M4_NAMES
+
 # The lens aggregates M4 answers, beside avg/min/max/count.
 M4_AGGS = ("first", "last", "tfirst", "tlast", "tmin", "tmax")
-COLUMNS = ("m4_first", "m4_last", "m4_low", "m4_high")
+COLUMNS = M4_NAMES
 # Each pair's element types, in order.
-PAIRS = {
-    "m4_first": ("Int64", "Float64"),
-    "m4_last": ("Int64", "Float64"),
-    "m4_low": ("Float64", "Int64"),
-    "m4_high": ("Float64", "Int64"),
-}
+PAIRS = {p.name: p.kinds for p in M4_PAIRS}
 _BIG = np.iinfo(np.int64).max
 
 

@@ -17,12 +17,15 @@ import pytest
 
 import lenshouse.lens.planner as planner
 import lenshouse.rollup.tiers as tiers
+import lenshouse.storage.cell_sql as cell_sql
 import lenshouse.storage.schema as schema
 from lenshouse.lens.oracle import brute_force, mismatch
 from lenshouse.node import Node
 from lenshouse.points import BadInput, PointBatch
+from lenshouse.rollup.cell import M4_NAMES
 from lenshouse.rollup.cells import FIRST
-from lenshouse.rollup.tiers import TIERS, tier_view_ddl
+from lenshouse.rollup.tiers import TIERS
+from lenshouse.storage.cell_sql import tier_view_ddl
 from lenshouse.storage.embedded import EmbeddedBackend
 
 T0 = 1_700_000_000_000
@@ -234,10 +237,10 @@ def without_m4(data: Path, expire_before: int) -> None:
         for tier in TIERS[1:]:
             backend.execute(f"DROP VIEW {tier.table}_mv")
         for tier in TIERS:
-            for c in tiers.M4_COLUMNS:
+            for c in M4_NAMES:
                 backend.execute(f"ALTER TABLE {tier.table} DROP COLUMN {c}")
         for tier in TIERS[1:]:
-            old = tier_view_ddl(tier).replace(f",\n    {tiers.m4_folds(raw=False)}", "")
+            old = tier_view_ddl(tier).replace(f",\n    {cell_sql.m4_folds(raw=False)}", "")
             assert "m4" not in old
             backend.execute(old)
         backend.execute("ALTER TABLE expiry DELETE WHERE source = 'm4' SETTINGS mutations_sync = 1")

@@ -13,8 +13,17 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from lenshouse.rollup.cell import M4_NAMES as M4_COLUMNS
 from lenshouse.rollup.m4 import PAIRS
-from lenshouse.rollup.tiers import M4_COLUMNS, M4_FOLD, M4_OF_RAW, Tier
+from lenshouse.rollup.tiers import Tier
+from lenshouse.storage.cell_sql import (
+    M4_FOLD,
+    M4_OF_RAW,
+    STAT_NO_ROWS,
+    STAT_ROW_FOLDS,
+    stat_folds,
+    stat_rows,
+)
 
 _TENANT = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -410,13 +419,10 @@ class LensQuery:
     raw_in_order: bool  # one raw source with wide buckets: aggregate in key order
 
 
-_RAW_AGGS = "sum(value) AS sum, count() AS cnt, min(value) AS min, max(value) AS max"
-_TIER_AGGS = "sum(sum) AS sum, sum(cnt) AS cnt, min(min) AS min, max(max) AS max"
-_ROW_AGGS = "sum(s) AS sum, sum(c) AS cnt, min(mn) AS min, max(mx) AS max"
-_AS_ROWS = {  # a source's columns as rows of (s, c, mn, mx), keyed by "is raw"
-    True: "value AS s, toUInt64(1) AS c, value AS mn, value AS mx",
-    False: "sum AS s, cnt AS c, min AS mn, max AS mx",
-}
+_RAW_AGGS = stat_folds(raw=True)
+_TIER_AGGS = stat_folds(raw=False)
+_ROW_AGGS = STAT_ROW_FOLDS
+_AS_ROWS = {raw: stat_rows(raw) for raw in (True, False)}  # keyed by "is raw"
 _M4_ROW = {c: f"{c}_r" for c in M4_COLUMNS}  # M4 pairs as rows, in the union
 _M4_AS_ROWS = {
     True: ", ".join(f"{M4_OF_RAW[c]} AS {c}_r" for c in M4_COLUMNS),
@@ -517,8 +523,8 @@ def lens(
         f"SELECT sensor, {t} AS t, {as_rows(table == 'raw')} FROM {table} {cond}"
         for table, t, cond, _ in sources
     ] or [
-        "SELECT toUInt32(0) AS sensor, toInt64(0) AS t, 0.0 AS s, toUInt64(0) AS c,"
-        f" 0.0 AS mn, 0.0 AS mx{_NO_M4 if m4 else ''} WHERE 0"
+        f"SELECT toUInt32(0) AS sensor, toInt64(0) AS t, {STAT_NO_ROWS}"
+        f"{_NO_M4 if m4 else ''} WHERE 0"
     ]
     union = " UNION ALL ".join(parts)
     aggs = f"{_ROW_AGGS}, {m4_flat(_M4_ROW)}" if m4 else _ROW_AGGS

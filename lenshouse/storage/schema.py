@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lenshouse.rollup.tiers import (
+from lenshouse.rollup.cell import M4_NAMES as M4_COLUMNS
+from lenshouse.rollup.cell import STAT_NAMES
+from lenshouse.rollup.tiers import TIERS, Tier, tier_source
+from lenshouse.storage.backend import Backend
+from lenshouse.storage.cell_sql import (
     M4_CODEC,
-    M4_COLUMNS,
     M4_IDENTITY,
-    TIERS,
-    Tier,
+    STATS_OF_NOTHING,
     m4_folds,
     m4_type,
     tier_select,
-    tier_source,
     tier_table_ddl,
     tier_view_ddl,
 )
-from lenshouse.storage.backend import Backend
 
 # Insert tokens are remembered for this many blocks per table: far more than
 # the loads that can be in doubt after a crash.
@@ -180,10 +180,12 @@ def fill_m4(backend: Backend) -> None:
     days = backend.query("SELECT DISTINCT intDiv(ts, 86400000) AS d FROM raw ORDER BY d")
     r = first.res_ms
     names = ", ".join(M4_COLUMNS)
+    stats = ", ".join(STAT_NAMES)
+    no_stats = STATS_OF_NOTHING
     for day in days.column("d").to_pylist():
         backend.execute(
-            f"INSERT INTO {first.table} (tenant, sensor, t, sum, cnt, min, max, {names})"
-            f" SELECT tenant, sensor, intDiv(ts, {r}) * {r} AS t, 0, 0, inf, -inf,"
+            f"INSERT INTO {first.table} (tenant, sensor, t, {stats}, {names})"
+            f" SELECT tenant, sensor, intDiv(ts, {r}) * {r} AS t, {no_stats},"
             f" {m4_folds(raw=True)} FROM raw WHERE intDiv(ts, 86400000) = {int(day)}"
             " GROUP BY tenant, sensor, t"
         )

@@ -38,9 +38,11 @@ import pyarrow as pa
 
 from lenshouse.lens.planner import Segment
 from lenshouse.rollup import m4 as m4fold
+from lenshouse.rollup.cell import M4_NAMES as M4_COLUMNS
+from lenshouse.rollup.cell import STAT_NAMES, STATS
 from lenshouse.rollup.cells import FIRST
-from lenshouse.rollup.m4 import COLUMNS as M4_COLUMNS
-from lenshouse.rollup.tiers import M4_FOLD, M4_OF_RAW, TIERS
+from lenshouse.rollup.tiers import TIERS
+from lenshouse.storage.cell_sql import M4_FOLD, M4_OF_RAW, stat_folds
 from lenshouse.storage.queries import (
     FLOAT_COLUMNS,
     M4_FLAT,
@@ -87,8 +89,7 @@ def query(
         edges = any(s.within for _, segs in groups for s in segs if s.tier is None)
         m4_cols = f", {m4_flat(M4_OF_RAW)}" if m4 else ""
         selects.append(
-            f"SELECT sensor, {bucket('ts')} AS b, sum(value) AS sum, count() AS cnt,"
-            f" min(value) AS min, max(value) AS max{m4_cols}, '' AS dirty,"
+            f"SELECT sensor, {bucket('ts')} AS b, {stat_folds(raw=True)}{m4_cols}, '' AS dirty,"
             f" toUInt8({RAW_SOURCE}) AS src FROM raw{suffix}"
             f" {'PREWHERE' if edges else 'WHERE'} {raw} AND seq <= {floor}"
             " GROUP BY sensor, b"
@@ -99,11 +100,10 @@ def query(
         inner_m4 = "".join(f", {M4_FOLD[c]}({c}) AS p_{c}" for c in M4_COLUMNS) if m4 else ""
         outer_m4 = f", {m4_flat({c: f'p_{c}' for c in M4_COLUMNS}, 'ok')}" if m4 else ""
         selects.append(
-            "SELECT sensor, b, sumIf(s, ok) AS sum, sumIf(c, ok) AS cnt, minIf(mn, ok) AS min,"
-            f" maxIf(mx, ok) AS max{outer_m4}, {_DIRTY} AS dirty,"
-            f" toUInt8({TIERS.index(tier)}) AS src FROM ("
-            f"SELECT sensor, t, {bucket('t')} AS b, sum(sum) AS s, sum(cnt) AS c,"
-            f" min(min) AS mn, max(max) AS mx{inner_m4}, max(seq) <= {floor} AS ok"
+            f"SELECT sensor, b, {stat_folds(raw=False, of='p_', cond='ok')}{outer_m4},"
+            f" {_DIRTY} AS dirty, toUInt8({TIERS.index(tier)}) AS src FROM ("
+            f"SELECT sensor, t, {bucket('t')} AS b, {stat_folds(raw=False, into='p_')}"
+            f"{inner_m4}, max(seq) <= {floor} AS ok"
             f" FROM {at.table(tier, suffix)} WHERE {at.where(tier, cond)} GROUP BY sensor, t"
             ") GROUP BY sensor, b"
         )
@@ -181,7 +181,7 @@ def read(
 
 def fold(parts: list[pa.Table], m4: bool) -> pa.Table:
     """Rows of the same (sensor, b) folded into one; rows holding no point dropped."""
-    names = ("sensor", "b", "sum", "cnt", "min", "max") + (M4_FLAT if m4 else ())
+    names = ("sensor", "b", *STAT_NAMES) + (M4_FLAT if m4 else ())
     cols = {
         n: np.concatenate(
             [p.column(n).to_numpy() for p in parts if p.num_rows]
@@ -210,10 +210,7 @@ def _reduce(cols: dict[str, np.ndarray], starts: np.ndarray, m4: bool) -> dict[s
     out = {
         "sensor": cols["sensor"][starts],
         "b": cols["b"][starts],
-        "sum": np.add.reduceat(cols["sum"], starts),
-        "cnt": np.add.reduceat(cols["cnt"], starts),
-        "min": np.minimum.reduceat(cols["min"], starts),
-        "max": np.maximum.reduceat(cols["max"], starts),
+        **{s.name: s.ufunc.reduceat(cols[s.name], starts) for s in STATS},
     }
     if m4:
         tf, vf, tl, vl, _, tmn, _, tmx = m4fold.fold(

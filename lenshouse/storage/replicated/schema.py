@@ -35,7 +35,8 @@ hash alike, and a retried load's blocks always do.
 from __future__ import annotations
 
 from lenshouse.rollup.cells import FIRST
-from lenshouse.rollup.tiers import DAY_MS, TIERS, Tier, m4_columns, m4_folds
+from lenshouse.rollup.tiers import DAY_MS, TIERS, Tier
+from lenshouse.storage.cell_sql import m4_columns, m4_folds, stat_columns, stat_folds
 from lenshouse.storage.queries import SHARED_TABLE, TierTables, identifier
 from lenshouse.storage.replicated.dialect import Dialect
 from lenshouse.storage.schema import EXPIRY_COLUMNS, RETENTION_COLUMNS
@@ -113,10 +114,7 @@ def tier_local(d: Dialect, cluster: str, database: str, tier: Tier | None) -> st
     tenant {_tenant_type(d)},
     sensor UInt32,{res}
     t Int64{c(d, "Delta, ZSTD(3)")},
-    sum {agg("sum", "Float64")}{c(d, "ZSTD(1)")},
-    cnt {agg("sum", "UInt64")}{c(d, "T64, ZSTD(1)")},
-    min {agg("min", "Float64")}{c(d, "ZSTD(1)")},
-    max {agg("max", "Float64")}{c(d, "ZSTD(1)")},
+    {stat_columns(agg, lambda codec: c(d, codec))},
     {m4_columns(d.simple_aggregates, c(d, "Delta, ZSTD(1)"))},
     seq {agg("max", "UInt64")}
 ) ENGINE = {_replicated(engine, database, name)}
@@ -138,7 +136,7 @@ def coarser_view(cluster: str, database: str) -> str:
     return f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {view} ON CLUSTER {cluster}
 TO {database}.{SHARED_TABLE}_local AS
 SELECT tenant, sensor, res, intDiv(t, res) * res AS t,
-    sum(sum) AS sum, sum(cnt) AS cnt, min(min) AS min, max(max) AS max,
+    {stat_folds(raw=False)},
     {m4_folds(raw=False)}, max(seq) AS seq
 FROM {database}.{FIRST.table}_local ARRAY JOIN [{resolutions}] AS res
 GROUP BY tenant, sensor, res, t"""
