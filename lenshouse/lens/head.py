@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from lenshouse.rollup.cell import stats_of_points
 from lenshouse.rollup.m4 import M4, of_points
 
 # Points are kept this long after they leave the head (cheap insurance; reads
@@ -278,14 +279,8 @@ def buckets(
         return np.empty(0, np.int64), e, np.empty(0, np.int64), e, e
     b = (ts - origin) // step
     starts = np.concatenate(([0], np.flatnonzero(b[1:] != b[:-1]) + 1))
-    counts = np.diff(np.concatenate((starts, [len(b)])))
-    return (
-        b[starts],
-        np.add.reduceat(value, starts),
-        counts.astype(np.int64),
-        np.minimum.reduceat(value, starts),
-        np.maximum.reduceat(value, starts),
-    )
+    s = stats_of_points(starts, value)
+    return b[starts], s["sum"], s["cnt"].astype(np.int64), s["min"], s["max"]
 
 
 def m4_buckets(ts: np.ndarray, value: np.ndarray, step: int, origin: int = 0) -> M4:

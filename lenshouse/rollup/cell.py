@@ -38,6 +38,10 @@ class Stat:
     def ufunc(self) -> np.ufunc:
         return FOLDS[self.fold]
 
+    @property
+    def dtype(self) -> type:
+        return np.uint64 if self.kind == "UInt64" else np.float64
+
 
 @dataclass(frozen=True)
 class Pair:
@@ -65,3 +69,20 @@ M4: tuple[Pair, ...] = (
     Pair("m4_high", "max", ("value", "-ts"), ("Float64", "Int64"), (float("-inf"), 0)),
 )
 M4_NAMES = tuple(p.name for p in M4)
+
+
+def stats_of_points(starts: np.ndarray, value: np.ndarray) -> dict[str, np.ndarray]:
+    """Each stat of each group of points (rows ``starts[i]`` up to the next
+    start, ``starts`` non-empty), in its numpy type."""
+    out = {}
+    for s in STATS:
+        if s.of_point == "1":  # a count: the groups' lengths
+            out[s.name] = np.diff(np.append(starts, len(value))).astype(s.dtype)
+        else:
+            out[s.name] = s.ufunc.reduceat(value, starts).astype(s.dtype, copy=False)
+    return out
+
+
+def fold_stats(stats: dict[str, np.ndarray], starts: np.ndarray) -> dict[str, np.ndarray]:
+    """Groups of cells' stats folded into one cell each, as ClickHouse folds them."""
+    return {s.name: s.ufunc.reduceat(stats[s.name], starts) for s in STATS}

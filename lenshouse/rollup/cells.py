@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from lenshouse.rollup import m4
+from lenshouse.rollup.cell import STATS, fold_stats, stats_of_points
 from lenshouse.rollup.tiers import TIERS
 
 FIRST = TIERS[0]
@@ -27,40 +28,28 @@ def cells(
     value: np.ndarray,
     res_ms: int = FIRST.res_ms,
 ) -> pa.Table:
-    """Sum, count, min, max and M4 per (tenant, sensor, cell) of some points, one
-    row per cell, sorted by key, in the tier table's column order. ``codes``
+    """The states of :mod:`lenshouse.rollup.cell` per (tenant, sensor, cell) of
+    some points, one row per cell, sorted by key, in the tier table's column order. ``codes``
     index ``tenants`` per point; ``ts`` is positive epoch ms (so ``//`` is
     ClickHouse's ``intDiv``)."""
     cell = ts // res_ms
     if len(ts) == 0:
-        none = m4.M4.empty()
-        return _table(codes, tenants, sensor, cell, value, cell, value, value, none, res_ms)
+        none = {s.name: np.empty(0, s.dtype) for s in STATS}
+        return _table(codes, tenants, sensor, cell, none, m4.M4.empty(), res_ms)
     # Runs of one key: the generator's and most senders' batches hold few.
     starts = _run_starts(codes, sensor, cell)
     code, sid, c = codes[starts], sensor[starts], cell[starts]
-    sm = np.add.reduceat(value, starts)
-    cnt = np.diff(np.append(starts, len(ts)))
-    tf, vf, tl, vl, mn, tmn, mx, tmx = m4.fold(starts, ts, value, ts, value, value, ts, value, ts)
+    stats = stats_of_points(starts, value)
+    pairs = m4.fold(starts, ts, value, ts, value, value, ts, value, ts)
     # A cell may be split over several runs (records of one load, interleaved
     # sensors, out-of-order points): fold runs of equal key together.
     order = np.lexsort((c, sid, code))
     code, sid, c = code[order], sid[order], c[order]
     starts = _run_starts(code, sid, c)
-    tf, vf, tl, vl, mn, tmn, mx, tmx = m4.fold(
-        starts, *(a[order] for a in (tf, vf, tl, vl, mn, tmn, mx, tmx))
-    )
-    return _table(
-        code[starts],
-        tenants,
-        sid[starts],
-        c[starts],
-        np.add.reduceat(sm[order], starts),
-        np.add.reduceat(cnt[order], starts),
-        mn,
-        mx,
-        m4.M4(tf, vf, tl, vl, tmn, tmx),
-        res_ms,
-    )
+    stats = fold_stats({k: v[order] for k, v in stats.items()}, starts)
+    tf, vf, tl, vl, _, tmn, _, tmx = m4.fold(starts, *(a[order] for a in pairs))
+    return _table(code[starts], tenants, sid[starts], c[starts], stats,
+                  m4.M4(tf, vf, tl, vl, tmn, tmx), res_ms)  # fmt: skip
 
 
 def footprint_points(table: pa.Table, res_ms: int = FIRST.res_ms) -> tuple[np.ndarray, ...]:
@@ -78,7 +67,7 @@ def _run_starts(code: np.ndarray, sensor: np.ndarray, cell: np.ndarray) -> np.nd
     return np.concatenate(([0], np.flatnonzero(change) + 1))
 
 
-def _table(code, tenants, sensor, cell, sm, cnt, mn, mx, points: m4.M4, res_ms) -> pa.Table:
+def _table(code, tenants, sensor, cell, stats: dict, points: m4.M4, res_ms) -> pa.Table:
     return pa.table(
         {
             "tenant": pa.DictionaryArray.from_arrays(
@@ -86,10 +75,7 @@ def _table(code, tenants, sensor, cell, sm, cnt, mn, mx, points: m4.M4, res_ms) 
             ),
             "sensor": pa.array(np.asarray(sensor, np.uint32)),
             "t": pa.array(np.asarray(cell, np.int64) * res_ms),
-            "sum": pa.array(np.asarray(sm, np.float64)),
-            "cnt": pa.array(np.asarray(cnt, np.uint64)),
-            "min": pa.array(np.asarray(mn, np.float64)),
-            "max": pa.array(np.asarray(mx, np.float64)),
-            **m4.pair_arrays(points, mn, mx),
+            **{s.name: pa.array(np.asarray(stats[s.name], s.dtype)) for s in STATS},
+            **m4.pair_arrays(points, stats["min"], stats["max"]),
         }
     )

@@ -39,7 +39,7 @@ import pyarrow as pa
 from lenshouse.lens.planner import Segment
 from lenshouse.rollup import m4 as m4fold
 from lenshouse.rollup.cell import M4_NAMES as M4_COLUMNS
-from lenshouse.rollup.cell import STAT_NAMES, STATS
+from lenshouse.rollup.cell import STAT_NAMES, fold_stats
 from lenshouse.rollup.cells import FIRST
 from lenshouse.rollup.tiers import TIERS
 from lenshouse.storage.cell_sql import M4_FOLD, M4_OF_RAW, stat_folds
@@ -210,7 +210,7 @@ def _reduce(cols: dict[str, np.ndarray], starts: np.ndarray, m4: bool) -> dict[s
     out = {
         "sensor": cols["sensor"][starts],
         "b": cols["b"][starts],
-        **{s.name: s.ufunc.reduceat(cols[s.name], starts) for s in STATS},
+        **fold_stats(cols, starts),
     }
     if m4:
         tf, vf, tl, vl, _, tmn, _, tmx = m4fold.fold(
