@@ -4,6 +4,7 @@ module that imports it back (function-level imports count too)."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).parent
@@ -121,3 +122,39 @@ def test_test_modules_read_no_clock_at_import() -> None:
                 if called and n.func.attr in clocks:
                     found.append(f"{f.relative_to(ROOT)}:{node.lineno}")
     assert not found, found
+
+
+_SQL = re.compile(
+    r"\b(SELECT\s|INSERT INTO\b|CREATE (TABLE|MATERIALIZED VIEW|DATABASE|VIEW)\b"
+    r"|ALTER TABLE\b|DROP (TABLE|VIEW|DATABASE)\b|TRUNCATE TABLE\b)"
+)
+# Outside storage/, SQL that is not the store's: a container's health check.
+_SQL_ELSEWHERE = {"deploy/compose.py": "SELECT 1"}
+
+
+def test_sql_is_the_storage_layers() -> None:
+    """The product writes SQL in ``lenshouse/storage`` alone (the tooling, which
+    starts and inspects servers, may query them too); docstrings may name it."""
+    offenders = []
+    for f in ROOT.rglob("*.py"):
+        rel = f.relative_to(ROOT)
+        tooling = f"lenshouse.{rel.parts[0]}" in TOOLING
+        if rel.parts[0] == "storage" or tooling or f.name.startswith("test_"):
+            continue
+        if f.name == "conftest.py":
+            continue
+        tree = ast.parse(f.read_text())
+        docs = {
+            id(n.body[0].value)
+            for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+            and n.body
+            and isinstance(n.body[0], ast.Expr)
+            and isinstance(n.body[0].value, ast.Constant)
+        }
+        for n in ast.walk(tree):
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs:
+                found = _SQL.search(n.value)
+                if found and _SQL_ELSEWHERE.get(rel.as_posix()) != n.value.strip():
+                    offenders.append(f"{rel}:{n.lineno}: {n.value[:60]!r}")
+    assert not offenders, offenders
