@@ -10,11 +10,11 @@ from pathlib import Path
 from lenshouse.ingest.ingestor import Ingestor
 from lenshouse.lens.engine import LensEngine
 from lenshouse.lens.head import Head
+from lenshouse.priority import BACKGROUND_NICE, Renicer
 from lenshouse.retention.horizons import Horizons
 from lenshouse.storage.backend import BLOCK_CACHE_MB, Backend
 from lenshouse.storage.catalog import Catalog
 from lenshouse.storage.embedded import EmbeddedBackend
-from lenshouse.storage.priority import BACKGROUND_NICE, Renicer
 from lenshouse.storage.store import EmbeddedStore, Store
 from lenshouse.storage.tiering import Tiering
 
@@ -67,7 +67,7 @@ class Node:
         self.head = Head(head_seconds, max_bytes=int(head_max_mb * 2**20))
         self.ingestor.loader.on_loaded.append(self.head.add)
         self.ingestor.loader.on_erased.append(self.head.erase)
-        # Loads and merges yield the cores to lenses (lenshouse.storage.priority).
+        # Loads and merges yield the cores to lenses (lenshouse.priority).
         self.renicer = Renicer(background_nice if isinstance(store, EmbeddedStore) else 0)
         self.ingestor.loader.on_loaded.append(self._lower_background)
         self.horizons = Horizons(store)

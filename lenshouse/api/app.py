@@ -40,13 +40,13 @@ from lenshouse.lens.engine import (
     parse_sensors,
     wants_m4,
 )
+from lenshouse.matchers import Matcher, parse_matchers
 from lenshouse.node import Node
 from lenshouse.points import BadInput, Erasure, Invalid, PointBatch
 from lenshouse.prometheus.series import SeriesIds
 from lenshouse.rollup.tiers import TIERS
 from lenshouse.storage.catalog import check_labels
 from lenshouse.storage.errors import RetryableError, StorageError
-from lenshouse.storage.matchers import Matcher, parse_matchers
 from lenshouse.storage.store import erase_bounds
 from lenshouse.tenancy.quotas import Limiter, Quotas, SensorLimit
 

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from lenshouse.api.auth import request_tenant
 from lenshouse.api.requests import ORJSON, Reader, Writer, admit, read_body, within
+from lenshouse.matchers import Matcher
 from lenshouse.points import BadInput
 from lenshouse.prometheus import promql
 from lenshouse.prometheus.evaluate import Evaluator, Scalar, Times, Vector
@@ -26,7 +27,6 @@ from lenshouse.prometheus.remote_write import decode_write_request
 from lenshouse.prometheus.series import SeriesIds
 from lenshouse.prometheus.write import to_batch
 from lenshouse.storage.errors import RetryableError
-from lenshouse.storage.matchers import Matcher
 
 BUILD_INFO = {"version": "2.42.0", "revision": "lenshouse", "branch": "lenshouse",
               "buildUser": "lenshouse", "buildDate": "", "goVersion": ""}  # fmt: skip

@@ -24,7 +24,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from lenshouse.storage.matchers import Matcher
+from lenshouse.matchers import Matcher
 
 RANGE_FUNCTIONS = ("avg_over_time", "min_over_time", "max_over_time", "sum_over_time",
                    "count_over_time", "last_over_time")  # fmt: skip

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import pyarrow as pa
 
+from lenshouse.matchers import Matcher
 from lenshouse.points import Invalid, check_tenant
-from lenshouse.storage.matchers import Matcher
 from lenshouse.storage.store import Store
 
 MAX_LABELS = 32

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from lenshouse.api.requests import status_of
+from lenshouse.matchers import parse_matchers
 from lenshouse.points import BadInput
-from lenshouse.storage.matchers import parse_matchers
 
 SENSORS = {
     1: {"kind": "vibration", "site": "A", "line": "1"},

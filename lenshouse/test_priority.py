@@ -10,7 +10,7 @@ import numpy as np
 
 from lenshouse.node import Node
 from lenshouse.points import PointBatch
-from lenshouse.storage.priority import BACKGROUND_NICE, BACKGROUND_THREADS
+from lenshouse.priority import BACKGROUND_NICE, BACKGROUND_THREADS
 
 T0 = 1_700_000_000_000
 
