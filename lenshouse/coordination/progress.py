@@ -7,7 +7,7 @@ load (seq and records) with its ``span``, and ``history``, the last loads
 completed (for lens servers, and to check that no two owners ever loaded
 the same records). Every write is conditional on the node's version as this
 owner last wrote it: once another loader has taken over, a stale owner's
-intent or completion fails (:class:`~lenshouse.ingest.loader.Fenced`)
+intent or completion fails (:class:`~lenshouse.ingest.load_state.Fenced`)
 before it could insert anything new.
 
 A load's seq is allocated from the shared counter in the same transaction
@@ -26,7 +26,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
 from lenshouse.coordination.zk import Paths, keeper_errors
-from lenshouse.ingest.loader import Fenced, LoaderState, Pending
+from lenshouse.ingest.load_state import Fenced, LoaderState, Pending
 from lenshouse.lens.visibility import LoadSpan
 
 HISTORY = 256  # completed loads kept per partition
@@ -95,7 +95,7 @@ def read(zk: KazooClient, paths: Paths, partition: int) -> tuple[PartitionDoc, i
 
 
 class PartitionProgress:
-    """The :class:`~lenshouse.ingest.loader.Progress` of one owned partition.
+    """The :class:`~lenshouse.ingest.load_state.Progress` of one owned partition.
 
     Ownership: made by the ownership thread at takeover, then used only by
     that partition's loader threads (intent and completion strictly one after

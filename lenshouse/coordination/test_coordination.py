@@ -16,7 +16,7 @@ from lenshouse.coordination import progress
 from lenshouse.coordination.ownership import Ownership
 from lenshouse.coordination.progress import PartitionProgress
 from lenshouse.coordination.zk import Paths, connect, ensure_layout
-from lenshouse.ingest.loader import Fenced, Pending
+from lenshouse.ingest.load_state import Fenced, Pending
 from lenshouse.lens.cluster_visibility import ClusterVisibility
 from lenshouse.lens.visibility import LoadSpan
 

@@ -14,9 +14,7 @@ retried: a token ClickHouse kept for rows it lost must not lose them.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -24,7 +22,7 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -32,6 +30,13 @@ import numpy as np
 import pyarrow as pa
 
 from lenshouse.ingest.dedup import Duplicates, SeenIndex, count_conflicts
+from lenshouse.ingest.load_state import (
+    UNALLOCATED,
+    Fenced,
+    FileProgress,
+    Pending,
+    Progress,
+)
 from lenshouse.ingest.reconcile import reconcile
 from lenshouse.ingest.wal import Record, WriteAheadLog
 from lenshouse.lens.visibility import (
@@ -83,60 +88,6 @@ class LoaderStopped(Exception):
     """Raised inside the loader thread when it is stopped mid-retry."""
 
 
-class Fenced(Exception):
-    """Another loader took this loader's partition over: it must not go on."""
-
-
-# A fill of the dedup index before a load's seq is allocated reads every
-# stored row: all of them belong to completed loads (see ``Progress``).
-UNALLOCATED = 2**62
-
-
-@dataclass
-class Pending:
-    seq: int
-    first_lsn: int
-    last_lsn: int
-
-
-@dataclass
-class LoaderState:
-    """Durable progress: every record below ``next_lsn`` is in ClickHouse."""
-
-    epoch: str = field(default_factory=lambda: uuid.uuid4().hex)
-    next_lsn: int = 0
-    next_seq: int = 0
-    pending: Pending | None = None
-
-    @classmethod
-    def load(cls, path: Path) -> LoaderState:
-        if not path.exists():
-            state = cls()
-            state.save(path)
-            return state
-        doc = json.loads(path.read_text())
-        pending = doc.get("pending")
-        return cls(
-            epoch=doc["epoch"],
-            next_lsn=doc["next_lsn"],
-            next_seq=doc["next_seq"],
-            pending=Pending(**pending) if pending else None,
-        )
-
-    def save(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(asdict(self), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 class Source(Protocol):
     """Where records come from: the local write-ahead log, or a partition of
     the replicated log. ``lsn`` is the source's own position."""
@@ -144,39 +95,6 @@ class Source(Protocol):
     def read(self, from_lsn: int) -> Iterator[Record]: ...
     def read_range(self, first: int, last: int) -> list[Record]: ...
     def truncate_before(self, lsn: int) -> int | None: ...
-
-
-class Progress(Protocol):
-    """Where a loader's progress is kept, and who numbers its loads.
-
-    ``intent`` records a load before it writes (its records and seq) and
-    returns the seq it gets: the given one, or for loaders that share a
-    store one allocated for all of them; ``done`` records its completion.
-    Both raise :class:`Fenced` when the loader no longer owns its records."""
-
-    def load(self) -> LoaderState: ...
-    def intent(self, state: LoaderState, pending: Pending, span: LoadSpan) -> int: ...
-    def done(self, state: LoaderState) -> None: ...
-
-
-class FileProgress:
-    """``loader.json`` in the data directory (fsynced): one loader per log."""
-
-    allocates = False
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def load(self) -> LoaderState:
-        return LoaderState.load(self.path)
-
-    def intent(self, state: LoaderState, pending: Pending, span: LoadSpan) -> int:
-        state.pending = pending
-        state.save(self.path)
-        return pending.seq
-
-    def done(self, state: LoaderState) -> None:
-        state.save(self.path)
 
 
 @dataclass

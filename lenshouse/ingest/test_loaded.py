@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lenshouse.ingest import loader as loader_module
+from lenshouse.ingest.load_state import LoaderState
 from lenshouse.node import Node
 from lenshouse.points import PointBatch
 from lenshouse.storage.embedded import EmbeddedBackend
@@ -22,7 +22,7 @@ T0 = 1_700_000_000_000
 def test_a_load_reported_loaded_is_visible_to_lenses(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    save = loader_module.LoaderState.save
+    save = LoaderState.save
 
     def slow_save(self, path: Path) -> None:  # a slow disk while recording completion
         save(self, path)
@@ -30,7 +30,7 @@ def test_a_load_reported_loaded_is_visible_to_lenses(
             time.sleep(0.3)
 
     with Node(tmp_path / "data", flush_interval=0.02, lens_cache_mb=0) as node:
-        monkeypatch.setattr(loader_module.LoaderState, "save", slow_save)
+        monkeypatch.setattr(LoaderState, "save", slow_save)
         for k in range(3):
             ts = T0 + k * 1000 + np.arange(500, dtype=np.int64)
             batch = PointBatch.from_columns("default", np.full(500, 1, np.uint32), ts, ts * 0.5)
