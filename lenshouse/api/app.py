@@ -32,14 +32,8 @@ from lenshouse.api.requests import (
 )
 from lenshouse.api.retention import add_retention_routes
 from lenshouse.ingest.formats import ARROW, decode
-from lenshouse.lens.engine import (
-    MAX_EXPORT_POINTS,
-    MAX_SENSORS,
-    LensEngine,
-    parse_aggs,
-    parse_sensors,
-    wants_m4,
-)
+from lenshouse.lens.answer import MAX_SENSORS, parse_aggs, parse_sensors, wants_m4
+from lenshouse.lens.engine import MAX_EXPORT_POINTS, LensEngine
 from lenshouse.matchers import Matcher, parse_matchers
 from lenshouse.node import Node
 from lenshouse.points import BadInput, Erasure, Invalid, PointBatch

@@ -42,7 +42,7 @@ from lenshouse.generators.load import (
     run_load_to_file,
     summarize,
 )
-from lenshouse.lens.engine import AGGS
+from lenshouse.lens.answer import AGGS
 from lenshouse.lens.steps import bucket_count
 from lenshouse.rollup.m4 import M4_AGGS
 

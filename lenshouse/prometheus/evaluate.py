@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lenshouse.lens.engine import MAX_SENSORS, LensEngine
+from lenshouse.lens.answer import MAX_SENSORS
+from lenshouse.lens.engine import LensEngine
 from lenshouse.prometheus.promql import Aggregate, Expr, Number, PromQLError, RangeFunction
 from lenshouse.storage.catalog import Catalog
 

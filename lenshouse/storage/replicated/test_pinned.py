@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lenshouse.conftest import STORES, cluster_store
-from lenshouse.lens.engine import Series
+from lenshouse.lens.answer import Series
 from lenshouse.lens.oracle import brute_force, mismatch
 from lenshouse.lens.planner import plan, usable_tiers
 from lenshouse.lens.steps import whole_buckets
