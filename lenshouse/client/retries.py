@@ -48,6 +48,10 @@ def parse_urls(url: str | list[str] | tuple[str, ...]) -> list[str]:
 
 @dataclass
 class Targets:
+    """The servers a client sends to, in turn.
+
+    Ownership: shared by every thread of a client; ``_lock`` guards ``_next``."""
+
     urls: list[str]
     _next: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)

@@ -57,6 +57,16 @@ class _Part:
 
 
 class ClusterHead:
+    """A head per log partition on a lens server.
+
+    Ownership: the opener thread opens partitions (``open``), the feed thread
+    adds announced loads and gives up lost ones, request threads read. ``_lock``
+    guards ``_parts`` (which partitions are open, each with its own locked
+    ``Head``); ``_changed`` (on the same lock) wakes readers waiting for a load
+    to arrive. ``given_up`` and ``reopened`` change under ``_lock``; ``whole``
+    is a racy count by request threads; all three are read for ``/healthz``
+    as they are."""
+
     def __init__(
         self,
         partitions: int,

@@ -44,6 +44,12 @@ def preferred_id(labels: Labels) -> int:
 
 
 class SeriesIds:
+    """Each tenant's label sets and the sensor ids they were given.
+
+    Ownership: any request thread calls ``ids``; ``_lock`` guards ``_ids`` and
+    ``_taken`` (read, filled and rolled back under it, the catalog write too,
+    so two requests never give one id to two label sets)."""
+
     def __init__(self, catalog: Catalog, in_use: Callable[[str], Iterable[int]]) -> None:
         """``in_use(tenant)``: ids holding points (labelled or not), which a
         new label set must not take."""

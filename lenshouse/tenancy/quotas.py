@@ -55,7 +55,10 @@ class Bucket:
 
 
 class Limiter:
-    """One kind of quota (``rate`` units a second per tenant; 0: unlimited)."""
+    """One kind of quota (``rate`` units a second per tenant; 0: unlimited).
+
+    Ownership: request threads call ``take``; ``_lock`` guards ``_buckets`` and
+    each bucket's state, and ``refused`` (read by ``/metrics`` as it is)."""
 
     def __init__(self, rate: float, clock=time.monotonic) -> None:
         self.rate = rate

@@ -101,7 +101,13 @@ def _by_tenant(records: list[TokenRecord]) -> dict[str, list[TokenRecord]]:
 
 class FileRegistry:
     """Tokens in ``<data>/tenants.json`` (mode 0600), written by atomic
-    replace and read again when its modification time or size changes."""
+    replace and read again when its modification time or size changes.
+
+    Ownership: request threads read (``grant``, ``tenants``), the admin routes
+    write. ``_lock`` guards the file and ``_stamp``, ``_records`` and
+    ``_grants``, which a reload replaces whole, so a reader without the lock
+    sees the old mapping or the new one; ``_checked`` is a hint any thread may
+    overwrite (at worst one more stat of the file)."""
 
     def __init__(self, data_dir: str | Path) -> None:
         self.path = Path(data_dir) / FILE_NAME
