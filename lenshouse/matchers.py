@@ -25,6 +25,11 @@ class Matcher:
     value: str
     _regex: re.Pattern | None = None
 
+    @classmethod
+    def of(cls, name: str, op: str, value: str) -> Matcher:
+        """A matcher, its regular expression compiled (``re.error`` if it is none)."""
+        return cls(name, op, value, re.compile(value) if op in ("=~", "!~") else None)
+
     def matches(self, labels: dict[str, str]) -> bool:
         if self.op == "has":
             return labels.get(self.name) == self.value
@@ -59,14 +64,10 @@ def parse_matchers(text: str) -> list[Matcher]:
                 f'match {text!r}: expected name="value" (or !=, =~, !~) at {body[pos:][:30]!r}'
             )
         name, op, raw, _ = m.groups()
-        value = _unescape(raw)
-        regex = None
-        if op in ("=~", "!~"):
-            try:
-                regex = re.compile(value)
-            except re.error as e:
-                raise Invalid(f"match {text!r}: {name}{op}{raw!r} is not a regex: {e}") from None
-        out.append(Matcher(name, op, value, regex))
+        try:
+            out.append(Matcher.of(name, op, _unescape(raw)))
+        except re.error as e:
+            raise Invalid(f"match {text!r}: {name}{op}{raw!r} is not a regex: {e}") from None
         pos = m.end()
     if not out:
         raise Invalid(f"match {text!r}: no matcher")

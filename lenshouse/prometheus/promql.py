@@ -287,13 +287,10 @@ class _Parser:
 
 
 def _matcher(name: str, op: str, value: str) -> Matcher:
-    regex = None
-    if op in ("=~", "!~"):
-        try:
-            regex = re.compile(value)
-        except re.error as e:
-            raise PromQLError(f"{name}{op}{value!r} is not a regular expression: {e}") from None
-    return Matcher(name, op, value, regex)
+    try:
+        return Matcher.of(name, op, value)
+    except re.error as e:
+        raise PromQLError(f"{name}{op}{value!r} is not a regular expression: {e}") from None
 
 
 def _matches_empty(m: Matcher) -> bool:
