@@ -458,7 +458,7 @@ def _cluster_scenario(
 ) -> int:
     import dataclasses
 
-    from lenshouse.cluster.processes import ClusterError
+    from lenshouse.cluster.record import ClusterError
     from lenshouse.scenarios import cluster, cluster_report
     from lenshouse.scenarios.faults import FAULTS, iptables_works
 

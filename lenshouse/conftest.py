@@ -157,13 +157,13 @@ def topology(cluster: dict) -> Iterator[dict]:
     """The whole cluster-mode topology over the test cluster: 3 NATS servers,
     2 loaders, 2 gateways, 2 lens servers, each its own process; stopped at
     the end of the module (later tests use the storage alone)."""
-    from lenshouse.cluster import processes
+    from lenshouse.cluster import processes, record
 
     root = Path(cluster["dir"])
     doc = processes.up(root, cluster["shards"], cluster["replicas"], cluster["keepers"], roles=True)
     try:
         yield doc
     finally:
-        for n in reversed(processes.load(root)["nodes"]):
+        for n in reversed(record.load(root)["nodes"]):
             if n["role"] in ("gateway", "lens", "loader", "nats"):
                 processes.stop(root, n["name"])

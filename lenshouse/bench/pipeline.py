@@ -34,7 +34,7 @@ import numpy as np
 import typer
 
 from lenshouse.bench.console import console
-from lenshouse.cluster import processes
+from lenshouse.cluster import probes, processes, record
 from lenshouse.generators.sender import SendStats, batch_client, encode_arrow
 from lenshouse.points import PointBatch
 from lenshouse.tenancy.client import TOKEN_ENV
@@ -78,7 +78,7 @@ def _histogram_quantiles(urls: list[str], name: str, qs: tuple[float, ...]) -> d
 
 
 def _loaded_points(doc: dict) -> int:
-    return sum(r["points_loaded"] for r in processes.loader_partitions(doc).values())
+    return sum(r["points_loaded"] for r in probes.loader_partitions(doc).values())
 
 
 def _generators(doc: dict, sensors: int, rate_hz: int, seconds: int, start_ms: int, procs: int):
@@ -107,14 +107,14 @@ def _generators(doc: dict, sensors: int, rate_hz: int, seconds: int, start_ms: i
 def _wait_caught_up(root: Path, timeout: float) -> float:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
-        if processes.caught_up(processes.load(root)):
+        if probes.caught_up(record.load(root)):
             return time.monotonic() - t0
         time.sleep(0.25)
     raise RuntimeError(f"loaders had not caught up after {timeout:.0f} s")
 
 
 def _sustained(root: Path, sensors: int, rate_hz: int, seconds: int, procs: int) -> dict:
-    doc = processes.load(root)
+    doc = record.load(root)
     cpu0 = _cpu_by_role(doc)
     loaded0 = _loaded_points(doc)
     start_ms = (int(time.time()) - 2 * seconds) * 1000
@@ -122,7 +122,7 @@ def _sustained(root: Path, sensors: int, rate_hz: int, seconds: int, procs: int)
     gens = _generators(doc, sensors, rate_hz, seconds, start_ms, procs)
     lags: list[float] = []
     while any(g.poll() is None for g in gens):
-        parts = processes.loader_partitions(doc)
+        parts = probes.loader_partitions(doc)
         lags.append(max((r["lag_seconds"] or 0.0) for r in parts.values()) if parts else 0.0)
         time.sleep(1.0)
     sent_s = time.monotonic() - t0
@@ -131,13 +131,13 @@ def _sustained(root: Path, sensors: int, rate_hz: int, seconds: int, procs: int)
         raise RuntimeError("a generator failed: " + " | ".join(o[-300:] for o in outputs))
     catch_up = _wait_caught_up(root, 600)
     points = sensors // procs * procs * rate_hz * seconds
-    cpu1 = _cpu_by_role(processes.load(root))
+    cpu1 = _cpu_by_role(record.load(root))
     return {
         "target_points_per_s": sensors // procs * procs * rate_hz,
         "points": points,
         "acknowledged_per_s": round(points / sent_s),
         "loaded_per_s_including_catch_up": round(
-            (_loaded_points(processes.load(root)) - loaded0) / (sent_s + catch_up)
+            (_loaded_points(record.load(root)) - loaded0) / (sent_s + catch_up)
         ),
         "lag_s_max": round(max(lags, default=0.0), 2),
         "lag_s_median": round(float(np.median(lags)) if lags else 0.0, 2),
@@ -168,8 +168,8 @@ def _small_batches(doc: dict, seconds: float, tenant: str) -> list[float]:
 
 
 def _takeover(root: Path) -> dict:
-    doc = processes.load(root)
-    parts = processes.loader_partitions(doc)
+    doc = record.load(root)
+    parts = probes.loader_partitions(doc)
     victim = parts[0]["loader"]
     gens = _generators(doc, 100, 100, 40, (int(time.time()) - 600) * 1000, 1)
     time.sleep(5)
@@ -177,7 +177,7 @@ def _takeover(root: Path) -> dict:
     t_kill = time.monotonic()
     owned = None
     while time.monotonic() - t_kill < 60:
-        row = processes.loader_partitions(processes.load(root)).get(0)
+        row = probes.loader_partitions(record.load(root)).get(0)
         if row and row["loader"] != victim:
             if owned is None:
                 owned = time.monotonic() - t_kill
@@ -192,8 +192,8 @@ def _takeover(root: Path) -> dict:
 
 
 def _log_leader(root: Path) -> dict:
-    doc = processes.load(root)
-    leader = processes.log_streams(doc)["LH_P0"]["leader"]
+    doc = record.load(root)
+    leader = probes.log_streams(doc)["LH_P0"]["leader"]
     acks: list[float] = []
     t = threading.Thread(target=lambda: acks.extend(_small_batches(doc, 25, "bench-leader")))
     t.start()
@@ -213,8 +213,8 @@ def _log_leader(root: Path) -> dict:
 
 
 def _outage(root: Path, seconds: int, sensors: int, rate_hz: int) -> dict:
-    doc = processes.load(root)
-    ports = [n["ports"]["tcp"] for n in processes.clickhouse_nodes(doc)]
+    doc = record.load(root)
+    ports = [n["ports"]["tcp"] for n in record.clickhouse_nodes(doc)]
     rules = [["INPUT", "-i", "lo", "-p", "tcp", "--dport", str(p), "-j", "DROP"] for p in ports]
     duration = seconds + 20
     gens = _generators(doc, sensors, rate_hz, duration, (int(time.time()) - 2 * duration) * 1000, 1)
@@ -228,12 +228,12 @@ def _outage(root: Path, seconds: int, sensors: int, rate_hz: int) -> dict:
         for r in rules:
             subprocess.run(["iptables", "-D", *r], check=True)
     t_back = time.monotonic()
-    loaded_back = _loaded_points(processes.load(root))
+    loaded_back = _loaded_points(record.load(root))
     for g in gens:
         g.wait(300)
     _wait_caught_up(root, 600)
     caught = time.monotonic() - t_back
-    loaded = _loaded_points(processes.load(root)) - loaded_back
+    loaded = _loaded_points(record.load(root)) - loaded_back
     out = [g.communicate()[0] for g in gens]
     return {
         "outage_s": seconds,

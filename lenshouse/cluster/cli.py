@@ -10,8 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lenshouse.cluster import processes
-from lenshouse.cluster.processes import ClusterError
+from lenshouse.cluster import processes, record
+from lenshouse.cluster.record import ClusterError
 
 cluster_app = typer.Typer(
     help="A local cluster on 127.0.0.1: ClickHouse 18.16 + ZooKeeper (Debian), NATS JetStream,"
@@ -63,7 +63,7 @@ def up(
         raise _fail(e) from None
     elapsed = time.monotonic() - t0
     _print_table(dir)
-    hosts = ",".join(processes.clickhouse_hosts(doc))
+    hosts = ",".join(record.clickhouse_hosts(doc))
     console.print(f"cluster {doc['name']!r} up in {elapsed:.1f} s; ClickHouse {hosts}")
     if doc.get("gateways"):
         console.print(f"write to: {','.join(doc['gateways'])}")

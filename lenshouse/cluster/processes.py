@@ -8,15 +8,11 @@ tail of its log."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import glob
 import importlib.util
-import json
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,148 +23,37 @@ from typing import Any
 
 import httpx
 
+from lenshouse.cluster.probes import answers, get_ok, healthy, keeper_mode, log_leader, pings
+from lenshouse.cluster.record import (
+    CHILDREN,
+    DOC_NAME,
+    ClusterError,
+    Doc,
+    Node,
+    alive,
+    clickhouse_hosts,
+    clickhouse_nodes,
+    keeper_hosts,
+    load,
+    locked,
+    log_urls,
+    node,
+    role_urls,
+    save,
+    topology_of,
+)
 from lenshouse.deploy.server_config import HOST, write_node_files
 from lenshouse.deploy.topology import NodeSpec, Topology
 
-DOC_NAME = "cluster.json"
 ROLE_DATABASE = "lenshouse"  # the roles' --database (and keeper state), as they are started
 KEEPER_TIMEOUT = 60.0
 CLICKHOUSE_TIMEOUT = 60.0
 SERVER_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
 _POLL = 0.1
-# Children started by this process, so that their exit is reaped (no zombies that
-# would look alive) and no ResourceWarning is raised for a dropped Popen.
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
-
-Doc = dict[str, Any]
-Node = dict[str, Any]
-
-
-class ClusterError(RuntimeError):
-    """A sentence for the user: what failed, on which node, and why."""
-
-
-class QueryError(ClusterError):
-    def __init__(self, message: str, code: int | None) -> None:
-        super().__init__(message)
-        self.code = code  # ClickHouse's error code ("Code: 242. …"), if it gave one
-
-
-# ---------------------------------------------------------------- the document
-
-
-def load(root: str | Path) -> Doc:
-    path = Path(root) / DOC_NAME
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ClusterError(f"there is no cluster in {root} (no {DOC_NAME}): run up first") from None
-
-
-def _save(root: Path, doc: Doc) -> None:
-    tmp = root / f".{DOC_NAME}.tmp"
-    # It may hold the admin token: the owner's alone.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp, root / DOC_NAME)
-
-
-@contextlib.contextmanager
-def _locked(root: Path) -> Iterator[None]:
-    """One up/stop/start/down at a time per directory (they rewrite cluster.json)."""
-    with open(root / ".cluster.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def clickhouse_nodes(doc: Doc) -> list[Node]:
-    return [n for n in doc["nodes"] if n["role"] == "clickhouse"]
-
-
-def clickhouse_hosts(doc: Doc) -> list[str]:
-    """Native-protocol addresses of every ClickHouse server, "127.0.0.1:TCP"."""
-    return [f"{HOST}:{n['ports']['tcp']}" for n in clickhouse_nodes(doc)]
-
-
-def keeper_hosts(doc: Doc) -> list[str]:
-    """ZooKeeper client addresses, "127.0.0.1:PORT"."""
-    return [f"{HOST}:{n['ports']['client']}" for n in doc["nodes"] if n["role"] == "keeper"]
-
-
-def shard_replicas(doc: Doc) -> dict[int, list[str]]:
-    """Shard number → names of its replicas, in replica order."""
-    shards: dict[int, list[str]] = {}
-    for n in sorted(clickhouse_nodes(doc), key=lambda n: (n["shard"], n["replica"])):
-        shards.setdefault(n["shard"], []).append(n["name"])
-    return shards
-
-
-def node(doc: Doc, name: str) -> Node:
-    for n in doc["nodes"]:
-        if n["name"] == name:
-            return n
-    names = ", ".join(n["name"] for n in doc["nodes"])
-    raise ClusterError(f"the cluster has no node {name!r} (it has {names})")
-
-
-def _topology(doc: Doc) -> Topology:
-    return Topology(
-        doc["name"],
-        doc["shards"],
-        doc["replicas"],
-        doc["keepers"],
-        doc["base_port"],
-        **doc.get("roles", {}),
-    )
-
-
-def log_urls(doc: Doc) -> list[str]:
-    """NATS client URLs of the log's servers."""
-    return [f"nats://{HOST}:{n['ports']['client']}" for n in doc["nodes"] if n["role"] == "nats"]
-
-
-def role_urls(doc: Doc, role: str) -> list[str]:
-    """HTTP URLs of every node of ``role`` (gateway, lens, loader)."""
-    return [n["url"] for n in doc["nodes"] if n["role"] == role]
 
 
 # ---------------------------------------------------------------- processes
-
-
-def _cmdline(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    if stat.rpartition(")")[2].split()[0] in ("Z", "X"):  # exited, not yet reaped
-        return None
-    return raw.decode(errors="replace").split("\0")[:-1]
-
-
-def alive(n: Node) -> bool:
-    """Whether the node's recorded process runs, and is still that node's command."""
-    pid = n.get("pid")
-    if not pid:
-        return False
-    child = _CHILDREN.get(pid)
-    if child is not None:
-        # Our own child: its exit status is the truth. /proc alone once said a
-        # ZooKeeper just started was gone while it went on to join the quorum.
-        if child.poll() is None:
-            return True
-        del _CHILDREN[pid]
-        n["exit_status"] = child.returncode
-        return False
-    cmd = _cmdline(pid)
-    if cmd is None:
-        return False
-    return "argv" not in n or cmd == n["argv"]
 
 
 def _spawn(n: Node) -> None:
@@ -185,7 +70,7 @@ def _spawn(n: Node) -> None:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    _CHILDREN[proc.pid] = proc
+    CHILDREN[proc.pid] = proc
     n["pid"] = proc.pid
     n.pop("exit_status", None)  # a status is this run's, never a previous one's
 
@@ -221,7 +106,7 @@ def _terminate(nodes: list[Node], kill: bool, timeout: float = STOP_TIMEOUT) -> 
         names = ", ".join(f"{n['name']} (pid {n['pid']})" for n in running)
         raise ClusterError(f"{names} did not exit even after SIGKILL")
     for n in nodes:
-        _CHILDREN.pop(n.get("pid") or 0, None)
+        CHILDREN.pop(n.get("pid") or 0, None)
         n["pid"] = None
 
 
@@ -256,162 +141,29 @@ def _wait(n: Node, what: str, ready: Callable[[], bool], timeout: float) -> None
     raise ClusterError(f"{n['name']} had not {what} after {timeout:.0f} s; {_log_tail(n)}")
 
 
-# ---------------------------------------------------------------- probes
-
-
-def four_letter(port: int, command: str, timeout: float = 1.0) -> str:
-    """A ZooKeeper four-letter command (srvr, ruok, mntr, …); '' if it does not answer."""
-    chunks: list[bytes] = []
-    try:
-        with socket.create_connection((HOST, port), timeout=timeout) as s:
-            s.sendall(command.encode())
-            for _ in range(256):
-                data = s.recv(65536)
-                if not data:
-                    break
-                chunks.append(data)
-    except OSError:
-        return ""
-    return b"".join(chunks).decode(errors="replace")
-
-
-def keeper_mode(n: Node) -> str | None:
-    """leader, follower or standalone once it serves clients; None before (no quorum)."""
-    m = re.search(r"^Mode: (\w+)", four_letter(n["ports"]["client"], "srvr"), re.M)
-    return m.group(1) if m else None
-
-
-def query(n: Node, sql: str, *, timeout: float = 30.0, **settings: Any) -> str:
-    """Run one query on a ClickHouse node over HTTP; its TSV answer. Settings go as
-    URL parameters (18.16 knows no `SETTINGS` clause on INSERT)."""
-    url = f"http://{HOST}:{n['ports']['http']}/"
-    try:
-        r = httpx.post(url, params=settings, content=sql.encode(), timeout=timeout, trust_env=False)
-    except httpx.HTTPError as e:
-        raise QueryError(f"{n['name']} did not answer ({type(e).__name__}: {e})", None) from e
-    if r.status_code != 200:
-        m = re.search(r"Code: (\d+)", r.text)
-        text = r.text.strip().splitlines()[0] if r.text.strip() else f"HTTP {r.status_code}"
-        raise QueryError(f"{n['name']}: {text}", int(m.group(1)) if m else None)
-    return r.text
-
-
-def _answers(n: Node, sql: str, expected: str) -> bool:
-    try:
-        return query(n, sql, timeout=2.0).strip() == expected
-    except QueryError:
-        return False
-
-
-def _pings(n: Node) -> bool:
-    try:
-        r = httpx.get(f"http://{HOST}:{n['ports']['http']}/ping", timeout=1.0, trust_env=False)
-    except httpx.HTTPError:
-        return False
-    return r.status_code == 200 and r.text.strip() == "Ok."
-
-
-def _healthy(n: Node) -> bool:
-    return _get_ok(f"http://{HOST}:{n['ports']['http']}/healthz")
-
-
-def _get_ok(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2.0, trust_env=False).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _jsz(doc: Doc, query: str = "") -> Iterator[tuple[Node, dict[str, Any]]]:
-    """Each running log server with its JetStream report (monitor ``/jsz``)."""
-    for n in doc["nodes"]:
-        if n["role"] != "nats" or not alive(n):
-            continue
-        try:
-            url = f"http://{HOST}:{n['ports']['monitor']}/jsz{query}"
-            yield n, httpx.get(url, timeout=2.0, trust_env=False).json()
-        except (httpx.HTTPError, ValueError):
-            continue
-
-
-def _log_leader(doc: Doc) -> bool:
-    """Whether the log's servers have elected a JetStream meta leader."""
-    for _, info in _jsz(doc):
-        if (info.get("meta_cluster") or {}).get("leader") or _topology(doc).nats == 1:
-            return True
-    return False
-
-
 def _wait_ready(n: Node, doc: Doc) -> None:
     """Bounded wait until a (re)started node does its job."""
     if n["role"] == "keeper":
-        _wait(n, "joined the ZooKeeper quorum", lambda: keeper_mode(n) is not None, KEEPER_TIMEOUT)
+        _wait(
+            n,
+            "joined the ZooKeeper quorum",
+            lambda: keeper_mode(n) is not None,
+            KEEPER_TIMEOUT,
+        )
     elif n["role"] == "clickhouse":
         _wait(
             n,
             f"answered GET /ping on {HOST}:{n['ports']['http']}",
-            lambda: _pings(n),
+            lambda: pings(n),
             CLICKHOUSE_TIMEOUT,
         )
-        _wait(n, "answered SELECT 1", lambda: _answers(n, "SELECT 1", "1"), CLICKHOUSE_TIMEOUT)
+        _wait(n, "answered SELECT 1", lambda: answers(n, "SELECT 1", "1"), CLICKHOUSE_TIMEOUT)
     elif n["role"] == "nats":
         url = f"http://{HOST}:{n['ports']['monitor']}/healthz"
-        _wait(n, f"answered GET {url} with 200", lambda: _get_ok(url), SERVER_TIMEOUT)
+        _wait(n, f"answered GET {url} with 200", lambda: get_ok(url), SERVER_TIMEOUT)
     elif n["role"] in ("lenshouse", "gateway", "loader", "lens"):
         url = n.get("url") or doc["url"]
-        _wait(n, f"answered GET /healthz with 200 at {url}", lambda: _healthy(n), SERVER_TIMEOUT)
-
-
-def log_streams(doc: Doc) -> dict[str, dict[str, Any]]:
-    """The log's streams as their leaders report them (monitor ``/jsz``): per
-    stream its first and last record and its leader's server name. A
-    follower may briefly hold entries the leader never committed (after a
-    leader was killed): its count is used only while no leader answers."""
-    out: dict[str, dict[str, Any]] = {}
-    led: set[str] = set()
-    for n, info in _jsz(doc, "?streams=true"):
-        for account in info.get("account_details") or []:
-            for s in account.get("stream_detail") or []:
-                state, leader = s["state"], (s.get("cluster") or {}).get("leader")
-                seen = out.setdefault(s["name"], {"first": 0, "last": 0, "leader": None})
-                seen["leader"] = seen["leader"] or leader
-                if leader == n["name"]:
-                    seen["first"], seen["last"] = int(state["first_seq"]), int(state["last_seq"])
-                    led.add(s["name"])
-                elif s["name"] not in led:
-                    seen["last"] = max(seen["last"], int(state["last_seq"]))
-                    seen["first"] = max(seen["first"], int(state["first_seq"]))
-    return out
-
-
-def loader_partitions(doc: Doc) -> dict[int, dict[str, Any]]:
-    """Partition → its row in the /healthz of the loader owning it (with ``loader``)."""
-    out: dict[int, dict[str, Any]] = {}
-    for n in doc["nodes"]:
-        if n["role"] != "loader" or not alive(n):
-            continue
-        try:
-            r = httpx.get(f"{n['url']}/healthz", timeout=5.0, trust_env=False)
-            rows = r.json().get("partitions", [])
-        except (httpx.HTTPError, ValueError):
-            continue
-        for row in rows:
-            out[row["partition"]] = {**row, "loader": n["name"]}
-    return out
-
-
-def caught_up(doc: Doc, prefix: str = "LH") -> bool:
-    """Whether every record the log holds is loaded (each partition's owner
-    has loaded past its stream's last record)."""
-    streams = log_streams(doc)
-    parts = loader_partitions(doc)
-    if not streams or len(parts) < len(streams):
-        return False
-    for p, row in parts.items():
-        last = streams.get(f"{prefix}_P{p}", {}).get("last", 0)
-        if row["next_lsn"] is None or row["next_lsn"] <= last:
-            return False
-    return True
+        _wait(n, f"answered GET /healthz with 200 at {url}", lambda: healthy(n), SERVER_TIMEOUT)
 
 
 def _verify(doc: Doc) -> None:
@@ -423,14 +175,14 @@ def _verify(doc: Doc) -> None:
         _wait(
             n,
             f"listed {total} hosts in system.clusters for {name!r}",
-            lambda n=n, sql=sql: _answers(n, sql, str(total)),
+            lambda n=n, sql=sql: answers(n, sql, str(total)),
             CLICKHOUSE_TIMEOUT,
         )
         zk = "SELECT count() > 0 FROM system.zookeeper WHERE path = '/'"
         _wait(
             n,
             "reached ZooKeeper (system.zookeeper)",
-            lambda n=n, zk=zk: _answers(n, zk, "1"),
+            lambda n=n, zk=zk: answers(n, zk, "1"),
             CLICKHOUSE_TIMEOUT,
         )
 
@@ -534,10 +286,10 @@ def up(
     root.mkdir(parents=True, exist_ok=True)
     ch_argv, zk_argv = _clickhouse_server(), _zookeeper_java()
     nats_argv = nats_server() if roles else []
-    with _locked(root):
+    with locked(root):
         if (root / DOC_NAME).exists():
             doc = load(root)
-            topo = _topology(doc)
+            topo = topology_of(doc)
             wanted = replace(topo, name=name, shards=shards, replicas=replicas, keepers=keepers)
             if wanted != topo:
                 raise ClusterError(
@@ -583,7 +335,7 @@ def up(
             for n in entries:
                 if not alive(n):
                     _spawn(n)
-            _save(root, doc)  # PIDs on record at once, so that down can always stop them
+            save(root, doc)  # PIDs on record at once, so that down can always stop them
             for n in entries:
                 _wait_ready(n, doc)
         _verify(doc)
@@ -593,7 +345,7 @@ def up(
             _admin_token(doc)
             _up_log(root, doc, topo, nats_argv)
             _up_roles(root, doc, topo)
-        _save(root, doc)
+        save(root, doc)
     return doc
 
 
@@ -617,10 +369,10 @@ def _up_log(root: Path, doc: Doc, topo: Topology, argv: list[str]) -> None:
     for n in entries:
         if not alive(n):
             _spawn(n)
-    _save(root, doc)
+    save(root, doc)
     for n in entries:
         _wait_ready(n, doc)
-    _wait(entries[0], "seen the log elect a leader", lambda: _log_leader(doc), SERVER_TIMEOUT)
+    _wait(entries[0], "seen the log elect a leader", lambda: log_leader(doc), SERVER_TIMEOUT)
 
 
 def role_argv(doc: Doc, spec: NodeSpec) -> list[str]:
@@ -633,7 +385,7 @@ def role_argv(doc: Doc, spec: NodeSpec) -> list[str]:
     if spec.role == "gateway":
         return [*base, "gateway", *log, *keeper, "--name", spec.name, *where]
     if spec.role == "loader":
-        replicas = ["--log-replicas", str(min(3, _topology(doc).nats))]
+        replicas = ["--log-replicas", str(min(3, topology_of(doc).nats))]
         return [*base, "loader", *log, *keeper, *storage, *replicas, "--member", spec.name, *where]
     return [*base, "lens-server", *log, *keeper, *storage, *where]
 
@@ -651,7 +403,7 @@ def _up_roles(root: Path, doc: Doc, topo: Topology) -> None:
         for n in entries:
             if not alive(n):
                 _spawn(n)
-        _save(root, doc)
+        save(root, doc)
         for n in entries:
             _wait_ready(n, doc)
     doc["gateways"] = role_urls(doc, "gateway")
@@ -685,31 +437,31 @@ def _up_server(root: Path, doc: Doc, topo: Topology) -> None:
     doc["url"] = f"http://{HOST}:{port}"
     if not alive(n):
         _spawn(n)
-        _save(root, doc)
+        save(root, doc)
     _wait_ready(n, doc)
 
 
 def stop(root: str | Path, name: str, kill: bool = False) -> Doc:
     """Stop one node: SIGKILL with kill, else SIGTERM and a bounded wait (then SIGKILL)."""
     root = Path(root).resolve()
-    with _locked(root):
+    with locked(root):
         doc = load(root)
         _terminate([node(doc, name)], kill)
-        _save(root, doc)
+        save(root, doc)
     return doc
 
 
 def start(root: str | Path, name: str) -> Doc:
     """Start one stopped node again with its recorded command line, and wait for it."""
     root = Path(root).resolve()
-    with _locked(root):
+    with locked(root):
         doc = load(root)
         n = node(doc, name)
         if "argv" not in n:
             raise ClusterError(f"{name} has no recorded command line to start it with")
         if not alive(n):
             _spawn(n)
-            _save(root, doc)
+            save(root, doc)
         _wait_ready(n, doc)
     return doc
 
@@ -718,7 +470,7 @@ def down(root: str | Path) -> Doc:
     """Stop every process the document lists (data is kept): first what uses
     ClickHouse, then ClickHouse, then ZooKeeper."""
     root = Path(root).resolve()
-    with _locked(root):
+    with locked(root):
         doc = load(root)
         order = {"keeper": 3, "clickhouse": 2, "nats": 1}
         for rank in (0, 1, 2, 3):
@@ -726,7 +478,7 @@ def down(root: str | Path) -> Doc:
             try:
                 _terminate(group, kill=False)
             finally:
-                _save(root, doc)
+                save(root, doc)
     return doc
 
 
@@ -740,12 +492,12 @@ def status(root: str | Path) -> list[dict[str, Any]]:
         if running and n["role"] == "keeper":
             state = keeper_mode(n) or "no quorum"
         elif running and n["role"] == "clickhouse":
-            state = "ok" if _pings(n) else "not answering"
+            state = "ok" if pings(n) else "not answering"
         elif running and n["role"] == "nats":
             url = f"http://{HOST}:{n['ports']['monitor']}/healthz"
-            state = "ok" if _get_ok(url) else "not answering"
+            state = "ok" if get_ok(url) else "not answering"
         elif running and n["role"] in ("lenshouse", "gateway", "loader", "lens"):
-            state = "ok" if _healthy(n) else "not answering"
+            state = "ok" if healthy(n) else "not answering"
         elif running:
             state = "running"
         rows.append(

@@ -24,7 +24,7 @@ from lenshouse.cluster import (
     up,
 )
 from lenshouse.cluster.cli import cluster_app
-from lenshouse.cluster.processes import alive, node
+from lenshouse.cluster.record import alive, node
 from lenshouse.cluster.testing import cluster_available, running_cluster
 from lenshouse.deploy.server_config import (
     clickhouse_server_xml,

@@ -7,7 +7,8 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from lenshouse.cluster.processes import DOC_NAME, Doc, down, up
+from lenshouse.cluster.processes import down, up
+from lenshouse.cluster.record import DOC_NAME, Doc
 
 
 def cluster_available() -> bool:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from lenshouse.cluster import processes
+from lenshouse.cluster import record
 from lenshouse.cluster.testing import cluster_available
 from lenshouse.coordination import progress
 from lenshouse.coordination.ownership import Ownership
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(not cluster_available(), reason="ZooKeeper not i
 
 @pytest.fixture
 def keeper(cluster: dict) -> Iterator[tuple]:
-    zk = connect(processes.keeper_hosts(cluster))
+    zk = connect(record.keeper_hosts(cluster))
     paths = Paths(f"t_{uuid.uuid4().hex[:10]}")
     ensure_layout(zk, paths)
     try:
@@ -140,7 +140,7 @@ class _Worker:
 
 def test_partitions_are_shared_fairly_and_taken_over(keeper, cluster: dict) -> None:
     zk, paths = keeper
-    zk_b = connect(processes.keeper_hosts(cluster))
+    zk_b = connect(record.keeper_hosts(cluster))
     try:
         a = Ownership(zk, paths, 2, "loader-a", lambda p: _Worker())
         a.round()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from lenshouse.cluster import processes
+from lenshouse.cluster import processes, record
 from lenshouse.deploy import kubernetes, render
 from lenshouse.deploy.spec import CH_PORTS, CH_USER, PASSWORD_ENV, ZK_PORTS
 
@@ -56,7 +56,7 @@ except urllib.error.HTTPError as e:
 def _needs() -> list[str]:
     try:
         ch, zk = processes._clickhouse_server(), processes._zookeeper_java()
-    except processes.ClusterError as e:
+    except record.ClusterError as e:
         pytest.skip(str(e))
     if os.geteuid() != 0 or shutil.which("ip") is None:
         pytest.skip("needs root and iproute2 for a network namespace")

@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lenshouse.cluster import processes
+from lenshouse.cluster import probes, processes, record
 from lenshouse.cluster.testing import cluster_available
 from lenshouse.conftest import cluster_store
 from lenshouse.coordination import progress
@@ -80,7 +80,7 @@ def _check(doc: dict, w: Workload, checks: int = 25) -> None:
     root = _root(doc)
     _wait(
         "loaders caught up with the log",
-        lambda: processes.caught_up(processes.load(root)),
+        lambda: probes.caught_up(record.load(root)),
         CATCH_UP_S,
     )
     rng = np.random.default_rng(7)
@@ -95,7 +95,7 @@ def _fences_hold(doc: dict) -> None:
     """From the progress kept in the keeper: each partition's loads cover its
     records once, in order, and an owner's loads never come after a newer
     owner's (no two loaders ever committed the same partition concurrently)."""
-    zk = zk_connect(processes.keeper_hosts(doc))
+    zk = zk_connect(record.keeper_hosts(doc))
     try:
         for p in range(doc["shards"]):
             state, _ = progress.read(zk, Paths("lenshouse"), p)
@@ -117,8 +117,8 @@ def test_the_topology_is_on_record(topology: dict) -> None:
     assert len(topology["gateways"]) == 2 and len(topology["lens_servers"]) == 2
     root = _root(topology)
     for n in topology["nodes"]:
-        assert processes.alive(n), n["name"]
-    parts = processes.loader_partitions(processes.load(root))
+        assert record.alive(n), n["name"]
+    parts = probes.loader_partitions(record.load(root))
     assert sorted(parts) == [0, 1]
     assert len({row["loader"] for row in parts.values()}) == 2, "each loader owns one partition"
 
@@ -222,7 +222,7 @@ def test_lenses_during_ingest_reflect_completed_loads(topology: dict, cluster: d
     for r in readers:
         r.start()
     w.join(120)
-    _wait("loaders caught up", lambda: processes.caught_up(processes.load(_root(topology))), 120)
+    _wait("loaders caught up", lambda: probes.caught_up(record.load(_root(topology))), 120)
     done.set()
     for r in readers:
         r.join(60)
@@ -450,7 +450,7 @@ def test_a_loader_killed_mid_load_is_taken_over(topology: dict) -> None:
     root = _root(topology)
     w = _workload(topology, "loader-kill", 14).start()
     time.sleep(4)
-    victim = processes.loader_partitions(processes.load(root))[0]["loader"]
+    victim = probes.loader_partitions(record.load(root))[0]["loader"]
     processes.stop(root, victim, kill=True)
     t_kill = time.monotonic()
     other = next(
@@ -458,7 +458,7 @@ def test_a_loader_killed_mid_load_is_taken_over(topology: dict) -> None:
     )
     took = _wait(
         "the other loader took partition 0",
-        lambda: processes.loader_partitions(processes.load(root)).get(0, {}).get("loader") == other,
+        lambda: probes.loader_partitions(record.load(root)).get(0, {}).get("loader") == other,
         SESSION_TIMEOUT_S + 20,
     )
     assert took <= SESSION_TIMEOUT_S + 5, f"takeover took {took:.1f} s"
@@ -469,8 +469,7 @@ def test_a_loader_killed_mid_load_is_taken_over(topology: dict) -> None:
     _wait(
         "the restarted loader took a partition back",
         lambda: (
-            len({r["loader"] for r in processes.loader_partitions(processes.load(root)).values()})
-            == 2
+            len({r["loader"] for r in probes.loader_partitions(record.load(root)).values()}) == 2
         ),
         30 + time.monotonic() - t_kill,
     )
@@ -506,7 +505,7 @@ def test_clickhouse_unreachable_for_20_seconds(topology: dict) -> None:
     loaders catch up afterwards."""
     w = _workload(topology, "clickhouse-cut", 30).start()
     time.sleep(4)
-    tcp = [n["ports"]["tcp"] for n in processes.clickhouse_nodes(topology)]
+    tcp = [n["ports"]["tcp"] for n in record.clickhouse_nodes(topology)]
     lens_url = topology["lens_servers"][0]
     statuses = []
     with _cut_off(tcp):
@@ -538,7 +537,7 @@ def test_a_full_log_answers_503_and_keeps_what_it_acknowledged(topology: dict) -
     from lenshouse.stream.partitions import LogLayout
 
     prefix = f"FULL{uuid.uuid4().hex[:6].upper()}"
-    urls = processes.log_urls(topology)
+    urls = record.log_urls(topology)
     loop = jetstream.LoopThread()
     try:
         nc = loop.run(jetstream.connect(urls, "test"))
@@ -579,7 +578,7 @@ def test_a_reader_whose_consumer_the_log_dropped_renews_it(topology: dict) -> No
     time.sleep(4)
     loop = jetstream.LoopThread()
     try:
-        nc = loop.run(jetstream.connect(processes.log_urls(topology), "test"))
+        nc = loop.run(jetstream.connect(record.log_urls(topology), "test"))
         jsm = nc.jsm()
         dropped = 0
         for p in range(topology["shards"]):

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from lenshouse.client import Client, Lens, LenshouseError
-from lenshouse.cluster import processes
+from lenshouse.cluster import probes, processes, record
 from lenshouse.generators.sender import MiddleLayer
 from lenshouse.generators.signals import Fleet
 from lenshouse.scenarios.faults import FAULTS, Fault
@@ -187,7 +187,7 @@ class _LensUsers:
 
 
 def _max_lag(doc: dict) -> float | None:
-    parts = processes.loader_partitions(doc)
+    parts = probes.loader_partitions(doc)
     lags = [r["lag_seconds"] for r in parts.values() if r["lag_seconds"] is not None]
     return max(lags) if lags else None
 
@@ -217,7 +217,7 @@ def run_fault(root: Path, fault: Fault, cfg: ClusterConfig, say=print) -> Cluste
         for _ in range(100_000):  # bounded; stops with the scenario
             if sampling.is_set():
                 return
-            lag = _max_lag(processes.load(root))
+            lag = _max_lag(record.load(root))
             if lag is not None:
                 tl.lag.append((time.monotonic() - t0, lag))
             sampling.wait(1.0)
@@ -278,7 +278,7 @@ def _settle(root: Path, doc: dict, cfg: ClusterConfig, middle: MiddleLayer,
 
 def _wait_caught_up(root: Path, limit_s: float) -> None:
     deadline = time.monotonic() + limit_s
-    while not processes.caught_up(processes.load(root)):
+    while not probes.caught_up(record.load(root)):
         if time.monotonic() > deadline:
             raise RuntimeError(f"loaders had not caught up {limit_s:.0f} s after the run")
         time.sleep(0.5)

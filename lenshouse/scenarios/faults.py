@@ -22,8 +22,8 @@ from pathlib import Path
 
 import psutil
 
-from lenshouse.cluster import processes
-from lenshouse.cluster.processes import Doc
+from lenshouse.cluster import probes, processes, record
+from lenshouse.cluster.record import Doc
 
 
 def cgroup2_mount(mounts: str) -> Path | None:
@@ -66,7 +66,7 @@ class Fault:
 
 
 def _doc(root: Path) -> Doc:
-    return processes.load(root)
+    return record.load(root)
 
 
 def _kill(root: Path, names: list[str]) -> dict:
@@ -82,14 +82,14 @@ def _start(root: Path, state: dict) -> None:
 
 def _keeper_leader(root: Path) -> str:
     for n in _doc(root)["nodes"]:
-        if n["role"] == "keeper" and processes.alive(n) and processes.keeper_mode(n) == "leader":
+        if n["role"] == "keeper" and record.alive(n) and probes.keeper_mode(n) == "leader":
             return n["name"]
     raise RuntimeError("no ZooKeeper node says it leads")
 
 
 def _stream_leader(root: Path, partition: int = 0) -> str:
     for _ in range(100):  # bounded: a leader may be in election
-        leader = processes.log_streams(_doc(root)).get(f"LH_P{partition}", {}).get("leader")
+        leader = probes.log_streams(_doc(root)).get(f"LH_P{partition}", {}).get("leader")
         if leader:
             return leader
         time.sleep(0.1)
@@ -104,7 +104,7 @@ def _log_follower(root: Path) -> str:
 
 
 def _loader_of(root: Path, partition: int = 0) -> str:
-    return processes.loader_partitions(_doc(root))[partition]["loader"]
+    return probes.loader_partitions(_doc(root))[partition]["loader"]
 
 
 def _names(root: Path, role: str) -> list[str]:
@@ -136,7 +136,7 @@ def _rules(group: str, ports: set[int]) -> list[list[str]]:
 
 
 def _partition(root: Path, name: str = "ch-s1-r1") -> dict:
-    node = processes.node(_doc(root), name)
+    node = record.node(_doc(root), name)
     cgroups = _cgroup_root()
     if cgroups is None:
         raise RuntimeError("no cgroup v2 hierarchy is mounted: the partition needs one")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lenshouse.cluster import processes
+from lenshouse.cluster import record
 from lenshouse.cluster.testing import cluster_available
 from lenshouse.coordination.zk import Paths, connect
 from lenshouse.tenancy.keeper import KeeperRegistry
@@ -62,7 +62,7 @@ def test_a_damaged_tenants_file_is_refused_with_its_path(tmp_path: Path) -> None
 def keepers(cluster: dict) -> Iterator[tuple]:
     if not cluster_available():
         pytest.skip("ZooKeeper not installed")
-    hosts = processes.keeper_hosts(cluster)
+    hosts = record.keeper_hosts(cluster)
     paths = Paths(f"t_{uuid.uuid4().hex[:10]}")
     a, b = connect(hosts), connect(hosts)
     try:
