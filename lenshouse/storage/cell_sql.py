@@ -74,8 +74,7 @@ STAT_NO_ROWS = ", ".join(
 )
 
 
-def m4_type(p: Pair | str, simple: bool) -> str:
-    pair = p if isinstance(p, Pair) else next(x for x in M4 if x.name == p)
+def m4_type(pair: Pair, simple: bool) -> str:
     kind = f"Tuple({', '.join(pair.kinds)})"
     return f"SimpleAggregateFunction({pair.fold}, {kind})" if simple else kind
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lenshouse.rollup.cell import M4, STAT_NAMES
 from lenshouse.rollup.cell import M4_NAMES as M4_COLUMNS
-from lenshouse.rollup.cell import STAT_NAMES
 from lenshouse.rollup.tiers import TIERS, Tier, tier_source
 from lenshouse.storage.backend import Backend
 from lenshouse.storage.cell_sql import (
@@ -159,11 +159,11 @@ def add_m4_columns(backend: Backend, tiers: list[Tier]) -> None:
             .column("name")
             .to_pylist()
         )
-        for c in M4_COLUMNS:
-            if c not in have:
+        for p in M4:
+            if p.name not in have:
                 backend.execute(
-                    f"ALTER TABLE {tier.table} ADD COLUMN {c} {m4_type(c, True)}"
-                    f" DEFAULT {M4_IDENTITY[c]}{M4_CODEC}"
+                    f"ALTER TABLE {tier.table} ADD COLUMN {p.name} {m4_type(p, True)}"
+                    f" DEFAULT {M4_IDENTITY[p.name]}{M4_CODEC}"
                 )
         if tier_source(tier) is not None:
             backend.execute(f"DROP VIEW IF EXISTS {tier.table}_mv")

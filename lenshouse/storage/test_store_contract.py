@@ -105,9 +105,9 @@ def test_key_reads_tell_loads_apart(store) -> None:
     rng = np.random.default_rng(2)
     a = _random_load(0, rng, T0)
     b = _random_load(1, rng, T0 + 2 * UNIT)  # overlapping pages, other keys
-    b = Load(1, *(np.array(x) for x in zip(*[
-        (s, t, v) for s, t, v in zip(b.sensor, b.ts, b.value) if (s, t) not in a.key_set()
-    ])))  # fmt: skip
+    taken = a.key_set()
+    fresh = np.array([k not in taken for k in zip(b.sensor.tolist(), b.ts.tolist())])
+    b = Load(1, b.sensor[fresh], b.ts[fresh], b.value[fresh])
     a.into(store)
     b.into(store)
     pairs = sorted(a.pairs() | b.pairs())
