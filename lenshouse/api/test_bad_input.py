@@ -655,6 +655,6 @@ def test_metrics_show_the_head_and_the_lens_cache(client: TestClient, node: Node
     m = scrape(client)
     assert m["lenshouse_head_bytes"] >= 3 * 16
     _, held = node.head.read("headmetrics", [5], now - 10_000, now, 2**62, 1)
-    assert held[5][1].tolist() == [1.0, 2.0, 3.0]
+    assert held[5].points()[1].tolist() == [1.0, 2.0, 3.0]
     assert 60 <= m["lenshouse_head_covered_seconds"] <= 66
     assert m["lenshouse_lens_cache_misses_total"] > before["lenshouse_lens_cache_misses_total"]

@@ -185,7 +185,8 @@ def load(
 
     result = run_load(cfg, on_tick=tick)
     t = Table(title=f"{users} users, {result.requests} requests in {result.elapsed:.1f} s")
-    for col in ("window", "requests", "errors", "p50", "p95", "p99", "server p50"):
+    cols = ("window", "requests", "errors", "p50", "p95", "p99", "server p50", "server CPU/lens")
+    for col in cols:
         t.add_column(col, justify="right")
     doc = result.to_dict()
     for name, w in [*doc["by_window"].items(), ("all", doc)]:
@@ -196,6 +197,7 @@ def load(
             str(w["errors"]),
             *(f"{lat[q]:.1f} ms" for q in ("p50", "p95", "p99")),
             f"{w['server_ms']['p50']:.1f} ms",
+            f"{w['server_cpu_ms_per_lens']:.1f} ms",
         )
     console.print(t)
     for kind, n in result.error_kinds().items():

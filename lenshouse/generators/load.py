@@ -10,14 +10,15 @@ window, error counts and throughput.
 Windows either end at the present (live views, ``span=None``) or are placed
 uniformly at random inside a fixed ``span`` of data (history).
 
-Runs on asyncio with one :class:`lenshouse.client.AsyncClient` (no retries: every
-answer is a sample); keep it in its own process
+Runs on asyncio with a :class:`lenshouse.client.AsyncClient` per user (no retries:
+every answer is a sample); keep it in its own process
 when the server runs in-process, so that both do not share one interpreter.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -107,6 +108,7 @@ class Sample:
     bytes: int
     buckets: int = -1  # buckets returned over all series (only when parsing)
     error: str = ""
+    server_cpu_ms: float = math.nan  # X-Lens-Cpu-Ms: the server thread's CPU for it
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -162,6 +164,12 @@ class LoadResult:
         """Percentiles of the server's own X-Lens-Ms."""
         return summarize([s.server_ms for s in self.ok if window in (None, s.window)])
 
+    def server_cpu(self, window: str | None = None) -> float:
+        """Mean server CPU per answered lens (ms), NaN if the server did not say."""
+        xs = [s.server_cpu_ms for s in self.ok if window in (None, s.window)]
+        xs = [x for x in xs if not math.isnan(x)]
+        return sum(xs) / len(xs) if xs else math.nan
+
     def windows(self) -> list[str]:
         return list(dict.fromkeys(s.window for s in self.samples))
 
@@ -180,12 +188,14 @@ class LoadResult:
             "client_cores": self.client_cpu_seconds / self.elapsed if self.elapsed > 0 else 0.0,
             "latency_ms": self.latency(),
             "server_ms": self.server(),
+            "server_cpu_ms_per_lens": self.server_cpu(),
             "by_window": {
                 w: {
                     "requests": sum(1 for s in self.samples if s.window == w),
                     "errors": sum(1 for s in self.samples if s.window == w and s.status != 200),
                     "latency_ms": self.latency(w),
                     "server_ms": self.server(w),
+                    "server_cpu_ms_per_lens": self.server_cpu(w),
                 }
                 for w in self.windows()
             },
@@ -261,6 +271,8 @@ async def _user(
             sample.bytes = len(r.content)
             server = r.headers.get("x-lens-ms")
             sample.server_ms = float(server) if server else math.nan
+            cpu = r.headers.get("x-lens-cpu-ms")
+            sample.server_cpu_ms = float(cpu) if cpu else math.nan
             if cfg.parse and cfg.answer == "arrow":
                 sample.buckets = pa.ipc.open_stream(r.content).read_all().num_rows
             elif cfg.parse:
@@ -292,13 +304,20 @@ async def run_load_async(
         raise ValueError("the sensor pool is empty")
     samples: list[Sample] = []
     cpu = os.times()
-    async with AsyncClient(
-        cfg.url, cfg.token, cfg.tenant, cfg.timeout, retries=0, connections=cfg.users
-    ) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        # A connection of its own per user, as each browser tab has: one pool
+        # shared by every user costs the generator a scan of all connections
+        # per request (httpcore), which made it the slowest part of a run.
+        clients = [
+            await stack.enter_async_context(
+                AsyncClient(cfg.url, cfg.token, cfg.tenant, cfg.timeout, retries=0, connections=1)
+            )
+            for _ in range(cfg.users)
+        ]
         t0 = time.monotonic()
         stop_at = t0 + cfg.duration
         tasks = [
-            asyncio.create_task(_user(u, client, cfg, t0, stop_at, samples))
+            asyncio.create_task(_user(u, clients[u], cfg, t0, stop_at, samples))
             for u in range(cfg.users)
         ]
         if on_tick is not None:

@@ -94,6 +94,7 @@ def test_users_against_a_live_server(node, live_server, answer: str) -> None:
     for s in result.samples:
         assert s.status == 200 and s.bytes > 0
         assert 0 < s.server_ms <= s.latency_ms
+        assert 0 <= s.server_cpu_ms <= s.server_ms + 0.1  # one thread: no more CPU than time
         assert 1 <= s.sensors <= SENSORS
         assert s.buckets > 0  # every window holds data
     lat = result.latency()

@@ -41,7 +41,7 @@ import numpy as np
 import pyarrow as pa
 
 from lenshouse.lens.cache import chunk_span
-from lenshouse.lens.head import Head
+from lenshouse.lens.head import Head, HeadPart
 from lenshouse.lens.visibility import LoadSpan, Snapshot
 
 WAIT_S = 1.0  # how long a lens waits for a completed load's announcement
@@ -179,14 +179,14 @@ class ClusterHead:
         snap: Snapshot,
         step: int,
         origin: int,
-    ) -> tuple[dict[int, int], dict[int, tuple[np.ndarray, np.ndarray]]]:
+    ) -> tuple[dict[int, int], dict[int, HeadPart]]:
         """(boundary per sensor, points per sensor): the head answers for
         [boundary, end) with the points of loads up to the snapshot's floor of
         each sensor's partition; a closed partition's sensors get ``end``."""
         assert snap.floors is not None
         owner = self.partition_of(tenant, sensors)
         boundaries: dict[int, int] = {}
-        points: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        points: dict[int, HeadPart] = {}
         for p in sorted(set(owner.tolist())):
             ids = [s for s, o in zip(sensors, owner) if o == p]
             with self._lock:

@@ -27,7 +27,7 @@ from lenshouse.lens.cache import (
     chunk_span,
 )
 from lenshouse.lens.cluster_head import ClusterHead
-from lenshouse.lens.head import Head, buckets, m4_buckets
+from lenshouse.lens.head import Head, HeadPart
 from lenshouse.lens.planner import Segment, plan, raw_span, usable_tiers
 from lenshouse.lens.steps import bucket_count, choose_step, whole_buckets
 from lenshouse.lens.visibility import Loads, Snapshot
@@ -318,7 +318,7 @@ class LensEngine:
         snap: Snapshot,
         step: int,
         origin: int,
-    ) -> tuple[dict[int, int], dict[int, tuple[np.ndarray, np.ndarray]]]:
+    ) -> tuple[dict[int, int], dict[int, HeadPart]]:
         """Per sensor where the head's part begins (``end``: no head), and the
         head's points from there on, once every load complete at ``snap`` is
         accounted for."""
@@ -616,7 +616,7 @@ class _Read:
     cached: dict[int, dict[int, Chunk]]
     missing: dict[int, list[tuple[int, int]]]
     cols: dict[str, np.ndarray]
-    head: dict[int, tuple[np.ndarray, np.ndarray]]
+    head: dict[int, HeadPart]
     origin: int = 0
     m4: bool = False
     valid: bool = False
@@ -633,16 +633,19 @@ class _Read:
             for c in self.cached.get(sensor, {}).values():
                 parts.append({"b": c.b, "sum": c.sum, "cnt": c.cnt, "min": c.min, "max": c.max})
             if sensor in self.head:
-                b, sm, cnt, mn, mx = buckets(*self.head[sensor], self.step, self.origin)
+                b, sm, cnt, mn, mx = self.head[sensor].buckets(self.step, self.origin)
                 part = {"b": b, "sum": sm, "cnt": cnt, "min": mn, "max": mx}
                 if self.m4:
-                    m = m4_buckets(*self.head[sensor], self.step, self.origin)
+                    m = self.head[sensor].m4(self.step, self.origin)
                     part |= {flat: getattr(m, f) for flat, f in zip(M4_FLAT, M4_FIELDS)}
                 parts.append(part)
-            rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-            keep = (rows["b"] >= b_lo) & (rows["b"] < b_hi)
-            order = np.argsort(rows["b"][keep], kind="stable")
-            rows = {k: v[keep][order] for k, v in rows.items()}
+            if sensor in self.head and not any(len(p["b"]) for p in parts[:-1]):
+                rows = parts[-1]  # the head's alone: in order, inside the window
+            else:
+                rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+                keep = (rows["b"] >= b_lo) & (rows["b"] < b_hi)
+                order = np.argsort(rows["b"][keep], kind="stable")
+                rows = {k: v[keep][order] for k, v in rows.items()}
             m = M4(*(rows[flat] for flat in M4_FLAT)) if self.m4 else None
             out.append(
                 Series(

@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -31,22 +31,124 @@ from lenshouse.rollup.m4 import M4, of_points
 # Points are kept this long after they leave the head (cheap insurance; reads
 # fix ``lo`` and slice under the same lock, so they need no slack).
 EVICT_SLACK_MS = 5_000
-POINT_BYTES = 16  # ts + value
+POINT_BYTES = 20  # ts + value + the load's seq (relative to the page's)
+# Bucket widths whose buckets a page keeps (a lens reads the same widths as
+# the lenses before it, live views above all).
+CELLS_PER_PAGE = 4
+# A sensor's points are kept in pages of 2^12 ms (4.1 s): a one-minute read
+# touches 16 of them whatever the loads' sizes, and the head gives up whole
+# pages as they age.
+PAGE_BITS = 12
 
 
 @dataclass(frozen=True)
-class Piece:
-    """One sensor's points from one load, sorted by time."""
+class Page:
+    """One sensor's points in one page's time range, sorted by time, with the
+    seq of the load that brought each (``seq0`` + ``dseq``).
 
-    seq: int
+    The first ``n`` entries of the arrays are this page's; a later version of
+    the page may fill the buffers past ``n`` (an in-order append) but never
+    rewrites below it, so a reader's slices of a version stay valid without
+    the lock."""
+
     ts: np.ndarray
     value: np.ndarray
+    dseq: np.ndarray  # int32 (int64 if the seqs spread wider)
+    n: int
+    seq0: int
+    max_seq: int
+    # (step, origin) -> this version's buckets: computed by the first lens
+    # that asks, kept for the next (a lens reads every page of its window).
+    _cells: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def cells(self, step: int, origin: int) -> Cells:
+        """Buckets of all its points (any seq), kept for this version."""
+        got = self._cells.get((step, origin))
+        if got is None:
+            got = buckets(self.ts[: self.n], self.value[: self.n], step, origin)
+            if len(self._cells) >= CELLS_PER_PAGE:  # lenses of other widths: the oldest goes
+                self._cells.pop(next(iter(self._cells)), None)
+            self._cells[(step, origin)] = got
+        return got
+
+    def upto(self, lo: int, hi: int, max_seq: int) -> tuple[np.ndarray, np.ndarray]:
+        """Its points in [lo, hi) of loads up to ``max_seq``."""
+        ts, value = self.ts[: self.n], self.value[: self.n]
+        a = 0 if lo <= ts[0] else int(np.searchsorted(ts, lo))
+        b = self.n if hi > ts[-1] else int(np.searchsorted(ts, hi))
+        ts, value = ts[a:b], value[a:b]
+        if self.max_seq > max_seq:  # a load not visible to this reader
+            keep = self.dseq[a:b] <= max_seq - self.seq0
+            ts, value = ts[keep], value[keep]
+        return ts, value
+
+    def with_points(self, ts: np.ndarray, value: np.ndarray, seq: int) -> Page:
+        """This page with one load's points added (sorted by time)."""
+        seq0 = min(self.seq0, seq)
+        max_seq = max(self.max_seq, seq)
+        wide = max_seq - seq0 >= 2**31
+        if ts[0] >= self.ts[self.n - 1] and seq0 == self.seq0 and not wide:
+            return self._appended(ts, value, seq, max_seq)  # the usual case: in order
+        old = self.dseq[: self.n].astype(np.int64) + (self.seq0 - seq0)
+        new = np.full(len(ts), seq - seq0, np.int64)
+        all_ts = np.concatenate((self.ts[: self.n], ts))
+        order = np.argsort(all_ts, kind="stable")  # a late load: back in time order
+        dseq = np.concatenate((old, new))[order]
+        return Page(
+            all_ts[order],
+            np.concatenate((self.value[: self.n], value))[order],
+            dseq if wide else dseq.astype(np.int32),
+            len(all_ts),
+            seq0,
+            max_seq,
+        )
+
+    def _appended(self, ts: np.ndarray, value: np.ndarray, seq: int, max_seq: int) -> Page:
+        n, k = self.n, len(ts)
+        buf_ts, buf_value, buf_dseq = self.ts, self.value, self.dseq
+        if n + k > len(buf_ts):  # grown by doubling: appends cost O(1) a point
+            cap = max(2 * len(buf_ts), n + k)
+            buf_ts, buf_value = _grown(buf_ts, n, cap), _grown(buf_value, n, cap)
+            buf_dseq = _grown(buf_dseq, n, cap)
+        buf_ts[n : n + k] = ts
+        buf_value[n : n + k] = value
+        buf_dseq[n : n + k] = seq - self.seq0
+        return Page(buf_ts, buf_value, buf_dseq, n + k, self.seq0, max_seq)
+
+    @staticmethod
+    def of(ts: np.ndarray, value: np.ndarray, seq: int, expect: int = 0) -> Page:
+        """A new page; room for ``expect`` points (what the page before it
+        held: a sensor's rate changes seldom) or twice these."""
+        cap = max(64, len(ts), expect + expect // 16) if expect else max(64, 2 * len(ts))
+        page = Page(np.empty(cap, np.int64), np.empty(cap), np.empty(cap, np.int32), 0, seq, seq)
+        return page._appended(ts, value, seq, seq)
+
+    def without(self, lo: int, hi: int) -> Page | None:
+        """This page with its points in [lo, hi) removed (None: nothing left)."""
+        ts = self.ts[: self.n]
+        a, b = np.searchsorted(ts, [lo, hi])
+        if a == 0 and b == self.n:
+            return None
+        keep = np.r_[0:a, b : self.n]
+        return Page(ts[keep], self.value[keep], self.dseq[keep], len(keep), self.seq0, self.max_seq)
+
+    @property
+    def bytes(self) -> int:
+        return len(self.ts) * POINT_BYTES  # held, filled or not
+
+
+def _grown(buf: np.ndarray, n: int, cap: int) -> np.ndarray:
+    out = np.empty(cap, buf.dtype)
+    out[:n] = buf[:n]
+    return out
 
 
 class Head:
-    """Ownership: the loader's (or the feed's) thread adds and erases, lens
-    threads read; ``_lock`` guards every field below (``_series``, ``_lo``,
-    ``_floor``, ``_adds``, ``points``), and is never held while waiting."""
+    """Ownership: one thread adds and erases (the loader's, or the feed's),
+    lens threads read; ``_lock`` guards every field below (``_series``,
+    ``_by_page``, ``_lo``, ``_floor``, ``points``, ``bytes``) and is never held
+    while waiting. The adding thread builds new page versions outside the lock
+    (it alone writes them) and swaps them in under it."""
 
     def __init__(
         self,
@@ -58,11 +160,13 @@ class Head:
         self.clock = clock
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
-        self._series: dict[tuple[str, int], list[Piece]] = {}
+        # (tenant, sensor) -> page number -> page; and which series hold a page.
+        self._series: dict[tuple[str, int], dict[int, Page]] = {}
+        self._by_page: dict[int, set[tuple[str, int]]] = {}
         self._floor = 2**62  # claims nothing until opened
         self._lo = -(2**62)
-        self._adds = 0
         self.points = 0
+        self.bytes = 0
 
     @property
     def enabled(self) -> bool:
@@ -101,42 +205,59 @@ class Head:
             return
         if not keep.all():
             rows = rows.filter(pa.array(keep))
-        pieces = list(_pieces(seq, rows))
+        # Built outside the lock: only this thread writes pages.
+        changed = [
+            (key, n, self._page(key, n, p_ts, p_value, seq))
+            for key, n, p_ts, p_value in _groups(rows)
+        ]
         with self._lock:
-            for key, piece in pieces:
-                self._series.setdefault(key, []).append(piece)
-                self.points += len(piece.ts)
-            self._adds += 1
-            # Pieces mostly arrive in time order: drop from the front of each
-            # series, and look behind the front (late pieces) now and then.
-            self._evict(self._advance_lo() - EVICT_SLACK_MS, sweep=self._adds % 64 == 0)
-            if self.points * POINT_BYTES > self.max_bytes:
+            for key, n, page in changed:
+                pages = self._series.setdefault(key, {})
+                old = pages.get(n)
+                if old is None:
+                    self._by_page.setdefault(n, set()).add(key)
+                else:
+                    self.points -= old.n
+                    self.bytes -= old.bytes
+                pages[n] = page
+                self.points += page.n
+                self.bytes += page.bytes
+            self._evict(self._advance_lo() - EVICT_SLACK_MS)
+            if self.bytes > self.max_bytes:
                 self._shrink()
+
+    def _page(self, key: tuple[str, int], n: int, ts: np.ndarray, value: np.ndarray, seq: int):
+        pages = self._series.get(key, {})
+        old = pages.get(n)
+        if old is not None:
+            return old.with_points(ts, value, seq)
+        before = pages.get(n - 1)
+        return Page.of(ts, value, seq, before.n if before is not None else 0)
 
     def erase(self, tenant: str, sensors: list[int], lo: int, hi: int) -> None:
         """Drop the sensors' points in [lo, hi) (a delete was applied)."""
         with self._lock:
             for s in sensors:
-                pieces = self._series.get((tenant, s))
-                if not pieces:
-                    continue
-                kept = []
-                for p in pieces:
-                    a, b = np.searchsorted(p.ts, [lo, hi])
-                    self.points -= int(b - a)
-                    if a == b:
-                        kept.append(p)
-                    elif a > 0 or b < len(p.ts):
-                        ts = np.concatenate((p.ts[:a], p.ts[b:]))
-                        kept.append(Piece(p.seq, ts, np.concatenate((p.value[:a], p.value[b:]))))
-                if kept:
-                    self._series[(tenant, s)] = kept
-                else:
-                    del self._series[(tenant, s)]
+                pages = self._series.get((tenant, s), {})
+                for n in [n for n in pages if lo >> PAGE_BITS <= n <= (hi - 1) >> PAGE_BITS]:
+                    self._set(pages, (tenant, s), n, pages[n].without(lo, hi))
 
-    @property
-    def bytes(self) -> int:
-        return self.points * POINT_BYTES
+    def _set(self, pages: dict[int, Page], key: tuple[str, int], n: int, page: Page | None):
+        # Under _lock.
+        old = pages[n]
+        self.points -= old.n
+        self.bytes -= old.bytes
+        if page is not None:
+            pages[n] = page
+            self.points += page.n
+            self.bytes += page.bytes
+            return
+        del pages[n]
+        self._by_page[n].discard(key)
+        if not self._by_page[n]:
+            del self._by_page[n]
+        if not pages:
+            del self._series[key]
 
     def covered_ms(self) -> int:
         """How far back from now the head answers."""
@@ -144,22 +265,22 @@ class Head:
 
     def _shrink(self) -> None:
         """Over the memory bound (a faster stream than the head was sized
-        for): give up the oldest part of the window, moving ``lo`` forward."""
-        now = int(self.clock() * 1000)
-        lo = self._advance_lo()
-        excess = 1 - self.max_bytes / (self.points * POINT_BYTES)
-        cut = self._lo = lo + int(max(0, now - lo) * min(1.0, excess + 0.1)) + 1
-        for key in list(self._series):
-            kept = []
-            for p in self._series[key]:
-                a = int(np.searchsorted(p.ts, cut))
-                self.points -= a
-                if a < len(p.ts):
-                    kept.append(p if a == 0 else Piece(p.seq, p.ts[a:].copy(), p.value[a:].copy()))
-            if kept:
-                self._series[key] = kept
-            else:
-                del self._series[key]
+        for): give up the oldest pages until a tenth is free, moving ``lo``
+        past them."""
+        for n in sorted(self._by_page):  # bounded: each round drops a page number
+            if self.bytes <= 0.9 * self.max_bytes:
+                break
+            self._drop_page(n)
+            self._lo = max(self._lo, (n + 1) << PAGE_BITS)
+
+    def _evict(self, below: int) -> None:
+        # Under _lock: whole pages that end at or below ``below``.
+        for n in [n for n in self._by_page if (n + 1) << PAGE_BITS <= below]:
+            self._drop_page(n)
+
+    def _drop_page(self, n: int) -> None:
+        for key in list(self._by_page.get(n, ())):
+            self._set(self._series[key], key, n, None)
 
     def read(
         self,
@@ -171,56 +292,101 @@ class Head:
         align: int,
         step: int = 1,
         origin: int = 0,
-    ) -> tuple[int, dict[int, tuple[np.ndarray, np.ndarray]]]:
-        """(boundary, points): the boundary is ``lo`` rounded up to ``align``, or
-        to the coarsest of align/2, align/4, … down to ``step`` that stays
+    ) -> tuple[int, dict[int, HeadPart]]:
+        """(boundary, parts): each sensor's points of loads up to ``max_seq`` in
+        [max(start, boundary), end) per sensor. The boundary is ``start`` when
+        the head holds the whole window; else ``lo`` rounded up to ``align``,
+        or to the coarsest of align/2, align/4, … down to ``step`` that stays
         within the window (so the part below it changes seldom), on the grid
-        that starts at ``origin``; points of loads up to ``max_seq`` in
-        [max(start, boundary), end) per sensor."""
+        that starts at ``origin``."""
         if not self.enabled:
             return end, {}
         with self._lock:
-            lo = self._advance_lo() - origin
-            q = align
-            while q > step and -(-lo // q) * q >= end - origin and (q // 2) % step == 0:
-                q //= 2
-            boundary = -(-lo // q) * q + origin
+            lo = self._advance_lo()
+            if start >= lo:
+                boundary = start
+            else:
+                lo -= origin
+                q = align
+                while q > step and -(-lo // q) * q >= end - origin and (q // 2) % step == 0:
+                    q //= 2
+                boundary = -(-lo // q) * q + origin
             lo = max(start, boundary)
             if lo >= end:
                 return boundary, {}
-            parts = {
-                s: [
-                    _slice(p, lo, end)
-                    for p in self._series.get((tenant, s), ())
-                    if p.seq <= max_seq
-                ]
+            first, last = lo >> PAGE_BITS, (end - 1) >> PAGE_BITS
+            held = {
+                s: [p for n in range(first, last + 1) if (p := pages.get(n)) is not None]
                 for s in sensors
+                if (pages := self._series.get((tenant, s))) is not None
             }
-        return boundary, {s: _join(ps) for s, ps in parts.items()}
+        return boundary, {s: HeadPart(held.get(s, []), lo, end, max_seq) for s in sensors}
 
-    def _evict(self, below: int, sweep: bool) -> None:
-        # Under _lock. Runs at every add over every series: count only what goes.
-        for key in list(self._series):
-            pieces = self._series[key]
-            if sweep:
-                kept = [p for p in pieces if p.ts[-1] >= below]
-                gone = [p for p in pieces if p.ts[-1] < below]
+
+Cells = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class HeadPart:
+    """One sensor's part of a lens from the head: its pages' points in
+    [lo, hi) of loads up to ``max_seq``, read without the head's lock."""
+
+    pages: list[Page]
+    lo: int
+    hi: int
+    max_seq: int
+
+    def points(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ts, value), sorted by time."""
+        return _join([p.upto(self.lo, self.hi, self.max_seq) for p in self.pages])
+
+    def buckets(self, step: int, origin: int = 0) -> Cells:
+        """As :func:`buckets` of :meth:`points`, for [lo, hi) on the step's
+        grid: whole pages from their kept buckets (a bucket a page edge cuts
+        is folded from both pages), a page with points of a load newer than
+        ``max_seq`` from its points."""
+        if (self.lo - origin) % step or (self.hi - origin) % step:
+            return buckets(*self.points(), step, origin)  # not whole buckets: none kept fits
+        b_lo, b_hi = (self.lo - origin) // step, (self.hi - origin) // step
+        parts = []
+        for p in self.pages:
+            if p.max_seq <= self.max_seq:
+                cells = p.cells(step, origin)
+                a, b = np.searchsorted(cells[0], [b_lo, b_hi])
+                parts.append(tuple(c[a:b] for c in cells))
             else:
-                i = 0
-                while i < len(pieces) and pieces[i].ts[-1] < below:
-                    i += 1
-                if i == 0:
-                    continue
-                kept, gone = pieces[i:], pieces[:i]
-            if gone:
-                self.points -= sum(len(p.ts) for p in gone)
-                if kept:
-                    self._series[key] = kept
-                else:
-                    del self._series[key]
+                parts.append(buckets(*p.upto(self.lo, self.hi, self.max_seq), step, origin))
+        return _folded([c for c in parts if len(c[0])])
+
+    def m4(self, step: int, origin: int = 0) -> M4:
+        """As :func:`m4_buckets` of :meth:`points`."""
+        return m4_buckets(*self.points(), step, origin)
 
 
-def _pieces(seq: int, rows: pa.Table):
+def _folded(parts: list[Cells]) -> Cells:
+    """Buckets of consecutive pages as one list, a bucket two pages share
+    folded into one."""
+    if not parts:
+        e = np.empty(0)
+        return np.empty(0, np.int64), e, np.empty(0, np.int64), e, e
+    if len(parts) == 1:
+        return parts[0]
+    b, sm, cnt, mn, mx = (np.concatenate(c) for c in zip(*parts))
+    if (b[1:] != b[:-1]).all():
+        return b, sm, cnt, mn, mx
+    starts = np.flatnonzero(np.concatenate(([True], b[1:] != b[:-1])))
+    return (
+        b[starts],
+        np.add.reduceat(sm, starts),
+        np.add.reduceat(cnt, starts),
+        np.minimum.reduceat(mn, starts),
+        np.maximum.reduceat(mx, starts),
+    )
+
+
+def _groups(rows: pa.Table):
+    """(series key, page number, ts, value) of each page a load writes, each
+    group sorted by time: one sort for the whole load, then views of it."""
     tenant = rows.column("tenant")
     sensor = rows.column("sensor").to_numpy()
     ts = rows.column("ts").to_numpy()
@@ -233,8 +399,6 @@ def _pieces(seq: int, rows: pa.Table):
     else:
         names, codes = np.unique(tenant.to_numpy(zero_copy_only=False), return_inverse=True)
         names = list(names)
-    # Group by (tenant, sensor), each group sorted by time: one sort for the
-    # whole load, then views of it (a load's pieces age, and go, together).
     key = (codes.astype(np.uint64) << np.uint64(32)) | sensor.astype(np.uint64)
     order = np.argsort(key, kind="stable")
     key, ts, value = key[order], ts[order], value[order]
@@ -243,30 +407,22 @@ def _pieces(seq: int, rows: pa.Table):
         order = np.lexsort((ts, key))
         key, ts, value = key[order], ts[order], value[order]
         same = key[1:] == key[:-1]
-    cuts = np.flatnonzero(~same) + 1
+    page = ts >> PAGE_BITS
+    cuts = np.flatnonzero(~same | (page[1:] != page[:-1])) + 1
     starts = np.concatenate(([0], cuts)).tolist()
     ends = np.concatenate((cuts, [len(key)])).tolist()
-    for a, b, k in zip(starts, ends, key[starts].tolist()):
-        yield (names[k >> 32], k & 0xFFFFFFFF), Piece(seq, ts[a:b], value[a:b])
-
-
-def _slice(p: Piece, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-    a, b = np.searchsorted(p.ts, [lo, hi])
-    return p.ts[a:b], p.value[a:b]
+    for a, b, k, n in zip(starts, ends, key[starts].tolist(), page[starts].tolist()):
+        yield (names[k >> 32], k & 0xFFFFFFFF), n, ts[a:b], value[a:b]
 
 
 def _join(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Pages' points in page order: in time order already."""
     parts = [p for p in parts if len(p[0])]
     if not parts:
         return np.empty(0, np.int64), np.empty(0)
     if len(parts) == 1:
         return parts[0]
-    ts = np.concatenate([p[0] for p in parts])
-    value = np.concatenate([p[1] for p in parts])
-    if (ts[1:] < ts[:-1]).any():  # a late load's piece: restore time order
-        o = np.argsort(ts, kind="stable")
-        ts, value = ts[o], value[o]
-    return ts, value
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def buckets(
@@ -277,15 +433,32 @@ def buckets(
     if len(ts) == 0:
         e = np.empty(0)
         return np.empty(0, np.int64), e, np.empty(0, np.int64), e, e
-    b = (ts - origin) // step
-    starts = np.concatenate(([0], np.flatnonzero(b[1:] != b[:-1]) + 1))
+    numbers, starts = _starts(ts, step, origin)
     s = stats_of_points(starts, value)
     # Counts are far below 2**63: the unsigned column read as signed, no copy.
-    return b[starts], s["sum"], s["cnt"].view(np.int64), s["min"], s["max"]
+    return numbers, s["sum"], s["cnt"].view(np.int64), s["min"], s["max"]
 
 
 def m4_buckets(ts: np.ndarray, value: np.ndarray, step: int, origin: int = 0) -> M4:
     """Each bucket's M4 points, in the order of :func:`buckets`."""
-    b = (ts - origin) // step
-    starts = np.concatenate(([0], np.flatnonzero(b[1:] != b[:-1]) + 1)) if len(b) else b
-    return of_points(starts, ts, value)
+    if len(ts) == 0:
+        return M4.empty()
+    return of_points(_starts(ts, step, origin)[1], ts, value)
+
+
+def _starts(ts: np.ndarray, step: int, origin: int) -> tuple[np.ndarray, np.ndarray]:
+    """(bucket number, first row) of each non-empty bucket of time-sorted
+    points (``ts`` non-empty)."""
+    b0, b1 = (int(ts[0]) - origin) // step, (int(ts[-1]) - origin) // step
+    if b1 - b0 >= len(ts):  # sparse points: a pass over them is cheaper
+        b = (ts - origin) // step
+        starts = np.concatenate(([0], np.flatnonzero(b[1:] != b[:-1]) + 1))
+        return b[starts], starts
+    # Dense points (a lens's usual case): each bucket's first row by binary
+    # search, no arithmetic over every point.
+    numbers = np.arange(b0, b1 + 1, dtype=np.int64)
+    rows = np.searchsorted(ts, numbers * step + origin)
+    full = np.empty(len(rows), bool)
+    full[:-1] = rows[1:] != rows[:-1]
+    full[-1] = True  # the last bucket holds ts[-1]
+    return numbers[full], rows[full]

@@ -154,7 +154,7 @@ def _lens(head: ClusterHead, world: _World, rng: np.random.Generator, clock: _Cl
     for s in sensors:
         lo = max(start, boundaries[s])
         want = world.points(snap.floors, s, lo, end)
-        ts, v = points.get(s, (np.empty(0, np.int64), np.empty(0)))
+        ts, v = points[s].points() if s in points else (np.empty(0, np.int64), np.empty(0))
         got = np.stack([ts, v])[:, np.lexsort((v, ts))] if len(ts) else np.empty((2, 0))
         assert got.shape == want.shape and np.array_equal(got, want), (
             f"sensor {s} [{lo}, {end}) at floors {snap.floors}: head {got.shape[1]} points,"
@@ -180,10 +180,10 @@ def test_a_lost_announcement_is_waited_for_then_given_up(monkeypatch) -> None:
     assert head.given_up == 1
     boundaries, points = head.read("default", [0], T0 - 1_000, T0, snap, 1, 0)
     assert boundaries[0] > T0 - 40  # load 1's points are no longer claimed
-    assert 0 not in points or len(points[0][0]) == 0
+    assert 0 not in points or len(points[0].points()[0]) == 0
     head.add(0, 1, 0, _rows(one, np.array([T0 - 45]), np.array([2.0])))  # too late: ignored
     _, points = head.read("default", [0], T0 - 1_000, T0, snap, 1, 0)
-    assert len(points.get(0, (np.empty(0),))[0]) == 0
+    assert 0 not in points or len(points[0].points()[0]) == 0
 
 
 def test_the_head_answers_the_newest_seconds_of_announced_loads() -> None:
