@@ -298,12 +298,15 @@ def _latencies(samples) -> dict:
     ok = [s for s in samples if s.status == 200]
     client = [s.latency_ms for s in ok]
     server = [s.server_ms for s in ok if s.server_ms == s.server_ms]
+    cpu = [s.server_cpu_ms for s in ok if s.server_cpu_ms == s.server_cpu_ms]
     q = (50, 95, 99)
     return {
         "requests": len(samples),
         "errors": len(samples) - len(ok),
         "client_ms": {f"p{p}": round(percentile(client, p), 1) if client else None for p in q},
         "server_ms": {f"p{p}": round(percentile(server, p), 1) if server else None for p in q},
+        # The request thread's CPU as the server reports it (X-Lens-Cpu-Ms).
+        "server_cpu_ms_per_lens": round(sum(cpu) / len(cpu), 2) if cpu else None,
     }
 
 
@@ -317,8 +320,9 @@ def markdown(doc: dict, command: str) -> str:
         f" ({doc['offered_points_per_s']:,} points/s), {doc['users']} users thinking"
         f" {doc['think_s']} s, {doc['seconds']} s measured.",
         "",
-        "| window | requests | errors | client p50 | p95 | p99 | server p50 | p95 | p99 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| window | requests | errors | client p50 | p95 | p99 | server p50 | p95 | p99"
+        " | request thread CPU per lens |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, w in [*doc["by_window"].items(), ("all", doc["lenses"])]:
         c, s = w["client_ms"], w["server_ms"]
@@ -327,7 +331,7 @@ def markdown(doc: dict, command: str) -> str:
             + " | ".join(_ms(c[p]) for p in ("p50", "p95", "p99"))
             + " | "
             + " | ".join(_ms(s[p]) for p in ("p50", "p95", "p99"))
-            + " |"
+            + f" | {_cpu_ms(w.get('server_cpu_ms_per_lens'))} |"
         )
     lines += ["", f"Lenses answered: {doc['lenses_per_s']}/s."]
     for kind, n in doc["errors"].items():
@@ -380,6 +384,10 @@ def _machine_line(doc: dict) -> str:
 
 def _ms(v) -> str:
     return "–" if v is None else f"{v:.0f} ms"
+
+
+def _cpu_ms(v) -> str:
+    return "–" if v is None else f"{v:.1f} ms"
 
 
 def plot(doc: dict, path: Path) -> bool:

@@ -221,6 +221,9 @@ def test_brief_runs_the_public_commands_and_reports_what_they_did(tmp_path) -> N
     assert 0 < doc["loaded_points_per_s"] <= 2000 * 1.5
     assert {"server", "generator", "load"} <= set(doc["cpu_core_s"])
     assert doc["lens_core_ms_per_lens"] > 0
+    # each lens's request-thread CPU as the server said it, per window and in all
+    assert all(w["server_cpu_ms_per_lens"] > 0 for w in doc["by_window"].values())
+    assert doc["lenses"]["server_cpu_ms_per_lens"] > 0
     assert doc["lag_s"]["max"] is not None
     # the whole machine's CPU over the span holds at least the processes measured in it
     m = doc["machine"]
