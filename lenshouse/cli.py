@@ -206,7 +206,7 @@ def serve(
         65, help="seconds of newest points kept in memory for live views (16 bytes a point)"
     ),
     head_max_mb: float = typer.Option(
-        2048, help="memory bound of the head; past it the head covers fewer seconds"
+        3072, help="memory bound of the head; past it the head covers fewer seconds"
     ),
     block_cache_mb: float = typer.Option(
         BLOCK_CACHE_MB,

@@ -34,7 +34,7 @@ class Node:
         lens_cache_mb: float = 256,
         block_cache_mb: float = BLOCK_CACHE_MB,
         head_seconds: float = 65,
-        head_max_mb: float = 2048,
+        head_max_mb: float = 3072,
         tiering: Tiering | None = None,
         background_nice: int = BACKGROUND_NICE,
     ) -> None:

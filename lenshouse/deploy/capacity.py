@@ -33,7 +33,7 @@ CLUSTER_CPU = {"clickhouse": 54 / 60, "keeper": 22 / 60, "loader": 22 / 60,
                "gateway": 9 / 60, "nats": 9 / 60}  # fmt: skip
 # The embedded store: ~6M points/s of Arrow ingest on 2 cores (docs/performance.md).
 EMBEDDED_POINTS_PER_CORE_S = 3_000_000
-HEAD_BYTES_PER_POINT = 16  # the head's numpy columns (ts 8, value 8)
+HEAD_BYTES_PER_POINT = 20  # the head's page columns (ts 8, value 8, the load's seq 4)
 HEAD_SECONDS = 65
 LENS_CACHE_MB, BLOCK_CACHE_MB = 256, 1024  # serve's defaults
 LOG_BUDGET_GB = 6  # each NATS server keeps at most the log's byte budget

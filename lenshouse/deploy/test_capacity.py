@@ -29,7 +29,7 @@ def test_disk_follows_the_rate_the_cells_and_retention() -> None:
     floats = _by_name(c.plan(c.Fleet(1000, 1000, 30, "float"), 2, 2))
     assert floats["raw"] / month["raw"] == pytest.approx(7.30 / 1.688)
     embedded = _by_name(c.plan(c.Fleet(100, 1000, 1), shards=1, replicas=1))
-    assert embedded["memory: head"] == 100 * 1000 * 65 * 16
+    assert embedded["memory: head"] == 100 * 1000 * 65 * 20
     assert "CPU: clickhouse" not in embedded
 
 

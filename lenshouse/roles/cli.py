@@ -206,7 +206,7 @@ def lens_server(
         65.0, help="seconds of the newest points kept in memory per shard (0: no head)"
     ),
     head_mb: float = typer.Option(
-        2048, help="memory for the head (16 bytes a point); past it, it keeps fewer seconds"
+        2048, help="memory for the head (20 bytes a point); past it, it keeps fewer seconds"
     ),
     catch_up_share: float = typer.Option(
         0.25,
