@@ -6,7 +6,9 @@ aligned to the epoch (or the first buckets of one, up to where the head takes
 over), so the same chunk serves every later window that covers
 it whole: a live view that moves on, the same sensor in another user's lens.
 Only the edges of a window and the chunks a load has touched since are read
-from ClickHouse again.
+from ClickHouse again. A live view's newest chunk grows: its first buckets,
+kept while the head still held them, and the head for the rest answer it
+without a query (``first_part``).
 
 Exactness rests on two rules, both driven by each load's footprint (the
 (sensor, 4.1 s cell) pairs it writes, see ``LoadSpan``):
@@ -16,6 +18,9 @@ Exactness rests on two rules, both driven by each load's footprint (the
 * a lens stores a chunk only if no load that was in flight when it read, or
   began since, touches that chunk (checked under the cache lock, after the
   load would have been registered).
+
+"Touches" means writes into the buckets the chunk holds (``held``): a load of
+newer points leaves the first part of a chunk as it was.
 
 So a chunk in the cache always equals the raw data of the completed loads.
 """
@@ -43,6 +48,7 @@ class Chunk:
     cnt: np.ndarray
     min: np.ndarray
     max: np.ndarray
+    upto: int = CHUNK_BUCKETS  # the chunk's first buckets it holds (its key's last part)
 
     @property
     def nbytes(self) -> int:
@@ -58,6 +64,12 @@ Key = tuple[str, int, int, int, int]
 
 def chunk_span(step: int) -> int:
     return step * CHUNK_BUCKETS
+
+
+def held(key: Key) -> tuple[int, int]:
+    """The time range a chunk's buckets cover: only loads writing there change it."""
+    _, _, step, n, upto = key
+    return n * chunk_span(step), n * chunk_span(step) + upto * step
 
 
 class LensCache:
@@ -98,6 +110,22 @@ class LensCache:
             self.hits += 1
             return chunk
 
+    def first_part(self, tenant: str, sensor: int, step: int, n: int, below: int) -> Chunk | None:
+        """The longest first part of chunk ``n`` held, shorter than ``below``
+        buckets (the head may answer the rest)."""
+        with self._lock:
+            keys = [
+                k
+                for k in self._by_sensor.get((tenant, sensor), ())
+                if k[2] == step and k[3] == n and k[4] < below
+            ]
+            if not keys:
+                return None
+            key = max(keys, key=lambda k: k[4])
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return self._entries[key]
+
     def put_many(self, items: list[tuple[Key, Chunk]], snap: Snapshot) -> int:
         """Store chunks read under ``snap`` that no load since has touched; returns how many."""
         if not self.enabled or not items:
@@ -110,9 +138,8 @@ class LensCache:
                 return 0
             loads = [*snap.inflight, *newer]
             for key, chunk in items:
-                tenant, sensor, step, n, _ = key
-                lo = n * chunk_span(step)
-                hi = lo + chunk_span(step)
+                tenant, sensor = key[0], key[1]
+                lo, hi = held(key)
                 if any(s.touches_sensor(tenant, sensor, lo, hi) for s in loads):
                     self.refused += 1
                     continue
@@ -134,8 +161,7 @@ class LensCache:
                     if keys is not None and not _has_sensor(keys, sensor):
                         continue
                     for key in list(entries):
-                        lo = key[3] * chunk_span(key[2])
-                        if span.touches_sensor(tenant, sensor, lo, lo + chunk_span(key[2])):
+                        if span.touches_sensor(tenant, sensor, *held(key)):
                             self._drop(key)
                             self.invalidated += 1
 
@@ -149,6 +175,9 @@ class LensCache:
     def _store(self, key: Key, chunk: Chunk) -> None:
         if key in self._entries:
             self._drop(key)
+        for other in list(self._by_sensor.get((key[0], key[1]), ())):
+            if other[2:4] == key[2:4] and other[4] < key[4]:
+                self._drop(other)  # a shorter first part of the same chunk
         self._entries[key] = chunk
         self._by_sensor.setdefault((key[0], key[1]), set()).add(key)
         self.bytes += chunk.nbytes
@@ -253,8 +282,7 @@ class Validity:
             self.parts.append((oldest, seqs, lo, hi))
 
     def __call__(self, floors: tuple[int, ...], key: Key) -> bool:
-        _, _, step, n, upto = key
-        lo, hi = n * chunk_span(step), n * chunk_span(step) + upto * step
+        lo, hi = held(key)
         for then, now, (oldest, seqs, first, last) in zip(floors, self.floors, self.parts):
             if then == now:
                 continue

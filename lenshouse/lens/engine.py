@@ -11,7 +11,7 @@ import secrets
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -58,6 +58,10 @@ OPTIMISTIC_READS = 3
 # reading optimistically, pausing between reads, for this long, then answers
 # 503: a load in flight for a minute means its shard or the keeper is away.
 RACE_PATIENCE_S = 20.0
+# A live view keeps the first part of its newest chunk up to this long before
+# now (newer buckets may still get points): the next view of the sensor reads
+# that part from the cache and the rest from the head, with no query.
+SETTLED_MS = 10_000
 # An export answers at most this many points; the rest through its continuation
 # (``after``), so no request holds a month of every sensor in memory at once.
 MAX_EXPORT_POINTS = 2_000_000
@@ -222,8 +226,10 @@ class LensEngine:
         stored_end = min(end, max(start, boundary))  # [start, stored_end) comes from storage
         caching = self.cache.enabled and not origin and not m4
         cached, missing = ({}, {})
+        bridged: dict[int, tuple[int, int]] = {}
         if caching:
             cached, missing = self._cached(tenant, sensors, start, stored_end, step, boundary)
+            bridged = self._bridge(req, stored_end, snap.committed_seq, cached, missing, head)
         wanted = _wanted(sensors, missing if caching else None, step, start, stored_end)
         cut = None
         if wanted and not quiet:
@@ -259,10 +265,46 @@ class LensEngine:
         )
         cols = _columns(table, m4)
         read = _Read(tenant, step, snap, segments, cached, missing, cols, head, origin, m4)
+        read.bridged = bridged
         read.valid = quiet or self._still_valid(
             snap, tenant, sensors, segments, cut is None, cached, step, (start, end)
         )
         return read
+
+    def _bridge(
+        self,
+        req: LensRequest,
+        stored_end: int,
+        max_seq: int,
+        cached: dict[int, dict[int, Chunk]],
+        missing: dict[int, list[tuple[int, int]]],
+        head: dict[int, HeadPart],
+    ) -> dict[int, tuple[int, int]]:
+        """Sensors whose last missing chunk ends where the head's part begins
+        and whose first part is kept, where the head holds the rest: that
+        part and the head from its end answer the chunk, without a query. The
+        (chunk, buckets) so answered, per sensor."""
+        step = req.grid.step
+        span = chunk_span(step)
+        out = {}
+        for sensor, chunks in list(missing.items()):
+            n, need = chunks[-1]
+            if n * span + need * step != stored_end:
+                continue
+            first = self.cache.first_part(req.tenant, sensor, step, n, need)
+            if first is None:
+                continue
+            rest = n * span + first.upto * step
+            part = self.head.part(req.tenant, sensor, rest, req.end, max_seq)
+            if part is None:
+                continue  # the head no longer holds the rest
+            cached.setdefault(sensor, {})[n] = first
+            head[sensor] = part
+            out[sensor] = (n, need)
+            chunks.pop()
+            if not chunks:
+                del missing[sensor]
+        return out
 
     def _read_pinned(self, req: LensRequest, snap: Snapshot) -> _Read | None:
         """One read of exactly the loads complete at ``snap`` on each shard
@@ -374,12 +416,16 @@ class LensEngine:
         return _lookup(self.cache.get, tenant, sensors, start, end, step, boundary)
 
     def _finish(self, read: _Read, req: LensRequest, retries: int) -> Lens:
-        step, origin, _ = req.grid
+        step, origin, m4 = req.grid
         start, end = req.start, req.end
-        if read.missing:
-            cache = self.pinned if read.snap.floors is not None else self.cache
-            cache.put_many(read.fills(req.sensors), read.snap)
         series = read.series(req.sensors, (start - origin) // step, (end - origin) // step)
+        if read.snap.floors is not None:
+            if read.missing:
+                self.pinned.put_many(read.fills(req.sensors), read.snap)
+        elif self.cache.enabled and not origin and not m4:
+            settled = int(self.head.clock() * 1000) - SETTLED_MS
+            grown = _first_parts(req, series, read.bridged, settled)
+            self.cache.put_many(read.fills(req.sensors) + grown, read.snap)
         return Lens(
             start, end, step, series, read.segments, retries, req.floor, origin,
             read.snap.watermark,
@@ -483,10 +529,10 @@ class LensEngine:
             return False
         span_ms = chunk_span(step)
         return not any(
-            span.touches_sensor(tenant, sensor, n * span_ms, (n + 1) * span_ms)
+            span.touches_sensor(tenant, sensor, n * span_ms, n * span_ms + c.upto * step)
             for span in newer
             for sensor, held in chunks.items()
-            for n in held
+            for n, c in held.items()
         )
 
 
@@ -620,6 +666,8 @@ class _Read:
     origin: int = 0
     m4: bool = False
     valid: bool = False
+    # (chunk, buckets) per sensor answered by a kept first part and the head
+    bridged: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     def _rows(self, sensor: int) -> dict[str, np.ndarray]:
         m = self.cols["sensor"] == sensor
@@ -674,6 +722,37 @@ class _Read:
                     rows["cnt"][lo:hi].astype(np.int64),
                     rows["min"][lo:hi].copy(),
                     rows["max"][lo:hi].copy(),
+                    upto,
                 )
                 items.append(((self.tenant, sensor, self.step, n, upto), chunk))
         return items
+
+
+def _first_parts(
+    req: LensRequest, series: list[Series], bridged: dict[int, tuple[int, int]], settled: int
+) -> list[tuple[Key, Chunk]]:
+    """Chunks to keep from a lens's answer (exact, as of its snapshot): each
+    bridged chunk, and the first part of the chunk holding ``settled`` up to
+    it, where the window holds that chunk from its start."""
+    step = req.grid.step
+    span = chunk_span(step)
+    mark = min(req.end, settled // step * step)
+    items = []
+    for s in series:
+        wanted = {}
+        if s.sensor in bridged and bridged[s.sensor][0] * span >= req.start:
+            wanted = dict([bridged[s.sensor]])  # the window holds the chunk from its start
+        if mark > req.start:
+            n = (mark - 1) // span
+            if n * span >= req.start:
+                upto = (mark - n * span) // step
+                wanted[n] = max(wanted.get(n, 0), upto)
+        b = s.t // step
+        for n, upto in wanted.items():
+            lo, hi = np.searchsorted(b, [n * CHUNK_BUCKETS, n * CHUNK_BUCKETS + upto])
+            chunk = Chunk(
+                b[lo:hi].copy(), s.sum[lo:hi].copy(), s.count[lo:hi].astype(np.int64),
+                s.min[lo:hi].copy(), s.max[lo:hi].copy(), upto,
+            )  # fmt: skip
+            items.append(((req.tenant, s.sensor, step, n, upto), chunk))
+    return items

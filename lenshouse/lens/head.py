@@ -322,6 +322,22 @@ class Head:
             }
         return boundary, {s: HeadPart(held.get(s, []), lo, end, max_seq) for s in sensors}
 
+    def part(self, tenant: str, sensor: int, lo: int, hi: int, max_seq: int) -> HeadPart | None:
+        """One sensor's points in [lo, hi) of loads up to ``max_seq``; None
+        if the head does not hold all of them (``lo`` below :meth:`lo`)."""
+        if not self.enabled or lo >= hi:
+            return None
+        with self._lock:
+            if lo < self._advance_lo():
+                return None
+            pages = self._series.get((tenant, sensor), {})
+            held = [
+                p
+                for n in range(lo >> PAGE_BITS, ((hi - 1) >> PAGE_BITS) + 1)
+                if (p := pages.get(n)) is not None
+            ]
+        return HeadPart(held, lo, hi, max_seq)
+
 
 Cells = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 

@@ -150,3 +150,44 @@ def test_lenses_with_the_cache_read_during_ingest_equal_a_prefix(node: Node) -> 
     )
     assert checked >= 5 and cache.hits > 0 and cache.invalidated > 0
     assert node.head.points > 0
+
+
+def test_a_live_view_grows_its_newest_chunk_from_the_head(node: Node) -> None:
+    """A view that moves with the data keeps its newest chunk's first part; the
+    next view answers that chunk from the part and the head, with no query,
+    and equals the raw points, late ones included."""
+    rng = np.random.default_rng(5)
+    now = [C0 + 200_000]
+    node.head.clock = lambda: now[0] / 1000
+    node.head.span_ms = 20_000
+    node.head.open(None)
+    store = node.lenses.store
+    queries = []
+    read = store.lens_rows
+    store.lens_rows = lambda *a, **k: queries.append(1) or read(*a, **k)  # type: ignore[method-assign]
+    data = {1: (np.empty(0, np.int64), np.empty(0)), 2: (np.empty(0, np.int64), np.empty(0))}
+    cache = node.lenses.cache
+    free = 0  # views answered with no query
+    for second in range(60):
+        for sensor in (1, 2):
+            ts = np.arange(now[0] - 1_000, now[0], 10, dtype=np.int64)
+            if sensor == 2 and second % 17 == 16:  # late points, 30 s back
+                ts = np.concatenate([ts, ts - 30_000 + 5])
+            value = rng.normal(0, 1, len(ts))
+            write(node, np.full(len(ts), sensor), ts, value)
+            data[sensor] = (
+                np.concatenate([data[sensor][0], ts]),
+                np.concatenate([data[sensor][1], value]),
+            )
+        now[0] += 1_000
+        if second >= 5:
+            before = len(queries)
+            lens = node.lenses.lens([1, 2], now[0] - 100_000, now[0], step=500)
+            free += len(queries) == before
+            for series in lens.series:
+                ts, value = data[series.sensor]
+                order = np.argsort(ts, kind="stable")
+                e = brute_force(ts[order], value[order], lens.start, lens.end, lens.step)
+                assert mismatch(series, e) is None, (second, series.sensor)
+    assert free >= 20, free  # most views: first parts and the head alone
+    assert cache.invalidated > 0  # the late points dropped the parts they fell in
