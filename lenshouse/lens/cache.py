@@ -50,6 +50,11 @@ class Chunk:
     max: np.ndarray
     upto: int = CHUNK_BUCKETS  # the chunk's first buckets it holds (its key's last part)
 
+    def first(self, n: int, upto: int) -> Chunk:
+        """The first ``upto`` buckets of it, chunk ``n`` (at most what it holds)."""
+        k = int(np.searchsorted(self.b, n * CHUNK_BUCKETS + upto))
+        return Chunk(self.b[:k], self.sum[:k], self.cnt[:k], self.min[:k], self.max[:k], upto)
+
     @property
     def nbytes(self) -> int:
         return ENTRY_OVERHEAD + sum(
@@ -110,14 +115,12 @@ class LensCache:
             self.hits += 1
             return chunk
 
-    def first_part(self, tenant: str, sensor: int, step: int, n: int, below: int) -> Chunk | None:
-        """The longest first part of chunk ``n`` held, shorter than ``below``
-        buckets (the head may answer the rest)."""
+    def first_part(self, tenant: str, sensor: int, step: int, n: int) -> Chunk | None:
+        """The longest first part of chunk ``n`` held (a lens wanting fewer
+        buckets takes its start; one wanting more, the head for the rest)."""
         with self._lock:
             keys = [
-                k
-                for k in self._by_sensor.get((tenant, sensor), ())
-                if k[2] == step and k[3] == n and k[4] < below
+                k for k in self._by_sensor.get((tenant, sensor), ()) if k[2] == step and k[3] == n
             ]
             if not keys:
                 return None

@@ -291,16 +291,19 @@ class LensEngine:
             n, need = chunks[-1]
             if n * span + need * step != stored_end:
                 continue
-            first = self.cache.first_part(req.tenant, sensor, step, n, need)
+            first = self.cache.first_part(req.tenant, sensor, step, n)
             if first is None:
                 continue
-            rest = n * span + first.upto * step
-            part = self.head.part(req.tenant, sensor, rest, req.end, max_seq)
-            if part is None:
-                continue  # the head no longer holds the rest
-            cached.setdefault(sensor, {})[n] = first
-            head[sensor] = part
-            out[sensor] = (n, need)
+            if first.upto >= need:  # a longer part: its start is the chunk wanted
+                cached.setdefault(sensor, {})[n] = first.first(n, need)
+            else:
+                rest = n * span + first.upto * step
+                part = self.head.part(req.tenant, sensor, rest, req.end, max_seq)
+                if part is None:
+                    continue  # the head no longer holds the rest
+                cached.setdefault(sensor, {})[n] = first
+                head[sensor] = part
+                out[sensor] = (n, need)
             chunks.pop()
             if not chunks:
                 del missing[sensor]
@@ -423,7 +426,12 @@ class LensEngine:
             if read.missing:
                 self.pinned.put_many(read.fills(req.sensors), read.snap)
         elif self.cache.enabled and not origin and not m4:
-            settled = int(self.head.clock() * 1000) - SETTLED_MS
+            # Below the loads in flight too: a view behind a lagging loader
+            # keeps parts those loads will not write into.
+            settled = min(
+                [int(self.head.clock() * 1000) - SETTLED_MS]
+                + [s.min_ts for s in read.snap.inflight]
+            )
             grown = _first_parts(req, series, read.bridged, settled)
             self.cache.put_many(read.fills(req.sensors) + grown, read.snap)
         return Lens(
