@@ -52,8 +52,7 @@ class Chunk:
 
     def first(self, n: int, upto: int) -> Chunk:
         """The first ``upto`` buckets of it, chunk ``n`` (at most what it holds)."""
-        k = int(np.searchsorted(self.b, n * CHUNK_BUCKETS + upto))
-        return Chunk(self.b[:k], self.sum[:k], self.cnt[:k], self.min[:k], self.max[:k], upto)
+        return chunk_of(self.b, self.sum, self.cnt, self.min, self.max, n, upto)
 
     @property
     def nbytes(self) -> int:
@@ -69,6 +68,24 @@ Key = tuple[str, int, int, int, int]
 
 def chunk_span(step: int) -> int:
     return step * CHUNK_BUCKETS
+
+
+def chunk_of(
+    b: np.ndarray,
+    sums: np.ndarray,
+    cnts: np.ndarray,
+    mins: np.ndarray,
+    maxs: np.ndarray,
+    n: int,
+    upto: int,
+) -> Chunk:
+    """Chunk ``n``'s first ``upto`` buckets out of bucket columns sorted by
+    ``b``, copied (the cache outlives the lens they came from)."""
+    lo, hi = np.searchsorted(b, [n * CHUNK_BUCKETS, n * CHUNK_BUCKETS + upto])
+    return Chunk(
+        b[lo:hi].astype(np.int64), sums[lo:hi].copy(), cnts[lo:hi].astype(np.int64),
+        mins[lo:hi].copy(), maxs[lo:hi].copy(), upto,
+    )  # fmt: skip
 
 
 def held(key: Key) -> tuple[int, int]:

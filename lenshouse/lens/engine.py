@@ -24,8 +24,10 @@ from lenshouse.lens.cache import (
     LensCache,
     PinnedCache,
     Validity,
+    chunk_of,
     chunk_span,
 )
+from lenshouse.lens.cache import held as held_range
 from lenshouse.lens.cluster_head import ClusterHead
 from lenshouse.lens.head import Head, HeadPart
 from lenshouse.lens.planner import Segment, plan, raw_span, usable_tiers
@@ -535,12 +537,11 @@ class LensEngine:
             for sensor in sensors
         ):
             return False
-        span_ms = chunk_span(step)
         return not any(
-            span.touches_sensor(tenant, sensor, n * span_ms, n * span_ms + c.upto * step)
+            span.touches_sensor(tenant, sensor, *held_range((tenant, sensor, step, n, c.upto)))
             for span in newer
-            for sensor, held in chunks.items()
-            for n, c in held.items()
+            for sensor, kept in chunks.items()
+            for n, c in kept.items()
         )
 
 
@@ -720,18 +721,10 @@ class _Read:
         """Chunks this read computed that the cache lacks, per sensor."""
         items: list[tuple[Key, Chunk]] = []
         for sensor in sensors:
-            rows = self._rows(sensor)
-            b = rows["b"].astype(np.int64)
+            r = self._rows(sensor)
+            b = r["b"].astype(np.int64)
             for n, upto in self.missing.get(sensor, ()):
-                lo, hi = np.searchsorted(b, [n * CHUNK_BUCKETS, n * CHUNK_BUCKETS + upto])
-                chunk = Chunk(
-                    b[lo:hi].copy(),
-                    rows["sum"][lo:hi].copy(),
-                    rows["cnt"][lo:hi].astype(np.int64),
-                    rows["min"][lo:hi].copy(),
-                    rows["max"][lo:hi].copy(),
-                    upto,
-                )
+                chunk = chunk_of(b, r["sum"], r["cnt"], r["min"], r["max"], n, upto)
                 items.append(((self.tenant, sensor, self.step, n, upto), chunk))
         return items
 
@@ -757,10 +750,6 @@ def _first_parts(
                 wanted[n] = max(wanted.get(n, 0), upto)
         b = s.t // step
         for n, upto in wanted.items():
-            lo, hi = np.searchsorted(b, [n * CHUNK_BUCKETS, n * CHUNK_BUCKETS + upto])
-            chunk = Chunk(
-                b[lo:hi].copy(), s.sum[lo:hi].copy(), s.count[lo:hi].astype(np.int64),
-                s.min[lo:hi].copy(), s.max[lo:hi].copy(), upto,
-            )  # fmt: skip
+            chunk = chunk_of(b, s.sum, s.count, s.min, s.max, n, upto)
             items.append(((req.tenant, s.sensor, step, n, upto), chunk))
     return items

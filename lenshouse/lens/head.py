@@ -28,8 +28,8 @@ import pyarrow as pa
 from lenshouse.rollup.cell import stats_of_points
 from lenshouse.rollup.m4 import M4, of_points
 
-# Points are kept this long after they leave the head (cheap insurance; reads
-# fix ``lo`` and slice under the same lock, so they need no slack).
+# Pages are kept this long after they leave the head (cheap insurance; reads
+# fix ``lo`` and take their pages under the same lock, so they need no slack).
 EVICT_SLACK_MS = 5_000
 POINT_BYTES = 20  # ts + value + the load's seq (relative to the page's)
 # Bucket widths whose buckets a page keeps (a lens reads the same widths as
@@ -314,13 +314,14 @@ class Head:
             lo = max(start, boundary)
             if lo >= end:
                 return boundary, {}
-            first, last = lo >> PAGE_BITS, (end - 1) >> PAGE_BITS
-            held = {
-                s: [p for n in range(first, last + 1) if (p := pages.get(n)) is not None]
-                for s in sensors
-                if (pages := self._series.get((tenant, s))) is not None
-            }
-        return boundary, {s: HeadPart(held.get(s, []), lo, end, max_seq) for s in sensors}
+            held = {s: self._pages((tenant, s), lo, end) for s in sensors}
+        return boundary, {s: HeadPart(held[s], lo, end, max_seq) for s in sensors}
+
+    def _pages(self, key: tuple[str, int], lo: int, hi: int) -> list[Page]:
+        # Under _lock: the series' pages that meet [lo, hi), in time order.
+        pages = self._series.get(key, {})
+        span = range(lo >> PAGE_BITS, ((hi - 1) >> PAGE_BITS) + 1)
+        return [p for n in span if (p := pages.get(n)) is not None]
 
     def part(self, tenant: str, sensor: int, lo: int, hi: int, max_seq: int) -> HeadPart | None:
         """One sensor's points in [lo, hi) of loads up to ``max_seq``; None
@@ -330,12 +331,7 @@ class Head:
         with self._lock:
             if lo < self._advance_lo():
                 return None
-            pages = self._series.get((tenant, sensor), {})
-            held = [
-                p
-                for n in range(lo >> PAGE_BITS, ((hi - 1) >> PAGE_BITS) + 1)
-                if (p := pages.get(n)) is not None
-            ]
+            held = self._pages((tenant, sensor), lo, hi)
         return HeadPart(held, lo, hi, max_seq)
 
 
